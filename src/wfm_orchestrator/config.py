@@ -1,0 +1,533 @@
+"""wfm.conf parser: file text -> immutable Config.
+
+Two line forms, as in the specification:
+
+* settings ``key = value`` (lower-case keys, see ``SETTINGS``);
+* Slurm-style records ``Kind=name Key=Value ...`` (``Location``, ``Flavor``,
+  ``Datanode``, ``EphemeralService``, ``Tier``); values may be quoted.
+
+``#`` starts a comment. Every problem is collected with ``file:line`` and the
+offending text, and all of them are raised together as one ConfigError, so
+an administrator fixes a file in one pass. Pure: the only I/O is reading
+the file in ``load_config``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from ClusterShell.NodeSet import NodeSet, NodeSetException
+from ClusterShell.RangeSet import RangeSet, RangeSetException
+
+from .errors import ConfigError, ConfigProblem, SizeError
+from .size import bytes_to_mb_down, bytes_to_mb_up, format_mb, parse_size
+
+SERVICE_TYPES = ("NFS", "GBF", "SBB", "DASI")
+# Core ids are kept in fixed-size bitsets by the compiled allocator.
+MAX_CORE_ID = 1023
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+# --- records ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Location:
+    name: str
+    compute_nodes: tuple[str, ...]
+    datanodes: tuple[str, ...]
+    neighbours: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Flavor:
+    name: str
+    cores: int
+    msize: int  # MB
+    ssize: int  # MB
+
+
+@dataclass(frozen=True)
+class DatanodeSpec:
+    name: str
+    core_list: tuple[int, ...]
+    msize: int  # MB
+    ssize: int  # MB
+    location: str | None
+
+
+@dataclass(frozen=True)
+class ServiceType:
+    """How to launch an ephemeral service of one type (``EphemeralService=``)."""
+
+    name: str
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A storage tier a data mover may read or write (``Tier=NVMe Root=/path``)."""
+
+    name: str
+    root: str
+
+
+# --- settings ---------------------------------------------------------------
+
+
+def _text(v: str) -> str:
+    return v
+
+
+def _listen(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8080")
+    return v
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return v
+
+    return parse
+
+
+def _csv(v: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in v.split(",") if x.strip())
+    if not items:
+        raise ValueError("expected a comma-separated list")
+    return items
+
+
+def _seconds(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not 0 < f <= 86400:
+        raise ValueError("expected a number of seconds between 0 and 86400")
+    return f
+
+
+def _cpus(v: str) -> str:
+    if v in ("auto", "all"):
+        return v
+    try:
+        RangeSet(v)
+    except RangeSetException:
+        raise ValueError("expected auto, all, or a CPU list such as 0 or 0-1") from None
+    return v
+
+
+def _url(v: str) -> str:
+    if v and not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+        raise ValueError("expected an http:// or https:// URL, or nothing")
+    return v.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+    path: bool = False  # resolved relative to the configuration file
+
+
+SETTINGS: dict[str, Setting] = {
+    "listen": Setting("127.0.0.1:8080", _listen, "address:port the REST API listens on"),
+    "state_db": Setting(
+        "/var/lib/wfm-orchestrator/state.db", _text, "SQLite state database", path=True
+    ),
+    "cpus": Setting(
+        "auto",
+        _cpus,
+        "CPUs the server runs on: auto = one CPU (waitress collapses when its threads "
+        "spread over several cores), all = no pinning, or a CPU list",
+    ),
+    "threads": Setting("8", lambda v: _int_range(v, 1, 256), "waitress worker threads"),
+    "slurmrestd_url": Setting(
+        "", _url, "slurmrestd base URL; empty = pure Resource Manager (no Slurm)"
+    ),
+    "slurm_api_version": Setting("v0.0.38", _choice("v0.0.38"), "slurmrestd OpenAPI version"),
+    "slurm_token_file": Setting(
+        "", _text, "file holding the SlurmUser JWT (scontrol token)", path=True
+    ),
+    "slurm_user": Setting("slurm", _text, "user name the slurm_token_file token belongs to"),
+    "slurm_timeout": Setting("10", _seconds, "timeout of every slurmrestd call, seconds"),
+    "datanode_partition": Setting("data", _text, "Slurm partition of the datanodes"),
+    "compute_partition": Setting("compute", _text, "Slurm partition of the compute nodes"),
+    "auth": Setting(
+        "keycloak", _choice("keycloak", "none"), "keycloak (bearer tokens) or none (loopback only)"
+    ),
+    "keycloak_server": Setting("", _text, "Keycloak host, IP address or base URL"),
+    "keycloak_realm": Setting("", _text, "Keycloak realm issuing the tokens"),
+    "keycloak_audience": Setting("wfm-orchestrator", _text, "required token audience (aud)"),
+    "placement_policy": Setting(
+        "pack", _choice("pack", "spread"), "pack = best fit (default), spread = least loaded"
+    ),
+    "queue_policy": Setting(
+        "fifo", _choice("fifo", "backfill"), "order in which queued reservations are admitted"
+    ),
+    "backfill_window": Setting(
+        "300", _seconds, "backfill: a later reservation may pass the head only while "
+        "the head has waited less than this many seconds"
+    ),
+    "reconcile_interval": Setting("2", _seconds, "seconds between two polls of slurmrestd"),
+    "s3_server": Setting("", _text, "S3 long-term storage server (for the Session Manager)"),
+    "target_tier_list": Setting("NVMe, SSD, HDD, tape", _csv, "storage tier names"),
+    "datamover_operation_list": Setting("copy, move, release", _csv, "data mover operations"),
+    "datamover_command": Setting(
+        "wfm-datamover", _text, "command run by a data mover job (see docs/datamovers.md)"
+    ),
+}
+
+
+def _int_range(v: str, lo: int, hi: int) -> int:
+    if not re.fullmatch(r"\d+", v) or not lo <= int(v) <= hi:
+        raise ValueError(f"expected an integer from {lo} to {hi}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    settings: MappingProxyType
+    locations: MappingProxyType  # name -> Location
+    flavors: MappingProxyType  # name -> Flavor
+    datanodes: MappingProxyType  # name -> DatanodeSpec, in file order
+    service_types: MappingProxyType  # type -> ServiceType
+    tiers: MappingProxyType  # name -> Tier
+    _extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Settings read as attributes (config.listen) without a second table to keep in step.
+        try:
+            return self.settings[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def neighbours_map(self) -> dict[str, list[str]]:
+        return {name: list(loc.neighbours) for name, loc in self.locations.items()}
+
+
+# --- parsing ----------------------------------------------------------------
+
+
+class _Collector:
+    def __init__(self, file: str):
+        self.file = file
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, line: int, text: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, line, text, message))
+
+
+def _strip_comment(line: str) -> str:
+    # '#' starts a comment at line start or after whitespace; inside a quoted
+    # Command it is kept by shlex for records, so only settings use this.
+    m = re.search(r"(^|\s)#", line)
+    return line[: m.start()] if m else line
+
+
+_RECORD_FIELDS = {
+    "Location": {"ComputeNodes", "Datanodes", "NeighborLocation"},
+    "Flavor": {"MemorySize", "Cores", "StorageSize"},
+    "Datanode": {"Cores", "CoreList", "MemorySize", "StorageSize"},
+    "EphemeralService": {"Command"},
+    "Tier": {"Root"},
+}
+
+
+def parse_config(text: str, file: str = "wfm.conf") -> Config:
+    """Parse the text of a wfm.conf; raise ConfigError listing every problem."""
+    out = _Collector(file)
+    raw_settings: dict[str, tuple[int, str, str]] = {}
+    records: list[tuple[int, str, str, str, dict[str, str]]] = []
+
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if "\0" in line:
+            out.add(lineno, line.replace("\0", "\\0"), "NUL byte in the file")
+            continue
+        body = _strip_comment(line).strip()
+        if not body:
+            continue
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", body)
+        if not m:
+            out.add(lineno, line, "expected 'key = value' or a record such as 'Flavor=small ...'")
+            continue
+        key = m.group(1)
+        if key in _RECORD_FIELDS:
+            try:
+                tokens = shlex.split(line, comments=True)
+            except ValueError as e:
+                out.add(lineno, line, f"cannot split the record: {e}")
+                continue
+            fields: dict[str, str] = {}
+            bad = False
+            for tok in tokens:
+                k, sep, v = tok.partition("=")
+                if not sep:
+                    out.add(lineno, line, f"expected Key=Value, got {tok!r}")
+                    bad = True
+                    continue
+                if k in fields:
+                    out.add(lineno, line, f"{k} given twice")
+                    bad = True
+                fields[k] = v
+            if bad:
+                continue
+            name = fields.pop(key)
+            unknown = sorted(set(fields) - _RECORD_FIELDS[key])
+            if unknown:
+                valid = ", ".join(sorted(_RECORD_FIELDS[key]))
+                out.add(lineno, line, f"unknown key {unknown[0]} in {key} record (valid: {valid})")
+                continue
+            records.append((lineno, line, key, name, fields))
+        elif key in SETTINGS:
+            value = body[m.end() :].strip()
+            if key in raw_settings:
+                out.add(lineno, line, f"{key} set twice (first at line {raw_settings[key][0]})")
+                continue
+            raw_settings[key] = (lineno, line, value)
+        else:
+            out.add(
+                lineno,
+                line,
+                f"unknown key {key!r} (settings: {', '.join(sorted(SETTINGS))}; "
+                f"records: {', '.join(_RECORD_FIELDS)})",
+            )
+
+    base = os.path.dirname(os.path.abspath(file))
+    settings: dict[str, Any] = {}
+    for key, spec in SETTINGS.items():
+        lineno, line, value = raw_settings.get(key, (0, "", spec.default))
+        try:
+            parsed = spec.parse(value)
+        except ValueError as e:
+            out.add(lineno, line, f"{key}: invalid value {value!r}: {e}")
+            continue
+        if spec.path and parsed:
+            parsed = os.path.normpath(os.path.join(base, parsed))
+        settings[key] = parsed
+
+    locations, flavors, datanodes, services, tiers = _build_records(records, settings, out)
+    _check_settings(settings, raw_settings, out)
+    if out.problems:
+        raise ConfigError(out.problems)
+    return Config(
+        path=file,
+        settings=MappingProxyType(settings),
+        locations=MappingProxyType(locations),
+        flavors=MappingProxyType(flavors),
+        datanodes=MappingProxyType(datanodes),
+        service_types=MappingProxyType(services),
+        tiers=MappingProxyType(tiers),
+    )
+
+
+def _nodes(value: str) -> list[str]:
+    return list(NodeSet(value)) if value else []
+
+
+def _size_mb(value: str, up: bool) -> int:
+    nbytes = parse_size(value)
+    return bytes_to_mb_up(nbytes) if up else bytes_to_mb_down(nbytes)
+
+
+def _build_records(records, settings, out: _Collector):  # noqa: C901 - one pass, one branch per kind
+    locations: dict[str, Location] = {}
+    flavors: dict[str, Flavor] = {}
+    inventory: dict[str, tuple[int, str, tuple[int, ...], int, int]] = {}
+    services: dict[str, ServiceType] = {}
+    tiers: dict[str, Tier] = {}
+    location_lines: dict[str, tuple[int, str]] = {}
+
+    for lineno, line, kind, name, f in records:
+        try:
+            if kind == "Location":
+                _check_name(name, "Location")
+                if name in locations:
+                    raise ValueError(f"duplicate Location {name!r}")
+                loc = Location(
+                    name=name,
+                    compute_nodes=tuple(_nodes(f.get("ComputeNodes", ""))),
+                    datanodes=tuple(_nodes(f.get("Datanodes", ""))),
+                    neighbours=tuple(x.strip() for x in f.get("NeighborLocation", "").split(",")
+                                     if x.strip()),
+                )
+                locations[name] = loc
+                location_lines[name] = (lineno, line)
+            elif kind == "Flavor":
+                _check_name(name, "Flavor")
+                if name in flavors:
+                    raise ValueError(f"duplicate Flavor {name!r}")
+                for req in ("Cores", "MemorySize"):
+                    if req not in f:
+                        raise ValueError(f"Flavor {name!r} needs {req}=")
+                cores = _int_field(f, "Cores")
+                msize = _size_mb(f["MemorySize"], up=True)
+                ssize = _size_mb(f.get("StorageSize", "0"), up=True)
+                if cores <= 0 or msize <= 0:
+                    raise ValueError(f"Flavor {name!r} needs Cores > 0 and MemorySize > 0")
+                flavors[name] = Flavor(name, cores, msize, ssize)
+            elif kind == "Datanode":
+                if ("Cores" in f) == ("CoreList" in f):
+                    raise ValueError("a Datanode record needs exactly one of Cores= or CoreList=")
+                for req in ("MemorySize", "StorageSize"):
+                    if req not in f:
+                        raise ValueError(f"Datanode record needs {req}=")
+                if "Cores" in f:
+                    n = _int_field(f, "Cores")
+                    if not 1 <= n <= MAX_CORE_ID + 1:
+                        raise ValueError(f"Cores={n}: expected 1 to {MAX_CORE_ID + 1}")
+                    core_list = tuple(range(n))
+                else:
+                    core_list = tuple(int(c) for c in RangeSet(f["CoreList"]))
+                    if not core_list or max(core_list) > MAX_CORE_ID:
+                        raise ValueError(f"CoreList: expected core ids from 0 to {MAX_CORE_ID}")
+                msize = _size_mb(f["MemorySize"], up=False)
+                ssize = _size_mb(f["StorageSize"], up=False)
+                if msize <= 0:
+                    raise ValueError("MemorySize must be at least 1MB")
+                for node in _nodes(name):
+                    _check_name(node, "Datanode")
+                    if node in inventory:
+                        raise ValueError(f"datanode {node} described twice "
+                                         f"(first at line {inventory[node][0]})")
+                    inventory[node] = (lineno, line, core_list, msize, ssize)
+            elif kind == "EphemeralService":
+                if name not in SERVICE_TYPES:
+                    raise ValueError(f"unknown service type {name!r} "
+                                     f"(valid: {', '.join(SERVICE_TYPES)})")
+                if name in services:
+                    raise ValueError(f"EphemeralService {name} configured twice")
+                if not f.get("Command"):
+                    raise ValueError("EphemeralService needs Command=\"program args...\"")
+                services[name] = ServiceType(name, tuple(shlex.split(f["Command"])))
+            elif kind == "Tier":
+                if name in tiers:
+                    raise ValueError(f"Tier {name} configured twice")
+                root = f.get("Root", "")
+                if not os.path.isabs(root):
+                    raise ValueError("Tier needs Root=<absolute path>")
+                tiers[name] = Tier(name, os.path.normpath(root))
+        except (ValueError, SizeError, NodeSetException, RangeSetException) as e:
+            out.add(lineno, line, str(e))
+
+    owner: dict[str, str] = {}
+    for name, loc in locations.items():
+        lineno, line = location_lines[name]
+        for nb in loc.neighbours:
+            if nb not in locations:
+                out.add(lineno, line, f"NeighborLocation {nb!r} is not a configured Location")
+            elif nb == name:
+                out.add(lineno, line, f"Location {name!r} names itself as a neighbour")
+        for dn in loc.datanodes:
+            if dn not in inventory:
+                out.add(lineno, line, f"datanode {dn} has no inventory (add a Datanode={dn} "
+                                      "record with Cores, MemorySize and StorageSize)")
+            if dn in owner:
+                out.add(lineno, line, f"datanode {dn} is in two locations "
+                                      f"({owner[dn]} and {name})")
+            else:
+                owner[dn] = name
+
+    for tier in tiers:
+        if "target_tier_list" in settings and tier not in settings["target_tier_list"]:
+            lineno, line = next((r[0], r[1]) for r in records if r[2] == "Tier" and r[3] == tier)
+            out.add(lineno, line, f"Tier {tier} is not in target_tier_list")
+
+    datanodes = {
+        name: DatanodeSpec(name, core_list, msize, ssize, owner.get(name))
+        for name, (_, _, core_list, msize, ssize) in inventory.items()
+    }
+    return locations, flavors, datanodes, services, tiers
+
+
+def _int_field(f: dict[str, str], key: str) -> int:
+    v = f[key]
+    if not re.fullmatch(r"\d{1,9}", v):
+        raise ValueError(f"{key}={v!r}: expected a whole number")
+    return int(v)
+
+
+def _check_name(name: str, kind: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"{kind} name {name!r} is invalid: letters, digits, '_', '-', '.'")
+
+
+def _check_settings(settings, raw, out: _Collector) -> None:
+    if settings.get("auth") == "none" and "listen" in settings:
+        host = settings["listen"].rpartition(":")[0].strip("[]")
+        if not _is_loopback(host):
+            lineno, line, _ = raw.get("auth", (0, "", ""))
+            out.add(lineno, line, f"auth = none is allowed only on a loopback listener, "
+                                  f"not {settings['listen']} (use auth = keycloak)")
+    if settings.get("auth") == "keycloak":
+        for key in ("keycloak_server", "keycloak_realm"):
+            if not settings.get(key):
+                lineno, line, _ = raw.get("auth", (0, "", ""))
+                out.add(lineno, line, f"auth = keycloak needs {key} "
+                                      "(or auth = none on a loopback listener)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: str) -> Config:
+    """Read and parse a wfm.conf file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([ConfigProblem(path, 0, "", f"cannot read the file: {e}")]) from e
+    return parse_config(text, path)
+
+
+def describe(config: Config) -> str:
+    """The readable summary printed by ``wfm-orchestrator check-config``."""
+    lines = [f"{config.path}: OK"]
+    lines.append(f"Locations ({len(config.locations)}):")
+    for loc in config.locations.values():
+        lines.append(f"  {loc.name}: compute {NodeSet.fromlist(loc.compute_nodes) or '-'}, "
+                     f"datanodes {NodeSet.fromlist(loc.datanodes) or '-'}, "
+                     f"neighbours {', '.join(loc.neighbours) or '-'}")
+    lines.append(f"Datanodes ({len(config.datanodes)}):")
+    for dn in config.datanodes.values():
+        cores = str(RangeSet(",".join(map(str, dn.core_list))))
+        lines.append(f"  {dn.name}: {len(dn.core_list)} cores [{cores}], "
+                     f"memory {dn.msize} MB ({format_mb(dn.msize)}), "
+                     f"storage {dn.ssize} MB ({format_mb(dn.ssize)}), "
+                     f"location {dn.location or '-'}")
+    lines.append(f"Flavors ({len(config.flavors)}):")
+    for fl in config.flavors.values():
+        lines.append(f"  {fl.name}: {fl.cores} cores, msize {fl.msize} MB, ssize {fl.ssize} MB")
+    if config.service_types:
+        lines.append("Ephemeral services:")
+        for st in config.service_types.values():
+            lines.append(f"  {st.name}: {shlex.join(st.command)}")
+    if config.tiers:
+        lines.append("Tiers:")
+        for t in config.tiers.values():
+            lines.append(f"  {t.name}: {t.root}")
+    lines.append("Settings:")
+    for key, value in config.settings.items():
+        shown = ", ".join(value) if isinstance(value, tuple) else value
+        lines.append(f"  {key} = {shown}")
+    return "\n".join(lines)
