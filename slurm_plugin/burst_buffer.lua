@@ -1,0 +1,1517 @@
+--[[
+burst_buffer.lua -- Slurm burst_buffer/lua plugin of the WFM Orchestrator.
+
+Binds Slurm jobs to ephemeral-service reservations held by the orchestrator
+(IO-SEA Orchestrator API):
+
+  #BB_LUA wfm_service name=<service>            the job IS the service
+  #BB_LUA wfm_use name=<service> [hint=RO|RW|WO] the job USES a service
+
+Written for Slurm 22.05 (Lua 5.1); also defines slurm_bb_test_data_in/out,
+which Slurm 24.05+ requires before it loads the script.
+
+Layout: constants; JSON codec; the one command runner (M.run) every
+external command goes through; configuration; pure directive parsing;
+pure conversion of orchestrator answers into environment lines; the cache;
+the orchestrator client; operations (return ok, err); and finally the
+slurm_bb_* entry points, the only place where ok/err become slurm.SUCCESS /
+slurm.ERROR, msg.
+
+Where hooks run (Slurm 22.05):
+  inside slurmctld, locks held, never killed: job_process, pools, paths.
+    These read local files only: no network, no io.popen, no M.run.
+  in slurmscriptd, with a timeout: every other hook.
+
+The module table is published as the global `wfm_bb` so that tests can
+replace `wfm_bb.run` (the command runner) and `wfm_bb.config_file`. The
+script returns nothing: Slurm reads a returned value as a return code.
+--]]
+
+local M = {}
+wfm_bb = M
+
+---------------------------------------------------------------------------
+-- Constants
+---------------------------------------------------------------------------
+
+M.SCRIPT_NAME = "burst_buffer.lua"
+M.CONF_NAME = "burst_buffer_wfm.conf"
+M.DIRECTIVE = "#BB_LUA"
+M.NAME_MAX = 128
+M.MAX_USES = 64
+M.HINTS = { RO = true, RW = true, WO = true }
+M.DEFAULT_HINT = "RW"
+-- Service statuses (spec: ephemeralservice/status) under which a step may
+-- use a service.
+M.USABLE_STATUS = { ALLOCATED = true, STAGEDIN = true }
+M.KNOWN_STATUS = {
+	STAGINGIN = true, STAGEDIN = true, ALLOCATED = true, STAGINGOUT = true,
+	STAGEDOUT = true, STOPPED = true, TEARDOWN = true,
+}
+-- Slurm job states (as printed by scontrol) of a job that will be staged
+-- in again: teardown then keeps its reservation and cache.
+M.WILL_RERUN_STATES = {
+	PENDING = true, REQUEUED = true, REQUEUE_HOLD = true, REQUEUE_FED = true,
+}
+M.DEFAULTS = {
+	timeout = 10,
+	retries = 2,
+	cache_dir = "/var/spool/slurm/wfm_bb",
+	curl = "curl",
+	scontrol = "scontrol",
+}
+M.CACHE_VERSION = 1
+M.API_ALLOCATION = "/v2.0.0/server/allocation/"
+M.API_STATUS = "/v1.0.0/ephemeralservice/status/"
+
+---------------------------------------------------------------------------
+-- Small helpers
+---------------------------------------------------------------------------
+
+local function trim(s)
+	return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+-- A message safe to show or log: no control characters, bounded length.
+local function printable(s, max)
+	s = tostring(s or ""):gsub("[%z\1-\31\127]", " ")
+	max = max or 300
+	if #s > max then
+		s = s:sub(1, max) .. "..."
+	end
+	return s
+end
+M.printable = printable
+
+function M.read_file(path)
+	local f, err = io.open(path, "rb")
+	if not f then
+		return nil, err
+	end
+	local data = f:read("*a")
+	f:close()
+	if data == nil then
+		return nil, "cannot read " .. path
+	end
+	return data
+end
+
+local function file_exists(path)
+	local f = io.open(path, "rb")
+	if f then
+		f:close()
+		return true
+	end
+	return false
+end
+
+---------------------------------------------------------------------------
+-- Logging: always through slurm.log_*, with the job id and service name.
+-- Never pass a token here.
+---------------------------------------------------------------------------
+
+function M.log(level, job_id, service, msg)
+	local s = slurm
+	if type(s) ~= "table" then
+		return
+	end
+	local fn = s["log_" .. level] or s.log_info
+	if type(fn) ~= "function" then
+		return
+	end
+	local who = "job " .. tostring(job_id or "?")
+	if service then
+		who = who .. " service " .. tostring(service)
+	end
+	fn("%s: %s: %s", M.SCRIPT_NAME, who, printable(msg, 1000))
+end
+
+---------------------------------------------------------------------------
+-- JSON: a small strict decoder (RFC 8259) and an encoder.
+-- Arrays carry a metatable so that empty arrays survive a round trip.
+---------------------------------------------------------------------------
+
+local json = {}
+M.json = json
+
+json.null = setmetatable({}, { __tostring = function() return "null" end })
+local array_mt = { __jsontype = "array" }
+
+function json.array(t)
+	return setmetatable(t or {}, array_mt)
+end
+
+function json.is_array(t)
+	return type(t) == "table" and getmetatable(t) == array_mt
+end
+
+local function utf8_char(cp)
+	if cp < 0x80 then
+		return string.char(cp)
+	elseif cp < 0x800 then
+		return string.char(0xC0 + math.floor(cp / 0x40), 0x80 + cp % 0x40)
+	elseif cp < 0x10000 then
+		return string.char(0xE0 + math.floor(cp / 0x1000),
+			0x80 + math.floor(cp / 0x40) % 0x40, 0x80 + cp % 0x40)
+	end
+	return string.char(0xF0 + math.floor(cp / 0x40000),
+		0x80 + math.floor(cp / 0x1000) % 0x40,
+		0x80 + math.floor(cp / 0x40) % 0x40, 0x80 + cp % 0x40)
+end
+
+local ESCAPES = {
+	['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f",
+	n = "\n", r = "\r", t = "\t",
+}
+local MAX_DEPTH = 64
+
+-- Decode a JSON text. Returns value or nil, "invalid JSON at byte N: why".
+function json.decode(s)
+	if type(s) ~= "string" then
+		return nil, "invalid JSON: not a string"
+	end
+	local pos = 1
+
+	local function fail(msg)
+		error({ json_error = string.format("invalid JSON at byte %d: %s", pos, msg) }, 0)
+	end
+
+	local function skip_ws()
+		pos = s:find("[^ \t\r\n]", pos) or (#s + 1)
+	end
+
+	local parse_value
+
+	local function parse_string()
+		-- pos is on the opening quote
+		pos = pos + 1
+		local parts = {}
+		while true do
+			local i = s:find('[%z\1-\31"\\]', pos)
+			if not i then
+				fail("unterminated string")
+			end
+			parts[#parts + 1] = s:sub(pos, i - 1)
+			local c = s:sub(i, i)
+			pos = i
+			if c == '"' then
+				pos = i + 1
+				return table.concat(parts)
+			elseif c == "\\" then
+				local e = s:sub(i + 1, i + 1)
+				if ESCAPES[e] then
+					parts[#parts + 1] = ESCAPES[e]
+					pos = i + 2
+				elseif e == "u" then
+					local hex = s:match("^%x%x%x%x", i + 2)
+					if not hex then
+						fail("bad \\u escape")
+					end
+					local cp = tonumber(hex, 16)
+					pos = i + 6
+					if cp >= 0xD800 and cp <= 0xDBFF then
+						local lo = s:match("^\\u(%x%x%x%x)", pos)
+						lo = lo and tonumber(lo, 16)
+						if not lo or lo < 0xDC00 or lo > 0xDFFF then
+							fail("unpaired surrogate")
+						end
+						cp = 0x10000 + (cp - 0xD800) * 0x400 + (lo - 0xDC00)
+						pos = pos + 6
+					elseif cp >= 0xDC00 and cp <= 0xDFFF then
+						fail("unpaired surrogate")
+					end
+					parts[#parts + 1] = utf8_char(cp)
+				else
+					fail("bad escape")
+				end
+			else
+				fail("control character in string")
+			end
+		end
+	end
+
+	local function parse_number()
+		local start = pos
+		local p = pos
+		if s:sub(p, p) == "-" then
+			p = p + 1
+		end
+		if s:sub(p, p) == "0" then
+			p = p + 1
+		else
+			local d = s:match("^[1-9]%d*", p)
+			if not d then
+				fail("bad number")
+			end
+			p = p + #d
+		end
+		local frac = s:match("^%.%d+", p)
+		if frac then
+			p = p + #frac
+		elseif s:sub(p, p) == "." then
+			fail("bad number")
+		end
+		local exp = s:match("^[eE][-+]?%d+", p)
+		if exp then
+			p = p + #exp
+		elseif s:match("^[eE]", p) then
+			fail("bad number")
+		end
+		pos = p
+		return tonumber(s:sub(start, p - 1))
+	end
+
+	local function parse_array(depth)
+		pos = pos + 1
+		local arr = json.array({})
+		skip_ws()
+		if s:sub(pos, pos) == "]" then
+			pos = pos + 1
+			return arr
+		end
+		while true do
+			arr[#arr + 1] = parse_value(depth + 1)
+			skip_ws()
+			local c = s:sub(pos, pos)
+			pos = pos + 1
+			if c == "]" then
+				return arr
+			elseif c ~= "," then
+				pos = pos - 1
+				fail("expected ',' or ']'")
+			end
+		end
+	end
+
+	local function parse_object(depth)
+		pos = pos + 1
+		local obj = {}
+		skip_ws()
+		if s:sub(pos, pos) == "}" then
+			pos = pos + 1
+			return obj
+		end
+		while true do
+			skip_ws()
+			if s:sub(pos, pos) ~= '"' then
+				fail("expected a string key")
+			end
+			local key = parse_string()
+			skip_ws()
+			if s:sub(pos, pos) ~= ":" then
+				fail("expected ':'")
+			end
+			pos = pos + 1
+			obj[key] = parse_value(depth + 1)
+			skip_ws()
+			local c = s:sub(pos, pos)
+			pos = pos + 1
+			if c == "}" then
+				return obj
+			elseif c ~= "," then
+				pos = pos - 1
+				fail("expected ',' or '}'")
+			end
+		end
+	end
+
+	parse_value = function(depth)
+		if depth > MAX_DEPTH then
+			fail("nested too deeply")
+		end
+		skip_ws()
+		local c = s:sub(pos, pos)
+		if c == "{" then
+			return parse_object(depth)
+		elseif c == "[" then
+			return parse_array(depth)
+		elseif c == '"' then
+			return parse_string()
+		elseif c == "-" or c:match("%d") then
+			return parse_number()
+		elseif s:sub(pos, pos + 3) == "true" then
+			pos = pos + 4
+			return true
+		elseif s:sub(pos, pos + 4) == "false" then
+			pos = pos + 5
+			return false
+		elseif s:sub(pos, pos + 3) == "null" then
+			pos = pos + 4
+			return json.null
+		elseif c == "" then
+			fail("unexpected end of input")
+		end
+		fail("unexpected character")
+	end
+
+	local ok, res = pcall(function()
+		local v = parse_value(1)
+		skip_ws()
+		if pos <= #s then
+			fail("trailing characters")
+		end
+		return v
+	end)
+	if ok then
+		return res
+	end
+	if type(res) == "table" and res.json_error then
+		return nil, res.json_error
+	end
+	error(res, 0)
+end
+
+local function encode_string(s)
+	return '"' .. s:gsub('[%z\1-\31"\\\127]', function(c)
+		local map = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n",
+			["\r"] = "\\r", ["\t"] = "\\t", ["\b"] = "\\b", ["\f"] = "\\f" }
+		return map[c] or string.format("\\u%04x", c:byte())
+	end) .. '"'
+end
+
+-- Encode a Lua value as JSON. Returns text or nil, err.
+function json.encode(v)
+	local function enc(x, depth)
+		if depth > MAX_DEPTH then
+			error({ json_error = "nested too deeply" }, 0)
+		end
+		local t = type(x)
+		if x == nil or x == json.null then
+			return "null"
+		elseif t == "boolean" then
+			return tostring(x)
+		elseif t == "number" then
+			if x ~= x or x == math.huge or x == -math.huge then
+				error({ json_error = "cannot encode a non-finite number" }, 0)
+			end
+			if x == math.floor(x) and math.abs(x) < 2 ^ 53 then
+				return string.format("%d", x)
+			end
+			return string.format("%.17g", x)
+		elseif t == "string" then
+			return encode_string(x)
+		elseif t == "table" then
+			local n = #x
+			local is_arr = json.is_array(x)
+			if not is_arr and n > 0 then
+				is_arr = true
+				for k in pairs(x) do
+					if type(k) ~= "number" or k < 1 or k > n or k ~= math.floor(k) then
+						is_arr = false
+						break
+					end
+				end
+			end
+			local out = {}
+			if is_arr then
+				for i = 1, n do
+					out[i] = enc(x[i], depth + 1)
+				end
+				return "[" .. table.concat(out, ",") .. "]"
+			end
+			local keys = {}
+			for k in pairs(x) do
+				if type(k) ~= "string" then
+					error({ json_error = "object keys must be strings" }, 0)
+				end
+				keys[#keys + 1] = k
+			end
+			table.sort(keys)
+			for i, k in ipairs(keys) do
+				out[i] = encode_string(k) .. ":" .. enc(x[k], depth + 1)
+			end
+			return "{" .. table.concat(out, ",") .. "}"
+		end
+		error({ json_error = "cannot encode a " .. t }, 0)
+	end
+	local ok, res = pcall(enc, v, 1)
+	if ok then
+		return res
+	end
+	if type(res) == "table" and res.json_error then
+		return nil, res.json_error
+	end
+	error(res, 0)
+end
+
+---------------------------------------------------------------------------
+-- The command runner. Every external command goes through M.run(argv).
+-- Lua has no execv, so argv is turned into ONE shell command line where
+-- every argument is single-quoted by M.quote. Only validated names and
+-- validated configuration values are ever put into argv.
+--
+-- M.run(argv) -> ok (exit status 0), output (stdout+stderr), exit_code
+-- Tests replace M.run with their own function.
+---------------------------------------------------------------------------
+
+function M.quote(s)
+	return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local EXIT_MARK = "__WFM_EXIT="
+
+function M.command_line(argv)
+	local parts = {}
+	for i, a in ipairs(argv) do
+		if type(a) ~= "string" or a == "" or a:find("[%z\n\r]") then
+			return nil, "argument " .. i .. " is empty or not a single-line string"
+		end
+		parts[i] = M.quote(a)
+	end
+	if #parts == 0 then
+		return nil, "empty command"
+	end
+	return table.concat(parts, " ") .. " </dev/null 2>&1; echo " .. EXIT_MARK .. "$?"
+end
+
+function M.default_run(argv)
+	local cmd, err = M.command_line(argv)
+	if not cmd then
+		return false, "refusing to run a command: " .. err, -1
+	end
+	local p = io.popen(cmd, "r")
+	if not p then
+		return false, "cannot start " .. tostring(argv[1]), -1
+	end
+	local out = p:read("*a") or ""
+	p:close()
+	local body, code = out:match("^(.-)" .. EXIT_MARK .. "(%d+)%s*$")
+	if not body then
+		return false, out, -1
+	end
+	code = tonumber(code)
+	return code == 0, body, code
+end
+
+M.run = M.default_run
+
+---------------------------------------------------------------------------
+-- Configuration: burst_buffer_wfm.conf beside this script, or the file
+-- named by $WFM_BB_CONF, or M.config_file (tests). Lines `key = value`;
+-- '#' starts a comment (at line start or after a blank).
+---------------------------------------------------------------------------
+
+local SCRIPT_SOURCE = debug.getinfo(1, "S").source
+
+function M.script_dir()
+	local src = SCRIPT_SOURCE or ""
+	if src:sub(1, 1) == "@" then
+		local dir = src:sub(2):match("^(.*)/[^/]*$")
+		if dir then
+			return dir == "" and "/" or dir
+		end
+		return "."
+	end
+	return "."
+end
+
+function M.config_path()
+	if M.config_file then
+		return M.config_file
+	end
+	local env = os.getenv("WFM_BB_CONF")
+	if env and env ~= "" then
+		return env
+	end
+	return M.script_dir() .. "/" .. M.CONF_NAME
+end
+
+local SAFE_PATH = "^/[A-Za-z0-9_./%-]*$"
+local SAFE_PROGRAM = "^[A-Za-z0-9_./%-]+$"
+
+local CONF_KEYS = {
+	orchestrator_url = function(v)
+		local url = v:gsub("/+$", "")
+		if not url:match("^https?://[A-Za-z0-9._~%-]+[A-Za-z0-9._~:%-%[%]]*[A-Za-z0-9._~/%-]*$")
+			or url:find("%.%.") then
+			return nil, "must be http(s)://host[:port][/path] with no query, quotes or spaces"
+		end
+		return url
+	end,
+	token_file = function(v)
+		if not v:match(SAFE_PATH) then
+			return nil, "must be an absolute path of letters, digits, '_', '.', '-', '/'"
+		end
+		return v
+	end,
+	cache_dir = function(v)
+		if not v:match(SAFE_PATH) or v == "/" then
+			return nil, "must be an absolute path of letters, digits, '_', '.', '-', '/'"
+		end
+		return (v:gsub("/+$", ""))
+	end,
+	timeout = function(v)
+		local n = tonumber(v)
+		if not v:match("^%d+$") or n < 1 or n > 3600 then
+			return nil, "must be a whole number of seconds between 1 and 3600"
+		end
+		return n
+	end,
+	retries = function(v)
+		local n = tonumber(v)
+		if not v:match("^%d+$") or n > 10 then
+			return nil, "must be a whole number between 0 and 10"
+		end
+		return n
+	end,
+	curl = function(v)
+		if not v:match(SAFE_PROGRAM) or v:sub(1, 1) == "-" then
+			return nil, "must be a program name or an absolute path"
+		end
+		return v
+	end,
+}
+CONF_KEYS.scontrol = CONF_KEYS.curl
+
+-- Parse the configuration text. Returns cfg or nil, "origin:line: why".
+function M.parse_config(text, origin)
+	origin = origin or M.CONF_NAME
+	local cfg = {}
+	for k, v in pairs(M.DEFAULTS) do
+		cfg[k] = v
+	end
+	local seen = {}
+	local n = 0
+	for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+		n = n + 1
+		line = line:gsub("\r$", "")
+		line = line:gsub("^#.*$", ""):gsub("%s+#.*$", "")
+		if not line:match("^%s*$") then
+			local key, value = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$")
+			if not key then
+				return nil, string.format("%s:%d: expected 'key = value'", origin, n)
+			end
+			local check = CONF_KEYS[key]
+			if not check then
+				return nil, string.format("%s:%d: unknown key '%s'", origin, n, printable(key, 40))
+			end
+			if seen[key] then
+				return nil, string.format("%s:%d: '%s' is set twice", origin, n, key)
+			end
+			seen[key] = true
+			local v, err = check(value)
+			if v == nil then
+				return nil, string.format("%s:%d: %s %s", origin, n, key, err)
+			end
+			cfg[key] = v
+		end
+	end
+	return cfg
+end
+
+function M.load_config()
+	local path = M.config_path()
+	local text, err = M.read_file(path)
+	if not text then
+		return nil, "cannot read configuration file " .. path .. ": " .. tostring(err)
+	end
+	return M.parse_config(text, path)
+end
+
+---------------------------------------------------------------------------
+-- Directives (pure). Only the leading comment block of the job script is
+-- read, as sbatch does: parsing stops at the first line that is neither
+-- blank nor a comment.
+---------------------------------------------------------------------------
+
+-- Returns true or nil, why.
+function M.check_name(name)
+	if type(name) ~= "string" or name == "" then
+		return nil, "service name is empty"
+	end
+	if #name > M.NAME_MAX then
+		return nil, "service name is longer than " .. M.NAME_MAX .. " characters"
+	end
+	if not name:match("^[A-Za-z0-9_.%-]+$") then
+		return nil, "service name '" .. printable(name, 60)
+			.. "' may only contain letters, digits, '_', '-' and '.'"
+	end
+	if name:match("^[.%-]") then
+		return nil, "service name '" .. name .. "' must not start with '-' or '.'"
+	end
+	if name:find("..", 1, true) then
+		return nil, "service name '" .. name .. "' must not contain '..'"
+	end
+	return true
+end
+
+local DIRECTIVE_KEYS = {
+	wfm_service = { name = true },
+	wfm_use = { name = true, hint = true },
+}
+
+-- Parse one directive body (the text after "#BB_LUA"). Returns
+-- {keyword=, name=, hint=} or nil, why.
+function M.parse_directive(body)
+	local words = {}
+	for w in body:gmatch("%S+") do
+		words[#words + 1] = w
+	end
+	local keyword = words[1]
+	if not keyword then
+		return nil, "empty " .. M.DIRECTIVE .. " directive"
+	end
+	local allowed = DIRECTIVE_KEYS[keyword]
+	if not allowed then
+		if keyword:sub(1, 4) == "wfm_" then
+			return nil, "unknown directive '" .. printable(keyword, 40)
+				.. "' (expected wfm_service or wfm_use)"
+		end
+		return nil, "'" .. M.DIRECTIVE .. " " .. printable(keyword, 40)
+			.. "' is not handled by this burst buffer plugin: only wfm_service and wfm_use are supported"
+	end
+	local d = { keyword = keyword }
+	for i = 2, #words do
+		local key, value = words[i]:match("^([^=]*)=(.*)$")
+		if not key then
+			return nil, keyword .. ": unexpected word '" .. printable(words[i], 40)
+				.. "' (expected key=value; values may not contain spaces)"
+		end
+		if not allowed[key] then
+			return nil, keyword .. ": unknown key '" .. printable(key, 40) .. "'"
+		end
+		if d[key] then
+			return nil, keyword .. ": key '" .. key .. "' given twice"
+		end
+		d[key] = value
+	end
+	if not d.name then
+		return nil, keyword .. ": missing name=<service name>"
+	end
+	local ok, err = M.check_name(d.name)
+	if not ok then
+		return nil, keyword .. ": " .. err
+	end
+	if keyword == "wfm_use" then
+		if d.hint == nil then
+			d.hint = M.DEFAULT_HINT
+		elseif not M.HINTS[d.hint] then
+			return nil, "wfm_use: hint '" .. printable(d.hint, 20) .. "' must be RO, RW or WO"
+		end
+	end
+	return d
+end
+
+-- Parse the job script text. Returns a spec:
+--   { kind = "service", name = <name> }
+--   { kind = "step", services = { {name=, hint=}, ... } }
+-- or nil, "line N: why".
+function M.parse_directives(text)
+	if type(text) ~= "string" then
+		return nil, "job script is not text"
+	end
+	local prefix = M.DIRECTIVE
+	local service, uses, used = nil, {}, {}
+	local n = 0
+	for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+		n = n + 1
+		line = line:gsub("\r$", "")
+		if line:match("^%s*$") then
+			-- blank lines do not end the leading comment block
+		elseif not line:match("^%s*#") then
+			break
+		elseif line:sub(1, #prefix) == prefix then
+			local body = line:sub(#prefix + 1)
+			if body ~= "" and not body:match("^%s") then
+				return nil, string.format("line %d: malformed directive (expected '%s <directive>')", n, prefix)
+			end
+			if body:match("\\%s*$") then
+				return nil, string.format("line %d: line continuation is not supported; write each directive on one line", n)
+			end
+			local d, err = M.parse_directive(body)
+			if not d then
+				return nil, string.format("line %d: %s", n, err)
+			end
+			if d.keyword == "wfm_service" then
+				if service then
+					return nil, string.format("line %d: a job may carry only one wfm_service directive", n)
+				end
+				service = d.name
+			else
+				if used[d.name] then
+					return nil, string.format("line %d: wfm_use: service '%s' is named twice", n, d.name)
+				end
+				if #uses >= M.MAX_USES then
+					return nil, string.format("line %d: wfm_use: more than %d services", n, M.MAX_USES)
+				end
+				used[d.name] = true
+				uses[#uses + 1] = { name = d.name, hint = d.hint }
+			end
+			if service and #uses > 0 then
+				return nil, string.format("line %d: a job cannot both be a service (wfm_service) and use services (wfm_use)", n)
+			end
+		end
+	end
+	if service then
+		return { kind = "service", name = service }
+	end
+	if #uses > 0 then
+		return { kind = "step", services = uses }
+	end
+	return nil, "no '" .. prefix .. " wfm_service' or '" .. prefix
+		.. " wfm_use' directive in the leading comment block of the job script"
+end
+
+function M.describe_spec(spec)
+	if spec.kind == "service" then
+		return "service " .. spec.name
+	end
+	local names = {}
+	for i, s in ipairs(spec.services) do
+		names[i] = s.name .. ":" .. s.hint
+	end
+	return "step using " .. table.concat(names, ",")
+end
+
+function M.read_spec(job_script)
+	local text, err = M.read_file(job_script)
+	if not text then
+		return nil, "cannot read the job script: " .. tostring(err)
+	end
+	return M.parse_directives(text)
+end
+
+-- The job id is part of the script path in 22.05 (.../hash.N/job.<id>/script);
+-- used for log messages only.
+function M.job_id_from_script(path)
+	return tostring(path or ""):match("job%.(%d+)/script$")
+end
+
+function M.check_job_id(job_id)
+	job_id = tostring(job_id or "")
+	if not job_id:match("^%d+$") or #job_id > 12 then
+		return nil, "invalid job id '" .. printable(job_id, 20) .. "'"
+	end
+	return job_id
+end
+
+---------------------------------------------------------------------------
+-- Orchestrator answers -> environment (pure)
+---------------------------------------------------------------------------
+
+local SAFE_SERVER = "^[A-Za-z0-9_][A-Za-z0-9_.:%-]*$"
+
+local function is_count(v)
+	return type(v) == "number" and v >= 0 and v == math.floor(v) and v < 2 ^ 53
+end
+
+local function int_str(v)
+	return string.format("%d", v)
+end
+
+-- Validate a GET server/allocation answer. Returns a normalized table
+-- {name=, servers={{name=, cores=, core_list={...}, msize=, ssize=}}}
+-- or nil, why.
+function M.check_allocation(alloc, expected_name)
+	if type(alloc) ~= "table" or json.is_array(alloc) then
+		return nil, "allocation answer is not a JSON object"
+	end
+	if alloc.name ~= expected_name then
+		return nil, "allocation answer names '" .. printable(alloc.name, 60)
+			.. "', expected '" .. tostring(expected_name) .. "'"
+	end
+	local props = alloc.properties
+	if type(props) ~= "table" or not (json.is_array(props) or #props > 0) then
+		return nil, "allocation answer has no 'properties' list"
+	end
+	if #props == 0 then
+		return nil, "allocation answer lists no servers"
+	end
+	if alloc.servers ~= nil and (not is_count(alloc.servers) or alloc.servers ~= #props) then
+		return nil, "allocation answer says servers=" .. printable(alloc.servers, 20)
+			.. " but lists " .. #props .. " properties"
+	end
+	local out = { name = alloc.name, servers = {} }
+	for i, p in ipairs(props) do
+		local where = "allocation properties[" .. (i - 1) .. "]"
+		if type(p) ~= "table" then
+			return nil, where .. " is not an object"
+		end
+		local sname = p.server_name
+		if type(sname) ~= "string" or #sname > 255 or not sname:match(SAFE_SERVER) then
+			return nil, where .. ".server_name is missing or has unsafe characters"
+		end
+		local s = { name = sname, core_list = {} }
+		for _, k in ipairs({ "cores", "msize", "ssize" }) do
+			local v = p[k]
+			if v == nil or v == json.null then
+				v = 0
+			end
+			if not is_count(v) then
+				return nil, where .. "." .. k .. " is not a non-negative integer"
+			end
+			s[k] = v
+		end
+		local cl = p.core_list
+		if cl ~= nil and cl ~= json.null then
+			if type(cl) ~= "table" then
+				return nil, where .. ".core_list is not a list"
+			end
+			for j, c in ipairs(cl) do
+				if not is_count(c) then
+					return nil, where .. ".core_list has a non-integer entry"
+				end
+				s.core_list[j] = c
+			end
+		end
+		out.servers[i] = s
+	end
+	return out
+end
+
+local function env_line(key, value)
+	value = tostring(value)
+	if not key:match("^[A-Z_][A-Z0-9_]*$") or value:find("[%z\n\r]") then
+		error("unsafe environment line for " .. key)
+	end
+	return key .. "=" .. value
+end
+
+-- Environment lines of a service job from its validated allocation.
+function M.service_env(checked)
+	local lines, names = {}, {}
+	lines[#lines + 1] = env_line("WFM_SERVICE_NAME", checked.name)
+	lines[#lines + 1] = env_line("WFM_SERVER_COUNT", #checked.servers)
+	for i, s in ipairs(checked.servers) do
+		names[i] = s.name
+	end
+	lines[#lines + 1] = env_line("WFM_SERVERS", table.concat(names, ","))
+	for i, s in ipairs(checked.servers) do
+		local p = "WFM_SERVER_" .. (i - 1) .. "_"
+		local cores = {}
+		for j, c in ipairs(s.core_list) do
+			cores[j] = int_str(c)
+		end
+		lines[#lines + 1] = env_line(p .. "NAME", s.name)
+		lines[#lines + 1] = env_line(p .. "CORES", int_str(s.cores))
+		lines[#lines + 1] = env_line(p .. "CORE_LIST", table.concat(cores, ","))
+		lines[#lines + 1] = env_line(p .. "MSIZE", int_str(s.msize))
+		lines[#lines + 1] = env_line(p .. "SSIZE", int_str(s.ssize))
+	end
+	return lines
+end
+
+-- Validate an ephemeralservice/status answer for the service `name`.
+-- Returns {name=, status=, servers=list or nil} or nil, why.
+function M.check_status(st, name)
+	if type(st) ~= "table" or json.is_array(st) then
+		return nil, "status answer is not a JSON object"
+	end
+	if st.name ~= nil and st.name ~= name then
+		return nil, "status answer names '" .. printable(st.name, 60) .. "'"
+	end
+	if type(st.status) ~= "string" or not M.KNOWN_STATUS[st.status] then
+		return nil, "status answer has an unknown status '" .. printable(st.status, 30) .. "'"
+	end
+	local out = { name = name, status = st.status }
+	local detail = st.detail
+	if type(detail) == "string" and detail ~= "" then
+		out.detail = printable(detail, 200)
+	end
+	-- "servers" is not in the spec yet; accept a list of names or of
+	-- objects with server_name, ignore anything else.
+	if type(st.servers) == "table" and #st.servers > 0 then
+		local list = {}
+		for i, s in ipairs(st.servers) do
+			local sname = type(s) == "table" and s.server_name or s
+			if type(sname) ~= "string" or #sname > 255 or not sname:match(SAFE_SERVER) then
+				list = nil
+				break
+			end
+			list[i] = sname
+		end
+		out.servers = list
+	end
+	return out
+end
+
+-- Environment lines of a step job from the services it uses.
+function M.step_env(services)
+	local lines, names = {}, {}
+	lines[#lines + 1] = env_line("WFM_SERVICE_COUNT", #services)
+	for i, s in ipairs(services) do
+		names[i] = s.name
+	end
+	lines[#lines + 1] = env_line("WFM_SERVICES", table.concat(names, ","))
+	for i, s in ipairs(services) do
+		local p = "WFM_SERVICE_" .. (i - 1) .. "_"
+		lines[#lines + 1] = env_line(p .. "NAME", s.name)
+		lines[#lines + 1] = env_line(p .. "HINT", s.hint)
+		lines[#lines + 1] = env_line(p .. "STATUS", s.status)
+		if s.servers then
+			lines[#lines + 1] = env_line(p .. "SERVERS", table.concat(s.servers, ","))
+		end
+	end
+	return lines
+end
+
+-- Short text from an orchestrator error body ({"title","description"} or text).
+function M.error_text(body)
+	if type(body) ~= "string" or body == "" then
+		return ""
+	end
+	local v = json.decode(body)
+	if type(v) == "table" then
+		local parts = {}
+		if type(v.title) == "string" then
+			parts[#parts + 1] = v.title
+		end
+		if type(v.description) == "string" then
+			parts[#parts + 1] = v.description
+		end
+		if #parts > 0 then
+			return ": " .. printable(table.concat(parts, ": "), 300)
+		end
+	end
+	return ": " .. printable(body, 200)
+end
+
+---------------------------------------------------------------------------
+-- Cache: one JSON file per job in cache_dir, written to a temporary file
+-- then renamed, so a reader never sees half a file.
+---------------------------------------------------------------------------
+
+function M.cache_path(cfg, job_id)
+	return cfg.cache_dir .. "/job_" .. job_id .. ".json"
+end
+
+-- Returns the cached record, or nil, nil when there is none, or nil, err.
+function M.read_cache(cfg, job_id)
+	local path = M.cache_path(cfg, job_id)
+	local text = M.read_file(path)
+	if not text then
+		return nil, nil
+	end
+	local rec, err = json.decode(text)
+	if type(rec) ~= "table" or rec.version ~= M.CACHE_VERSION or tostring(rec.job_id) ~= job_id then
+		return nil, "cache file " .. path .. " is unreadable: " .. tostring(err or "wrong content")
+	end
+	return rec
+end
+
+function M.write_cache(cfg, job_id, rec)
+	local text, err = json.encode(rec)
+	if not text then
+		return nil, "cannot encode cache: " .. err
+	end
+	local path = M.cache_path(cfg, job_id)
+	local tmp = path .. ".tmp"
+	local f = io.open(tmp, "wb")
+	if not f then
+		-- The directory may not exist yet: create it once and retry.
+		M.run({ "mkdir", "-p", cfg.cache_dir })
+		f, err = io.open(tmp, "wb")
+		if not f then
+			return nil, "cannot write cache file " .. tmp .. ": " .. tostring(err)
+		end
+	end
+	local ok, werr = f:write(text, "\n")
+	local cok = f:close()
+	if not ok or not cok then
+		os.remove(tmp)
+		return nil, "cannot write cache file " .. tmp .. ": " .. tostring(werr)
+	end
+	local rok, rerr = os.rename(tmp, path)
+	if not rok then
+		os.remove(tmp)
+		return nil, "cannot rename " .. tmp .. ": " .. tostring(rerr)
+	end
+	return true
+end
+
+function M.remove_cache(cfg, job_id)
+	local path = M.cache_path(cfg, job_id)
+	os.remove(path .. ".tmp")
+	if not file_exists(path) then
+		return true
+	end
+	local ok, err = os.remove(path)
+	if not ok then
+		return nil, "cannot remove cache file " .. path .. ": " .. tostring(err)
+	end
+	return true
+end
+
+-- Environment lines for a job from its cache record. Pure.
+function M.env_from_cache(rec, job_id)
+	if rec.kind == "service" then
+		local checked, err = M.check_allocation(rec.allocation, rec.name)
+		if not checked then
+			return nil, "cached allocation of job " .. job_id .. ": " .. err
+		end
+		return M.service_env(checked)
+	elseif rec.kind == "step" and type(rec.services) == "table" then
+		return M.step_env(rec.services)
+	end
+	return nil, "cache record of job " .. job_id .. " has an unknown kind"
+end
+
+---------------------------------------------------------------------------
+-- Orchestrator client and scontrol (slurmscriptd only)
+---------------------------------------------------------------------------
+
+local HTTP_MARK = "__WFM_HTTP="
+
+-- Returns the token (string) or nil when none, or nil, err. Never logged.
+function M.read_token(cfg)
+	if not cfg.token_file then
+		return nil
+	end
+	local text = M.read_file(cfg.token_file)
+	if not text then
+		return nil
+	end
+	local token = trim(text)
+	if token == "" then
+		return nil
+	end
+	if token:find("[%z\1-\31\127]") then
+		return nil, "token file " .. cfg.token_file .. " contains a line break or a control character"
+	end
+	return token
+end
+
+-- One HTTP request through curl. Returns status, body or nil, err.
+function M.http(cfg, method, path)
+	if not cfg.orchestrator_url then
+		return nil, "orchestrator_url is not set in " .. M.config_path()
+	end
+	local token, terr = M.read_token(cfg)
+	if terr then
+		return nil, terr
+	end
+	local body_file = os.tmpname()
+	local header_file
+	local argv = {
+		cfg.curl, "-q", "-sS", "--max-time", tostring(cfg.timeout),
+		"-o", body_file, "-w", HTTP_MARK .. "%{http_code}",
+		"-X", method, "-H", "Accept: application/json",
+	}
+	if token then
+		-- The token goes in a file (mode 0600 from mkstemp), never on the
+		-- command line where `ps` would show it.
+		header_file = os.tmpname()
+		local f = io.open(header_file, "wb")
+		if not f then
+			os.remove(body_file)
+			os.remove(header_file)
+			return nil, "cannot write a temporary header file"
+		end
+		f:write("Authorization: Bearer ", token, "\n")
+		f:close()
+		argv[#argv + 1] = "-H"
+		argv[#argv + 1] = "@" .. header_file
+	end
+	argv[#argv + 1] = cfg.orchestrator_url .. path
+
+	local status, err
+	for attempt = 0, cfg.retries do
+		if attempt > 0 then
+			M.run({ "sleep", "1" })
+		end
+		local _, out = M.run(argv)
+		out = out or ""
+		local code = out:match(HTTP_MARK .. "(%d%d%d)")
+		if code and code ~= "000" then
+			status, err = tonumber(code), nil
+			break
+		end
+		local msg = trim(out:gsub(HTTP_MARK .. "%d*", ""))
+		err = method .. " " .. path .. ": cannot reach the orchestrator at "
+			.. cfg.orchestrator_url .. (msg ~= "" and (": " .. printable(msg, 200)) or "")
+	end
+	local body = M.read_file(body_file) or ""
+	os.remove(body_file)
+	if header_file then
+		os.remove(header_file)
+	end
+	if not status then
+		return nil, err
+	end
+	return status, body
+end
+
+-- Job state as printed by scontrol, "GONE" when Slurm no longer knows the
+-- job, or nil, err.
+function M.job_state(cfg, job_id)
+	local ok, out = M.run({ cfg.scontrol, "show", "job", "-o", job_id })
+	out = out or ""
+	local state = out:match("JobState=(%u[%u_]*)")
+	if state then
+		return state
+	end
+	if out:find("Invalid job id", 1, true) then
+		return "GONE"
+	end
+	return nil, "scontrol show job " .. job_id .. " failed" .. (ok and "" or ": " .. printable(out, 200))
+end
+
+---------------------------------------------------------------------------
+-- Operations. Each returns ok, err (or a value, err); none touches slurm.*
+-- return codes.
+---------------------------------------------------------------------------
+
+-- Bind a service job to its reservation and cache the allocation.
+function M.setup_service(cfg, job_id, name)
+	local status, body = M.http(cfg, "GET", M.API_ALLOCATION .. name)
+	if not status then
+		return nil, body
+	end
+	if status == 200 then
+		local alloc, derr = json.decode(body)
+		if alloc == nil then
+			return nil, "allocation answer for " .. name .. " is not JSON: " .. derr
+		end
+		local _, cerr = M.check_allocation(alloc, name)
+		if cerr then
+			return nil, cerr
+		end
+		local ok, werr = M.write_cache(cfg, job_id, {
+			version = M.CACHE_VERSION, kind = "service", job_id = job_id,
+			name = name, allocation = alloc,
+		})
+		if not ok then
+			return nil, werr
+		end
+		M.log("info", job_id, name, "reservation ALLOCATED, allocation cached")
+		return true
+	elseif status == 501 then
+		-- Already ALLOCATED: fine if this job bound it before (setup re-run
+		-- after a slurmctld restart or a requeue).
+		local rec = M.read_cache(cfg, job_id)
+		if rec and rec.kind == "service" and rec.name == name
+			and M.check_allocation(rec.allocation, name) then
+			M.log("info", job_id, name, "reservation already ALLOCATED to this job, using the cached allocation")
+			return true
+		end
+		return nil, "reservation " .. name .. " is already ALLOCATED and job " .. job_id
+			.. " has no cached allocation (was it started by another job?)"
+	elseif status == 409 then
+		return nil, "reservation " .. name .. " is still queued" .. M.error_text(body)
+	elseif status == 500 then
+		return nil, "reservation " .. name .. " does not exist" .. M.error_text(body)
+	end
+	return nil, "GET " .. M.API_ALLOCATION .. name .. ": unexpected HTTP status "
+		.. status .. M.error_text(body)
+end
+
+-- Check that every service a step uses is usable and cache what the job
+-- will see in its environment.
+function M.setup_step(cfg, job_id, uses)
+	local services, problems = {}, {}
+	for i, use in ipairs(uses) do
+		local status, body = M.http(cfg, "GET", M.API_STATUS .. use.name)
+		if not status then
+			return nil, body
+		end
+		if status == 200 then
+			local st, derr = json.decode(body)
+			local checked, cerr
+			if st == nil then
+				cerr = "status answer is not JSON: " .. derr
+			else
+				checked, cerr = M.check_status(st, use.name)
+			end
+			if not checked then
+				problems[#problems + 1] = "service " .. use.name .. ": " .. cerr
+			elseif not M.USABLE_STATUS[checked.status] then
+				problems[#problems + 1] = "service " .. use.name .. " is not usable (status "
+					.. checked.status .. (checked.detail and (": " .. checked.detail) or "") .. ")"
+			else
+				services[i] = { name = use.name, hint = use.hint, status = checked.status,
+					servers = checked.servers }
+			end
+		elseif status == 500 then
+			problems[#problems + 1] = "service " .. use.name .. " is unknown to the orchestrator"
+				.. M.error_text(body)
+		else
+			problems[#problems + 1] = "service " .. use.name .. ": unexpected HTTP status "
+				.. status .. M.error_text(body)
+		end
+	end
+	if #problems > 0 then
+		return nil, table.concat(problems, "; ")
+	end
+	local ok, werr = M.write_cache(cfg, job_id, {
+		version = M.CACHE_VERSION, kind = "step", job_id = job_id,
+		services = json.array(services),
+	})
+	if not ok then
+		return nil, werr
+	end
+	M.log("info", job_id, nil, "services checked and cached: " .. M.describe_spec({ kind = "step", services = uses }))
+	return true
+end
+
+function M.setup(cfg, job_id, spec)
+	if spec.kind == "service" then
+		return M.setup_service(cfg, job_id, spec.name)
+	end
+	return M.setup_step(cfg, job_id, spec.services)
+end
+
+-- Release what the job holds. Idempotent: a missing cache or a reservation
+-- already gone (502) is success.
+function M.teardown(cfg, job_id, job_script, hurry)
+	local rec, cerr = M.read_cache(cfg, job_id)
+	if cerr then
+		M.log("error", job_id, nil, cerr .. " (ignored)")
+	end
+	local kind, name
+	if rec then
+		kind, name = rec.kind, rec.name
+	else
+		local spec = M.read_spec(job_script)
+		if spec then
+			kind, name = spec.kind, spec.name
+		end
+	end
+	if kind ~= "service" then
+		local ok, err = M.remove_cache(cfg, job_id)
+		if ok then
+			M.log("info", job_id, nil, "teardown done (hurry=" .. tostring(hurry) .. ")")
+		end
+		return ok, err
+	end
+	local okname, nerr = M.check_name(name)
+	if not okname then
+		return nil, nerr
+	end
+	-- Slurm tears down the buffer of a pending job when it restarts (and
+	-- after a failed pre_run) and then stages it in again: such a job keeps
+	-- its reservation and its cache.
+	local state, serr = M.job_state(cfg, job_id)
+	if not state then
+		return nil, serr
+	end
+	if M.WILL_RERUN_STATES[state] then
+		M.log("info", job_id, name, "job is " .. state .. " and will be staged in again: reservation kept")
+		return true
+	end
+	local status, body = M.http(cfg, "DELETE", M.API_ALLOCATION .. name)
+	if not status then
+		return nil, body
+	end
+	if status == 200 or status == 502 then
+		M.log("info", job_id, name, status == 200 and "reservation released"
+			or "reservation already released (502)")
+		return M.remove_cache(cfg, job_id)
+	end
+	return nil, "DELETE " .. M.API_ALLOCATION .. name .. ": unexpected HTTP status "
+		.. status .. M.error_text(body)
+end
+
+-- Lines for the path_file, from the cache only (runs inside slurmctld).
+function M.paths(cfg, job_id)
+	local rec, err = M.read_cache(cfg, job_id)
+	if not rec then
+		return nil, err or ("no cached allocation for job " .. job_id
+			.. " in " .. cfg.cache_dir .. " (did slurm_bb_setup run?)")
+	end
+	local ok, lines = pcall(M.env_from_cache, rec, job_id)
+	if not ok then
+		return nil, tostring(lines)
+	end
+	return lines, rec
+end
+
+function M.write_path_file(path_file, lines)
+	local f, err = io.open(path_file, "wb")
+	if not f then
+		return nil, "cannot open path file " .. tostring(path_file) .. ": " .. tostring(err)
+	end
+	local ok, werr = f:write(table.concat(lines, "\n"), "\n")
+	f:close()
+	if not ok then
+		return nil, "cannot write path file: " .. tostring(werr)
+	end
+	return true
+end
+
+---------------------------------------------------------------------------
+-- Entry points. Each converts ok, err into slurm.SUCCESS or
+-- slurm.ERROR, "<message>"; a Lua error inside becomes slurm.ERROR too.
+---------------------------------------------------------------------------
+
+local function entry(hook, job_id, fn)
+	local ok, res, err = pcall(fn)
+	if not ok then
+		M.log("error", job_id, nil, hook .. ": internal error: " .. tostring(res))
+		return slurm.ERROR, hook .. ": internal error: " .. printable(res, 200)
+	end
+	if res then
+		return slurm.SUCCESS
+	end
+	err = printable(err or "failed", 900)
+	M.log("error", job_id, nil, hook .. ": " .. err)
+	return slurm.ERROR, err
+end
+
+--[[ slurm_bb_job_process(job_script [, uid, gid, job_info])
+Runs INSIDE slurmctld at submission; must be fast; never killed.
+Validates the directives; an error rejects the job and the message is
+printed by sbatch/salloc/srun. Reads the script only. ]]
+function slurm_bb_job_process(job_script, ...)
+	local job_id = M.job_id_from_script(job_script)
+	return entry("job_process", job_id, function()
+		local spec, err = M.read_spec(job_script)
+		if not spec then
+			return nil, err
+		end
+		M.log("debug", job_id, nil, "directives accepted: " .. M.describe_spec(spec))
+		return true
+	end)
+end
+
+--[[ slurm_bb_pools()
+Runs INSIDE slurmctld at startup and periodically. The second value must be
+JSON: the orchestrator, not Slurm, accounts datanode resources, so there are
+no pools. ]]
+function slurm_bb_pools(...)
+	local text = json.encode({ pools = json.array({}) })
+	return slurm.SUCCESS, text
+end
+
+--[[ slurm_bb_job_teardown(job_id, job_script, hurry [, uid, gid, job_info])
+slurmscriptd, OtherTimeout. After the job ends or is cancelled; run again
+after a failure and after a slurmctld restart. Service job: DELETE
+server/allocation/<name> (200 or 502 = success), remove the cache; a job
+still pending (restart, requeue) keeps both. Step job: remove the cache. ]]
+function slurm_bb_job_teardown(job_id, job_script, hurry, ...)
+	return entry("teardown", job_id, function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return nil, err
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return nil, cerr
+		end
+		return M.teardown(cfg, id, job_script, hurry)
+	end)
+end
+
+--[[ slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script [, job_info])
+slurmscriptd, OtherTimeout; while the job is pending. Service job:
+GET server/allocation/<name> (reservation -> ALLOCATED), cache the answer.
+Step job: check each used service is ALLOCATED or STAGEDIN, cache it.
+A failure holds the job (FAIL_BURST_BUFFER_OP) with the message. ]]
+function slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script, ...)
+	return entry("setup", job_id, function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return nil, err
+		end
+		local spec, perr = M.read_spec(job_script)
+		if not spec then
+			return nil, perr
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return nil, cerr
+		end
+		return M.setup(cfg, id, spec)
+	end)
+end
+
+--[[ slurm_bb_data_in(job_id, job_script [, uid, gid, job_info])
+slurmscriptd, StageInTimeout. Nothing to stage: data movers are separate
+jobs started by the orchestrator. ]]
+function slurm_bb_data_in(job_id, job_script, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_test_data_in(job_id, job_script, uid, gid, job_info)
+Slurm 24.05+ only (polls stage-in). Stage-in is complete at once. ]]
+function slurm_bb_test_data_in(job_id, job_script, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_real_size(job_id [, uid, gid, job_info])
+slurmscriptd. Only called for jobs that request a pool; there are none. ]]
+function slurm_bb_real_size(job_id, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_paths(job_id, job_script, path_file [, uid, gid, job_info])
+Runs INSIDE slurmctld when the job is about to start; must be fast. Reads
+the cache written by setup and writes KEY=VALUE lines to path_file; Slurm
+adds them to the job's environment. No network. ]]
+function slurm_bb_paths(job_id, job_script, path_file, ...)
+	return entry("paths", job_id, function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return nil, err
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return nil, cerr
+		end
+		local lines, perr = M.paths(cfg, id)
+		if not lines then
+			return nil, perr
+		end
+		return M.write_path_file(path_file, lines)
+	end)
+end
+
+--[[ slurm_bb_pre_run(job_id, job_script [, uid, gid, job_info])
+slurmscriptd, OtherTimeout; nodes allocated, job configuring. Nothing to do. ]]
+function slurm_bb_pre_run(job_id, job_script, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_post_run(job_id, job_script [, uid, gid, job_info])
+slurmscriptd, OtherTimeout; after the job ran. Nothing to do. ]]
+function slurm_bb_post_run(job_id, job_script, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_data_out(job_id, job_script [, uid, gid, job_info])
+slurmscriptd, StageOutTimeout. Nothing to stage out here. ]]
+function slurm_bb_data_out(job_id, job_script, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_test_data_out(job_id, job_script, uid, gid, job_info)
+Slurm 24.05+ only (polls stage-out). Complete at once. ]]
+function slurm_bb_test_data_out(job_id, job_script, ...)
+	return slurm.SUCCESS
+end
+
+--[[ slurm_bb_get_status(...)   (23.02+: uid, gid, ...)
+slurmscriptd; `scontrol show bbstat [job <id>]`. Shows what the plugin
+cached for a job (the environment it exports). ]]
+function slurm_bb_get_status(...)
+	local args = { ... }
+	local usage = "usage: scontrol show bbstat job <job id>\n"
+	local job_id
+	for i = 1, select("#", ...) do
+		if args[i] == "job" then
+			job_id = args[i + 1]
+			break
+		end
+	end
+	if not job_id then
+		return slurm.SUCCESS, usage
+	end
+	local ok, res = pcall(function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return err .. "\n" .. usage
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return cerr .. "\n"
+		end
+		local lines, perr = M.paths(cfg, id)
+		if not lines then
+			return perr .. "\n"
+		end
+		return "job " .. id .. ":\n" .. table.concat(lines, "\n") .. "\n"
+	end)
+	if not ok then
+		return slurm.ERROR, printable(res, 300)
+	end
+	return slurm.SUCCESS, res
+end
