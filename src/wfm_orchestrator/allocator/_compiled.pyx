@@ -1,0 +1,320 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled allocator: the same class as reference.Allocator, over csrc/wfm_alloc.c.
+
+Only the hot path exists twice. Records, input checks, the inventory and
+every error message are imported from reference.py: when a fast check
+here does not pass, the shared check is called and raises exactly what the
+reference raises. The placement itself (order, tiers, core ids) is done by
+the C core and must equal the reference's; tests/unit/test_allocator_agree.py
+drives both with the same random operations.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport free as c_free, malloc, realloc
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+
+from ..errors import DuplicateReservation, InvalidDemand, NoCapacity, UnknownReservation
+from .reference import (
+    MAX_SIZE,
+    Datanode,
+    Free,
+    Inventory,
+    Placement,
+    check_demand,
+    check_name,
+    check_policy,
+    explain_never_fits,
+    explain_no_room,
+    fits_ever,
+    restore_conflict,
+)
+
+cdef extern from "wfm_alloc.h" nogil:
+    ctypedef struct wfm_alloc:
+        int32_t n
+        int32_t *free_c
+        int64_t *free_m
+        int64_t *free_s
+    int WFM_POLICY_PACK
+    int WFM_POLICY_SPREAD
+    wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy)
+    void wfm_alloc_free(wfm_alloc *a)
+    void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cores,
+                            int32_t ncores, int64_t msize, int64_t ssize)
+    void wfm_alloc_build(wfm_alloc *a)
+    int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t s,
+                        int32_t ntiers, const int32_t *tier_start, const int32_t *locs,
+                        int32_t *out_nodes, int32_t *out_cores)
+    void wfm_give_back(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores,
+                       int64_t m, int64_t s)
+    int wfm_can_take_exact(const wfm_alloc *a, int32_t i, const int32_t *cores,
+                           int32_t ncores, int64_t m, int64_t s)
+    void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores,
+                        int64_t m, int64_t s)
+    int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out)
+    int wfm_check(const wfm_alloc *a)
+
+cdef int64_t _MAX = MAX_SIZE  # 2**62: sizes are below it
+_tuple_new = tuple.__new__
+
+
+cdef class _Tiers:
+    """Candidate tiers of one `locations` value, as location ids for the C core."""
+
+    cdef int32_t ntiers
+    cdef int32_t *start
+    cdef int32_t *locs
+    cdef object cand  # reference.Candidates (for messages)
+
+    def __cinit__(self):
+        self.start = NULL
+        self.locs = NULL
+
+    def __dealloc__(self):
+        c_free(self.start)
+        c_free(self.locs)
+
+
+cdef class Allocator:
+    """Reserves slices of datanodes; same API and results as reference.Allocator."""
+
+    cdef wfm_alloc *_a
+    cdef object _inv
+    cdef dict _held        # name -> tuple of Placement
+    cdef dict _index_of    # datanode name -> index
+    cdef tuple _names
+    cdef dict _tiers       # tuple(locations) -> _Tiers
+    cdef _Tiers _all
+    cdef dict _loc_id
+    cdef int32_t *_out_nodes
+    cdef int32_t *_cores   # scratch: core ids out of / into the C core
+    cdef Py_ssize_t _cores_len
+    cdef readonly str policy
+
+    def __cinit__(self):
+        self._a = NULL
+        self._out_nodes = NULL
+        self._cores = NULL
+
+    def __dealloc__(self):
+        wfm_alloc_free(self._a)
+        c_free(self._out_nodes)
+        c_free(self._cores)
+
+    def __init__(self, datanodes, policy="pack", neighbours=None):
+        cdef int32_t i, k, n, ncores
+        self.policy = check_policy(policy)
+        inv = Inventory(datanodes, neighbours)
+        self._inv = inv
+        self._names = inv.names
+        self._index_of = inv.index_of
+        self._held = {}
+        self._tiers = {}
+        self._loc_id = {loc: k for k, loc in enumerate(inv.locations)}
+        n = len(inv.datanodes)
+        self._a = wfm_alloc_new(
+            n, len(inv.locations), WFM_POLICY_PACK if policy == "pack" else WFM_POLICY_SPREAD
+        )
+        self._out_nodes = <int32_t *> malloc((n + 1) * sizeof(int32_t))
+        self._cores_len = 1024
+        self._cores = <int32_t *> malloc(self._cores_len * sizeof(int32_t))
+        if self._a == NULL or self._out_nodes == NULL or self._cores == NULL:
+            raise MemoryError()
+        for i in range(n):
+            dn = inv.datanodes[i]
+            ncores = len(dn.cores)
+            for k in range(ncores):
+                self._cores[k] = dn.cores[k]
+            loc = -1 if dn.location is None else self._loc_id[dn.location]
+            wfm_alloc_set_node(self._a, i, loc, self._cores, ncores, dn.msize, dn.ssize)
+        wfm_alloc_build(self._a)
+        self._all = self._make_tiers(())
+
+    cdef _Tiers _make_tiers(self, tuple checked):
+        cdef _Tiers t = _Tiers()
+        cdef int32_t k, j, nlocs
+        cand = self._inv.candidates(checked)
+        t.cand = cand
+        if cand.location_tiers is None:
+            t.ntiers = 0
+            return t
+        t.ntiers = len(cand.location_tiers)
+        nlocs = sum(len(tier) for tier in cand.location_tiers)
+        t.start = <int32_t *> malloc((t.ntiers + 1) * sizeof(int32_t))
+        t.locs = <int32_t *> malloc((nlocs + 1) * sizeof(int32_t))
+        if t.start == NULL or t.locs == NULL:
+            raise MemoryError()
+        j = 0
+        for k, tier in enumerate(cand.location_tiers):
+            t.start[k] = j
+            for loc in tier:
+                t.locs[j] = self._loc_id[loc]
+                j += 1
+        t.start[t.ntiers] = j
+        return t
+
+    cdef _Tiers _tiers_for(self, locations):
+        """The tiers of `locations` (checked by the shared Inventory on a cache miss)."""
+        if locations is None:
+            return self._all
+        t = None
+        if type(locations) is list or type(locations) is tuple:
+            try:
+                t = self._tiers.get(tuple(locations))
+            except TypeError:  # unhashable items: let the shared check say why
+                t = None
+        if t is not None:
+            return t
+        checked = self._inv.check_locations(locations)
+        t = self._make_tiers(checked)
+        if len(self._tiers) >= 1024:
+            self._tiers.clear()
+        self._tiers[tuple(locations)] = t
+        return t
+
+    cdef int _ensure_cores(self, Py_ssize_t need) except -1:
+        cdef int32_t *p
+        if need > self._cores_len:
+            p = <int32_t *> realloc(self._cores, need * sizeof(int32_t))
+            if p == NULL:
+                raise MemoryError()
+            self._cores = p
+            self._cores_len = need
+        return 0
+
+    # -- queries
+
+    @property
+    def datanodes(self):
+        return self._names
+
+    def __contains__(self, name):
+        return isinstance(name, str) and name in self._held
+
+    def __len__(self):
+        return len(self._held)
+
+    def reservation(self, name):
+        if not isinstance(name, str) or name not in self._held:
+            raise UnknownReservation(name)
+        return list(self._held[name])
+
+    def free(self, datanode):
+        cdef int32_t i = self._inv.datanode(datanode)
+        cdef int32_t k, n
+        n = wfm_free_cores(self._a, i, self._cores)
+        return Free([self._cores[k] for k in range(n)], self._a.free_m[i], self._a.free_s[i])
+
+    def capacity(self, datanode):
+        dn = self._inv.datanodes[self._inv.datanode(datanode)]
+        return Free(list(dn.cores), dn.msize, dn.ssize)
+
+    def can_fit_ever(self, servers, cores, msize, ssize, locations=None):
+        servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
+        cdef _Tiers t = self._tiers_for(locations)
+        return fits_ever(self._inv, t.cand, servers, cores, msize, ssize)
+
+    def _check(self):
+        """0 if the C index is consistent with the free capacities (for tests)."""
+        return wfm_check(self._a)
+
+    # -- changes
+
+    def reserve(self, name, servers, cores, msize, ssize, locations=None):
+        cdef int64_t sv, c, m, s
+        cdef int32_t found, k, j, i
+        cdef _Tiers t
+        cdef list result
+        cdef tuple names
+        cdef object v, p, core_list, py_m, py_s
+        if type(name) is not str or not name:
+            check_name(name)
+        sv = c = m = s = -1
+        if (type(servers) is int and type(cores) is int
+                and type(msize) is int and type(ssize) is int):
+            try:
+                sv = servers
+                c = cores
+                m = msize
+                s = ssize
+            except OverflowError:
+                sv = -1
+        if not (1 <= sv < _MAX and 0 <= c < _MAX and 0 <= m < _MAX and 0 <= s < _MAX):
+            servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
+            sv, c, m, s = servers, cores, msize, ssize
+        t = self._tiers_for(locations)
+        if name in self._held:
+            raise DuplicateReservation(name)
+
+        if sv > self._a.n or c > 1024:
+            found = 0  # cannot fit; the C core is not asked
+        else:
+            self._ensure_cores(sv * c)
+            found = wfm_reserve(self._a, <int32_t> sv, <int32_t> c, m, s, t.ntiers, t.start,
+                                t.locs, self._out_nodes, self._cores)
+        if found < sv:
+            sv_, c_, m_, s_ = sv, c, m, s
+            if not fits_ever(self._inv, t.cand, sv_, c_, m_, s_):
+                raise NoCapacity(explain_never_fits(self._inv, t.cand, sv_, c_, m_, s_), ever=True)
+            raise NoCapacity(explain_no_room(t.cand, sv_, c_, m_, s_, found))
+
+        names = self._names
+        py_m = m
+        py_s = s
+        result = PyList_New(found)
+        for k in range(found):
+            i = self._out_nodes[k]
+            core_list = PyList_New(c)
+            for j in range(c):
+                v = self._cores[k * c + j]
+                Py_INCREF(v)
+                PyList_SET_ITEM(core_list, j, v)
+            p = _tuple_new(Placement, (names[i], core_list, py_m, py_s))
+            Py_INCREF(p)
+            PyList_SET_ITEM(result, k, p)
+        self._held[name] = tuple(result)
+        return result
+
+    def release(self, name):
+        cdef int32_t i, j, nc
+        cdef tuple placements
+        cdef list cl
+        placements = self._held.pop(name, None) if type(name) is str else None
+        if placements is None:
+            raise UnknownReservation(name)
+        for p in placements:
+            i = self._index_of[p[0]]
+            cl = p[1]
+            nc = len(cl)
+            for j in range(nc):
+                self._cores[j] = cl[j]
+            wfm_give_back(self._a, i, self._cores, nc, p[2], p[3])
+        return list(placements)
+
+    def restore(self, name, placements):
+        """Re-take exactly `placements` under `name` (rebuilding from the database)."""
+        cdef int32_t i, j, nc
+        name = check_name(name)
+        if name in self._held:
+            raise DuplicateReservation(name)
+        wanted = self._inv.check_placements(placements)
+        for i, cores, msize, ssize in wanted:
+            nc = len(cores)
+            for j in range(nc):
+                self._cores[j] = cores[j]
+            if not wfm_can_take_exact(self._a, i, self._cores, nc, msize, ssize):
+                free_ids = set(self.free(self._names[i]).core_list)
+                taken = [c for c in cores if c not in free_ids]
+                raise restore_conflict(name, self._inv.datanodes[i], msize, ssize, taken,
+                                       self._a.free_m[i], self._a.free_s[i])
+        held = []
+        for i, cores, msize, ssize in wanted:
+            nc = len(cores)
+            for j in range(nc):
+                self._cores[j] = cores[j]
+            wfm_take_exact(self._a, i, self._cores, nc, msize, ssize)
+            held.append(Placement(self._names[i], list(cores), msize, ssize))
+        self._held[name] = tuple(held)
+        return list(held)
