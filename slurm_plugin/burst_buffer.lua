@@ -1308,11 +1308,14 @@ function M.paths(cfg, job_id)
 		return nil, err or ("no cached allocation for job " .. job_id
 			.. " in " .. cfg.cache_dir .. " (did slurm_bb_setup run?)")
 	end
-	local ok, lines = pcall(M.env_from_cache, rec, job_id)
+	local ok, lines, eerr = pcall(M.env_from_cache, rec, job_id)
 	if not ok then
 		return nil, tostring(lines)
 	end
-	return lines, rec
+	if not lines then
+		return nil, eerr
+	end
+	return lines
 end
 
 function M.write_path_file(path_file, lines)
