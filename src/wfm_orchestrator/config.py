@@ -323,7 +323,7 @@ def parse_config(text: str, file: str = "wfm.conf") -> Config:
     locations, flavors, datanodes, services, tiers = _build_records(records, settings, out)
     _check_settings(settings, raw_settings, out)
     if out.problems:
-        raise ConfigError(out.problems)
+        raise ConfigError(sorted(out.problems, key=lambda p: p.line))
     return Config(
         path=file,
         settings=MappingProxyType(settings),

@@ -80,6 +80,14 @@ class Conflict(WfmError):
         super().__init__(message)
 
 
+class AlreadyAllocated(Conflict):
+    """GET server/allocation on a reservation that is already ALLOCATED (spec: 501)."""
+
+
+class StillQueued(Conflict):
+    """The reservation is valid but waits in the queue for resources (409)."""
+
+
 class RequestFailed(WfmError):
     """A well-formed request that cannot be satisfied (the spec's 500 cases)."""
 

@@ -1,0 +1,67 @@
+"""Falcon application: routes under every version prefix, JSON through ujson, logging."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import falcon
+
+from ..config import Config
+from ..resource_manager import ResourceManager
+from . import errors, info, openapi, reservations, service_status
+from .media import MAX_BODY, json_handler
+
+log = logging.getLogger("wfm_orchestrator.access")
+
+# The spec's canonical paths mix v1.0.0 and v2.0.0; the IO-SEA Session Manager
+# puts v2.0.0 before everything and the public IO-SEA Resource Manager served
+# v2.1.0. Every endpoint is served under all three (same resource, no redirect).
+VERSIONS = ("v1.0.0", "v2.0.0", "v2.1.0")
+
+
+class AccessLog:
+    """One line per request: method, path, status, milliseconds."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        if req.content_length is not None and req.content_length > MAX_BODY:
+            raise errors.APIError(413, "Request body too large",
+                                  f"the body is {req.content_length} bytes; "
+                                  f"at most {MAX_BODY} are accepted")
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        started = getattr(req.context, "started", None)
+        ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        log.info("%s %s %s %.1fms", req.method, req.path, resp.status_code, ms)
+
+
+def routes(config: Config, rm: ResourceManager) -> list[tuple[str, object]]:
+    """(path without version prefix, resource) for every endpoint."""
+    return [
+        ("/ephemeralservice/reserve", reservations.Reserve(rm)),
+        ("/server/allocation/{service_name}", reservations.Allocation(rm)),
+        ("/server/resources/all", reservations.AllServerResources(rm)),
+        ("/server/resources/{server_name}", reservations.ServerResources(rm)),
+        ("/location/list", info.Locations(config)),
+        ("/ephemeralservice/flavors", info.Flavors(config)),
+        ("/ephemeralservice/status", service_status.AllServiceStatus(rm)),
+        ("/ephemeralservice/status/{ident}", service_status.ServiceStatus(rm)),
+    ]
+
+
+def create_app(config: Config, rm: ResourceManager) -> falcon.App:
+    app = falcon.App(middleware=[AccessLog()], cors_enable=False)
+    handler = json_handler()
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = handler
+    # A request without Content-Type (the Session Manager's GETs) is read as JSON.
+    app.req_options.default_media_type = falcon.MEDIA_JSON
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    table = routes(config, rm)
+    for path, resource in table:
+        for version in VERSIONS:
+            app.add_route(f"/{version}{path}", resource)
+    app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table]))
+    return app

@@ -1,0 +1,248 @@
+"""The OpenAPI 3 document of the API, served at GET /openapi.json.
+
+It lists the specification's canonical paths; every path is also served
+under the other version prefixes (/v1.0.0, /v2.0.0, /v2.1.0) as an alias.
+A test compares it with the application's routes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from ..model import MAX_CORES, MAX_MB, MAX_SERVERS
+
+# The version under which the specification names each path.
+CANONICAL_VERSION = {"/server/allocation/{service_name}": "v2.0.0"}
+DEFAULT_VERSION = "v1.0.0"
+
+_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"}
+_SIZE = {"type": "integer", "minimum": 0, "maximum": MAX_MB}
+_SIZE_OR_TEXT = {"oneOf": [_SIZE, {"type": "string", "maxLength": 64}]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["title", "message"],
+        "properties": {
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+            "message": {"type": "string", "description": "the human-readable reason"},
+            "field": {"type": "string", "description": "the request field at fault"},
+        },
+    },
+    "ReserveRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "user", "user_slurm_token", "type", "attributes"],
+        "properties": {
+            "name": _NAME,
+            "user": {"type": "string"},
+            "user_slurm_token": {"type": "string"},
+            "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
+            "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
+            "attributes": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "cores": {"type": "integer", "minimum": 0, "maximum": MAX_CORES},
+                    "msize": _SIZE_OR_TEXT,
+                    "ssize": _SIZE_OR_TEXT,
+                    "gssize": _SIZE_OR_TEXT,
+                    "flavor": {"type": "string"},
+                    "targets": {"oneOf": [{"type": "string"},
+                                          {"type": "array", "items": {"type": "string"}}]},
+                    "mountpoint": {"type": "string"},
+                },
+            },
+            "location": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ReserveResponse": {
+        "type": "object",
+        "required": ["name", "status", "message"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["FREE", "QUEUED"]},
+            "message": {"type": "string"},
+        },
+    },
+    "Allocation": {
+        "type": "object",
+        "required": ["name", "servers", "properties"],
+        "properties": {
+            "name": {"type": "string"},
+            "servers": {"type": "integer"},
+            "properties": {"type": "array", "items": {"$ref": "#/components/schemas/AllocationProperties"}},
+        },
+    },
+    "AllocationProperties": {
+        "type": "object",
+        "required": ["server_name", "cores", "core_list", "msize", "ssize"],
+        "properties": {
+            "server_name": {"type": "string"},
+            "cores": {"type": "integer"},
+            "core_list": {"type": "array", "items": {"type": "integer"}},
+            "msize": {"type": "integer"},
+            "ssize": {"type": "integer"},
+        },
+    },
+    "Released": {
+        "type": "object",
+        "required": ["name", "message"],
+        "properties": {"name": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "ServerResources": {
+        "type": "object",
+        "required": ["free_cores", "cores", "free_core_list", "core_list", "free_msize",
+                     "msize", "free_ssize", "ssize"],
+        "properties": {
+            **{k: {"type": "integer"} for k in ("free_cores", "cores", "free_msize", "msize",
+                                                "free_ssize", "ssize")},
+            "free_core_list": {"type": "array", "items": {"type": "integer"}},
+            "core_list": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
+    "ServerResourcesEntry": {
+        "type": "object",
+        "required": ["server_name", "server_resources"],
+        "properties": {
+            "server_name": {"type": "string"},
+            "server_resources": {"$ref": "#/components/schemas/ServerResources"},
+        },
+    },
+    "Location": {"type": "object", "required": ["name"],
+                 "properties": {"name": {"type": "string"}}},
+    "Flavor": {
+        "type": "object",
+        "required": ["name", "cores", "msize", "ssize"],
+        "properties": {"name": {"type": "string"}, "cores": {"type": "integer"},
+                       "msize": {"type": "integer"}, "ssize": {"type": "integer"}},
+    },
+    "ServiceStatus": {
+        "type": "object",
+        "required": ["user", "name", "status", "detail", "time"],
+        "properties": {
+            "user": {"type": "string"},
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["STAGINGIN", "STAGEDIN", "ALLOCATED",
+                                                  "STAGINGOUT", "STAGEDOUT", "STOPPED",
+                                                  "TEARDOWN"]},
+            "detail": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string"}}
+
+
+_COMMON = {"400": _error("malformed request (the field and the fix are named)"),
+           "404": _error("unknown route")}
+
+
+def _op(summary: str, ok: dict[str, Any], errors: dict[str, str], **extra: Any) -> dict[str, Any]:
+    responses = {"200": ok, **_COMMON, **{code: _error(text) for code, text in errors.items()}}
+    return {"summary": summary, "responses": responses, **extra}
+
+
+OPERATIONS: dict[str, dict[str, Any]] = {
+    "/ephemeralservice/reserve": {
+        "post": _op(
+            "Reserve datanode resources for an ephemeral service (idempotent per name)",
+            _json(_ref("ReserveResponse"), "reserved (FREE) or queued (QUEUED)"),
+            {"413": "body over 1 MiB",
+             "500": "reservation failed: can never fit, or the name is reserved with "
+                    "another request"},
+            requestBody={"required": True,
+                         "content": {"application/json": {"schema": _ref("ReserveRequest")}}},
+        )
+    },
+    "/server/allocation/{service_name}": {
+        "parameters": [_path_param("service_name", "the reservation name")],
+        "get": _op("Bind a reservation (FREE -> ALLOCATED) and list its resources",
+                   _json(_ref("Allocation"), "the allocation"),
+                   {"409": "the reservation is still queued",
+                    "500": "the reservation is missing",
+                    "501": "the reservation is already ALLOCATED"}),
+        "delete": _op("Delete a reservation (its resources return to the pool)",
+                      _json(_ref("Released"), "released"),
+                      {"500": "the release failed", "502": "allocation not found"}),
+    },
+    "/server/resources/all": {
+        "get": _op("Resources of every datanode",
+                   _json({"type": "array", "items": _ref("ServerResourcesEntry")}, "all"),
+                   {"500": "request failed"}),
+    },
+    "/server/resources/{server_name}": {
+        "parameters": [_path_param("server_name", "a datanode name")],
+        "get": _op("Resources of one datanode", _json(_ref("ServerResources"), "resources"),
+                   {"500": "unknown datanode"}),
+    },
+    "/location/list": {
+        "get": _op("Configured MSA locations",
+                   _json({"type": "array", "items": _ref("Location")}, "locations"), {}),
+    },
+    "/ephemeralservice/flavors": {
+        "get": _op("Configured flavors",
+                   _json({"type": "array", "items": _ref("Flavor")}, "flavors"), {}),
+    },
+    "/ephemeralservice/status": {
+        "get": _op("Status of every ephemeral service",
+                   _json({"type": "array", "items": _ref("ServiceStatus")}, "statuses"), {}),
+    },
+    "/ephemeralservice/status/{ident}": {
+        "parameters": [_path_param("ident", "a service name (looked up first) or a user id")],
+        "get": _op("Status of one service, or of every service of a user",
+                   _json({"oneOf": [_ref("ServiceStatus"),
+                                    {"type": "array", "items": _ref("ServiceStatus")}]},
+                         "one status (service name) or a list (user id)"),
+                   {}),
+    },
+}
+
+
+def document(paths: list[str]) -> dict[str, Any]:
+    out_paths = {}
+    for path in paths:
+        version = CANONICAL_VERSION.get(path, DEFAULT_VERSION)
+        out_paths[f"/{version}{path}"] = OPERATIONS[path]
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "WFM Orchestrator API",
+            "version": "1.0.0",
+            "description": (
+                "The IO-SEA Orchestrator API. Paths are listed under the specification's "
+                "version prefix; every path is also served, identically, under /v1.0.0, "
+                "/v2.0.0 and /v2.1.0 (aliases for the IO-SEA Session Manager and Resource "
+                "Manager). Every error body carries title, description and message."
+            ),
+        },
+        "paths": out_paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+class OpenAPI:
+    def __init__(self, paths: list[str]):
+        self.doc = document(paths)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.doc

@@ -1,0 +1,74 @@
+"""Resource Manager endpoints: reserve, server/allocation, server/resources."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..errors import NotFound
+from ..model import check_name, parse_reserve
+from ..resource_manager import ResourceManager
+from .errors import APIError
+from .media import read_json
+
+
+class Reserve:
+    """POST ephemeralservice/reserve."""
+
+    def __init__(self, rm: ResourceManager):
+        self.rm = rm
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = parse_reserve(read_json(req), self.rm.config)
+        rec = self.rm.reserve(request)
+        body = {"name": rec.name, "status": rec.state.value}
+        status = self.rm.service_status(rec.name)
+        if rec.state.value == "QUEUED":
+            body["message"] = f"not enough resources now: {status['detail']}" if status else ""
+        else:
+            body["message"] = "reserved"
+        resp.media = body
+
+
+class Allocation:
+    """GET / DELETE server/allocation/{service_name} (used by the burst-buffer plugin)."""
+
+    def __init__(self, rm: ResourceManager):
+        self.rm = rm
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
+        check_name(service_name, "service_name")
+        try:
+            resp.media = self.rm.get_allocation(service_name)
+        except NotFound as e:
+            raise APIError(500, "Reservation missing", str(e)) from None
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
+        check_name(service_name, "service_name")
+        try:
+            self.rm.delete_allocation(service_name)
+        except NotFound as e:
+            raise APIError(502, "Allocation not found", str(e)) from None
+        resp.media = {"name": service_name, "message": "allocation released"}
+
+
+class ServerResources:
+    """GET server/resources/{server_name} and server/resources/all."""
+
+    def __init__(self, rm: ResourceManager):
+        self.rm = rm
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, server_name: str) -> None:
+        check_name(server_name, "server_name")
+        try:
+            resp.media = self.rm.resources(server_name)
+        except NotFound as e:
+            valid = ", ".join(self.rm.config.datanodes)
+            raise APIError(500, "Unknown datanode", f"{e} (datanodes: {valid})") from None
+
+
+class AllServerResources:
+    def __init__(self, rm: ResourceManager):
+        self.rm = rm
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.rm.all_resources()

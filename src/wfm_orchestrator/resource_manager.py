@@ -1,0 +1,352 @@
+"""The Resource Manager: reservations of datanode resources, their queue and status.
+
+One lock serialises every decision on the allocator and the in-memory
+records (a placement costs microseconds); the durable write is queued under
+the same lock, so commit order is decision order, and waited for outside it
+(group commit). Nothing is acknowledged before its commit. The in-memory
+records are the authoritative copy while running; at start they are rebuilt
+from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import ujson
+
+from .allocator import Allocator, Datanode, NoCapacity, Placement
+from .config import Config
+from .errors import (
+    AlreadyAllocated,
+    NotFound,
+    RequestFailed,
+    StillQueued,
+    StoreError,
+    UnknownDatanode,
+)
+from .model import ReservationState, ReserveRequest, ServiceStatus
+from .store import DONE, Statement, Store, Ticket
+
+log = logging.getLogger(__name__)
+
+State = ReservationState
+
+
+def iso_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Reservation:
+    request: ReserveRequest
+    state: ReservationState
+    seq: int
+    created: float
+    updated: float
+    placement: list[Placement] | None = None
+    detail: str = ""
+    ticket: Ticket = field(default=DONE, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+    def allocation(self) -> dict[str, Any]:
+        """The spec's v2.0.0_server_allocation_response."""
+        props = [
+            {"server_name": p.server, "cores": len(p.core_list), "core_list": list(p.core_list),
+             "msize": p.msize, "ssize": p.ssize}
+            for p in self.placement or ()
+        ]
+        return {"name": self.name, "servers": len(props), "properties": props}
+
+
+_UPSERT = (
+    "INSERT INTO reservation (name, user, type, request, token, state, seq, placement, detail,"
+    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(name) DO UPDATE SET user=excluded.user, type=excluded.type,"
+    " request=excluded.request, token=excluded.token, state=excluded.state, seq=excluded.seq,"
+    " placement=excluded.placement, detail=excluded.detail, created=excluded.created,"
+    " updated=excluded.updated"
+)
+
+
+def _row(rec: Reservation) -> Statement:
+    placement = (
+        ujson.dumps([[p.server, list(p.core_list), p.msize, p.ssize] for p in rec.placement])
+        if rec.placement is not None else None
+    )
+    token = rec.request.user_slurm_token if rec.state != State.RELEASED else None
+    return (_UPSERT, (rec.name, rec.request.user, rec.request.type,
+                      ujson.dumps(rec.request.canonical(), sort_keys=True), token,
+                      rec.state.value, rec.seq, placement, rec.detail, rec.created, rec.updated))
+
+
+class ResourceManager:
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self._lock = threading.Lock()
+        # Called (under the lock) with each reservation that changed, so the
+        # service layer can react (start a service once its resources are held).
+        self.listeners: list[Callable[[Reservation], None]] = []
+        self._load()
+
+    # --- start -------------------------------------------------------------
+
+    def _new_allocator(self) -> Allocator:
+        nodes = [Datanode(d.name, cores=d.core_list, msize=d.msize, ssize=d.ssize,
+                          location=d.location) for d in self.config.datanodes.values()]
+        return Allocator(nodes, policy=self.config.placement_policy,
+                         neighbours=self.config.neighbours_map())
+
+    def _load(self) -> None:
+        self.allocator = self._new_allocator()
+        self._records: dict[str, Reservation] = {}
+        self._queue: list[Reservation] = []
+        self._seq = 0
+        rows = self.store.query("SELECT * FROM reservation ORDER BY seq")
+        for row in rows:
+            canonical = ujson.loads(row["request"])
+            req = ReserveRequest(
+                name=canonical["name"], user=canonical["user"],
+                user_slurm_token=row["token"] or "", type=canonical["type"],
+                servers=canonical["servers"], cores=canonical["cores"],
+                msize=canonical["msize"], ssize=canonical["ssize"],
+                locations=tuple(canonical["locations"]), flavor=canonical["flavor"],
+                targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"])
+            rec = Reservation(req, State(row["state"]), row["seq"], row["created"],
+                              row["updated"], detail=row["detail"])
+            self._seq = max(self._seq, rec.seq)
+            if row["placement"] is not None:
+                rec.placement = [Placement(s, list(c), m, z)
+                                 for s, c, m, z in ujson.loads(row["placement"])]
+            if rec.state in (State.FREE, State.ALLOCATED):
+                if rec.placement is None:
+                    raise StoreError(f"reservation {rec.name} is {rec.state} without placement")
+                try:
+                    self.allocator.restore(rec.name, rec.placement)
+                except (NoCapacity, UnknownDatanode) as e:
+                    # The inventory shrank under held reservations: say so loudly
+                    # rather than over-commit or drop them silently.
+                    raise StoreError(
+                        f"reservation {rec.name} no longer fits the configured datanodes "
+                        f"({e}); restore the Datanode records or release it") from e
+            elif rec.state == State.QUEUED:
+                self._queue.append(rec)
+            self._records[rec.name] = rec
+        log.info("resource manager: %d reservations loaded (%d queued)",
+                 sum(r.state != State.RELEASED for r in self._records.values()), len(self._queue))
+
+    def _resync(self) -> None:
+        """After a failed commit, forget the in-memory changes: reload the durable state."""
+        with self._lock:
+            log.error("reloading the resource manager state from %s", self.store.path)
+            self._load()
+
+    def _commit(self, ticket: Ticket) -> None:
+        try:
+            ticket.wait()
+        except StoreError:
+            self._resync()
+            raise
+
+    # --- reserve -----------------------------------------------------------
+
+    def reserve(self, req: ReserveRequest) -> Reservation:
+        with self._lock:
+            rec = self._records.get(req.name)
+            if rec is not None and rec.state != State.RELEASED:
+                if rec.request.canonical() != req.canonical():
+                    raise RequestFailed(
+                        f"reservation {req.name!r} already exists with a different request; "
+                        "release it first or choose another name")
+                ticket = rec.ticket
+                if rec.request.user_slurm_token != req.user_slurm_token:
+                    # A retry may carry a renewed token: the newest one is kept.
+                    rec.request = req
+                    rec.ticket = ticket = self.store.write([_row(rec)])
+            else:
+                rec, ticket = self._place_new(req)
+        self._commit(ticket)
+        return rec
+
+    def _place_new(self, req: ReserveRequest) -> tuple[Reservation, Ticket]:
+        if not self.allocator.can_fit_ever(req.servers, req.cores, req.msize, req.ssize,
+                                           list(req.locations) or None):
+            raise RequestFailed(self._never_fits(req))
+        now = self.clock()
+        self._seq += 1
+        rec = Reservation(req, State.QUEUED, self._seq, now, now)
+        if self._may_pass_queue(now):
+            try:
+                self._take(rec, now)
+            except NoCapacity as e:
+                if e.ever:
+                    raise RequestFailed(str(e)) from None
+        if rec.state == State.QUEUED:
+            self._queue.append(rec)
+            rec.detail = "waiting for resources"
+        self._records[req.name] = rec
+        rec.ticket = ticket = self.store.write([_row(rec)])
+        self._notify(rec)
+        return rec, ticket
+
+    def _never_fits(self, req: ReserveRequest) -> str:
+        where = ", ".join(req.locations) if req.locations else "any location"
+        cands = [d for d in self.config.datanodes.values()
+                 if not req.locations or d.location in self._candidate_locations(req)]
+        biggest = (f"the {len(cands)} candidate datanodes offer at most "
+                   f"{max((len(d.core_list) for d in cands), default=0)} cores, "
+                   f"{max((d.msize for d in cands), default=0)} MB of memory and "
+                   f"{max((d.ssize for d in cands), default=0)} MB of storage each")
+        return (f"reservation {req.name!r} can never fit: it needs {req.servers} datanode(s) "
+                f"with {req.cores} cores, {req.msize} MB of memory and {req.ssize} MB of "
+                f"storage each in {where}; {biggest}")
+
+    def _candidate_locations(self, req: ReserveRequest) -> set[str]:
+        locs = set(req.locations)
+        for loc in req.locations:
+            locs.update(self.config.locations[loc].neighbours)
+        return locs
+
+    def _may_pass_queue(self, now: float) -> bool:
+        if not self._queue:
+            return True
+        if self.config.queue_policy == "backfill":
+            return now - self._queue[0].created < self.config.backfill_window
+        return False
+
+    def _take(self, rec: Reservation, now: float) -> None:
+        req = rec.request
+        rec.placement = self.allocator.reserve(req.name, servers=req.servers, cores=req.cores,
+                                               msize=req.msize, ssize=req.ssize,
+                                               locations=list(req.locations) or None)
+        rec.state = State.FREE
+        rec.updated = now
+        rec.detail = ""
+
+    def _admit_queued(self, now: float) -> list[Reservation]:
+        """Admit queued reservations after a release (fifo, or backfill within its window)."""
+        admitted: list[Reservation] = []
+        backfill = self.config.queue_policy == "backfill"
+        for rec in list(self._queue):
+            try:
+                self._take(rec, now)
+            except NoCapacity:
+                head_waited = now - self._queue[0].created
+                if backfill and head_waited < self.config.backfill_window:
+                    continue
+                break
+            self._queue.remove(rec)
+            admitted.append(rec)
+        return admitted
+
+    # --- server/allocation --------------------------------------------------
+
+    def get_allocation(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            rec = self._live(name)
+            if rec.state == State.QUEUED:
+                raise StillQueued(f"reservation {name!r} is queued at position "
+                                  f"{self._queue.index(rec) + 1}: no resources yet")
+            if rec.state == State.ALLOCATED:
+                raise AlreadyAllocated(f"reservation {name!r} is already ALLOCATED")
+            rec.state = State.ALLOCATED
+            rec.updated = self.clock()
+            rec.ticket = ticket = self.store.write([_row(rec)])
+            self._notify(rec)
+            body = rec.allocation()
+        self._commit(ticket)
+        return body
+
+    def delete_allocation(self, name: str, detail: str = "reservation deleted") -> Reservation:
+        with self._lock:
+            rec = self._live(name)
+            now = self.clock()
+            if rec.state == State.QUEUED:
+                self._queue.remove(rec)
+                detail = "removed from the queue"
+            else:
+                self.allocator.release(name)
+            rec.state = State.RELEASED
+            rec.updated = now
+            rec.detail = detail
+            changed = [rec, *self._admit_queued(now)]
+            ticket = self.store.write([_row(r) for r in changed])
+            for r in changed:
+                r.ticket = ticket
+                self._notify(r)
+        self._commit(ticket)
+        return rec
+
+    def _live(self, name: str) -> Reservation:
+        rec = self._records.get(name)
+        if rec is None or rec.state == State.RELEASED:
+            raise NotFound("reservation", name)
+        return rec
+
+    def _notify(self, rec: Reservation) -> None:
+        for listener in self.listeners:
+            listener(rec)
+
+    # --- reading ------------------------------------------------------------
+
+    def get(self, name: str) -> Reservation | None:
+        return self._records.get(name)
+
+    def status(self, rec: Reservation) -> dict[str, str]:
+        """Reservation-level service status (the spec's values)."""
+        if rec.state == State.QUEUED:
+            try:
+                pos = self._queue.index(rec) + 1
+            except ValueError:  # admitted between the read and now
+                pos = 0
+            status, detail = ServiceStatus.STAGINGIN, f"queued at position {pos}: {rec.detail}"
+        elif rec.state == State.FREE:
+            status = ServiceStatus.STAGINGIN
+            detail = (f"resources reserved (FREE) on {self._servers(rec)}; "
+                      "waiting for the service to start")
+        elif rec.state == State.ALLOCATED:
+            status, detail = ServiceStatus.ALLOCATED, f"allocated on {self._servers(rec)}"
+        else:
+            status, detail = ServiceStatus.STOPPED, rec.detail
+        return {"user": rec.request.user, "name": rec.name, "status": status.value,
+                "detail": detail, "time": iso_time(rec.updated)}
+
+    @staticmethod
+    def _servers(rec: Reservation) -> str:
+        return ", ".join(p.server for p in rec.placement or ())
+
+    def statuses(self, user: str | None = None) -> list[dict[str, str]]:
+        with self._lock:
+            recs = [r for r in self._records.values() if user is None or r.request.user == user]
+            return [self.status(r) for r in sorted(recs, key=lambda r: r.seq)]
+
+    def service_status(self, name: str) -> dict[str, str] | None:
+        with self._lock:
+            rec = self._records.get(name)
+            return self.status(rec) if rec else None
+
+    def resources(self, server: str) -> dict[str, Any]:
+        with self._lock:
+            try:
+                free = self.allocator.free(server)
+                cap = self.allocator.capacity(server)
+            except UnknownDatanode:
+                raise NotFound("datanode", server) from None
+        return {"free_cores": len(free.core_list), "cores": len(cap.core_list),
+                "free_core_list": list(free.core_list), "core_list": list(cap.core_list),
+                "free_msize": free.msize, "msize": cap.msize,
+                "free_ssize": free.ssize, "ssize": cap.ssize}
+
+    def all_resources(self) -> list[dict[str, Any]]:
+        return [{"server_name": name, "server_resources": self.resources(name)}
+                for name in self.config.datanodes]

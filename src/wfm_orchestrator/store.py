@@ -1,0 +1,254 @@
+"""SQLite persistence: the durable copy of every accepted request and its state.
+
+* WAL + ``synchronous=FULL``: a commit survives a crash or power loss.
+* One writer thread owns the write connection and commits whatever the
+  request threads have queued meanwhile in one transaction (group commit):
+  one fsync for many requests. ``Store.write`` returns a ticket; the caller
+  answers its client only after ``ticket.wait()`` (the commit) returns.
+* Each request's statements run inside a SAVEPOINT, so one faulty write
+  fails alone instead of failing the whole batch.
+* The file is claimed with an exclusive ``flock`` on ``<db>.lock`` so that a
+  second orchestrator on the same database refuses to start; a foreign or
+  corrupt file is refused and never overwritten.
+* Schema migrations are versioned with ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x57464D4F  # "WFMO": marks a database as ours
+Statement = tuple[str, Sequence[Any]]
+
+# Statements are split on ';' when applied: keep ';' out of the comments.
+MIGRATIONS: list[str] = [
+    # 1: reservations of the Resource Manager
+    """
+    CREATE TABLE reservation (
+        name      TEXT PRIMARY KEY,
+        user      TEXT NOT NULL,
+        type      TEXT NOT NULL,
+        request   TEXT NOT NULL,      -- canonical JSON of the validated request
+        token     TEXT,               -- user_slurm_token, NULL once released
+        state     TEXT NOT NULL,      -- QUEUED | FREE | ALLOCATED | RELEASED
+        seq       INTEGER NOT NULL,   -- arrival order (queue order)
+        placement TEXT,               -- JSON [[server, [core ids], msize, ssize], ...]
+        detail    TEXT NOT NULL DEFAULT '',
+        created   REAL NOT NULL,
+        updated   REAL NOT NULL
+    );
+    CREATE INDEX reservation_user ON reservation(user);
+    CREATE INDEX reservation_state ON reservation(state, seq);
+    """,
+]
+
+
+class Ticket:
+    """Completion of one queued write: ``wait()`` returns once it is committed."""
+
+    __slots__ = ("_done", "_error")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def wait(self, timeout: float | None = 30.0) -> None:
+        if not self._done.wait(timeout):
+            raise StoreError(f"the state database did not commit within {timeout} s")
+        if self._error is not None:
+            raise StoreError(f"the state database refused a write: {self._error}")
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self._error = error
+        self._done.set()
+
+
+DONE = Ticket()
+DONE._finish()
+
+
+class Store:
+    def __init__(self, path: str, max_batch: int = 256):
+        self.path = path
+        self._max_batch = max_batch
+        self._lock_fd = self._claim(path)
+        try:
+            self._check_file(path)
+            self._conn = self._connect(path)
+            self._migrate()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._queue: queue.SimpleQueue[tuple[list[Statement], Ticket] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    # --- opening ------------------------------------------------------------
+
+    @staticmethod
+    def _claim(path: str) -> int:
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open the state database lock {path}.lock: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"state database {path} is in use by another orchestrator (pid {holder}); "
+                "only one may run on a database"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    @staticmethod
+    def _check_file(path: str) -> None:
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(16)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot read the state database {path}: {e}") from e
+        if header and header != b"SQLite format 3\0":
+            raise StoreError(
+                f"{path} is not an SQLite database (refusing to overwrite it; "
+                "point state_db at another file or move this one away)"
+            )
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+            ).fetchone()[0]
+            if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
+                conn.close()
+                raise StoreError(
+                    f"{path} is an SQLite database of another application "
+                    f"(application_id {app_id:#x}, {tables} tables): refusing to use it"
+                )
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                conn.close()
+                raise StoreError(f"state database {path} is corrupt: {check}")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise StoreError(f"cannot put {path} in WAL mode")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"state database {path} is unusable: {e}") from e
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"state database {self.path} has schema version {version}, newer than this "
+                f"orchestrator knows ({len(MIGRATIONS)}): upgrade the orchestrator"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            log.info("state database %s: applying schema migration %d", self.path, number + 1)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in MIGRATIONS[number].split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # --- reading (at start, before the writer is busy) ----------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Read with a connection of its own (WAL readers never block the writer)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    # --- writing -------------------------------------------------------------
+
+    def write(self, statements: Iterable[Statement]) -> Ticket:
+        """Queue statements to run in one savepoint; commit order = call order."""
+        ticket = Ticket()
+        self._queue.put((list(statements), ticket))
+        return ticket
+
+    def _write_loop(self) -> None:
+        conn = self._conn
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(conn, batch)
+            if stop:
+                return
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list[tuple[list[Statement], Ticket]]) -> None:
+        results: list[BaseException | None] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statements, _ in batch:
+                conn.execute("SAVEPOINT req")
+                try:
+                    for sql, params in statements:
+                        conn.execute(sql, params)
+                    conn.execute("RELEASE req")
+                    results.append(None)
+                except sqlite3.Error as e:
+                    log.error("state database write failed and was rolled back: %s", e)
+                    conn.execute("ROLLBACK TO req")
+                    conn.execute("RELEASE req")
+                    results.append(e)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.critical("state database commit failed: %s", e)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [e] * len(batch)
+        for (_, ticket), error in zip(batch, results, strict=True):
+            ticket._finish(error)
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+        self._conn.close()
+        os.close(self._lock_fd)

@@ -1,0 +1,68 @@
+"""Shared fixtures: configurations and an in-process application on a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A small cluster for unit tests: two locations, four datanodes.
+SMALL_CONF = """
+listen = 127.0.0.1:8080
+auth = none
+state_db = {state_db}
+slurmrestd_url =
+queue_policy = {queue_policy}
+Location=loc1 ComputeNodes=cn[1-2] Datanodes=dn[1-2] NeighborLocation=loc2
+Location=loc2 ComputeNodes=cn[3-4] Datanodes=dn[3-4] NeighborLocation=loc1
+Datanode=dn[1-4] Cores=8 MemorySize=16GB StorageSize=1TB
+Flavor=small  MemorySize=5GB  Cores=2
+Flavor=medium MemorySize=10GB Cores=4 StorageSize=500GB
+Flavor=large  MemorySize=16GB Cores=8 StorageSize=1TB
+"""
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    from wfm_orchestrator.config import parse_config
+
+    def make(text: str = SMALL_CONF, **fmt):
+        fmt.setdefault("state_db", str(tmp_path / "state.db"))
+        fmt.setdefault("queue_policy", "fifo")
+        path = tmp_path / "wfm.conf"
+        body = text.format(**fmt)
+        path.write_text(body)
+        return parse_config(body, str(path))
+
+    return make
+
+
+@pytest.fixture
+def app_factory(make_config):
+    """Build (client, rm, store) on a fresh or existing state database; closes them after."""
+    from falcon import testing
+
+    from wfm_orchestrator.cli import build
+
+    opened = []
+
+    def make(**fmt):
+        config = make_config(**fmt)
+        app, rm, store = build(config)
+        opened.append(store)
+        return testing.TestClient(app), rm, store
+
+    yield make
+    for store in opened:
+        try:
+            store.close()
+        except Exception:  # noqa: S110 - closing twice in a restart test is fine
+            pass
+
+
+@pytest.fixture
+def client(app_factory):
+    c, _, _ = app_factory()
+    return c

@@ -1,0 +1,325 @@
+"""The Resource Manager REST API, in process, on a real SQLite store."""
+
+import pytest
+
+SBB = {"name": "alice_s1_sbb", "user": "alice", "user_slurm_token": "tok", "type": "SBB",
+       "attributes": {"flavor": "small", "targets": "/scratch/*.h5"}}
+
+
+def body(**over):
+    b = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SBB.items()}
+    attrs = over.pop("attributes", None)
+    if attrs is not None:
+        b["attributes"] = attrs
+    b.update(over)
+    return b
+
+
+def raw(cores=1, msize=0, ssize=0, name="r", servers=1, user="alice", **extra):
+    """A GBF request with explicit per-server demand (gssize = ssize x servers)."""
+    return {"name": name, "user": user, "user_slurm_token": "tok", "type": "GBF",
+            "servers": servers,
+            "attributes": {"cores": cores, "msize": msize, "gssize": ssize * servers,
+                           "mountpoint": "/mnt/x"}, **extra}
+
+
+def free(client, server):
+    r = client.simulate_get(f"/v1.0.0/server/resources/{server}")
+    assert r.status_code == 200, r.text
+    return r.json
+
+
+def total_free(client):
+    return [(e["server_name"], e["server_resources"]["free_cores"],
+             e["server_resources"]["free_msize"], e["server_resources"]["free_ssize"])
+            for e in client.simulate_get("/v1.0.0/server/resources/all").json]
+
+
+def test_walkthrough_reserve_allocate_release(client):
+    """reserve -> FREE; GET allocation -> ALLOCATED (then 501); DELETE -> 200 (then 502)."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
+    assert r.status_code == 200, r.text
+    assert r.json["status"] == "FREE"
+    st = client.simulate_get("/v1.0.0/ephemeralservice/status/alice_s1_sbb").json
+    assert st["status"] == "STAGINGIN" and "FREE" in st["detail"]
+    assert st["time"].endswith("Z")
+
+    r = client.simulate_get("/v2.0.0/server/allocation/alice_s1_sbb")
+    assert r.status_code == 200
+    assert r.json == {"name": "alice_s1_sbb", "servers": 1, "properties": [
+        {"server_name": "dn1", "cores": 2, "core_list": [0, 1], "msize": 5120, "ssize": 0}]}
+    assert free(client, "dn1")["free_core_list"] == [2, 3, 4, 5, 6, 7]
+    assert client.simulate_get("/v1.0.0/ephemeralservice/status/alice_s1_sbb").json[
+        "status"] == "ALLOCATED"
+    assert client.simulate_get("/v2.0.0/server/allocation/alice_s1_sbb").status_code == 501
+
+    r = client.simulate_delete("/v2.0.0/server/allocation/alice_s1_sbb")
+    assert r.status_code == 200
+    assert free(client, "dn1")["free_cores"] == 8
+    assert client.simulate_delete("/v2.0.0/server/allocation/alice_s1_sbb").status_code == 502
+    assert client.simulate_get("/v2.0.0/server/allocation/alice_s1_sbb").status_code == 500
+    st = client.simulate_get("/v1.0.0/ephemeralservice/status/alice_s1_sbb").json
+    assert st["status"] == "STOPPED"
+
+
+def test_missing_allocation_is_500_and_delete_of_unknown_is_502(client):
+    """Spec codes: GET allocation of a missing reservation 500, DELETE 502."""
+    r = client.simulate_get("/v2.0.0/server/allocation/nobody_s_x")
+    assert r.status_code == 500 and "nobody_s_x" in r.json["message"]
+    assert client.simulate_delete("/v2.0.0/server/allocation/nobody_s_x").status_code == 502
+
+
+def test_repeated_identical_reserve_is_idempotent(client):
+    """The same body twice: 200 both times, one reservation."""
+    for _ in range(3):
+        assert client.simulate_post("/v1.0.0/ephemeralservice/reserve",
+                                    json=SBB).status_code == 200
+    assert free(client, "dn1")["free_cores"] == 6
+    assert len(client.simulate_get("/v1.0.0/ephemeralservice/status").json) == 1
+
+
+def test_same_name_with_a_different_body_fails(client):
+    """A name reused with another request fails with the reason, nothing changes."""
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
+    other = body(attributes={"flavor": "medium", "targets": "/scratch/*.h5"})
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=other)
+    assert r.status_code == 500
+    assert "different request" in r.json["message"]
+    assert free(client, "dn1")["free_cores"] == 6
+
+
+def test_reservation_that_can_never_fit_fails_at_once(client):
+    """More than any candidate datanode has: 500 with the reason, not queued."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(cores=9))
+    assert r.status_code == 500
+    assert "can never fit" in r.json["message"] and "8 cores" in r.json["message"]
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(servers=5))
+    assert r.status_code == 500 and "never fit" in r.json["message"]
+    assert client.simulate_get("/v1.0.0/ephemeralservice/status").json == []
+
+
+def test_gssize_is_split_evenly_rounded_up(client):
+    """gssize 1001 MB over 2 servers gives 501 MB on each of two distinct datanodes."""
+    b = {"name": "bob_s_gbf", "user": "bob", "user_slurm_token": "t", "type": "GBF",
+         "servers": 2, "attributes": {"gssize": 1001, "mountpoint": "/gbf"}}
+    assert client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=b).status_code == 200
+    alloc = client.simulate_get("/v2.0.0/server/allocation/bob_s_gbf").json
+    assert [p["ssize"] for p in alloc["properties"]] == [501, 501]
+    assert len({p["server_name"] for p in alloc["properties"]}) == 2
+    assert all(p["cores"] == 1 for p in alloc["properties"])  # cores default 1
+
+
+def test_cores_zero_gives_an_empty_core_list(client):
+    """cores: 0 means no binding."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(cores=0, ssize=10))
+    assert r.status_code == 200
+    alloc = client.simulate_get("/v2.0.0/server/allocation/r").json
+    assert alloc["properties"][0]["core_list"] == [] and alloc["properties"][0]["cores"] == 0
+
+
+def test_location_restricts_then_spills_to_neighbours(client):
+    """location loc2 places on dn3/dn4 first, then on the neighbour loc1."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve",
+                             json=raw(name="a", cores=8, servers=3, location=["loc2"]))
+    assert r.status_code == 200
+    servers = [p["server_name"] for p in
+               client.simulate_get("/v2.0.0/server/allocation/a").json["properties"]]
+    assert sorted(servers[:2]) == ["dn3", "dn4"] and servers[2] in ("dn1", "dn2")
+
+
+def test_queue_fifo_position_409_and_admission(client):
+    """No room: 200 QUEUED with a position; GET 409; a release admits in order."""
+    for i in range(4):
+        r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name=f"big{i}",
+                                                                              cores=8))
+        assert r.json["status"] == "FREE"
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="q1", cores=8))
+    assert r.status_code == 200 and r.json["status"] == "QUEUED"
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="q2", cores=1))
+    assert r.json["status"] == "QUEUED"  # fifo: does not pass q1 even though... nothing fits
+    st = client.simulate_get("/v1.0.0/ephemeralservice/status/q2").json
+    assert st["status"] == "STAGINGIN" and "queued at position 2" in st["detail"]
+    r = client.simulate_get("/v2.0.0/server/allocation/q1")
+    assert r.status_code == 409 and "position 1" in r.json["message"]
+
+    assert client.simulate_delete("/v2.0.0/server/allocation/big0").status_code == 200
+    assert client.simulate_get("/v1.0.0/ephemeralservice/status/q1").json["status"] == \
+        "STAGINGIN"
+    assert client.simulate_get("/v2.0.0/server/allocation/q1").status_code == 200
+    assert "position 1" in client.simulate_get("/v1.0.0/ephemeralservice/status/q2").json[
+        "detail"]
+    # DELETE removes a queued reservation
+    assert client.simulate_delete("/v2.0.0/server/allocation/q2").status_code == 200
+    st = client.simulate_get("/v1.0.0/ephemeralservice/status/q2").json
+    assert st["status"] == "STOPPED" and "removed from the queue" in st["detail"]
+
+
+def test_fifo_head_blocks_smaller_later_requests(client):
+    """fifo: a small request behind a big queued one waits, even if it would fit."""
+    for i in range(4):
+        client.simulate_post("/v1.0.0/ephemeralservice/reserve",
+                             json=raw(name=f"h{i}", cores=6))
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="big", cores=8))
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="small", cores=1))
+    assert r.json["status"] == "QUEUED"
+    client.simulate_delete("/v2.0.0/server/allocation/h0")
+    # big is admitted first (dn freed), small follows on the remaining space
+    assert client.simulate_get("/v2.0.0/server/allocation/big").status_code == 200
+    assert client.simulate_get("/v2.0.0/server/allocation/small").status_code == 200
+
+
+def test_backfill_lets_a_fitting_request_pass_a_young_head(app_factory):
+    """backfill: a later request that fits passes the head while it waited < window."""
+    client, _, _ = app_factory(queue_policy="backfill")
+    for i in range(4):
+        client.simulate_post("/v1.0.0/ephemeralservice/reserve",
+                             json=raw(name=f"h{i}", cores=6))
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="big", cores=8))
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="small", cores=1))
+    assert r.json["status"] == "FREE"
+
+
+def test_state_survives_a_restart(app_factory, tmp_path):
+    """Reservations, states and the queue are rebuilt from the database at start."""
+    client, rm, store = app_factory()
+    for i in range(4):
+        client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name=f"b{i}", cores=8))
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="q", cores=8))
+    client.simulate_get("/v2.0.0/server/allocation/b1")
+    before = total_free(client)
+    statuses = client.simulate_get("/v1.0.0/ephemeralservice/status").json
+    store.close()
+
+    client2, _, _ = app_factory()
+    assert total_free(client2) == before
+    assert client2.simulate_get("/v1.0.0/ephemeralservice/status").json == statuses
+    assert client2.simulate_get("/v2.0.0/server/allocation/b1").status_code == 501
+    assert client2.simulate_get("/v2.0.0/server/allocation/q").status_code == 409
+    client2.simulate_delete("/v2.0.0/server/allocation/b0")
+    assert client2.simulate_get("/v2.0.0/server/allocation/q").status_code == 200
+
+
+def test_locations_and_flavors(client):
+    """location/list and flavors list the configuration (flavors in MB, ssize always there)."""
+    assert client.simulate_get("/v1.0.0/location/list").json == [{"name": "loc1"},
+                                                                 {"name": "loc2"}]
+    flavors = client.simulate_get("/v1.0.0/ephemeralservice/flavors").json
+    assert flavors[0] == {"name": "small", "cores": 2, "msize": 5120, "ssize": 0}
+    assert flavors[1]["ssize"] == 512000
+
+
+def test_status_by_user_lists_only_that_users_services(client):
+    """status/{user_id}: a name is looked up first, then a user id."""
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=raw(name="bob_x", user="bob"))
+    mine = client.simulate_get("/v1.0.0/ephemeralservice/status/alice").json
+    assert [s["name"] for s in mine] == ["alice_s1_sbb"]
+    assert client.simulate_get("/v1.0.0/ephemeralservice/status/carol").json == []
+    assert len(client.simulate_get("/v1.0.0/ephemeralservice/status").json) == 2
+
+
+def test_resources_of_an_unknown_server_fail(client):
+    """server/resources of an unknown datanode: the spec's 500, naming valid ones."""
+    r = client.simulate_get("/v1.0.0/server/resources/dn99")
+    assert r.status_code == 500 and "dn1" in r.json["message"]
+
+
+def test_unknown_route_is_404_json(client):
+    """Unknown routes get 404 with a JSON error body."""
+    r = client.simulate_get("/v1.0.0/nothing/here")
+    assert r.status_code == 404 and "message" in r.json
+
+
+INVALID = [
+    ({"attributes": {"flavor": "small", "cores": 2, "targets": "x"}}, "attributes.cores"),
+    ({"attributes": {"flavor": "small", "gssize": 2, "targets": "x"}}, "attributes.gssize"),
+    ({"attributes": {"flavor": "nope", "targets": "x"}}, "attributes.flavor"),
+    ({"attributes": {"targets": "x"}}, "attributes.flavor"),
+    ({"attributes": {"flavor": "small"}}, "attributes.targets"),
+    ({"type": "NFS", "attributes": {"gssize": 10}}, "attributes.mountpoint"),
+    ({"type": "GBF", "attributes": {"mountpoint": "/m"}}, "attributes.gssize"),
+    ({"type": "GBF", "attributes": {"ssize": 1, "gssize": 2, "mountpoint": "/m"}},
+     "attributes.ssize"),
+    ({"type": "XFS"}, "type"),
+    ({"location": ["mars"]}, "location[0]"),
+    ({"location": "loc1"}, "location"),
+    ({"servers": 0}, "servers"),
+    ({"servers": "2"}, "servers"),
+    ({"servers": True}, "servers"),
+    ({"servers": 2**63}, "servers"),
+    ({"colour": "red"}, "colour"),
+    ({"attributes": {"flavor": "small", "targets": "x", "size": 1}}, "attributes.size"),
+    ({"type": "GBF", "attributes": {"gssize": -1, "mountpoint": "/m"}}, "attributes.gssize"),
+    ({"type": "GBF", "attributes": {"gssize": 2**63, "mountpoint": "/m"}}, "attributes.gssize"),
+    ({"type": "GBF", "attributes": {"gssize": 1.5, "mountpoint": "/m"}}, "attributes.gssize"),
+    ({"type": "GBF", "attributes": {"cores": -1, "gssize": 1, "mountpoint": "/m"}},
+     "attributes.cores"),
+    ({"type": "GBF", "attributes": {"gssize": 1, "mountpoint": "relative"}},
+     "attributes.mountpoint"),
+    ({"name": "a/b"}, "name"),
+    ({"name": "../etc"}, "name"),
+    ({"name": "a b"}, "name"),
+    ({"name": "a\nb"}, "name"),
+    ({"name": "a;rm -rf"}, "name"),
+    ({"name": "$(id)"}, "name"),
+    ({"name": "a\u0000b"}, "name"),
+    ({"name": "-rf"}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": 5}, "name"),
+    ({"user": "root;x"}, "user"),
+    ({"user_slurm_token": "a\u0000"}, "user_slurm_token"),
+    ({"attributes": []}, "attributes"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), INVALID)
+def test_malformed_reserve_is_400_naming_the_field_and_changes_nothing(client, change, field):
+    """Every malformed reserve: 400, the field named, no state changed."""
+    before = total_free(client)
+    b = body()
+    b.update(change)
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=b)
+    assert r.status_code == 400, r.text
+    assert r.json["field"] == field
+    assert r.json["message"] and r.json["title"] and r.json["description"]
+    assert total_free(client) == before
+    assert client.simulate_get("/v1.0.0/ephemeralservice/status").json == []
+
+
+@pytest.mark.parametrize("missing", ["name", "user", "user_slurm_token", "type", "attributes"])
+def test_missing_required_field_is_400(client, missing):
+    """A missing required field is named."""
+    b = body()
+    del b[missing]
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=b)
+    assert r.status_code == 400 and r.json["field"] == missing
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[1,2]", b"\xff\xfe", b"", b"null",
+                                     b'"text"', b'{"name": "a\\u0000"}'])
+def test_non_object_or_invalid_json_is_400(client, payload):
+    """Invalid JSON or a body that is not an object: 400."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", body=payload,
+                             headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "message" in r.json
+
+
+def test_body_over_one_mib_is_413(client):
+    """Bodies over 1 MiB are refused with 413."""
+    big = b'{"name": "' + b"a" * (1024 * 1024) + b'"}'
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", body=big,
+                             headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("name", ["a%2Fb", "..", "a%20b", "a%0Ab", "%24(id)", "a%00b"])
+def test_bad_names_in_paths_are_400(client, name):
+    """Path names with '/', '..', spaces, newlines or shell characters: 400."""
+    for method, path in [("GET", f"/v2.0.0/server/allocation/{name}"),
+                         ("DELETE", f"/v2.0.0/server/allocation/{name}"),
+                         ("GET", f"/v1.0.0/server/resources/{name}"),
+                         ("GET", f"/v1.0.0/ephemeralservice/status/{name}")]:
+        r = client.simulate_request(method, path)
+        assert r.status_code in (400, 404), (method, path, r.status_code)
+        assert r.status_code != 500

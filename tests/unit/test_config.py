@@ -1,0 +1,144 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wfm_orchestrator.cli import main
+from wfm_orchestrator.config import load_config, parse_config
+from wfm_orchestrator.errors import ConfigError
+
+from ..conftest import ROOT
+
+BASE = """auth = none
+Location=loc1 ComputeNodes=cn[1-2] Datanodes=dn1 NeighborLocation=loc2
+Location=loc2 ComputeNodes=cn3 Datanodes=dn2
+Datanode=dn[1-2] Cores=16 MemorySize=64GB StorageSize=2TB
+Flavor=small MemorySize=5GB Cores=2
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "/etc/wfm.conf")
+    return [str(p) for p in e.value.problems]
+
+
+def test_repository_wfm_conf_describes_the_dev_cluster():
+    """The shipped wfm.conf: two locations, cn[1-2], dn[1-2], the spec's flavors."""
+    config = load_config(os.path.join(ROOT, "wfm.conf"))
+    assert list(config.locations) == ["loc1", "loc2"]
+    assert config.locations["loc1"].compute_nodes == ("cn1",)
+    assert config.locations["loc1"].neighbours == ("loc2",)
+    assert list(config.datanodes) == ["dn1", "dn2"]
+    assert config.datanodes["dn2"].location == "loc2"
+    assert {f.name: (f.cores, f.msize, f.ssize) for f in config.flavors.values()} == {
+        "small": (2, 5120, 0),
+        "medium": (4, 10240, 512000),
+        "large": (16, 51200, 2 * 1024 * 1024),
+    }
+
+
+def test_nodesets_and_sizes_are_expanded():
+    """Nodesets expand with ClusterShell; sizes convert to MB."""
+    config = parse_config(BASE)
+    assert config.locations["loc1"].compute_nodes == ("cn1", "cn2")
+    dn = config.datanodes["dn1"]
+    assert (len(dn.core_list), dn.msize, dn.ssize, dn.location) == (16, 65536, 2097152, "loc1")
+
+
+def test_core_list_replaces_cores():
+    """CoreList= gives explicit core ids."""
+    config = parse_config(BASE.replace("Cores=16", "CoreList=0-3,8-11"))
+    assert config.datanodes["dn1"].core_list == (0, 1, 2, 3, 8, 9, 10, 11)
+
+
+def test_settings_have_documented_defaults_and_attribute_access():
+    """Unset settings take their defaults; settings read as attributes."""
+    config = parse_config(BASE)
+    assert config.listen == "127.0.0.1:8080"
+    assert config.placement_policy == "pack"
+    assert config.target_tier_list == ("NVMe", "SSD", "HDD", "tape")
+    assert config.slurmrestd_url == ""
+
+
+def test_relative_state_db_is_relative_to_the_file():
+    """state_db = var/x.db lands beside the configuration file."""
+    config = parse_config(BASE + "state_db = var/x.db\n", "/etc/wfm/wfm.conf")
+    assert config.state_db == "/etc/wfm/var/x.db"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("colour = blue", "unknown key 'colour'"),
+        ("Flavor=big MemorySize=5XB Cores=2", "invalid size '5XB'"),
+        ("Flavor=small MemorySize=1GB Cores=1", "duplicate Flavor 'small'"),
+        ("Flavor=none MemorySize=1GB Cores=0", "needs Cores > 0 and MemorySize > 0"),
+        ("Flavor=nomem MemorySize=0 Cores=1", "needs Cores > 0 and MemorySize > 0"),
+        ("Location=loc3 Datanodes=dn1", "datanode dn1 is in two locations"),
+        ("Location=loc3 Datanodes=dn9", "datanode dn9 has no inventory"),
+        ("Location=loc3 NeighborLocation=nowhere", "NeighborLocation 'nowhere' is not"),
+        ("Flavor=x Cores=1", "needs MemorySize="),
+        ("Datanode=dn7 Cores=2 CoreList=0-1 MemorySize=1G StorageSize=1G", "exactly one of"),
+        ("Datanode=dn1 Cores=2 MemorySize=1G StorageSize=1G", "datanode dn1 described twice"),
+        ("Datanode=dn8 Cores=2 MemorySize=1G StorageSize=1G Colour=red", "unknown key Colour"),
+        ("Datanode=dn8 CoreList=0-2000 MemorySize=1G StorageSize=1G", "core ids from 0 to 1023"),
+        ("placement_policy = random", "expected one of pack, spread"),
+        ("listen = nowhere", "expected host:port"),
+        ("EphemeralService=XYZ Command=/bin/true", "unknown service type 'XYZ'"),
+        ("Tier=NVMe Root=relative/path", "Root=<absolute path>"),
+        ("this is not a line", "expected 'key = value'"),
+    ],
+)
+def test_each_error_names_file_line_and_text(line, expected):
+    """Every error carries file:line, the reason and the offending text."""
+    found = problems(BASE + line + "\n")
+    assert len(found) == 1, found
+    assert found[0].startswith("/etc/wfm.conf:6: ")
+    assert expected in found[0]
+    assert repr(line.strip()) in found[0]
+
+
+def test_all_errors_are_reported_at_once():
+    """Several problems are all listed, in file order."""
+    found = problems(BASE + "colour = blue\nFlavor=small MemorySize=1GB Cores=1\nlisten = x\n")
+    assert [p.split(":")[1] for p in found] == ["6", "7", "8"]
+
+
+def test_auth_none_needs_a_loopback_listener():
+    """auth = none on a public address is refused."""
+    found = problems(BASE + "listen = 0.0.0.0:8080\n")
+    assert "only on a loopback listener" in found[0]
+
+
+def test_auth_keycloak_needs_server_and_realm():
+    """The default auth = keycloak needs keycloak_server and keycloak_realm."""
+    found = problems(BASE.replace("auth = none\n", ""))
+    assert any("keycloak_server" in p for p in found)
+
+
+def test_check_config_prints_a_summary(capsys):
+    """check-config prints locations, datanodes and flavors in MB."""
+    assert main(["check-config", os.path.join(ROOT, "wfm.conf")]) == 0
+    out = capsys.readouterr().out
+    assert "loc1: compute cn1, datanodes dn1, neighbours loc2" in out
+    assert "dn1: 16 cores [0-15], memory 65536 MB" in out
+    assert "medium: 4 cores, msize 10240 MB, ssize 512000 MB" in out
+
+
+def test_check_config_exits_non_zero_with_every_error(tmp_path, capsys):
+    """check-config lists every error and exits 2."""
+    bad = tmp_path / "bad.conf"
+    bad.write_text(BASE + "colour = blue\nFlavor=small MemorySize=1GB Cores=1\n")
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "2 error(s)" in err and f"{bad}:6:" in err and f"{bad}:7:" in err
+
+
+def test_console_script_is_installed():
+    """`wfm-orchestrator` runs as an installed console script."""
+    out = subprocess.run([sys.executable, "-m", "wfm_orchestrator.cli", "check-config",
+                          os.path.join(ROOT, "wfm.conf")], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
