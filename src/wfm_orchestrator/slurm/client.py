@@ -1,0 +1,301 @@
+"""The slurmrestd client: the only module of slurm/ that does I/O.
+
+    client = SlurmClient("http://127.0.0.1:6820", api_version="v0.0.38",
+                         token_file="var/slurm.jwt", slurm_user="slurm", timeout=10)
+    job_id = client.submit(JobSpec(...), user="alice")             # SlurmUser token
+    job_id = client.submit(JobSpec(...), user="alice", user_token=tok)  # alice's own
+    client.cancel(job_id, signal="SIGTERM")
+    states = client.job_states([job_id, ...])    # one GET /jobs, filtered here
+    client.jobs(); client.job(job_id); client.ping()
+
+Every call has a deadline of ``timeout`` seconds (connect + read, retries
+included). Connection errors are retried within that deadline -- except
+for a submit, which is retried only when the connection was refused (or
+could not be opened) before anything was sent: a submit that may have
+reached slurmrestd is never sent twice, the caller gets SlurmUnavailable
+saying the job may exist (find it by name/comment with :meth:`jobs`).
+HTTP answers are never retried. One requests.Session keeps connections
+alive between calls. Tokens never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from ..errors import InvalidRequest, SlurmAuthError, SlurmError, SlurmUnavailable
+from .jobs import DESCRIPTION_BUILDERS, JobSpec, build_submit_body
+from .states import (
+    JobState,
+    is_unknown_job,
+    parse_job_states,
+    parse_jobs,
+    parse_ping,
+    parse_submit,
+    raise_for_response,
+    slurm_errors,
+)
+
+log = logging.getLogger(__name__)
+
+SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCONT", "SIGSTOP")
+_BACKOFF = (0.1, 0.3, 0.6, 1.0)
+
+
+def _not_sent(exc: BaseException) -> bool:
+    """True when the request certainly did not leave: refused or no connection made."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError)):
+            return True
+        if isinstance(e, BaseException):
+            stack += [getattr(e, "reason", None), e.__cause__, e.__context__]
+            stack += [a for a in e.args if isinstance(a, BaseException)]
+    return False
+
+
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The (unverified) claims of a JWT, or None when it is not one."""
+    try:
+        body = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class SlurmClient:
+    """A slurmrestd client for one API version (see the module docstring)."""
+
+    def __init__(self, url: str, api_version: str = "v0.0.38", token_file: str | None = None,
+                 slurm_user: str = "slurm", timeout: float = 10.0,
+                 session: requests.Session | None = None):
+        if api_version not in DESCRIPTION_BUILDERS:
+            raise InvalidRequest("slurm_api_version", f"{api_version!r} is not supported "
+                                 f"({', '.join(DESCRIPTION_BUILDERS)})")
+        if not url:
+            raise InvalidRequest("slurmrestd_url", "is empty")
+        self.url = url.rstrip("/")
+        self.api_version = api_version
+        self.token_file = token_file
+        self.slurm_user = slurm_user
+        self.timeout = float(timeout)
+        self._base = f"{self.url}/slurm/{api_version}"
+        self._session = session or requests.Session()
+        # No urllib3-level retries: this class decides what may be retried.
+        self._session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=16))
+        self._session.mount("https://", HTTPAdapter(max_retries=0, pool_maxsize=16))
+        self._token_lock = threading.Lock()
+        self._token_cache: tuple[float, str] | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> SlurmClient:
+        """A client from a Config (slurmrestd_url, slurm_api_version, slurm_token_file, ...)."""
+        return cls(config.slurmrestd_url, api_version=config.slurm_api_version,
+                   token_file=config.slurm_token_file or None, slurm_user=config.slurm_user,
+                   timeout=config.slurm_timeout)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> SlurmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- credentials -----------------------------------------------------------
+
+    def _slurm_user_token(self) -> str:
+        """The SlurmUser token from token_file, re-read when the file changes."""
+        if not self.token_file:
+            raise SlurmAuthError("no slurm_token_file configured: give the user's own token")
+        with self._token_lock:
+            try:
+                mtime = os.stat(self.token_file).st_mtime
+                if self._token_cache and self._token_cache[0] == mtime:
+                    return self._token_cache[1]
+                with open(self.token_file, encoding="utf-8") as fh:
+                    token = fh.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise SlurmAuthError(f"cannot read the SlurmUser token file "
+                                     f"{self.token_file}: {e}") from e
+            if token.startswith("SLURM_JWT="):
+                token = token[len("SLURM_JWT="):]
+            self._token_cache = (mtime, token)
+            return token
+
+    def _headers(self, user: str | None, user_token: str | None) -> dict[str, str]:
+        if user_token is not None:
+            if not user:
+                raise InvalidRequest("user", "a user token needs the user's name")
+            token, name = user_token, user
+        else:
+            token, name = self._slurm_user_token(), user or self.slurm_user
+        self._check_token(token, name, own=user_token is not None)
+        return {"X-SLURM-USER-NAME": name, "X-SLURM-USER-TOKEN": token,
+                "Accept": "application/json"}
+
+    def _check_token(self, token: str, name: str, own: bool) -> None:
+        """Refuse locally what slurmctld would refuse without saying why."""
+        if not token or any(c.isspace() for c in token) or not token.isascii():
+            raise SlurmAuthError(f"the token for {name} is empty or malformed")
+        claims = token_claims(token)
+        if claims is None:
+            raise SlurmAuthError(f"the token for {name} is not a JWT")
+        exp = claims.get("exp")
+        if isinstance(exp, (int, float)) and exp <= time.time():
+            raise SlurmAuthError(f"the token for {name} expired at "
+                                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(exp))}")
+        sun = claims.get("sun")
+        if own and isinstance(sun, str) and sun != name:
+            raise SlurmAuthError(f"the token given for {name} belongs to {sun}")
+
+    # --- transport -------------------------------------------------------------
+
+    def _call(self, method: str, path: str, what: str, headers: dict[str, str],
+              body: Any = None, params: dict[str, str] | None = None,
+              idempotent: bool = True) -> tuple[int, Any, str]:
+        """One HTTP exchange with retries on connection errors; returns (status, json, text)."""
+        deadline = time.monotonic() + self.timeout
+        url = self._base + path
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=True).encode("ascii")
+            headers = {**headers, "Content-Type": "application/json"}
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SlurmUnavailable(f"{what}: slurmrestd at {self.url} did not answer "
+                                       f"within {self.timeout:g} s")
+            try:
+                r = self._session.request(method, url, headers=headers, data=data,
+                                          params=params, timeout=remaining)
+            except requests.exceptions.RequestException as e:
+                not_sent = _not_sent(e)
+                retry = idempotent or not_sent
+                pause = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
+                if retry and time.monotonic() + pause < deadline and not isinstance(
+                        e, requests.exceptions.ReadTimeout):
+                    log.debug("%s: %s, retrying in %.1f s", what, type(e).__name__, pause)
+                    attempt += 1
+                    time.sleep(pause)
+                    continue
+                if isinstance(e, requests.exceptions.Timeout):
+                    reason = f"no answer within {self.timeout:g} s"
+                else:
+                    reason = f"cannot connect ({type(e).__name__})"
+                if not not_sent and not idempotent:
+                    reason += ("; the request may have arrived, so the job may exist: "
+                               "look it up by name/comment before submitting again")
+                raise SlurmUnavailable(f"{what}: slurmrestd at {self.url}: {reason}") from e
+            text = r.text
+            try:
+                parsed = r.json() if text.strip() else None
+            except ValueError:
+                parsed = None
+            return r.status_code, parsed, text
+
+    # --- the public calls --------------------------------------------------------
+
+    def submit(self, spec: JobSpec, user: str, user_token: str | None = None) -> int:
+        """Submit ``spec`` as ``user``; return the Slurm job id.
+
+        With ``user_token`` (the user's own Slurm JWT) the job is submitted
+        with that token; without it, with the SlurmUser token naming ``user``
+        in X-SLURM-USER-NAME. Raises InvalidRequest (bad spec), SlurmAuthError,
+        SlurmUnavailable, or SlurmError with Slurm's text.
+        """
+        if not isinstance(user, str) or not user:
+            raise InvalidRequest("user", "a job is submitted for a named user")
+        body = build_submit_body(spec, self.api_version)
+        headers = self._headers(user, user_token)
+        what = f"submit job {spec.name} for {user}"
+        status, parsed, text = self._call("POST", "/job/submit", what, headers, body=body,
+                                          idempotent=False)
+        job_id = parse_submit(status, parsed, what, text)
+        log.info("submitted Slurm job %d (%s) for %s", job_id, spec.name, user)
+        return job_id
+
+    def cancel(self, job_id: int, signal: str = "SIGTERM", user: str | None = None,
+               user_token: str | None = None) -> bool:
+        """Send ``signal`` to job ``job_id`` (SIGKILL/SIGTERM end it).
+
+        As the SlurmUser by default (it may cancel any job), or as ``user``.
+        Returns False when Slurm no longer knows the job or it already ended
+        (idempotent), True when the signal was delivered.
+        """
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise InvalidRequest("job_id", f"{job_id!r} is not a job id")
+        if signal not in SIGNALS:
+            raise InvalidRequest("signal", f"{signal!r} is not one of {', '.join(SIGNALS)}")
+        headers = self._headers(user, user_token)
+        what = f"cancel job {job_id}"
+        status, parsed, text = self._call("DELETE", f"/job/{job_id}", what, headers,
+                                          params={"signal": signal})
+        errors = slurm_errors(parsed)
+        if status != 200 and (is_unknown_job(errors) or _already_done(errors)):
+            return False
+        raise_for_response(status, parsed, what, text)
+        return True
+
+    def job_states(self, job_ids: list[int] | tuple[int, ...] | set[int],
+                   user: str | None = None, user_token: str | None = None
+                   ) -> dict[int, JobState]:
+        """States of many jobs in one ``GET /jobs``; ids Slurm forgot are absent."""
+        ids = set(job_ids)
+        if not ids:
+            return {}
+        status, parsed, text = self._call("GET", "/jobs", "read job states",
+                                          self._headers(user, user_token))
+        return parse_job_states(status, parsed, ids, self.api_version, text)
+
+    def jobs(self, user: str | None = None, user_token: str | None = None) -> list[JobState]:
+        """Every job slurmctld knows (to find jobs by name or comment after a restart)."""
+        status, parsed, text = self._call("GET", "/jobs", "read jobs",
+                                          self._headers(user, user_token))
+        return parse_jobs(status, parsed, self.api_version, "read jobs", text)
+
+    def job(self, job_id: int, user: str | None = None,
+            user_token: str | None = None) -> JobState | None:
+        """One job, or None when Slurm does not know it (any more)."""
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise InvalidRequest("job_id", f"{job_id!r} is not a job id")
+        what = f"read job {job_id}"
+        status, parsed, text = self._call("GET", f"/job/{job_id}", what,
+                                          self._headers(user, user_token))
+        if status != 200 and is_unknown_job(slurm_errors(parsed)):
+            return None
+        found = [j for j in parse_jobs(status, parsed, self.api_version, what, text)
+                 if j.job_id == job_id]
+        return found[0] if found else None
+
+    def ping(self) -> list[dict[str, Any]]:
+        """``GET /ping`` with the SlurmUser token; raises unless a slurmctld is UP."""
+        status, parsed, text = self._call("GET", "/ping", "ping", self._headers(None, None))
+        return parse_ping(status, parsed, text)
+
+
+def _already_done(errors: list[dict[str, Any]]) -> bool:
+    # 2021 "Job/step already completing or completed"
+    return any(e.get("error_number") == 2021 or e.get("error_code") == 2021 for e in errors)
+
+
+__all__ = ["SlurmClient", "SlurmError", "SlurmAuthError", "SlurmUnavailable", "token_claims"]

@@ -1,0 +1,233 @@
+"""Pure readers of slurmrestd responses: job states, job ids, errors.
+
+Each reader takes the HTTP status and the decoded JSON body (or None when
+the body is not JSON) and returns a model or raises a typed error from
+:mod:`wfm_orchestrator.errors` carrying Slurm's own text. Tested against
+responses captured from the mini-cluster (tests/unit/captured/).
+
+Facts about slurmrestd 22.05 / v0.0.38 these readers rely on (seen on the
+mini-cluster, see docs/slurm.md):
+
+* every error is HTTP 500 with ``errors: [{error, error_number|error_code,
+  description, source}]``; a missing or malformed auth header is a
+  plain-text HTTP 401 "Authentication failure";
+* a token slurmctld refuses (bad signature, expired, or naming another
+  user) is *not* reported as such: slurmctld drops the connection and
+  slurmrestd answers 500 with error_number -1 "Unspecified error" (reads,
+  ping) or error_code 5005 "Zero Bytes were transmitted or received"
+  (submit). Those two signatures are read as :class:`SlurmAuthError`;
+* a submit may answer a job id *and* an error (e.g. 2068 "Required node
+  not available" while nodes register): the job exists, so the id wins;
+* ``exit_code`` is the raw wait status (exit 3 -> 768).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ClusterShell.NodeSet import NodeSet, NodeSetException
+
+from ..errors import SlurmAuthError, SlurmError, SlurmUnavailable
+
+# Job states after which Slurm will not run the job again.
+TERMINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+    "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED",
+})
+ACTIVE_STATES = frozenset({
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+    "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+    "RESV_DEL_HOLD",
+})
+
+# Errors slurmrestd 22.05 reports when slurmctld refused the caller's token.
+_AUTH_SIGNATURES = {(-1, "Unspecified error"), (5005, "Zero Bytes were transmitted or received")}
+# Errors meaning slurmctld itself cannot be reached (slurmrestd is up).
+_UNREACHABLE_NUMBERS = {1001, 1002, 5004}  # connection failure / timeouts / connect error
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the orchestrator needs to know of one Slurm job.
+
+    state      Slurm's base state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ...)
+    reason     why it waits or ended ("" when Slurm says "None")
+    nodes      allocated nodes, expanded (empty while pending)
+    exit_code  the script's exit status once it ended (None before), from the wait status
+    signal     the signal that ended it (0 if none)
+    """
+
+    job_id: int
+    name: str
+    comment: str
+    state: str
+    reason: str
+    nodes: tuple[str, ...]
+    exit_code: int | None
+    user: str
+    partition: str = ""
+    signal: int = 0
+    submit_time: int = 0
+    start_time: int = 0
+    end_time: int = 0
+    burst_buffer_state: str = ""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_terminal
+
+
+# --- errors -------------------------------------------------------------------
+
+
+def slurm_errors(body: Any) -> list[dict[str, Any]]:
+    """The ``errors`` list of a response (empty when absent or malformed)."""
+    if isinstance(body, dict) and isinstance(body.get("errors"), list):
+        return [e for e in body["errors"] if isinstance(e, dict)]
+    return []
+
+
+def _number(err: dict[str, Any]) -> int | None:
+    n = err.get("error_number", err.get("error_code"))
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def format_errors(errors: Iterable[dict[str, Any]]) -> str:
+    """Slurm's own words: ``description (error N: text, from source)`` joined by ``; ``."""
+    parts = []
+    for e in errors:
+        text = str(e.get("error") or "")
+        desc = str(e.get("description") or "")
+        num = _number(e)
+        detail = ", ".join(x for x in (f"error {num}" if num is not None else "",
+                                       text, f"from {e['source']}" if e.get("source") else "")
+                           if x)
+        parts.append(f"{desc} ({detail})" if desc else detail)
+    return "; ".join(p for p in parts if p) or "no error text"
+
+
+def raise_for_response(status: int, body: Any, what: str, text: str = "") -> None:
+    """Raise the typed error a response means, or return if it is a success.
+
+    ``what`` names the call ("submit job alice_s1", "read jobs") for the message;
+    ``text`` is the raw body when it was not JSON.
+    """
+    errors = slurm_errors(body)
+    if status in (401, 403):
+        raise SlurmAuthError(f"{what}: slurmrestd refused the credentials (HTTP {status}: "
+                             f"{(text or format_errors(errors)).strip()[:200]})", status, errors)
+    if status == 200 and not errors:
+        return
+    if body is None:
+        raise SlurmError(f"{what}: HTTP {status}, not JSON: {text.strip()[:200]!r}", status, [])
+    sigs = {(_number(e), str(e.get("error", ""))) for e in errors}
+    if sigs and sigs <= _AUTH_SIGNATURES:
+        raise SlurmAuthError(
+            f"{what}: slurmctld refused the token (bad, expired, or not for this user); "
+            f"Slurm said: {format_errors(errors)}", status, errors)
+    if any(_number(e) in _UNREACHABLE_NUMBERS for e in errors):
+        raise SlurmUnavailable(f"{what}: slurmrestd cannot reach slurmctld: "
+                               f"{format_errors(errors)}", status, errors)
+    raise SlurmError(f"{what}: {format_errors(errors)}", status, errors)
+
+
+# --- readers ------------------------------------------------------------------
+
+
+def parse_submit(status: int, body: Any, what: str = "submit", text: str = "") -> int:
+    """The job id of a submit response (an id with errors still means submitted)."""
+    if isinstance(body, dict):
+        jid = body.get("job_id")
+        if isinstance(jid, int) and not isinstance(jid, bool) and jid > 0 and status == 200:
+            return jid
+    raise_for_response(status, body, what, text)
+    raise SlurmError(f"{what}: the response has no job_id", status, slurm_errors(body))
+
+
+def _expand(nodes: Any) -> tuple[str, ...]:
+    if not isinstance(nodes, str) or not nodes.strip():
+        return ()
+    try:
+        return tuple(NodeSet(nodes))
+    except NodeSetException:
+        return (nodes,)
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def parse_job_v0_0_38(job: dict[str, Any]) -> JobState:
+    """One element of ``jobs`` of ``GET /slurm/v0.0.38/jobs`` or ``/job/{id}``."""
+    state = str(job.get("job_state") or "UNKNOWN").split()[0].upper()
+    reason = str(job.get("state_reason") or "")
+    if reason == "None":
+        reason = ""
+    raw = job.get("exit_code")
+    exit_code: int | None = None
+    signal = 0
+    if state in TERMINAL_STATES and isinstance(raw, int) and not isinstance(raw, bool):
+        if raw & 0x7F:
+            signal = raw & 0x7F
+            exit_code = 128 + signal
+        else:
+            exit_code = (raw >> 8) & 0xFF
+    return JobState(
+        job_id=_int(job.get("job_id")),
+        name=str(job.get("name") or ""),
+        comment=str(job.get("comment") or ""),
+        state=state,
+        reason=reason,
+        nodes=_expand(job.get("nodes")),
+        exit_code=exit_code,
+        user=str(job.get("user_name") or ""),
+        partition=str(job.get("partition") or ""),
+        signal=signal,
+        submit_time=_int(job.get("submit_time")),
+        start_time=_int(job.get("start_time")),
+        end_time=_int(job.get("end_time")),
+        burst_buffer_state=str(job.get("burst_buffer_state") or ""),
+    )
+
+
+JOB_READERS = {"v0.0.38": parse_job_v0_0_38}
+
+
+def parse_jobs(status: int, body: Any, api_version: str = "v0.0.38", what: str = "read jobs",
+               text: str = "") -> list[JobState]:
+    """Every job of a ``GET .../jobs`` or ``GET .../job/{id}`` response."""
+    raise_for_response(status, body, what, text)
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(jobs, list):
+        raise SlurmError(f"{what}: the response has no jobs list", status, [])
+    read = JOB_READERS[api_version]
+    return [read(j) for j in jobs if isinstance(j, dict)]
+
+
+def parse_job_states(status: int, body: Any, job_ids: Iterable[int],
+                     api_version: str = "v0.0.38", text: str = "") -> dict[int, JobState]:
+    """The states of ``job_ids`` found in a ``GET .../jobs`` response (unknown ids left out)."""
+    wanted = set(job_ids)
+    return {j.job_id: j for j in parse_jobs(status, body, api_version, "read job states", text)
+            if j.job_id in wanted}
+
+
+def is_unknown_job(errors: Iterable[dict[str, Any]]) -> bool:
+    """Slurm's 2017 "Invalid job id specified": the job is unknown (or long gone)."""
+    return any(_number(e) == 2017 for e in errors)
+
+
+def parse_ping(status: int, body: Any, text: str = "") -> list[dict[str, Any]]:
+    """The ``pings`` of ``GET .../ping``; raises SlurmUnavailable if no controller is UP."""
+    raise_for_response(status, body, "ping", text)
+    pings = body.get("pings") if isinstance(body, dict) else None
+    if not isinstance(pings, list) or not any(
+            isinstance(p, dict) and p.get("ping") == "UP" for p in pings):
+        raise SlurmUnavailable(f"ping: no slurmctld is UP: {pings!r}", status, [])
+    return pings
