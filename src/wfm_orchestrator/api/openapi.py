@@ -38,7 +38,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "user", "user_slurm_token", "type", "attributes"],
         "properties": {
             "name": _NAME,
-            "user": {"type": "string"},
+            "user": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"},
             "user_slurm_token": {"type": "string"},
             "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
             "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
