@@ -9,6 +9,7 @@
 
 static inline uint64_t fill_level(int64_t free, int64_t cap) {
     if (cap == 0) return WFM_LEVELS;
+    if ((uint64_t)free < (1ull << 43)) return ((uint64_t)free * WFM_LEVELS) / (uint64_t)cap;
     return (uint64_t)(((unsigned __int128)(uint64_t)free * WFM_LEVELS) / (uint64_t)cap);
 }
 

@@ -56,8 +56,31 @@ cdef extern from "wfm_alloc.h" nogil:
     int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out)
     int wfm_check(const wfm_alloc *a)
 
+cdef extern from *:
+    """
+    /* A Placement is a namedtuple: a tuple subclass without instance dict.
+       Allocating it with its type's tp_alloc and filling the slots is what
+       tuple.__new__(Placement, (...)) does, without the argument tuples
+       (about 0.4 us less per placement). */
+    static PyObject *wfm_record4(PyObject *type, PyObject *a, PyObject *b, PyObject *c,
+                                 PyObject *d) {
+        PyTypeObject *t = (PyTypeObject *)type;
+        PyObject *r = t->tp_alloc(t, 4);
+        if (!r) return NULL;
+        Py_INCREF(a); PyTuple_SET_ITEM(r, 0, a);
+        Py_INCREF(b); PyTuple_SET_ITEM(r, 1, b);
+        Py_INCREF(c); PyTuple_SET_ITEM(r, 2, c);
+        Py_INCREF(d); PyTuple_SET_ITEM(r, 3, d);
+        return r;
+    }
+    """
+    object wfm_record4(object type, object a, object b, object c, object d)
+
+if not (issubclass(Placement, tuple) and Placement.__basicsize__ == tuple.__basicsize__
+        and Placement.__itemsize__ == tuple.__itemsize__ and len(Placement._fields) == 4):
+    raise ImportError("reference.Placement must be a 4-field namedtuple")
+
 cdef int64_t _MAX = MAX_SIZE  # 2**62: sizes are below it
-_tuple_new = tuple.__new__
 
 
 cdef class _Tiers:
@@ -82,7 +105,7 @@ cdef class Allocator:
 
     cdef wfm_alloc *_a
     cdef object _inv
-    cdef dict _held        # name -> tuple of Placement
+    cdef dict _held        # name -> list of Placement (as returned by reserve)
     cdef dict _index_of    # datanode name -> index
     cdef tuple _names
     cdef dict _tiers       # tuple(locations) -> _Tiers
@@ -228,7 +251,7 @@ cdef class Allocator:
         cdef _Tiers t
         cdef list result
         cdef tuple names
-        cdef object v, p, core_list, py_m, py_s
+        cdef object v, p, core_list
         if type(name) is not str or not name:
             check_name(name)
         sv = c = m = s = -1
@@ -261,8 +284,6 @@ cdef class Allocator:
             raise NoCapacity(explain_no_room(t.cand, sv_, c_, m_, s_, found))
 
         names = self._names
-        py_m = m
-        py_s = s
         result = PyList_New(found)
         for k in range(found):
             i = self._out_nodes[k]
@@ -271,27 +292,28 @@ cdef class Allocator:
                 v = self._cores[k * c + j]
                 Py_INCREF(v)
                 PyList_SET_ITEM(core_list, j, v)
-            p = _tuple_new(Placement, (names[i], core_list, py_m, py_s))
+            p = wfm_record4(Placement, names[i], core_list, msize, ssize)
             Py_INCREF(p)
             PyList_SET_ITEM(result, k, p)
-        self._held[name] = tuple(result)
+        self._held[name] = result
         return result
 
     def release(self, name):
         cdef int32_t i, j, nc
-        cdef tuple placements
-        cdef list cl
+        cdef list placements, cl
+        cdef tuple t
         placements = self._held.pop(name, None) if type(name) is str else None
         if placements is None:
             raise UnknownReservation(name)
         for p in placements:
-            i = self._index_of[p[0]]
-            cl = p[1]
+            t = <tuple> p  # a Placement is a tuple (checked at import)
+            i = self._index_of[t[0]]
+            cl = <list> t[1]
             nc = len(cl)
             for j in range(nc):
                 self._cores[j] = cl[j]
-            wfm_give_back(self._a, i, self._cores, nc, p[2], p[3])
-        return list(placements)
+            wfm_give_back(self._a, i, self._cores, nc, t[2], t[3])
+        return placements
 
     def restore(self, name, placements):
         """Re-take exactly `placements` under `name` (rebuilding from the database)."""
@@ -316,5 +338,5 @@ cdef class Allocator:
                 self._cores[j] = cores[j]
             wfm_take_exact(self._a, i, self._cores, nc, msize, ssize)
             held.append(Placement(self._names[i], list(cores), msize, ssize))
-        self._held[name] = tuple(held)
-        return list(held)
+        self._held[name] = held
+        return held

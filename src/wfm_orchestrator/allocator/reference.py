@@ -432,7 +432,7 @@ class Allocator:
         self.policy = check_policy(policy)
         self._inv = Inventory(datanodes, neighbours)
         self._nodes = [_State(dn, i) for i, dn in enumerate(self._inv.datanodes)]
-        self._held: dict[str, tuple[Placement, ...]] = {}
+        self._held: dict[str, list[Placement]] = {}  # as returned by reserve
 
     # -- queries
 
@@ -488,9 +488,9 @@ class Allocator:
                     explain_never_fits(self._inv, cand, servers, cores, msize, ssize), ever=True
                 )
             raise NoCapacity(explain_no_room(cand, servers, cores, msize, ssize, len(chosen)))
-        placements = tuple(s.take(cores, msize, ssize) for s in chosen)
+        placements = [s.take(cores, msize, ssize) for s in chosen]
         self._held[name] = placements
-        return list(placements)
+        return placements
 
     def release(self, name: str) -> list[Placement]:
         placements = self._held.pop(name, None) if isinstance(name, str) else None
@@ -498,7 +498,7 @@ class Allocator:
             raise UnknownReservation(name)
         for p in placements:
             self._nodes[self._inv.index_of[p.server]].give_back(p)
-        return list(placements)
+        return placements
 
     def restore(self, name, placements) -> list[Placement]:
         """Re-take exactly ``placements`` under ``name`` (rebuilding from the database)."""
@@ -519,5 +519,5 @@ class Allocator:
             s.msize -= msize
             s.ssize -= ssize
             held.append(p)
-        self._held[name] = tuple(held)
-        return list(held)
+        self._held[name] = held
+        return held

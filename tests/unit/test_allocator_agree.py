@@ -1,0 +1,141 @@
+"""The compiled and the reference allocators agree on random operation sequences."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.strategies import allocator_operations, clusters
+from wfm_orchestrator.allocator import Placement, _compiled, reference
+from wfm_orchestrator.errors import WfmError
+
+SETTINGS = settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def outcome(call):
+    """('ok', result) or ('error', type, message, ever) — what a caller can observe."""
+    try:
+        return ("ok", call())
+    except WfmError as e:
+        return ("error", type(e), str(e), getattr(e, "ever", None))
+
+
+def apply(alloc, op, history):
+    kind = op[0]
+    if kind == "reserve":
+        _, name, servers, cores, msize, ssize, locations = op
+        return outcome(lambda: alloc.reserve(name, servers, cores, msize, ssize, locations))
+    if kind == "release":
+        return outcome(lambda: alloc.release(op[1]))
+    if kind == "restore":
+        _, name, source = op
+        if isinstance(source, int):
+            if not history:
+                return ("skipped",)
+            placements = history[source % len(history)]
+        else:
+            placements = [Placement(*p) for p in source]
+        return outcome(lambda: alloc.restore(name, placements))
+    if kind == "free":
+        return outcome(lambda: alloc.free(op[1]))
+    _, servers, cores, msize, ssize, locations = op
+    return outcome(lambda: alloc.can_fit_ever(servers, cores, msize, ssize, locations))
+
+
+def check_never_over_committed(alloc, datanodes):
+    """Free + everything held == capacity on every datanode; no core held twice."""
+    held = {dn.name: ([], 0, 0) for dn in datanodes}
+    for name in list(alloc._held) if hasattr(alloc, "_held") else []:
+        for p in alloc.reservation(name):
+            cores, m, s = held[p.server]
+            held[p.server] = (cores + p.core_list, m + p.msize, s + p.ssize)
+    for dn in datanodes:
+        free = alloc.free(dn.name)
+        cores, m, s = held[dn.name]
+        assert free.msize >= 0 and free.ssize >= 0
+        assert free.msize + m == dn.msize and free.ssize + s == dn.ssize
+        assert len(set(cores)) == len(cores)
+        assert sorted(free.core_list + cores) == list(dn.cores)
+
+
+@pytest.mark.parametrize("policy", ["pack", "spread"])
+@SETTINGS
+@given(cluster=clusters(), ops=allocator_operations)
+def test_compiled_and_reference_agree_on_every_operation(policy, cluster, ops):
+    """Same operations, same results and errors, and neither ever over-commits."""
+    datanodes, neighbours = cluster
+    ref = reference.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    fast = _compiled.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    history: list = []
+    for op in ops:
+        expected = apply(ref, op, history)
+        got = apply(fast, op, history)
+        assert got == expected, op
+        if op[0] in ("reserve", "release") and expected[0] == "ok":
+            history.append(expected[1])
+        assert fast._check() == 0
+        assert len(fast) == len(ref)
+        for dn in datanodes:
+            assert fast.free(dn.name) == ref.free(dn.name)
+    check_never_over_committed(ref, datanodes)
+
+
+@st.composite
+def busy_clusters(draw):
+    """Bigger, homogeneous-ish clusters to exercise the index at depth."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rnd = random.Random(seed)
+    n = rnd.randint(20, 120)
+    locs = [f"l{k}" for k in range(rnd.randint(1, 5))]
+    datanodes = [
+        reference.Datanode(
+            f"dn{i}",
+            cores=range(rnd.choice([8, 16, 64, 100])),
+            msize=rnd.choice([1000, 4000, 5000]),
+            ssize=rnd.choice([10**6, 3 * 10**6]),
+            location=rnd.choice([*locs, None]),
+        )
+        for i in range(n)
+    ]
+    neighbours = {loc: rnd.sample(locs, k=min(2, len(locs))) for loc in locs}
+    return datanodes, neighbours, locs, seed
+
+
+@pytest.mark.parametrize("policy", ["pack", "spread"])
+@settings(max_examples=25, deadline=None)
+@given(case=busy_clusters())
+def test_agree_on_long_random_workloads(policy, case):
+    """Hundreds of reserve/release calls on a 20-120 datanode cluster give identical placements."""
+    datanodes, neighbours, locs, seed = case
+    rnd = random.Random(seed)
+    ref = reference.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    fast = _compiled.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    live: list[str] = []
+    for k in range(400):
+        if live and rnd.random() < 0.4:
+            name = live.pop(rnd.randrange(len(live)))
+            assert fast.release(name) == ref.release(name)
+            continue
+        name = f"r{k}"
+        args = (
+            name,
+            rnd.randint(1, 3),
+            rnd.randint(0, 40),
+            rnd.randint(0, 2000),
+            rnd.randint(0, 10**6),
+            rnd.choice([None, [], [rnd.choice(locs)], rnd.sample(locs, k=min(2, len(locs)))]),
+        )
+        expected = outcome(lambda: ref.reserve(*args))  # noqa: B023
+        got = outcome(lambda: fast.reserve(*args))  # noqa: B023
+        assert got == expected, args
+        if expected[0] == "ok":
+            live.append(name)
+    assert fast._check() == 0
+    for dn in datanodes:
+        assert fast.free(dn.name) == ref.free(dn.name)
+    check_never_over_committed(ref, datanodes)
