@@ -137,7 +137,9 @@ def render_bb_conf() -> str:
             "# No AllowUsers/DenyUsers: every ordinary user may use burst buffers.\n"
             "StageInTimeout=120\n"
             "StageOutTimeout=120\n"
-            "OtherTimeout=60\n")
+            "OtherTimeout=120\n"
+            "# Teardown also after a failed stage-in (docs/burst_buffer_plugin.md).\n"
+            "Flags=TeardownFailure\n")
 
 
 def render_bb_wfm_conf(config: Config) -> str:

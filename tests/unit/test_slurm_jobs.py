@@ -15,6 +15,7 @@ from wfm_orchestrator.slurm.jobs import (
     build_submit_body,
     format_bb,
     service_directive,
+    use_directive,
     validate_spec,
 )
 
@@ -46,7 +47,7 @@ STEP = JobSpec(
     stdout="/home/alice/step-%j.out",
     stderr="/home/alice/step-%j.err",
     time_limit=60,
-    bb=[BBDirective.of("wfm_step", name="alice_s1_step1_0", services="alice_s1_nfs:RW")],
+    bb=[use_directive("alice_s1_nfs", "RO"), use_directive("alice_s1_sbb")],
 )
 MINIMAL = JobSpec(name="mover", command=["wfm-datamover"], partition="compute")
 
@@ -226,3 +227,10 @@ def test_unknown_api_version_is_refused():
     """Only versions with a builder are accepted."""
     with pytest.raises(InvalidRequest):
         build_submit_body(MINIMAL, "v0.0.99")
+
+
+def test_use_directive_refuses_unknown_hints():
+    """hint is RO, RW or WO, upper case, as the plugin requires."""
+    assert format_bb(use_directive("a_s_x", "WO")) == "#BB_LUA wfm_use name=a_s_x hint=WO"
+    with pytest.raises(InvalidRequest):
+        use_directive("a_s_x", "rw")

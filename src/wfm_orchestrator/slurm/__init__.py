@@ -22,6 +22,7 @@ from .jobs import (
     build_job_script,
     build_submit_body,
     service_directive,
+    use_directive,
     validate_spec,
 )
 from .states import ACTIVE_STATES, TERMINAL_STATES, JobState
@@ -38,5 +39,6 @@ __all__ = [
     "build_submit_body",
     "service_directive",
     "token_claims",
+    "use_directive",
     "validate_spec",
 ]

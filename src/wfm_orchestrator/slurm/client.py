@@ -36,7 +36,9 @@ from ..errors import InvalidRequest, SlurmAuthError, SlurmError, SlurmUnavailabl
 from .jobs import DESCRIPTION_BUILDERS, JobSpec, build_submit_body
 from .states import (
     JobState,
+    format_errors,
     is_unknown_job,
+    looks_refused,
     parse_job_states,
     parse_jobs,
     parse_ping,
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCONT", "SIGSTOP")
 _BACKOFF = (0.1, 0.3, 0.6, 1.0)
+# slurmrestd answers a refused token at once, a down slurmctld after ~9 s of retrying.
+SLOW_REFUSAL = 3.0
 
 
 def _not_sent(exc: BaseException) -> bool:
@@ -171,9 +175,42 @@ class SlurmClient:
 
     def _call(self, method: str, path: str, what: str, headers: dict[str, str],
               body: Any = None, params: dict[str, str] | None = None,
-              idempotent: bool = True) -> tuple[int, Any, str]:
-        """One HTTP exchange with retries on connection errors; returns (status, json, text)."""
-        deadline = time.monotonic() + self.timeout
+              idempotent: bool = True, deadline: float | None = None,
+              confirm: bool = True) -> tuple[int, Any, str]:
+        """One HTTP exchange with retries on connection errors; returns (status, json, text).
+
+        When the answer looks like a refused token, which slurmrestd 22.05 also
+        gives when slurmctld is down, a ping with the SlurmUser token tells
+        which: SlurmUnavailable if slurmctld does not answer it, else the
+        answer is returned (and read as SlurmAuthError).
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        status, parsed, text = self._exchange(method, path, what, headers, body, params,
+                                              idempotent, deadline)
+        if confirm and looks_refused(status, parsed) and self.token_file:
+            started = time.monotonic()
+            try:
+                p_status, p_body, p_text = self._call(
+                    "GET", "/ping", f"{what} (checking slurmctld)", self._headers(None, None),
+                    deadline=deadline, confirm=False)
+                parse_ping(p_status, p_body, p_text)
+            except SlurmUnavailable as e:
+                raise SlurmUnavailable(f"{what}: slurmctld does not answer "
+                                       f"({format_errors(slurm_errors(parsed))}); {e}",
+                                       status, slurm_errors(parsed)) from e
+            except SlurmAuthError:
+                # The SlurmUser token is refused too: either slurmctld is down (slurmrestd
+                # then answers after its own connect timeout, seconds) or that token is bad
+                # (answered at once).
+                if time.monotonic() - started >= SLOW_REFUSAL:
+                    raise SlurmUnavailable(f"{what}: slurmctld does not answer",
+                                           status, slurm_errors(parsed)) from None
+        return status, parsed, text
+
+    def _exchange(self, method: str, path: str, what: str, headers: dict[str, str],
+                  body: Any, params: dict[str, str] | None, idempotent: bool,
+                  deadline: float) -> tuple[int, Any, str]:
         url = self._base + path
         data = None
         if body is not None:

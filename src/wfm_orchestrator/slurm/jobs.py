@@ -73,8 +73,21 @@ class BBDirective:
 
 
 def service_directive(name: str) -> BBDirective:
-    """``#BB_LUA wfm_service name=<name>``: the ES job of reservation ``name``."""
+    """``#BB_LUA wfm_service name=<name>``: the ES job of reservation ``name``.
+
+    The directive grammar is the plugin's (docs/burst_buffer_plugin.md).
+    """
     return BBDirective.of("wfm_service", name=name)
+
+
+USE_HINTS = ("RO", "RW", "WO")
+
+
+def use_directive(name: str, hint: str = "RW") -> BBDirective:
+    """``#BB_LUA wfm_use name=<name> hint=<RO|RW|WO>``: a step job uses service ``name``."""
+    if hint not in USE_HINTS:
+        raise InvalidRequest("hint", f"{hint!r} is invalid: expected RO, RW or WO")
+    return BBDirective.of("wfm_use", name=name, hint=hint)
 
 
 @dataclass(frozen=True)

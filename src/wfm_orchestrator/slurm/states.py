@@ -16,6 +16,8 @@ mini-cluster, see docs/slurm.md):
   slurmrestd answers 500 with error_number -1 "Unspecified error" (reads,
   ping) or error_code 5005 "Zero Bytes were transmitted or received"
   (submit). Those two signatures are read as :class:`SlurmAuthError`;
+  but a *down slurmctld* gives the same -1 on reads (after ~9 s), so the
+  client confirms with a ping (:func:`looks_refused`);
 * a submit may answer a job id *and* an error (e.g. 2068 "Required node
   not available" while nodes register): the job exists, so the id wins;
 * ``exit_code`` is the raw wait status (exit 3 -> 768).
@@ -110,6 +112,14 @@ def format_errors(errors: Iterable[dict[str, Any]]) -> str:
                            if x)
         parts.append(f"{desc} ({detail})" if desc else detail)
     return "; ".join(p for p in parts if p) or "no error text"
+
+
+def looks_refused(status: int, body: Any) -> bool:
+    """The 22.05 signature of a refused token -- also what a down slurmctld gives on reads
+    (-1 "Unspecified error" after slurmrestd's own connect timeout). The client tells
+    them apart by pinging with the SlurmUser token."""
+    sigs = {(_number(e), str(e.get("error", ""))) for e in slurm_errors(body)}
+    return status == 500 and bool(sigs) and sigs <= _AUTH_SIGNATURES
 
 
 def raise_for_response(status: int, body: Any, what: str, text: str = "") -> None:
