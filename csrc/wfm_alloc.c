@@ -14,35 +14,35 @@ static inline uint64_t fill_level(int64_t free, int64_t cap) {
 }
 
 static inline uint64_t order_key(const wfm_alloc *a, int32_t i) {
-    uint64_t free = fill_level(a->free_c[i], a->cap_c[i]) + fill_level(a->free_m[i], a->cap_m[i]) +
-                    fill_level(a->free_s[i], a->cap_s[i]);
+    uint64_t free = fill_level(a->node[i].free_c, a->cap_c[i]) + fill_level(a->node[i].free_m, a->cap_m[i]) +
+                    fill_level(a->node[i].free_s, a->cap_s[i]);
     uint64_t level = a->policy == WFM_POLICY_PACK ? free : 3ull * WFM_LEVELS - free;
     return (level << 32) | (uint32_t)i;
 }
 
 static inline int fits(const wfm_alloc *a, int32_t i, int32_t c, int64_t m, int64_t s) {
-    return a->free_c[i] >= c && a->free_m[i] >= m && a->free_s[i] >= s;
+    return a->node[i].free_c >= c && a->node[i].free_m >= m && a->node[i].free_s >= s;
 }
 
 /* --- treap over a forest -------------------------------------------------- */
 
 static inline void pull(wfm_forest *f, const wfm_alloc *a, int32_t v) {
-    int32_t mc = a->free_c[v];
-    int64_t mm = a->free_m[v], ms = a->free_s[v];
-    int32_t l = f->left[v], r = f->right[v];
+    int32_t mc = a->node[v].free_c;
+    int64_t mm = a->node[v].free_m, ms = a->node[v].free_s;
+    int32_t l = f->v[v].left, r = f->v[v].right;
     if (l >= 0) {
-        if (f->max_c[l] > mc) mc = f->max_c[l];
-        if (f->max_m[l] > mm) mm = f->max_m[l];
-        if (f->max_s[l] > ms) ms = f->max_s[l];
+        if (f->v[l].max_c > mc) mc = f->v[l].max_c;
+        if (f->v[l].max_m > mm) mm = f->v[l].max_m;
+        if (f->v[l].max_s > ms) ms = f->v[l].max_s;
     }
     if (r >= 0) {
-        if (f->max_c[r] > mc) mc = f->max_c[r];
-        if (f->max_m[r] > mm) mm = f->max_m[r];
-        if (f->max_s[r] > ms) ms = f->max_s[r];
+        if (f->v[r].max_c > mc) mc = f->v[r].max_c;
+        if (f->v[r].max_m > mm) mm = f->v[r].max_m;
+        if (f->v[r].max_s > ms) ms = f->v[r].max_s;
     }
-    f->max_c[v] = mc;
-    f->max_m[v] = mm;
-    f->max_s[v] = ms;
+    f->v[v].max_c = mc;
+    f->v[v].max_m = mm;
+    f->v[v].max_s = ms;
 }
 
 /* Split tree r into keys < k (*lo) and keys >= k (*hi). */
@@ -52,11 +52,11 @@ static void split(wfm_forest *f, const wfm_alloc *a, int32_t r, uint64_t k, int3
         *lo = *hi = -1;
         return;
     }
-    if (a->key[r] < k) {
-        split(f, a, f->right[r], k, &f->right[r], hi);
+    if (a->node[r].key < k) {
+        split(f, a, f->v[r].right, k, &f->v[r].right, hi);
         *lo = r;
     } else {
-        split(f, a, f->left[r], k, lo, &f->left[r]);
+        split(f, a, f->v[r].left, k, lo, &f->v[r].left);
         *hi = r;
     }
     pull(f, a, r);
@@ -65,37 +65,37 @@ static void split(wfm_forest *f, const wfm_alloc *a, int32_t r, uint64_t k, int3
 static int32_t merge(wfm_forest *f, const wfm_alloc *a, int32_t l, int32_t r) {
     if (l < 0) return r;
     if (r < 0) return l;
-    if (a->prio[l] > a->prio[r]) {
-        f->right[l] = merge(f, a, f->right[l], r);
+    if (a->node[l].prio > a->node[r].prio) {
+        f->v[l].right = merge(f, a, f->v[l].right, r);
         pull(f, a, l);
         return l;
     }
-    f->left[r] = merge(f, a, l, f->left[r]);
+    f->v[r].left = merge(f, a, l, f->v[r].left);
     pull(f, a, r);
     return r;
 }
 
 static int32_t tinsert(wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t x) {
-    if (r < 0 || a->prio[x] > a->prio[r]) {
-        split(f, a, r, a->key[x], &f->left[x], &f->right[x]);
+    if (r < 0 || a->node[x].prio > a->node[r].prio) {
+        split(f, a, r, a->node[x].key, &f->v[x].left, &f->v[x].right);
         pull(f, a, x);
         return x;
     }
-    if (a->key[x] < a->key[r])
-        f->left[r] = tinsert(f, a, f->left[r], x);
+    if (a->node[x].key < a->node[r].key)
+        f->v[r].left = tinsert(f, a, f->v[r].left, x);
     else
-        f->right[r] = tinsert(f, a, f->right[r], x);
+        f->v[r].right = tinsert(f, a, f->v[r].right, x);
     pull(f, a, r);
     return r;
 }
 
 /* Remove x (present, with its current key) from tree r. */
 static int32_t tdelete(wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t x) {
-    if (r == x) return merge(f, a, f->left[x], f->right[x]);
-    if (a->key[x] < a->key[r])
-        f->left[r] = tdelete(f, a, f->left[r], x);
+    if (r == x) return merge(f, a, f->v[x].left, f->v[x].right);
+    if (a->node[x].key < a->node[r].key)
+        f->v[r].left = tdelete(f, a, f->v[r].left, x);
     else
-        f->right[r] = tdelete(f, a, f->right[r], x);
+        f->v[r].right = tdelete(f, a, f->v[r].right, x);
     pull(f, a, r);
     return r;
 }
@@ -104,11 +104,11 @@ static int32_t tdelete(wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t x) 
 static int32_t find_first(const wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t c,
                           int64_t m, int64_t s) {
     while (r >= 0) {
-        if (f->max_c[r] < c || f->max_m[r] < m || f->max_s[r] < s) return -1;
-        int32_t found = find_first(f, a, f->left[r], c, m, s);
+        if (f->v[r].max_c < c || f->v[r].max_m < m || f->v[r].max_s < s) return -1;
+        int32_t found = find_first(f, a, f->v[r].left, c, m, s);
         if (found >= 0) return found;
         if (fits(a, r, c, m, s)) return r;
-        r = f->right[r]; /* tail position: iterate */
+        r = f->v[r].right; /* tail position: iterate */
     }
     return -1;
 }
@@ -120,7 +120,7 @@ static void unlink_node(wfm_alloc *a, int32_t i) {
 }
 
 static void link_node(wfm_alloc *a, int32_t i) {
-    a->key[i] = order_key(a, i);
+    a->node[i].key = order_key(a, i);
     a->all.root[0] = tinsert(&a->all, a, a->all.root[0], i);
     int32_t l = a->loc[i];
     if (l >= 0) a->byloc.root[l] = tinsert(&a->byloc, a, a->byloc.root[l], i);
@@ -154,30 +154,23 @@ static void take_lowest(uint64_t *w, int32_t c, int32_t *out) {
 
 static int forest_init(wfm_forest *f, int32_t n, int32_t ntrees) {
     size_t nn = n > 0 ? (size_t)n : 1;
-    f->left = malloc(nn * sizeof *f->left);
-    f->right = malloc(nn * sizeof *f->right);
-    f->max_c = malloc(nn * sizeof *f->max_c);
-    f->max_m = malloc(nn * sizeof *f->max_m);
-    f->max_s = malloc(nn * sizeof *f->max_s);
+    f->v = malloc(nn * sizeof *f->v);
     f->root = malloc((ntrees > 0 ? (size_t)ntrees : 1) * sizeof *f->root);
     f->ntrees = ntrees;
-    if (!f->left || !f->right || !f->max_c || !f->max_m || !f->max_s || !f->root) return -1;
+    if (!f->v || !f->root) return -1;
     for (int32_t t = 0; t < ntrees; t++) f->root[t] = -1;
     return 0;
 }
 
 static void forest_free(wfm_forest *f) {
-    free(f->left);
-    free(f->right);
-    free(f->max_c);
-    free(f->max_m);
-    free(f->max_s);
+    free(f->v);
     free(f->root);
 }
 
 wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     wfm_alloc *a = calloc(1, sizeof *a);
     if (!a) return NULL;
+    a->all.root = a->byloc.root = NULL;
     size_t nn = n > 0 ? (size_t)n : 1;
     a->n = n;
     a->nloc = nloc;
@@ -186,16 +179,11 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     a->cap_c = malloc(nn * sizeof *a->cap_c);
     a->cap_m = malloc(nn * sizeof *a->cap_m);
     a->cap_s = malloc(nn * sizeof *a->cap_s);
-    a->free_c = malloc(nn * sizeof *a->free_c);
-    a->free_m = malloc(nn * sizeof *a->free_m);
-    a->free_s = malloc(nn * sizeof *a->free_s);
-    a->key = malloc(nn * sizeof *a->key);
-    a->prio = malloc(nn * sizeof *a->prio);
+    a->node = malloc(nn * sizeof *a->node);
     a->bits = calloc(nn * WFM_CORE_WORDS, sizeof *a->bits);
     a->chosen = malloc(nn * sizeof *a->chosen);
     int bad = forest_init(&a->all, n, 1) | forest_init(&a->byloc, n, nloc);
-    if (bad || !a->loc || !a->cap_c || !a->cap_m || !a->cap_s || !a->free_c || !a->free_m ||
-        !a->free_s || !a->key || !a->prio || !a->bits || !a->chosen) {
+    if (bad || !a->loc || !a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->bits || !a->chosen) {
         wfm_alloc_free(a);
         return NULL;
     }
@@ -208,11 +196,7 @@ void wfm_alloc_free(wfm_alloc *a) {
     free(a->cap_c);
     free(a->cap_m);
     free(a->cap_s);
-    free(a->free_c);
-    free(a->free_m);
-    free(a->free_s);
-    free(a->key);
-    free(a->prio);
+    free(a->node);
     free(a->bits);
     free(a->chosen);
     forest_free(&a->all);
@@ -235,12 +219,12 @@ void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cor
     memset(w, 0, WFM_CORE_WORDS * sizeof *w);
     for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] |= 1ull << (cores[k] & 63);
     a->loc[i] = loc;
-    a->cap_c[i] = a->free_c[i] = ncores;
-    a->cap_m[i] = a->free_m[i] = msize;
-    a->cap_s[i] = a->free_s[i] = ssize;
-    a->prio[i] = hash32((uint32_t)i + 0x9e3779b9U);
-    a->all.left[i] = a->all.right[i] = -1;
-    a->byloc.left[i] = a->byloc.right[i] = -1;
+    a->cap_c[i] = a->node[i].free_c = ncores;
+    a->cap_m[i] = a->node[i].free_m = msize;
+    a->cap_s[i] = a->node[i].free_s = ssize;
+    a->node[i].prio = hash32((uint32_t)i + 0x9e3779b9U);
+    a->all.v[i].left = a->all.v[i].right = -1;
+    a->byloc.v[i].left = a->byloc.v[i].right = -1;
 }
 
 void wfm_alloc_build(wfm_alloc *a) {
@@ -267,7 +251,7 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
                 int32_t best = -1;
                 for (int32_t k = tier_start[t]; k < tier_start[t + 1]; k++) {
                     int32_t x = find_first(&a->byloc, a, a->byloc.root[locs[k]], c, m, s);
-                    if (x >= 0 && (best < 0 || a->key[x] < a->key[best])) best = x;
+                    if (x >= 0 && (best < 0 || a->node[x].key < a->node[best].key)) best = x;
                 }
                 if (best < 0) break;
                 a->chosen[found++] = best;
@@ -281,9 +265,9 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
     }
     for (int32_t k = 0; k < found; k++) {
         int32_t i = a->chosen[k];
-        a->free_c[i] -= c;
-        a->free_m[i] -= m;
-        a->free_s[i] -= s;
+        a->node[i].free_c -= c;
+        a->node[i].free_m -= m;
+        a->node[i].free_s -= s;
         if (c) take_lowest(a->bits + (size_t)i * WFM_CORE_WORDS, c, out_cores + (size_t)k * c);
         link_node(a, i);
         out_nodes[k] = i;
@@ -296,9 +280,9 @@ void wfm_give_back(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores
     unlink_node(a, i);
     uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
     for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] |= 1ull << (cores[k] & 63);
-    a->free_c[i] += ncores;
-    a->free_m[i] += m;
-    a->free_s[i] += s;
+    a->node[i].free_c += ncores;
+    a->node[i].free_m += m;
+    a->node[i].free_s += s;
     link_node(a, i);
 }
 
@@ -307,7 +291,7 @@ int wfm_can_take_exact(const wfm_alloc *a, int32_t i, const int32_t *cores, int3
     const uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
     for (int32_t k = 0; k < ncores; k++)
         if (!(w[cores[k] >> 6] & (1ull << (cores[k] & 63)))) return 0;
-    return a->free_m[i] >= m && a->free_s[i] >= s;
+    return a->node[i].free_m >= m && a->node[i].free_s >= s;
 }
 
 void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
@@ -315,9 +299,9 @@ void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncore
     unlink_node(a, i);
     uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
     for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] &= ~(1ull << (cores[k] & 63));
-    a->free_c[i] -= ncores;
-    a->free_m[i] -= m;
-    a->free_s[i] -= s;
+    a->node[i].free_c -= ncores;
+    a->node[i].free_m -= m;
+    a->node[i].free_s -= s;
     link_node(a, i);
 }
 
@@ -335,26 +319,26 @@ int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out) {
 static int32_t check_tree(const wfm_forest *f, const wfm_alloc *a, int32_t r, uint64_t lo,
                           uint64_t hi) {
     if (r < 0) return 0;
-    if (a->key[r] < lo || a->key[r] > hi) return -1;
-    if (a->key[r] != order_key(a, r)) return -1;
-    int32_t l = f->left[r], q = f->right[r];
-    if ((l >= 0 && a->prio[l] > a->prio[r]) || (q >= 0 && a->prio[q] > a->prio[r])) return -1;
-    int32_t nl = check_tree(f, a, l, lo, a->key[r] - 1);
-    int32_t nr = check_tree(f, a, q, a->key[r] + 1, hi);
+    if (a->node[r].key < lo || a->node[r].key > hi) return -1;
+    if (a->node[r].key != order_key(a, r)) return -1;
+    int32_t l = f->v[r].left, q = f->v[r].right;
+    if ((l >= 0 && a->node[l].prio > a->node[r].prio) || (q >= 0 && a->node[q].prio > a->node[r].prio)) return -1;
+    int32_t nl = check_tree(f, a, l, lo, a->node[r].key - 1);
+    int32_t nr = check_tree(f, a, q, a->node[r].key + 1, hi);
     if (nl < 0 || nr < 0) return -1;
-    int32_t mc = a->free_c[r];
-    int64_t mm = a->free_m[r], ms = a->free_s[r];
+    int32_t mc = a->node[r].free_c;
+    int64_t mm = a->node[r].free_m, ms = a->node[r].free_s;
     if (l >= 0) {
-        mc = f->max_c[l] > mc ? f->max_c[l] : mc;
-        mm = f->max_m[l] > mm ? f->max_m[l] : mm;
-        ms = f->max_s[l] > ms ? f->max_s[l] : ms;
+        mc = f->v[l].max_c > mc ? f->v[l].max_c : mc;
+        mm = f->v[l].max_m > mm ? f->v[l].max_m : mm;
+        ms = f->v[l].max_s > ms ? f->v[l].max_s : ms;
     }
     if (q >= 0) {
-        mc = f->max_c[q] > mc ? f->max_c[q] : mc;
-        mm = f->max_m[q] > mm ? f->max_m[q] : mm;
-        ms = f->max_s[q] > ms ? f->max_s[q] : ms;
+        mc = f->v[q].max_c > mc ? f->v[q].max_c : mc;
+        mm = f->v[q].max_m > mm ? f->v[q].max_m : mm;
+        ms = f->v[q].max_s > ms ? f->v[q].max_s : ms;
     }
-    if (mc != f->max_c[r] || mm != f->max_m[r] || ms != f->max_s[r]) return -1;
+    if (mc != f->v[r].max_c || mm != f->v[r].max_m || ms != f->v[r].max_s) return -1;
     return nl + nr + 1;
 }
 
@@ -364,9 +348,9 @@ int wfm_check(const wfm_alloc *a) {
         const uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
         int32_t pc = 0;
         for (int j = 0; j < WFM_CORE_WORDS; j++) pc += __builtin_popcountll(w[j]);
-        if (pc != a->free_c[i]) return 1;
-        if (a->free_c[i] < 0 || a->free_m[i] < 0 || a->free_s[i] < 0) return 2;
-        if (a->free_c[i] > a->cap_c[i] || a->free_m[i] > a->cap_m[i] || a->free_s[i] > a->cap_s[i])
+        if (pc != a->node[i].free_c) return 1;
+        if (a->node[i].free_c < 0 || a->node[i].free_m < 0 || a->node[i].free_s < 0) return 2;
+        if (a->node[i].free_c > a->cap_c[i] || a->node[i].free_m > a->cap_m[i] || a->node[i].free_s > a->cap_s[i])
             return 3;
         if (a->loc[i] >= 0) inloc++;
     }

@@ -23,13 +23,26 @@
 #define WFM_POLICY_PACK 0
 #define WFM_POLICY_SPREAD 1
 
+/* One vertex of a treap (32 bytes, arrays of structs for locality). */
 typedef struct {
-    int32_t *left, *right; /* children, -1 for none */
-    int32_t *max_c;        /* subtree maxima of free cores, memory, storage */
-    int64_t *max_m, *max_s;
-    int32_t *root;         /* one root per tree of this forest */
+    int32_t left, right; /* children, -1 for none */
+    int32_t max_c, pad;  /* subtree maxima of free cores, memory, storage */
+    int64_t max_m, max_s;
+} wfm_vertex;
+
+typedef struct {
+    wfm_vertex *v;  /* indexed by datanode */
+    int32_t *root;  /* one root per tree of this forest */
     int32_t ntrees;
 } wfm_forest;
+
+/* What the index reads of a datanode (32 bytes). */
+typedef struct {
+    uint64_t key;    /* level << 32 | index */
+    int64_t free_m, free_s;
+    int32_t free_c;  /* free now */
+    uint32_t prio;   /* treap heap priority (a hash of the index) */
+} wfm_node;
 
 typedef struct {
     int32_t n;        /* datanodes */
@@ -38,10 +51,7 @@ typedef struct {
     int32_t *loc;     /* location id of each datanode, -1 for none */
     int32_t *cap_c;   /* capacity */
     int64_t *cap_m, *cap_s;
-    int32_t *free_c;  /* free now */
-    int64_t *free_m, *free_s;
-    uint64_t *key;    /* level << 32 | index */
-    uint32_t *prio;   /* treap heap priority (a hash of the index) */
+    wfm_node *node;   /* free capacity, key, priority */
     uint64_t *bits;   /* n * WFM_CORE_WORDS words: bit set = core id free */
     wfm_forest all;   /* one tree: every datanode */
     wfm_forest byloc; /* one tree per location */

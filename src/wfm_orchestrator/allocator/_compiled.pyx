@@ -32,11 +32,12 @@ from .reference import (
 )
 
 cdef extern from "wfm_alloc.h" nogil:
+    ctypedef struct wfm_node:
+        int64_t free_m
+        int64_t free_s
     ctypedef struct wfm_alloc:
         int32_t n
-        int32_t *free_c
-        int64_t *free_m
-        int64_t *free_s
+        wfm_node *node
     int WFM_POLICY_PACK
     int WFM_POLICY_SPREAD
     wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy)
@@ -228,7 +229,7 @@ cdef class Allocator:
         cdef int32_t i = self._inv.datanode(datanode)
         cdef int32_t k, n
         n = wfm_free_cores(self._a, i, self._cores)
-        return Free([self._cores[k] for k in range(n)], self._a.free_m[i], self._a.free_s[i])
+        return Free([self._cores[k] for k in range(n)], self._a.node[i].free_m, self._a.node[i].free_s)
 
     def capacity(self, datanode):
         dn = self._inv.datanodes[self._inv.datanode(datanode)]
@@ -330,7 +331,7 @@ cdef class Allocator:
                 free_ids = set(self.free(self._names[i]).core_list)
                 taken = [c for c in cores if c not in free_ids]
                 raise restore_conflict(name, self._inv.datanodes[i], msize, ssize, taken,
-                                       self._a.free_m[i], self._a.free_s[i])
+                                       self._a.node[i].free_m, self._a.node[i].free_s)
         held = []
         for i, cores, msize, ssize in wanted:
             nc = len(cores)
