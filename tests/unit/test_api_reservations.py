@@ -323,3 +323,19 @@ def test_bad_names_in_paths_are_400(client, name):
         r = client.simulate_request(method, path)
         assert r.status_code in (400, 404), (method, path, r.status_code)
         assert r.status_code != 500
+
+
+def test_curl_default_form_content_type_is_read_as_json(client):
+    """curl -d without -H sends form-urlencoded: the JSON body is still read as JSON."""
+    import json
+
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", body=json.dumps(SBB),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+
+
+def test_non_json_content_type_is_415(client):
+    """A multipart or XML body is refused with 415 naming Content-Type."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", body="<a/>",
+                             headers={"Content-Type": "application/xml"})
+    assert r.status_code == 415 and r.json["field"] == "Content-Type"

@@ -167,7 +167,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Reserve datanode resources for an ephemeral service (idempotent per name)",
             _json(_ref("ReserveResponse"), "reserved (FREE) or queued (QUEUED)"),
-            {"413": "body over 1 MiB",
+            {"413": "body over 1 MiB", "415": "the body is not JSON",
              "500": "reservation failed: can never fit, or the name is reserved with "
                     "another request"},
             requestBody={"required": True,
