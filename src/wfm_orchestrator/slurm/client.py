@@ -273,11 +273,13 @@ class SlurmClient:
 
     def cancel(self, job_id: int, signal: str = "SIGTERM", user: str | None = None,
                user_token: str | None = None) -> bool:
-        """Send ``signal`` to job ``job_id`` (SIGKILL/SIGTERM end it).
+        """Send ``signal`` to job ``job_id`` (``DELETE /job/{id}?signal=``).
 
         As the SlurmUser by default (it may cancel any job), or as ``user``.
-        Returns False when Slurm no longer knows the job or it already ended
-        (idempotent), True when the signal was delivered.
+        Returns False when Slurm no longer knows the job (idempotent), True
+        when Slurm accepted the request (also for a job that already ended).
+        Slurm 22.05: SIGKILL ends a job CANCELLED; SIGTERM ends it FAILED with
+        reason JobLaunchFailure and JobState.signal 15.
         """
         if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
             raise InvalidRequest("job_id", f"{job_id!r} is not a job id")
