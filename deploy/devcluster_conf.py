@@ -35,7 +35,7 @@ SLURMD_BASE_PORT = 17001  # node i (in the order below) listens on BASE + i
 COMPUTE_CPUS = 8
 COMPUTE_MEMORY_MB = 16384
 JWT_KEY = "/etc/slurm/jwt_hs256.key"
-BB_TOKEN_FILE = "/etc/slurm/wfm_bb.token"
+BB_TOKEN_FILE = "/etc/slurm/wfm_bb.token"  # noqa: S105 - a path, not a secret
 BB_CACHE_DIR = "/var/spool/slurm/wfm_bb"
 
 

@@ -174,7 +174,8 @@ def test_env_values_refuse_nul_huge_and_non_utf8(value):
         build_submit_body(FIELDS["env_value"](value))
 
 
-@pytest.mark.parametrize("value", [";", "$(id)", "`id`", "a\nb", "#SBATCH", "-rf", "'", "\n#BB_LUA x"])
+@pytest.mark.parametrize("value", [";", "$(id)", "`id`", "a\nb", "#SBATCH", "-rf", "'",
+                                   "\n#BB_LUA x"])
 def test_env_values_and_arguments_are_carried_verbatim(value):
     """Metacharacters in values and arguments are data: passed unchanged in the environment."""
     _, job = body_text(FIELDS["env_value"](value))

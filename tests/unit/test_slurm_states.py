@@ -47,7 +47,8 @@ def test_jobs_list_gives_state_reason_nodes_and_user():
 def test_exit_code_is_decoded_from_the_wait_status(name, state, exit_code, signal):
     """exit_code 768 means exit 3; a low byte is the signal."""
     job = by_name(parse_jobs(*cap("jobs_mixed")[:2]))[name]
-    assert (job.state, job.exit_code, job.signal, job.is_terminal) == (state, exit_code, signal, True)
+    got = (job.state, job.exit_code, job.signal, job.is_terminal)
+    assert got == (state, exit_code, signal, True)
 
 
 def test_comment_is_read():

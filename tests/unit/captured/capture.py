@@ -17,11 +17,12 @@ import requests
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "src"))
 from wfm_orchestrator.config import load_config  # noqa: E402
-from wfm_orchestrator.slurm.jobs import JobSpec, build_submit_body, Dependency  # noqa: E402
+from wfm_orchestrator.slurm.jobs import Dependency, JobSpec, build_submit_body  # noqa: E402
 
 CONF = load_config(os.path.join(HERE, "..", "..", "..", "wfm.conf"))
 BASE = f"{CONF.slurmrestd_url}/slurm/{CONF.slurm_api_version}"
 TOKEN = open(CONF.slurm_token_file).read().strip()
+BAD = "garbage"  # noqa: S105 - a deliberately bad token
 
 
 def call(name, method, path, user="slurm", token=TOKEN, body=None, params=None):
@@ -71,9 +72,9 @@ def main():
     call("jobs_mixed", "GET", "/jobs")
     call("job_one", "GET", f"/job/{run}")
     call("job_unknown", "GET", "/job/999999")
-    call("auth_garbage_jobs", "GET", "/jobs", token="garbage")
-    call("auth_garbage_ping", "GET", "/ping", token="garbage")
-    call("auth_garbage_submit", "POST", "/job/submit", user="alice", token="garbage",
+    call("auth_garbage_jobs", "GET", "/jobs", token=BAD)
+    call("auth_garbage_ping", "GET", "/ping", token=BAD)
+    call("auth_garbage_submit", "POST", "/job/submit", user="alice", token=BAD,
          body=build_submit_body(JobSpec(name="x", command=["/bin/true"], partition="compute")))
     call("auth_no_headers", "GET", "/jobs", user=None)
     short = subprocess.run(["scontrol", "token", "username=alice", "lifespan=1"],
