@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import falcon
@@ -21,7 +22,17 @@ VERSIONS = ("v1.0.0", "v2.0.0", "v2.1.0")
 
 
 class AccessLog:
-    """One line per request: method, path, status, milliseconds."""
+    """One line per request: method, path, status, milliseconds.
+
+    The line is formatted here, in the same shape as the other log lines, and
+    written to the access logger's handlers' streams: building a LogRecord per
+    request through ``log.info`` cost a quarter of a status request's CPU.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._stamp = ""
+        self._lock = threading.Lock()
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -31,9 +42,31 @@ class AccessLog:
                                   f"at most {MAX_BODY} are accepted")
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         started = getattr(req.context, "started", None)
         ms = (time.perf_counter() - started) * 1000 if started else 0.0
-        log.info("%s %s %s %.1fms", req.method, req.path, resp.status_code, ms)
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        line = (f"{self._stamp},{int((now - second) * 1000):03d} INFO {log.name}: "
+                f"{req.method} {req.path} {resp.status_code} {ms:.1f}ms\n")
+        streams = [h.stream for h in _handlers(log) if isinstance(h, logging.StreamHandler)]
+        with self._lock:
+            for stream in streams:
+                stream.write(line)
+                stream.flush()
+
+
+def _handlers(logger: logging.Logger) -> list[logging.Handler]:
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        current = current.parent if current.propagate else None
+    return found
 
 
 def routes(config: Config, rm: ResourceManager) -> list[tuple[str, object]]:
