@@ -9,14 +9,21 @@
 
 static inline uint64_t fill_level(int64_t free, int64_t cap) {
     if (cap == 0) return WFM_LEVELS;
-    if ((uint64_t)free < (1ull << 43)) return ((uint64_t)free * WFM_LEVELS) / (uint64_t)cap;
+    if ((uint64_t)free < (1ull << 53)) return ((uint64_t)free * WFM_LEVELS) / (uint64_t)cap;
     return (uint64_t)(((unsigned __int128)(uint64_t)free * WFM_LEVELS) / (uint64_t)cap);
 }
 
+/* (tightest dimension's fill level, then the sum of the three): see
+ * reference.order_level. */
 static inline uint64_t order_key(const wfm_alloc *a, int32_t i) {
-    uint64_t free = fill_level(a->node[i].free_c, a->cap_c[i]) + fill_level(a->node[i].free_m, a->cap_m[i]) +
-                    fill_level(a->node[i].free_s, a->cap_s[i]);
-    uint64_t level = a->policy == WFM_POLICY_PACK ? free : 3ull * WFM_LEVELS - free;
+    const wfm_node *d = &a->node[i];
+    uint64_t fc = fill_level(d->free_c, a->cap_c[i]);
+    uint64_t fm = fill_level(d->free_m, a->cap_m[i]);
+    uint64_t fs = fill_level(d->free_s, a->cap_s[i]);
+    uint64_t tight = fc < fm ? fc : fm;
+    if (fs < tight) tight = fs;
+    uint64_t free = tight * WFM_TIGHT_WEIGHT + fc + fm + fs;
+    uint64_t level = a->policy == WFM_POLICY_PACK ? free : WFM_MAX_LEVEL - free;
     return (level << 32) | (uint32_t)i;
 }
 

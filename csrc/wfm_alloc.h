@@ -19,7 +19,9 @@
 #include <stdint.h>
 
 #define WFM_CORE_WORDS 16 /* 16 x 64 bits: core ids 0..1023 */
-#define WFM_LEVELS (1u << 20)
+#define WFM_LEVELS 1024u        /* fill level of one dimension: 0..WFM_LEVELS */
+#define WFM_TIGHT_WEIGHT 4096u  /* > 3 * WFM_LEVELS: the tightest dimension decides first */
+#define WFM_MAX_LEVEL (WFM_LEVELS * WFM_TIGHT_WEIGHT + 3u * WFM_LEVELS)
 #define WFM_POLICY_PACK 0
 #define WFM_POLICY_SPREAD 1
 

@@ -50,9 +50,10 @@ POLICIES = ("pack", "spread")
 MAX_SIZE = 1 << 62
 # A datanode's fill level per dimension is free * LEVELS // capacity: an
 # integer in 0..LEVELS (LEVELS when nothing of that dimension is used, or
-# when the datanode has none of it). The order level is their sum.
-LEVELS = 1 << 20
-MAX_LEVEL = 3 * LEVELS
+# when the datanode has none of it). See order_level.
+LEVELS = 1024
+TIGHT_WEIGHT = 4 * LEVELS  # > 3 * LEVELS: the tightest dimension decides first
+MAX_LEVEL = LEVELS * TIGHT_WEIGHT + 3 * LEVELS
 # The compiled index keeps (level << 32 | index) in 64 bits.
 MAX_DATANODES = 1 << 31
 
@@ -156,15 +157,19 @@ def fill_level(free: int, capacity: int) -> int:
 def order_level(policy: str, free_cores: int, free_m: int, free_s: int, dn: Datanode) -> int:
     """The rank of a datanode under ``policy``: lower is chosen first.
 
-    ``pack``: the sum of the three fill levels (fullest first; an empty
-    datanode has MAX_LEVEL and only an empty one does, so partly used
-    datanodes are always preferred). ``spread``: the opposite.
+    ``free_level`` orders datanodes by the fill level of their tightest
+    dimension (the one with the smallest free fraction), then by the sum of
+    the three fill levels. ``pack`` takes the lowest first: best fit, the
+    fullest datanode that fits (an empty datanode has MAX_LEVEL and only an
+    empty one does, so partly used datanodes are always preferred).
+    ``spread`` takes the highest first: the least loaded.
     """
-    free = (
-        fill_level(free_cores, len(dn.cores))
-        + fill_level(free_m, dn.msize)
-        + fill_level(free_s, dn.ssize)
+    levels = (
+        fill_level(free_cores, len(dn.cores)),
+        fill_level(free_m, dn.msize),
+        fill_level(free_s, dn.ssize),
     )
+    free = min(levels) * TIGHT_WEIGHT + sum(levels)
     return free if policy == "pack" else MAX_LEVEL - free
 
 
