@@ -15,6 +15,9 @@ Both implementations place identically (tests/unit/test_allocator_agree.py),
 so the packing figures are computed with the compiled one.
 """
 
+# Seeded pseudo-random workloads, not cryptography.
+# ruff: noqa: S311
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +37,13 @@ IMPLEMENTATIONS = {"compiled": _compiled.Allocator, "reference": reference.Alloc
 def cluster(n: int, locations: int = 0) -> list[Datanode]:
     cores, msize, ssize = NODE
     return [
-        Datanode(f"dn{i}", range(cores), msize, ssize, location=f"loc{i % locations}" if locations else None)
+        Datanode(
+            f"dn{i}",
+            range(cores),
+            msize,
+            ssize,
+            location=f"loc{i % locations}" if locations else None,
+        )
         for i in range(n)
     ]
 
@@ -162,11 +171,16 @@ def rejection_rate(policy: str, n: int, load: float, seed: int, arrivals: int) -
 def packing(quick: bool = False) -> None:
     seeds = range(3 if quick else 5)
     print("\n## packing quality (reference mix; memory is the bottleneck)\n")
-    print("| policy | bottleneck use at first rejection N=200 | N=1,000 | rejections at 85% load (N=1,000) | at 95% |")
+    print(
+        "| policy | bottleneck use at first rejection N=200 | N=1,000 "
+        "| rejections at 85% load (N=1,000) | at 95% |"
+    )
     print("|---|---|---|---|---|")
     arrivals = 40_000 if quick else 150_000
     for policy in ("pack", "spread"):
-        first = {n: sum(first_rejection(policy, n, s) for s in seeds) / len(seeds) for n in (200, 1000)}
+        first = {
+            n: sum(first_rejection(policy, n, s) for s in seeds) / len(seeds) for n in (200, 1000)
+        }
         rej = {
             load: sum(rejection_rate(policy, 1000, load, s, arrivals) for s in seeds[:2]) / 2
             for load in (0.85, 0.95)

@@ -83,7 +83,11 @@ restore_ops = st.tuples(
 )
 free_ops = st.tuples(st.just("free"), st.sampled_from(("dn0", "dn1", "dn6", "dnX")))
 ever_ops = st.tuples(
-    st.just("can_fit_ever"), st.integers(1, 4), demand_ints, demand_ints, demand_ints,
+    st.just("can_fit_ever"),
+    st.integers(1, 4),
+    demand_ints,
+    demand_ints,
+    demand_ints,
     location_lists,
 )
 

@@ -229,7 +229,13 @@ def test_pack_prefers_a_partly_used_datanode(Allocator):
     """pack puts a new reservation on a datanode already in use rather than an empty one."""
     a = Allocator([dn("d1"), dn("d2"), dn("d3")], policy="pack")
     a.reserve("r1", 1, 1, 1, 1)  # d1 (tie: inventory order)
-    a.reserve("r2", 1, 1, 1, 1, ) # d1 again: partly used wins
+    a.reserve(
+        "r2",
+        1,
+        1,
+        1,
+        1,
+    )  # d1 again: partly used wins
     assert {p.server for name in ("r1", "r2") for p in a.reservation(name)} == {"d1"}
 
 

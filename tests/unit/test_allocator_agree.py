@@ -1,5 +1,8 @@
 """The compiled and the reference allocators agree on random operation sequences."""
 
+# Seeded pseudo-random workloads, not cryptography.
+# ruff: noqa: S311
+
 from __future__ import annotations
 
 import random
@@ -12,9 +15,7 @@ from tests.strategies import allocator_operations, clusters
 from wfm_orchestrator.allocator import Placement, _compiled, reference
 from wfm_orchestrator.errors import WfmError
 
-SETTINGS = settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def outcome(call):

@@ -120,7 +120,7 @@ def check_name(name: object) -> str:
 
 
 def check_demand(servers: object, cores: object, msize: object, ssize: object):
-    """Return (servers, cores, msize, ssize) as ints, or raise InvalidDemand on the first bad one."""
+    """(servers, cores, msize, ssize) as ints, or InvalidDemand for the first bad one."""
     return (
         check_size("servers", servers, 1),
         check_size("cores", cores),
@@ -287,7 +287,9 @@ class Inventory:
             try:
                 server, core_list, msize, ssize = p
             except (TypeError, ValueError):
-                raise InvalidDemand("placements", p, "Placement(server, core_list, msize, ssize)") from None
+                raise InvalidDemand(
+                    "placements", p, "Placement(server, core_list, msize, ssize)"
+                ) from None
             if not isinstance(server, str):
                 raise InvalidDemand("placements.server", server, "a datanode name")
             if server not in self.index_of:
