@@ -105,7 +105,7 @@ def render_slurm_conf(config: Config, hostname: str, run_dir: str, state_dir: st
         "SlurmdTimeout=60",
         "MessageTimeout=10",
         "InactiveLimit=0",
-        "KillWait=5",
+        "KillWait=10",  # a released service stages out within KillWait (SIGTERM, then SIGKILL)
         "Waittime=0",
         "MailProg=/bin/true",
     ]

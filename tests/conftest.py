@@ -50,9 +50,11 @@ def app_factory(make_config):
 
     def make(**fmt):
         config = make_config(**fmt)
-        app, rm, store = build(config)
+        app, rm, services, store = build(config)
         opened.append(store)
-        return testing.TestClient(app), rm, store
+        client = testing.TestClient(app)
+        client.services = services
+        return client, rm, store
 
     yield make
     for store in opened:

@@ -40,15 +40,19 @@ def build(config: Config):
     """The application and what it owns (kept separate for tests and benchmarks)."""
     from .api import create_app
     from .resource_manager import ResourceManager
+    from .services import ServiceManager
+    from .slurm import SlurmClient
     from .store import Store
 
     store = Store(config.state_db)
     try:
         rm = ResourceManager(config, store)
+        slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
+        services = ServiceManager(config, rm, store, slurm)
     except BaseException:
         store.close()
         raise
-    return create_app(config, rm), rm, store
+    return create_app(config, rm, services), rm, services, store
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -66,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(allowed: {sorted(os.sched_getaffinity(0))})", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        app, rm, store = build(config)
+        app, rm, services, store = build(config)
     except StoreError as e:
         print(f"wfm-orchestrator: state database unusable, not starting: {e}", file=sys.stderr)
         return EXIT_STORE
@@ -94,12 +98,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
              config.listen, cpus or "all", config.threads, config.state_db,
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
              else "no Slurm: Resource Manager only")
+    services.start()
     try:
         server.run()
     except (SystemExit, KeyboardInterrupt):
         log.info("stopping")
     finally:
         server.close()
+        services.stop()
         store.close()
         log.info("stopped")
     return 0

@@ -183,6 +183,18 @@ SETTINGS: dict[str, Setting] = {
         "the head has waited less than this many seconds"
     ),
     "reconcile_interval": Setting("2", _seconds, "seconds between two polls of slurmrestd"),
+    "teardown_grace": Setting(
+        "60", _seconds, "seconds the burst-buffer teardown has, after a service job ended, to "
+        "delete its reservation before the orchestrator frees it itself"
+    ),
+    "release_timeout": Setting(
+        "120", _seconds, "seconds a released service has to stop (stage-out) after SIGTERM "
+        "before it is killed"
+    ),
+    "service_output": Setting(
+        "/tmp/wfm-%x-%j.out", _text, "standard output of service jobs, on the datanode "
+        "(Slurm's %x = job name, %j = job id)"
+    ),
     "s3_server": Setting("", _text, "S3 long-term storage server (for the Session Manager)"),
     "target_tier_list": Setting("NVMe, SSD, HDD, tape", _csv, "storage tier names"),
     "datamover_operation_list": Setting("copy, move, release", _csv, "data mover operations"),
@@ -467,6 +479,10 @@ def _check_name(name: str, kind: str) -> None:
 
 
 def _check_settings(settings, raw, out: _Collector) -> None:
+    if settings.get("slurmrestd_url") and not settings.get("slurm_token_file"):
+        lineno, line, _ = raw.get("slurmrestd_url", (0, "", ""))
+        out.add(lineno, line, "slurmrestd_url needs slurm_token_file (a SlurmUser token, "
+                              "from 'scontrol token username=slurm'), to follow every job")
     if settings.get("auth") == "none" and "listen" in settings:
         host = settings["listen"].rpartition(":")[0].strip("[]")
         if not _is_loopback(host):

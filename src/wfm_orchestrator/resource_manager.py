@@ -30,7 +30,7 @@ from .errors import (
     StoreError,
     UnknownDatanode,
 )
-from .model import ReservationState, ReserveRequest, ServiceStatus
+from .model import ReservationState, ReserveRequest
 from .store import DONE, Statement, Store, Ticket
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ class ResourceManager:
                     # A retry may carry a renewed token: the newest one is kept.
                     rec.request = req
                     rec.ticket = ticket = self.store.write([_row(rec)])
+                    self._notify(rec)
             else:
                 rec, ticket = self._place_new(req)
         self._commit(ticket)
@@ -302,38 +303,30 @@ class ResourceManager:
     def get(self, name: str) -> Reservation | None:
         return self._records.get(name)
 
-    def status(self, rec: Reservation) -> dict[str, str]:
-        """Reservation-level service status (the spec's values)."""
-        if rec.state == State.QUEUED:
-            try:
-                pos = self._queue.index(rec) + 1
-            except ValueError:  # admitted between the read and now
-                pos = 0
-            status, detail = ServiceStatus.STAGINGIN, f"queued at position {pos}: {rec.detail}"
-        elif rec.state == State.FREE:
-            status = ServiceStatus.STAGINGIN
-            detail = (f"resources reserved (FREE) on {self._servers(rec)}; "
-                      "waiting for the service to start")
-        elif rec.state == State.ALLOCATED:
-            status, detail = ServiceStatus.ALLOCATED, f"allocated on {self._servers(rec)}"
-        else:
-            status, detail = ServiceStatus.STOPPED, rec.detail
-        return {"user": rec.request.user, "name": rec.name, "status": status.value,
-                "detail": detail, "time": iso_time(rec.updated)}
-
-    @staticmethod
-    def _servers(rec: Reservation) -> str:
-        return ", ".join(p.server for p in rec.placement or ())
-
-    def statuses(self, user: str | None = None) -> list[dict[str, str]]:
+    def live(self) -> list[Reservation]:
+        """Reservations not released, in arrival order."""
         with self._lock:
-            recs = [r for r in self._records.values() if user is None or r.request.user == user]
-            return [self.status(r) for r in sorted(recs, key=lambda r: r.seq)]
+            return sorted((r for r in self._records.values() if r.state != State.RELEASED),
+                          key=lambda r: r.seq)
 
-    def service_status(self, name: str) -> dict[str, str] | None:
+    def _position(self, rec: Reservation) -> int:
+        if rec.state != State.QUEUED:
+            return 0
+        try:
+            return self._queue.index(rec) + 1
+        except ValueError:
+            return 0
+
+    def snapshot(self, name: str) -> tuple[Reservation, int] | None:
+        """A reservation and its queue position (0 when not queued)."""
         with self._lock:
             rec = self._records.get(name)
-            return self.status(rec) if rec else None
+            return (rec, self._position(rec)) if rec else None
+
+    def snapshots(self, user: str | None = None) -> list[tuple[Reservation, int]]:
+        with self._lock:
+            recs = [r for r in self._records.values() if user is None or r.request.user == user]
+            return [(r, self._position(r)) for r in sorted(recs, key=lambda r: r.seq)]
 
     def resources(self, server: str) -> dict[str, Any]:
         with self._lock:

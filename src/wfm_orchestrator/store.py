@@ -51,6 +51,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX reservation_user ON reservation(user);
     CREATE INDEX reservation_state ON reservation(state, seq);
     """,
+    # 2: the Slurm job of each ephemeral service
+    """
+    CREATE TABLE service_job (
+        name      TEXT PRIMARY KEY,   -- the reservation / service name
+        seq       INTEGER NOT NULL,   -- the reservation's seq: part of the job's tag
+        job_id    INTEGER,            -- NULL until submitted
+        state     TEXT NOT NULL DEFAULT '',
+        reason    TEXT NOT NULL DEFAULT '',
+        nodes     TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        error     TEXT NOT NULL DEFAULT '',
+        release_requested REAL,      -- when the release was asked, NULL before
+        updated   REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -14,7 +14,7 @@ def test_document_lists_exactly_the_routes(app_factory):
     client, rm, _ = app_factory()
     doc = client.simulate_get("/openapi.json").json
     expected = {f"/{CANONICAL_VERSION.get(p, DEFAULT_VERSION)}{p}"
-                for p, _ in routes(rm.config, rm)}
+                for p, _ in routes(rm.config, rm, client.services)}
     assert set(doc["paths"]) == expected
     assert "aliases" in doc["info"]["description"]
 
@@ -23,7 +23,7 @@ def test_document_methods_match_the_resources(app_factory):
     """Each documented method exists on its resource, and each responder is documented."""
     client, rm, _ = app_factory()
     doc = client.simulate_get("/openapi.json").json
-    table = dict(routes(rm.config, rm))
+    table = dict(routes(rm.config, rm, client.services))
     for path, resource in table.items():
         version = CANONICAL_VERSION.get(path, DEFAULT_VERSION)
         ops = doc["paths"][f"/{version}{path}"]

@@ -10,6 +10,7 @@ import falcon
 
 from ..config import Config
 from ..resource_manager import ResourceManager
+from ..services import ServiceManager
 from . import errors, info, openapi, reservations, service_status
 from .media import MAX_BODY, json_handler
 
@@ -69,7 +70,8 @@ def _handlers(logger: logging.Logger) -> list[logging.Handler]:
     return found
 
 
-def routes(config: Config, rm: ResourceManager) -> list[tuple[str, object]]:
+def routes(config: Config, rm: ResourceManager, services: ServiceManager
+           ) -> list[tuple[str, object]]:
     """(path without version prefix, resource) for every endpoint."""
     return [
         ("/ephemeralservice/reserve", reservations.Reserve(rm)),
@@ -78,12 +80,13 @@ def routes(config: Config, rm: ResourceManager) -> list[tuple[str, object]]:
         ("/server/resources/{server_name}", reservations.ServerResources(rm)),
         ("/location/list", info.Locations(config)),
         ("/ephemeralservice/flavors", info.Flavors(config)),
-        ("/ephemeralservice/status", service_status.AllServiceStatus(rm)),
-        ("/ephemeralservice/status/{ident}", service_status.ServiceStatus(rm)),
+        ("/ephemeralservice/status", service_status.AllServiceStatus(services)),
+        ("/ephemeralservice/status/{ident}", service_status.ServiceStatus(services)),
+        ("/ephemeralservice/release/{service_name}", service_status.Release(services)),
     ]
 
 
-def create_app(config: Config, rm: ResourceManager) -> falcon.App:
+def create_app(config: Config, rm: ResourceManager, services: ServiceManager) -> falcon.App:
     app = falcon.App(middleware=[AccessLog()], cors_enable=False)
     handler = json_handler()
     app.req_options.media_handlers[falcon.MEDIA_JSON] = handler
@@ -92,7 +95,7 @@ def create_app(config: Config, rm: ResourceManager) -> falcon.App:
     app.req_options.default_media_type = falcon.MEDIA_JSON
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    table = routes(config, rm)
+    table = routes(config, rm, services)
     for path, resource in table:
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)

@@ -112,6 +112,12 @@ SCHEMAS: dict[str, Any] = {
             "server_resources": {"$ref": "#/components/schemas/ServerResources"},
         },
     },
+    "ReleaseResponse": {
+        "type": "object",
+        "required": ["name", "message"],
+        "properties": {"name": {"type": "string"}, "status": {"type": "string"},
+                       "detail": {"type": "string"}, "message": {"type": "string"}},
+    },
     "Location": {"type": "object", "required": ["name"],
                  "properties": {"name": {"type": "string"}}},
     "Flavor": {
@@ -206,6 +212,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "/ephemeralservice/status": {
         "get": _op("Status of every ephemeral service",
                    _json({"type": "array", "items": _ref("ServiceStatus")}, "statuses"), {}),
+    },
+    "/ephemeralservice/release/{service_name}": {
+        "parameters": [_path_param("service_name", "the service name")],
+        "delete": _op("Stop a service (stage-out first where its type stages data); its "
+                      "resources return to the pool at teardown",
+                      _json(_ref("ReleaseResponse"), "release accepted"),
+                      {"500": "not found or already released, or no Slurm configured"}),
     },
     "/ephemeralservice/status/{ident}": {
         "parameters": [_path_param("ident", "a service name (looked up first) or a user id")],

@@ -11,6 +11,9 @@ from .errors import APIError
 from .media import read_json
 
 
+DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown or Session Manager)"
+
+
 class Reserve:
     """POST ephemeralservice/reserve."""
 
@@ -20,12 +23,11 @@ class Reserve:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         request = parse_reserve(read_json(req), self.rm.config)
         rec = self.rm.reserve(request)
-        body = {"name": rec.name, "status": rec.state.value}
-        status = self.rm.service_status(rec.name)
+        body = {"name": rec.name, "status": rec.state.value, "message": "reserved"}
         if rec.state.value == "QUEUED":
-            body["message"] = f"not enough resources now: {status['detail']}" if status else ""
-        else:
-            body["message"] = "reserved"
+            found = self.rm.snapshot(rec.name)
+            position = found[1] if found else 0
+            body["message"] = f"not enough resources now: queued at position {position}"
         resp.media = body
 
 
@@ -45,7 +47,7 @@ class Allocation:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
         try:
-            self.rm.delete_allocation(service_name)
+            self.rm.delete_allocation(service_name, detail=DELETED)
         except NotFound as e:
             raise APIError(502, "Allocation not found", str(e)) from None
         resp.media = {"name": service_name, "message": "allocation released"}
