@@ -1,0 +1,223 @@
+"""A real orchestrator process on 127.0.0.1:8080, shared by the end-to-end tests.
+
+Import the fixture into a test module::
+
+    from tests.integration.orchestrator import orchestrator, user_token  # noqa: F401
+
+``orchestrator`` (session scope) runs ``python3 -m wfm_orchestrator.cli serve``
+from this checkout with a copy of the repository's ``wfm.conf`` whose
+``state_db`` is a temporary file (and whose relative paths are made absolute),
+waits until it answers, and stops it with SIGTERM at the end of the session.
+It must listen on 127.0.0.1:8080 because that is the ``orchestrator_url`` of
+the burst-buffer plugin installed in the mini-cluster: a step job's
+``wfm_use`` directive is checked against this very process.
+
+Two pytest sessions (two engineers) cannot both own port 8080: the fixture
+takes an exclusive lock (``/tmp/wfm-test-orchestrator-8080.lock``) for the
+session, waiting up to ``WFM_TEST_LOCK_WAIT`` seconds (default 600) for the
+other session to finish. If the port is still held by a process that is not
+a test session (e.g. ``deploy/run-dev``), the fixture fails and names it
+rather than stop someone else's process.
+
+``user_token(user)`` returns a Slurm JWT for ``user`` (``scontrol token
+username=<user> lifespan=3600``), as the Session Manager passes it in
+``user_slurm_token``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+import ujson
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WFM_CONF = os.path.join(REPO, "wfm.conf")
+HOST, PORT = "127.0.0.1", 8080
+URL = f"http://{HOST}:{PORT}"
+LOCK_PATH = f"/tmp/wfm-test-orchestrator-{PORT}.lock"
+
+
+def user_token(user: str, lifespan: int = 3600) -> str:
+    """A Slurm JWT for ``user`` (scontrol token: root or SlurmUser only)."""
+    out = subprocess.run(["scontrol", "token", f"username={user}", f"lifespan={lifespan}"],
+                         capture_output=True, text=True, timeout=20)
+    if out.returncode != 0:
+        pytest.fail(f"scontrol token username={user}: {out.stderr.strip()}")
+    return out.stdout.strip().split("=", 1)[1]
+
+
+@dataclass
+class Orchestrator:
+    """The running process and a tiny JSON client for it."""
+
+    proc: subprocess.Popen
+    url: str
+    config_path: str
+    state_db: str
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def request(self, method: str, path: str, body: object = None,
+                timeout: float = 30.0) -> tuple[int, object]:
+        """(status, decoded JSON body or text) of ``method /v1.0.0<path>``."""
+        data = None if body is None else ujson.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}/v1.0.0{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, ujson.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode("utf-8", "replace")
+
+    def get(self, path: str) -> tuple[int, object]:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: object) -> tuple[int, object]:
+        return self.request("POST", path, body)
+
+    def delete(self, path: str) -> tuple[int, object]:
+        return self.request("DELETE", path)
+
+
+def _port_holder(port: int) -> str:
+    """Who listens on ``port`` (ss output), for the failure message."""
+    try:
+        out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown process"
+    pids = re.findall(r"pid=(\d+)", out)
+    described = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        described.append(f"pid {pid}: {cmd}")
+    return "; ".join(described) or out or "unknown process"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def write_config(directory: str) -> tuple[str, str]:
+    """A copy of wfm.conf with a fresh state_db and absolute paths: (path, state_db)."""
+    state_db = os.path.join(directory, "state.db")
+    lines = []
+    with open(WFM_CONF, encoding="utf-8") as fh:
+        for line in fh:
+            key = line.split("=", 1)[0].strip()
+            if key == "state_db":
+                line = f"state_db = {state_db}\n"
+            elif key == "slurm_token_file":
+                value = line.split("=", 1)[1].strip()
+                line = f"slurm_token_file = {os.path.join(REPO, value)}\n"
+            lines.append(line)
+    path = os.path.join(directory, "wfm.conf")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    return path, state_db
+
+
+def start(directory: str, timeout: float = 30.0) -> Orchestrator:
+    config_path, state_db = write_config(directory)
+    log_path = os.path.join(directory, "orchestrator.log")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.path.join(REPO, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config", config_path],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Orchestrator(proc, URL, config_path, state_db, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the orchestrator exited with {proc.returncode}:\n{server.log()}")
+        try:
+            status, _ = server.get("/location/list")
+            if status == 200:
+                return server
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            stop(server)
+            pytest.fail(f"the orchestrator does not answer on {URL} after {timeout:g} s:\n"
+                        f"{server.log()}")
+        time.sleep(0.2)
+
+
+def stop(server: Orchestrator, timeout: float = 30.0) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def orchestrator(slurm_cluster):
+    """A real orchestrator on 127.0.0.1:8080 with a temporary state database."""
+    lock = open(LOCK_PATH, "a+")  # noqa: SIM115 - held for the whole session
+    wait = float(os.environ.get("WFM_TEST_LOCK_WAIT", "600"))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                pytest.fail(f"another test session holds {LOCK_PATH} after {wait:g} s")
+            time.sleep(1)
+    try:
+        deadline = time.monotonic() + 15
+        while not _port_free(PORT):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{HOST}:{PORT} is held by {_port_holder(PORT)}; the end-to-end "
+                            "tests need that port (the burst-buffer plugin's orchestrator_url)."
+                            " Stop that orchestrator first.")
+            time.sleep(0.5)
+        directory = tempfile.mkdtemp(prefix="wfm-e2e-")
+        os.chmod(directory, 0o755)
+        server = start(directory)
+        try:
+            yield server
+        finally:
+            stop(server)
+            if os.environ.get("WFM_TEST_KEEP"):
+                print(f"orchestrator state and log kept in {directory}")
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
