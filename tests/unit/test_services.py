@@ -1,0 +1,343 @@
+"""Ephemeral services: the status state machine and the worker, with a fake Slurm client."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from wfm_orchestrator.errors import SlurmAuthError, SlurmUnavailable
+from wfm_orchestrator.model import ReservationState as RS
+from wfm_orchestrator.model import ServiceStatus as S
+from wfm_orchestrator.resource_manager import Reservation
+from wfm_orchestrator.services import ServiceJob, build_service_job, derive_status, job_tag
+from wfm_orchestrator.slurm import JobState
+
+from ..conftest import SMALL_CONF
+
+CONF = SMALL_CONF.replace("slurmrestd_url =", "slurmrestd_url = http://127.0.0.1:1\n"
+                          "slurm_token_file = /dev/null\nteardown_grace = 30\n"
+                          "release_timeout = 100") + \
+    'EphemeralService=SBB Command="/usr/local/libexec/wfm/sbb-service --root /x"\n'
+SBB = {"name": "alice_s_sbb", "user": "alice", "user_slurm_token": "alice-token", "type": "SBB",
+       "attributes": {"flavor": "small", "targets": ["/a/*", "/b/*"]}}
+
+
+class FakeSlurm:
+    """Records submissions and cancels; jobs() answers the jobs it holds."""
+
+    def __init__(self):
+        self.jobs_by_id: dict[int, JobState] = {}
+        self.submitted = []
+        self.cancelled = []
+        self.ids = itertools.count(100)
+        self.down = False
+        self.refuse_user_tokens = False
+
+    def submit(self, spec, user, user_token=None):
+        if self.down:
+            raise SlurmUnavailable("connection refused")
+        if self.refuse_user_tokens and user_token:
+            raise SlurmAuthError("token refused")
+        job_id = next(self.ids)
+        self.submitted.append((spec, user, user_token))
+        self.set(job_id, spec.name, spec.comment, "PENDING", "Resources")
+        return job_id
+
+    def set(self, job_id, name, comment, state, reason=""):
+        self.jobs_by_id[job_id] = JobState(job_id, name, comment, state, reason, ("dn1",),
+                                           None, "alice")
+
+    def jobs(self):
+        if self.down:
+            raise SlurmUnavailable("connection refused")
+        return list(self.jobs_by_id.values())
+
+    def cancel(self, job_id, signal="SIGTERM", user=None):
+        self.cancelled.append((job_id, signal))
+        return True
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def world(make_config, tmp_path):
+    """A resource manager + service manager on a real store, with a fake Slurm and clock."""
+    from wfm_orchestrator.model import parse_reserve
+    from wfm_orchestrator.resource_manager import ResourceManager
+    from wfm_orchestrator.services import ServiceManager
+    from wfm_orchestrator.store import Store
+
+    stores = []
+
+    class World:
+        def __init__(self):
+            self.slurm = FakeSlurm()
+            self.clock = Clock()
+            self.open()
+
+        def open(self):
+            self.config = make_config(CONF)
+            self.store = Store(self.config.state_db)
+            stores.append(self.store)
+            self.rm = ResourceManager(self.config, self.store, clock=self.clock)
+            self.sm = ServiceManager(self.config, self.rm, self.store, self.slurm,
+                                     clock=self.clock)
+
+        def restart(self):
+            self.store.close()
+            self.open()
+
+        def reserve(self, body=SBB):
+            return self.rm.reserve(parse_reserve(body, self.config))
+
+        def status(self, name=SBB["name"]):
+            return self.sm.status(name)
+
+    yield World()
+    for store in stores:
+        try:
+            store.close()
+        except Exception:  # noqa: S110 - closed already by a restart
+            pass
+
+
+def test_service_job_is_submitted_as_the_user_pinned_to_its_datanodes(world):
+    """FREE -> the job: data partition, the reserved nodes, cores, memory, directive, tag."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    spec, user, token = world.slurm.submitted[0]
+    assert (user, token) == ("alice", "alice-token")
+    assert spec.partition == "data" and list(spec.nodes) == ["dn1"]
+    assert (spec.cpus_per_node, spec.memory_per_node) == (2, 5120)
+    assert [b.verb for b in spec.bb] == ["wfm_service"] and dict(spec.bb[0].params) == {
+        "name": "alice_s_sbb"}
+    assert spec.comment == job_tag("alice_s_sbb", rec.seq)
+    assert spec.environment["WFM_TARGETS"] == "/a/*\n/b/*"
+    assert list(spec.command) == ["/usr/local/libexec/wfm/sbb-service", "--root", "/x"]
+
+
+def test_status_follows_the_job_through_its_life(world):
+    """STAGINGIN (pending) -> STAGEDIN (bound, pending) -> ALLOCATED (running) -> release
+    -> STAGINGOUT -> STOPPED once the teardown deletes the reservation."""
+    world.reserve()
+    assert world.status()["status"] == "STAGINGIN"
+    assert "submitting" in world.status()["detail"]
+    world.sm.reconcile()
+    world.sm.reconcile()
+    st = world.status()
+    assert st["status"] == "STAGINGIN" and st["detail"] == "Slurm job 100 pending: Resources"
+    world.rm.get_allocation(SBB["name"])  # the plugin's setup
+    st = world.status()
+    assert st["status"] == "STAGEDIN" and "burst buffer set up on dn1" in st["detail"]
+    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.sm.reconcile()
+    assert world.status() | {"time": ""} == {
+        "user": "alice", "name": "alice_s_sbb", "status": "ALLOCATED",
+        "detail": "Slurm job 100 running on dn1", "time": ""}
+    answer = world.sm.release(SBB["name"])
+    assert answer["status"] == "STAGINGOUT"
+    world.sm.reconcile()
+    assert world.slurm.cancelled == [(100, "SIGKILL")]  # Slurm's graceful cancel
+    world.slurm.set(100, "alice_s_sbb", "", "CANCELLED")
+    world.sm.reconcile()
+    st = world.status()
+    assert st["status"] == "STAGEDOUT" and "waiting for the burst-buffer teardown" in st["detail"]
+    world.rm.delete_allocation(SBB["name"])  # the plugin's teardown
+    assert world.status()["status"] == "STOPPED"
+    assert world.rm.resources("dn1")["free_cores"] == 8
+
+
+def test_queued_reservation_reports_its_position_and_submits_nothing(world):
+    """QUEUED -> STAGINGIN "queued at position N"; no job until admitted."""
+    big = {**SBB, "attributes": {"flavor": "large", "targets": "/x"}}
+    for i in range(4):
+        world.reserve({**big, "name": f"big{i}"})
+    world.reserve()
+    st = world.status()
+    assert st["status"] == "STAGINGIN" and st["detail"].startswith("queued at position 1")
+    world.sm.reconcile()
+    assert [s.name for s, _, _ in world.slurm.submitted] == ["big0", "big1", "big2", "big3"]
+
+
+def test_job_failing_outside_the_orchestrator_frees_resources_after_the_grace(world):
+    """A job that ends on its own: TEARDOWN; freed by the orchestrator after teardown_grace."""
+    world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(SBB["name"])
+    world.slurm.set(100, "alice_s_sbb", "", "FAILED", "NonZeroExitCode")
+    world.sm.reconcile()
+    st = world.status()
+    assert st["status"] == "TEARDOWN" and "Slurm job 100 ended FAILED (NonZeroExitCode)" in st[
+        "detail"]
+    assert world.rm.resources("dn1")["free_cores"] == 6  # the plugin's teardown may still come
+    world.clock.now += 31
+    world.sm.reconcile()
+    st = world.status()
+    assert st["status"] == "STOPPED" and "freed by the orchestrator" in st["detail"]
+    assert world.rm.resources("dn1")["free_cores"] == 8
+
+
+def test_job_forgotten_by_slurm_counts_as_ended(world):
+    """A job Slurm no longer knows (MinJobAge) is GONE, then freed after the grace."""
+    world.reserve()
+    world.sm.reconcile()
+    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.sm.reconcile()
+    del world.slurm.jobs_by_id[100]
+    world.sm.reconcile()
+    assert "no longer known to Slurm" in world.status()["detail"]
+    world.clock.now += 31
+    world.sm.reconcile()
+    assert world.status()["status"] == "STOPPED"
+
+
+def test_restart_adopts_the_job_submitted_before_the_crash(world):
+    """A job whose id was never stored is found by its tag: no second submission."""
+    rec = world.reserve()
+    # As if an earlier run submitted it and died before storing the id:
+    world.slurm.set(555, "alice_s_sbb", job_tag(rec.name, rec.seq), "RUNNING")
+    world.restart()
+    world.sm.reconcile()
+    assert world.slurm.submitted == []
+    assert world.sm.job(rec.name).job_id == 555
+    world.restart()
+    assert world.sm.job(rec.name).job_id == 555  # stored
+
+
+def test_slurm_down_delays_and_reports_then_recovers(world):
+    """slurmrestd unreachable: nothing lost, the detail says so, work resumes after."""
+    world.reserve()
+    world.slurm.down = True
+    world.sm.reconcile()
+    world.sm.reconcile()
+    assert "Slurm unreachable" in world.status()["detail"]
+    world.slurm.down = False
+    world.sm.reconcile()
+    assert len(world.slurm.submitted) == 1
+    world.sm.reconcile()
+    assert "Slurm unreachable" not in world.status()["detail"]
+
+
+def test_refused_user_token_falls_back_to_the_slurmuser_token(world):
+    """Slurm refuses the user's token (e.g. the SM's constant): submit as SlurmUser for him."""
+    world.slurm.refuse_user_tokens = True
+    world.reserve()
+    world.sm.reconcile()
+    assert [(u, t) for _, u, t in world.slurm.submitted] == [("alice", None)]
+
+
+def test_release_of_a_queued_or_unstarted_service_frees_at_once(world):
+    """Release before any job exists: the reservation is deleted at once (STOPPED)."""
+    world.reserve()
+    world.sm.release(SBB["name"])
+    assert world.status()["status"] == "STOPPED"
+    assert "before its service job started" in world.status()["detail"]
+    world.sm.reconcile()
+    assert world.slurm.submitted == []
+
+
+def test_release_of_unknown_or_released_service_is_not_found(world):
+    """An unknown or already released name: NotFound (the API answers the spec's 500)."""
+    from wfm_orchestrator.errors import NotFound
+
+    with pytest.raises(NotFound):
+        world.sm.release("nobody")
+    world.reserve()
+    world.sm.release(SBB["name"])
+    with pytest.raises(NotFound):
+        world.sm.release(SBB["name"])
+
+
+def test_release_is_retried_with_sigkill_after_the_timeout(world):
+    """A service that does not stop within release_timeout is cancelled again."""
+    world.reserve()
+    world.sm.reconcile()
+    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.sm.release(SBB["name"])
+    world.sm.reconcile()
+    world.sm.reconcile()
+    assert len(world.slurm.cancelled) == 1
+    world.clock.now += 101
+    world.sm.reconcile()
+    assert len(world.slurm.cancelled) == 2
+
+
+def test_release_intent_survives_a_restart(world):
+    """The release is durable: after a restart the job is still cancelled."""
+    world.reserve()
+    world.sm.reconcile()
+    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.sm.release(SBB["name"])
+    world.restart()
+    world.sm.reconcile()
+    assert world.slurm.cancelled == [(100, "SIGKILL")]
+
+
+def test_type_without_launch_command_waits_for_an_external_job(world):
+    """No EphemeralService record for the type: nothing submitted, the detail says why."""
+    world.reserve({"name": "g", "user": "bob", "user_slurm_token": "t", "type": "GBF",
+                   "attributes": {"gssize": 10, "mountpoint": "/m"}})
+    world.sm.reconcile()
+    assert world.slurm.submitted == []
+    assert "no launch command configured for type GBF" in world.status("g")["detail"]
+
+
+def rec_at(state, placement=True):
+    from wfm_orchestrator.allocator import Placement
+    from wfm_orchestrator.model import ReserveRequest
+
+    req = ReserveRequest("n", "u", "t", "SBB", 1, 1, 1, 0, (), "small", ("/x",), None)
+    return Reservation(req, state, 1, 10.0, 20.0,
+                       placement=[Placement("dn1", [0], 1, 0)] if placement else None,
+                       detail="gone")
+
+
+J = ServiceJob("n", 1, 7, "PENDING", "Resources", "dn1", None, "", None, 30.0)
+STATE_TABLE = [
+    # reservation, job, slurm, launch -> status, detail fragment
+    (RS.QUEUED, None, True, True, S.STAGINGIN, "queued at position 3"),
+    (RS.FREE, None, False, True, S.STAGINGIN, "no Slurm configured"),
+    (RS.ALLOCATED, None, True, False, S.ALLOCATED, "no launch command"),
+    (RS.FREE, ServiceJob("n", 1), True, True, S.STAGINGIN, "submitting the service job"),
+    (RS.FREE, ServiceJob("n", 1, error="bad token"), True, True, S.STAGINGIN, "bad token"),
+    (RS.FREE, J, True, True, S.STAGINGIN, "Slurm job 7 pending: Resources"),
+    (RS.ALLOCATED, J, True, True, S.STAGEDIN, "burst buffer set up"),
+    (RS.ALLOCATED, ServiceJob("n", 1, 7, "RUNNING"), True, True, S.ALLOCATED, "running on dn1"),
+    (RS.FREE, ServiceJob("n", 1, 7, "RUNNING"), True, True, S.STAGINGIN, "not yet bound"),
+    (RS.ALLOCATED, ServiceJob("n", 1, 7, "RUNNING", release_requested=1.0), True, True,
+     S.STAGINGOUT, "stopping: Slurm job 7 RUNNING"),
+    (RS.ALLOCATED, ServiceJob("n", 1, 7, "CANCELLED", release_requested=1.0), True, True,
+     S.STAGEDOUT, "waiting for the burst-buffer teardown"),
+    (RS.ALLOCATED, ServiceJob("n", 1, 7, "FAILED", exit_code=256), True, True, S.TEARDOWN,
+     "ended FAILED, exit status 1"),
+    (RS.RELEASED, J, True, True, S.STOPPED, "gone"),
+]
+
+
+@pytest.mark.parametrize(("state", "job", "slurm", "launch", "status", "fragment"), STATE_TABLE)
+def test_each_transition_of_the_status_state_machine(state, job, slurm, launch, status,
+                                                     fragment):
+    """derive_status: one row per state of docs/state-machines.md."""
+    got, detail, when = derive_status(rec_at(state), 3, job, slurm=slurm, launch=launch)
+    assert got == status
+    assert fragment in detail
+    assert when == max(20.0, job.updated if job else 0.0)
+
+
+def test_service_job_of_a_zero_core_zero_memory_service_asks_the_smallest_unit(world):
+    """cores 0 / msize 0 become 1 CPU / 1 MB: Slurm's 0 MB would mean the whole node."""
+    cfg = world.config
+    from wfm_orchestrator.allocator import Placement
+    from wfm_orchestrator.model import ReserveRequest
+
+    req = ReserveRequest("z", "u", "t", "SBB", 1, 0, 0, 0, (), None, ("/x",), None)
+    rec = Reservation(req, RS.FREE, 1, 0, 0, placement=[Placement("dn2", [], 0, 0)])
+    spec = build_service_job(cfg, rec)
+    assert (spec.cpus_per_node, spec.memory_per_node, list(spec.nodes)) == (1, 1, ["dn2"])
