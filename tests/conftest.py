@@ -6,7 +6,22 @@ import os
 
 import pytest
 
+import wfm_orchestrator
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """Environment for a server subprocess that imports the package this test run imported.
+
+    CI tests the *installed* package (its compiled allocator lives in
+    site-packages, not in src/); a developer may run from src/ with the
+    allocator built in place. Either way, the child finds the same package.
+    """
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(wfm_orchestrator.__file__)))
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": package_dir + (os.pathsep + path if path else ""),
+            "PYTHONUNBUFFERED": "1", **extra}
 
 # A small cluster for unit tests: two locations, four datanodes.
 SMALL_CONF = """

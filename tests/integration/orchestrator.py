@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import pytest
 import ujson
 
+from ..conftest import server_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WFM_CONF = os.path.join(REPO, "wfm.conf")
 HOST, PORT = "127.0.0.1", 8080
@@ -150,8 +152,7 @@ def write_config(directory: str) -> tuple[str, str]:
 def start(directory: str, timeout: float = 30.0) -> Orchestrator:
     config_path, state_db = write_config(directory)
     log_path = os.path.join(directory, "orchestrator.log")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.path.join(REPO, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = server_env()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config", config_path],

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ROOT, SMALL_CONF
+from tests.conftest import ROOT, SMALL_CONF, server_env
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +72,7 @@ def start_server(tmp_path) -> Server:
     conf = conf.replace("listen = 127.0.0.1:8080", f"listen = 127.0.0.1:{port}")
     (tmp_path / "wfm.conf").write_text(conf)
     log_path = str(tmp_path / "server.log")
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep
-           + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    env = server_env()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config",
