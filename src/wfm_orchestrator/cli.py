@@ -56,7 +56,7 @@ def build(config: Config):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import waitress
+    from .server import create_server
 
     try:
         config = load_config(args.config)
@@ -76,19 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_STORE
 
     host, _, port = config.listen.rpartition(":")
-    server = waitress.create_server(
-        app,
-        host=host.strip("[]"),
-        port=int(port),
-        threads=config.threads,
-        ident="wfm-orchestrator",
-        max_request_body_size=1024 * 1024,  # 413 before the application runs
-        max_request_header_size=64 * 1024,  # 431 beyond
-        connection_limit=1000,
-        channel_timeout=60,
-        cleanup_interval=30,
-        expose_tracebacks=False,
-    )
+    server = create_server(app, host.strip("[]"), int(port), config.threads)
 
     def stop(signum, frame):
         raise SystemExit(0)

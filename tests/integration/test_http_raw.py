@@ -6,10 +6,9 @@ sockets. After every bad request the connection must be closed, or the
 next request must get exactly its own response; a request hidden in a body
 must never reach the application (the access log proves what did).
 
-What waitress 3.0.2 does that the reliability anchors (D2) did not expect is
-asserted as it is, and named in the docstring: bare-LF requests get no 400
-(waitress waits for CRLF CRLF), and Content-Length + Transfer-Encoding is
-framed by the chunked encoding instead of being refused.
+Two framings waitress 3.0.2 accepts are refused by our parser
+(wfm_orchestrator/server.py): bare-LF requests and Content-Length together
+with Transfer-Encoding both get 400 and a closed connection.
 """
 
 from __future__ import annotations
@@ -218,11 +217,25 @@ def test_chunked_body_over_1_mib_is_413(server):
     assert not server.logged(path, timeout=0.5)
 
 
-def test_body_of_exactly_1_mib_is_refused_by_waitress(server):
-    """waitress refuses Content-Length >= max_request_body_size: 1 MiB itself is 413."""
-    reply = exchange(server.port, f"POST {unique('mib')} HTTP/1.1\r\nHost: x\r\n"
-                                  f"Content-Length: {MIB}\r\n\r\n".encode())
+def test_body_of_exactly_1_mib_reaches_the_application(server):
+    """The limit is 1 MiB inclusive: exactly 1 MiB is read (here: not JSON -> 400)."""
+    path = "/v1.0.0/ephemeralservice/reserve"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {MIB}\r\nConnection: close\r\n\r\n".encode()
+                     + b"x" * MIB)
+        reply = receive(sock, quiet=5)
+    [resp] = parse_responses(reply.raw)
+    assert resp.status == 400
+
+
+def test_body_of_1_mib_plus_one_byte_is_413_before_the_application(server):
+    """Content-Length of 1 MiB + 1 -> 413 from waitress, the application never runs."""
+    path = unique("mib")
+    reply = exchange(server.port, f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+                                  f"Content-Length: {MIB + 1}\r\n\r\n".encode())
     assert_refused(server, reply, 413)
+    assert not server.logged(path, timeout=0.3)
 
 
 def test_header_over_64_kib_is_431(server):
@@ -304,32 +317,17 @@ def test_bare_lf_inside_a_crlf_header_is_400(server):
     assert not server.logged(path, timeout=0.3)
 
 
-def test_lf_only_request_is_never_answered_nor_executed(server):
-    """LF-only line endings are no 400 in waitress 3.0.2: it waits for CRLF CRLF.
+def test_lf_only_request_is_400_and_never_executed(server):
+    """LF-only line endings -> 400 and the connection closed (server.StrictRequestParser).
 
-    No setting changes this. The request is never executed; the channel is
-    freed by channel_timeout (60 s) or, if the client keeps sending, by the
-    64 KiB header limit (431), which this test drives.
+    waitress 3.0.2 alone waits for CRLF CRLF until the header limit or the
+    channel timeout; our parser refuses a header block ended by LF LF.
     """
     path = unique("lf-only")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\nHost: x\n\n".encode())
-        reply = receive(sock)
-        assert reply.raw == b"" and not reply.closed  # waiting for more
-        assert_server_healthy(server)  # other connections are unaffected
-        try:
-            for _ in range(HEADER_LIMIT // 1024 + 2):
-                sock.sendall(b"X-Pad: " + b"a" * 1017 + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        reply = receive(sock, quiet=5)
-    [resp] = parse_responses(reply.raw)
-    assert resp.status == 431 and reply.closed
+    reply = exchange(server.port, f"GET {path} HTTP/1.1\nHost: x\n\n".encode())
+    assert_refused(server, reply, 400)
     assert not server.logged(path, timeout=0.3)
     assert_server_healthy(server)
-
-
-# --- pipelining and smuggling ------------------------------------------------------
 
 
 def test_pipelined_requests_get_two_responses_in_order(server):
@@ -390,30 +388,19 @@ def cl_te_request(hidden: str) -> bytes:
             b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body) + body)
 
 
-def test_content_length_with_transfer_encoding_is_framed_by_chunked(server):
-    """waitress 3.0.2 gives CL + TE no 400: TE wins, CL is ignored (RFC 9112 §6.1 allows it).
+def test_content_length_with_transfer_encoding_is_400_and_closes(server):
+    """CL + TE -> 400 and the connection closed (RFC 9112 §6.1); the hidden request never runs.
 
-    The framing is consistent (no desync inside waitress), but the bytes a
-    CL-framing front end would take for body are executed as a request:
-    the access log shows the 'smuggled' path. Safe only with no proxy in
-    front, or a proxy that refuses or normalises CL + TE (nginx does).
+    waitress 3.0.2 alone frames such a request by TE and keeps the
+    connection open, so bytes a CL-framing proxy takes for body would run as
+    a request: server.StrictRequestParser refuses it instead.
     """
     hidden = unique("cl-te")
     reply = exchange(server.port, cl_te_request(hidden))
-    first, second = parse_responses(reply.raw)
-    assert first.status == 400  # empty chunked body: the application says the body is missing
-    assert second.status == 404  # the bytes after the last chunk: a request of their own
-    assert server.logged(hidden)
-    assert_server_healthy(server)
-
-
-@pytest.mark.xfail(strict=True, reason="waitress 3.0.2 processes CL + TE by TE alone and keeps "
-                                       "the connection open (RFC 9112 §6.1: MUST close)")
-def test_content_length_with_transfer_encoding_is_refused_or_closes(server):
-    """What RFC 9112 §6.1 asks: CL + TE -> 400, or at least the connection closed after it."""
-    reply = exchange(server.port, cl_te_request(unique("cl-te-rfc")))
     responses = parse_responses(reply.raw)
-    assert responses[0].status == 400 and len(responses) == 1 and reply.closed
+    assert [r.status for r in responses] == [400] and reply.closed
+    assert not server.logged(hidden, timeout=0.3)
+    assert_server_healthy(server)
 
 
 # --- shutdown -----------------------------------------------------------------

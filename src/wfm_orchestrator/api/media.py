@@ -9,7 +9,7 @@ import ujson
 
 from .errors import APIError
 
-MAX_BODY = 1024 * 1024  # also enforced by waitress before the application runs
+from ..server import MAX_BODY  # also enforced by waitress before the application runs
 # Bodies are JSON whatever these say: curl -d sends form-urlencoded by default,
 # and "CONSUMES at least application/json" is all the spec asks.
 _READ_AS_JSON = ("application/json", "application/x-www-form-urlencoded", "text/plain")
