@@ -117,6 +117,15 @@ class JobSpec:
     time_limit      minutes, or None for the partition's limit
     bb              BBDirective lines of the script header
     launcher        words put before the command, e.g. ("srun", "--ntasks-per-node=1")
+
+    Step jobs (sbatch options, all optional; ``cpus_per_node`` excludes them):
+    tasks           -n/--ntasks
+    tasks_per_node  --ntasks-per-node
+    cpus_per_task   -c/--cpus-per-task
+    memory_per_cpu  --mem-per-cpu, MB (excludes ``memory_per_node``)
+    exclusive       --exclusive
+    account, qos    -A/--account, -q/--qos
+    exclude         nodes the job must not run on (sbatch -x)
     """
 
     name: str
@@ -135,6 +144,14 @@ class JobSpec:
     time_limit: int | None = None
     bb: Sequence[BBDirective] = ()
     launcher: Sequence[str] = ()
+    tasks: int | None = None
+    tasks_per_node: int | None = None
+    cpus_per_task: int | None = None
+    memory_per_cpu: int | None = None
+    exclusive: bool = False
+    account: str | None = None
+    qos: str | None = None
+    exclude: Sequence[str] = ()
 
 
 # --- validation ---------------------------------------------------------------
@@ -244,6 +261,25 @@ def validate_spec(spec: JobSpec) -> JobSpec:
         _positive("memory_per_node", spec.memory_per_node, 2**40)
     if spec.time_limit is not None:
         _positive("time_limit", spec.time_limit, 10**7)
+    for name in ("tasks", "tasks_per_node", "cpus_per_task"):
+        if getattr(spec, name) is not None:
+            _positive(name, getattr(spec, name), 100000)
+    if spec.cpus_per_node is not None and (spec.tasks_per_node is not None
+                                           or spec.cpus_per_task is not None):
+        raise InvalidRequest("cpus_per_node", "excludes tasks_per_node and cpus_per_task")
+    if spec.memory_per_cpu is not None:
+        _positive("memory_per_cpu", spec.memory_per_cpu, 2**40)
+        if spec.memory_per_node is not None:
+            raise InvalidRequest("memory_per_cpu", "excludes memory_per_node")
+    if not isinstance(spec.exclusive, bool):
+        raise InvalidRequest("exclusive", "expected true or false")
+    for name in ("account", "qos"):
+        if getattr(spec, name) is not None:
+            _match(name, getattr(spec, name), PARTITION_RE, f"an {name} name")
+    if isinstance(spec.exclude, str):
+        raise InvalidRequest("exclude", "expected a list of node names")
+    for node in spec.exclude:
+        _match("exclude", node, NODE_RE, "a node name")
     argv = validate_command(spec.command)
     validate_environment(spec.environment, sum(len(a) + 16 for a in argv))
     _path("cwd", spec.cwd)
@@ -360,6 +396,22 @@ def build_description_v0_0_38(spec: JobSpec) -> dict[str, Any]:
         job["dependency"] = format_dependency(spec.dependencies)
     if spec.time_limit is not None:
         job["time_limit"] = spec.time_limit
+    if spec.tasks is not None:
+        job["tasks"] = spec.tasks
+    if spec.tasks_per_node is not None:
+        job["tasks_per_node"] = spec.tasks_per_node
+    if spec.cpus_per_task is not None:
+        job["cpus_per_task"] = spec.cpus_per_task
+    if spec.memory_per_cpu is not None:
+        job["memory_per_cpu"] = spec.memory_per_cpu
+    if spec.exclusive:
+        job["exclusive"] = "exclusive"  # 22.05 refuses "true"; "exclusive" = sbatch --exclusive
+    if spec.account is not None:
+        job["account"] = spec.account
+    if spec.qos is not None:
+        job["qos"] = spec.qos
+    if spec.exclude:
+        job["exclude_nodes"] = ",".join(spec.exclude)
     return job
 
 
