@@ -66,6 +66,34 @@ MIGRATIONS: list[str] = [
         updated   REAL NOT NULL
     );
     """,
+    # 3: workflow steps (steps.py) and their Slurm jobs (data movers and the step job)
+    """
+    CREATE TABLE step (
+        name      TEXT PRIMARY KEY,
+        user      TEXT NOT NULL,
+        request   TEXT NOT NULL,      -- canonical JSON of the validated launch request
+        launch_id TEXT NOT NULL,      -- part of the jobs' tags (comment)
+        phase     TEXT NOT NULL,      -- WAITING | SUBMITTED | FAILED | DONE
+        detail    TEXT NOT NULL DEFAULT '',
+        abort_requested REAL,         -- when step/abort was asked, NULL before
+        created   REAL NOT NULL,
+        updated   REAL NOT NULL
+    );
+    CREATE INDEX step_user ON step(user);
+    CREATE TABLE step_job (
+        step      TEXT NOT NULL,
+        key       TEXT NOT NULL,      -- main, or dm:<datamover name>
+        job_id    INTEGER,
+        state     TEXT NOT NULL DEFAULT '',
+        reason    TEXT NOT NULL DEFAULT '',
+        nodes     TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        progress  TEXT NOT NULL DEFAULT '',
+        progress_time REAL,
+        updated   REAL NOT NULL,
+        PRIMARY KEY (step, key)
+    );
+    """,
 ]
 
 
