@@ -172,6 +172,12 @@ SETTINGS: dict[str, Setting] = {
     "keycloak_server": Setting("", _text, "Keycloak host, IP address or base URL"),
     "keycloak_realm": Setting("", _text, "Keycloak realm issuing the tokens"),
     "keycloak_audience": Setting("wfm-orchestrator", _text, "required token audience (aud)"),
+    "role_session_manager": Setting(
+        "session-manager", _text, "token role of the Session Manager (acts for any user)"),
+    "role_burst_buffer": Setting(
+        "burst-buffer", _text, "token role of the burst-buffer plugin (server/allocation)"),
+    "role_datamover": Setting("datamover", _text, "token role of data movers (step/progress)"),
+    "role_admin": Setting("admin", _text, "token role of administrators (everything)"),
     "placement_policy": Setting(
         "pack", _choice("pack", "spread"), "pack = best fit (default), spread = least loaded"
     ),

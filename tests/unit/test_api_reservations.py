@@ -339,3 +339,12 @@ def test_non_json_content_type_is_415(client):
     r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", body="<a/>",
                              headers={"Content-Type": "application/xml"})
     assert r.status_code == 415 and r.json["field"] == "Content-Type"
+
+
+def test_user_slurm_token_is_forgotten_once_released(app_factory):
+    """The stored user_slurm_token is erased when the reservation is released."""
+    client, rm, store = app_factory()
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
+    assert store.query("SELECT token FROM reservation")[0]["token"] == "tok"
+    client.simulate_delete("/v2.0.0/server/allocation/alice_s1_sbb")
+    assert store.query("SELECT token FROM reservation")[0]["token"] is None

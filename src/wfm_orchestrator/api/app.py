@@ -12,6 +12,7 @@ from ..config import Config
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
 from . import errors, info, openapi, reservations, service_status
+from .auth import Authorization, build_verifier
 from .media import MAX_BODY, json_handler
 
 log = logging.getLogger("wfm_orchestrator.access")
@@ -87,7 +88,8 @@ def routes(config: Config, rm: ResourceManager, services: ServiceManager
 
 
 def create_app(config: Config, rm: ResourceManager, services: ServiceManager) -> falcon.App:
-    app = falcon.App(middleware=[AccessLog()], cors_enable=False)
+    app = falcon.App(middleware=[AccessLog(), Authorization(build_verifier(config))],
+                     cors_enable=False)
     handler = json_handler()
     app.req_options.media_handlers[falcon.MEDIA_JSON] = handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = handler

@@ -30,8 +30,9 @@ log = logging.getLogger("wfm_orchestrator.api")
 class APIError(falcon.HTTPError):
     """An HTTP error whose body also carries ``message`` and, when known, ``field``."""
 
-    def __init__(self, status: str | int, title: str, description: str, field: str | None = None):
-        super().__init__(status, title=title, description=description)
+    def __init__(self, status: str | int, title: str, description: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(status, title=title, description=description, headers=headers)
         self.field = field
 
     def to_dict(self, obj_type=dict) -> dict[str, Any]:

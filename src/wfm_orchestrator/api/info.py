@@ -8,6 +8,8 @@ from ..config import Config
 
 
 class Locations:
+    auth_actions = {"GET": "config.read"}
+
     def __init__(self, config: Config):
         self.body = [{"name": name} for name in config.locations]
 
@@ -16,6 +18,8 @@ class Locations:
 
 
 class Flavors:
+    auth_actions = {"GET": "config.read"}
+
     def __init__(self, config: Config):
         # ssize is always present (0 when the flavor has no storage): the
         # Session Manager reads it unconditionally.

@@ -254,6 +254,8 @@ def document(paths: list[str]) -> dict[str, Any]:
 
 
 class OpenAPI:
+    auth_actions = {"GET": "public"}
+
     def __init__(self, paths: list[str]):
         self.doc = document(paths)
 

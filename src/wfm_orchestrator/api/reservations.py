@@ -17,6 +17,8 @@ DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown 
 class Reserve:
     """POST ephemeralservice/reserve."""
 
+    auth_actions = {"POST": "reserve"}
+
     def __init__(self, rm: ResourceManager):
         self.rm = rm
 
@@ -33,6 +35,8 @@ class Reserve:
 
 class Allocation:
     """GET / DELETE server/allocation/{service_name} (used by the burst-buffer plugin)."""
+
+    auth_actions = {"GET": "allocation", "DELETE": "allocation"}
 
     def __init__(self, rm: ResourceManager):
         self.rm = rm
@@ -56,6 +60,8 @@ class Allocation:
 class ServerResources:
     """GET server/resources/{server_name} and server/resources/all."""
 
+    auth_actions = {"GET": "resources"}
+
     def __init__(self, rm: ResourceManager):
         self.rm = rm
 
@@ -69,6 +75,8 @@ class ServerResources:
 
 
 class AllServerResources:
+    auth_actions = {"GET": "resources"}
+
     def __init__(self, rm: ResourceManager):
         self.rm = rm
 

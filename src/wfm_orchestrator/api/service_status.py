@@ -7,19 +7,26 @@ import falcon
 from ..errors import InvalidRequest, NotFound
 from ..model import check_name, check_user
 from ..services import ServiceManager
+from ..auth import visible
+from .auth import identity_of
 from .errors import APIError
 
 
 class AllServiceStatus:
+    auth_actions = {"GET": "service.read"}
+
     def __init__(self, services: ServiceManager):
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.services.statuses()
+        identity = identity_of(req)
+        resp.media = [s for s in self.services.statuses() if visible(identity, s["user"])]
 
 
 class Release:
     """DELETE ephemeralservice/release/{service_name}: stop the service, free its resources."""
+
+    auth_actions = {"DELETE": "service.release"}
 
     def __init__(self, services: ServiceManager):
         self.services = services
@@ -34,15 +41,22 @@ class Release:
 
 
 class ServiceStatus:
-    """A service name is looked up first; otherwise the segment is a user id (a list)."""
+    """A service name is looked up first; otherwise the segment is a user id (a list).
+
+    A service the caller may not read is treated as unknown (never 403: its
+    existence is not revealed).
+    """
+
+    auth_actions = {"GET": "service.read"}
 
     def __init__(self, services: ServiceManager):
         self.services = services
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, ident: str) -> None:
         check_name(ident, "ephemeralservice_id")
+        identity = identity_of(req)
         status = self.services.status(ident)
-        if status is not None:
+        if status is not None and visible(identity, status["user"]):
             resp.media = status
             return
         try:
@@ -51,4 +65,5 @@ class ServiceStatus:
             raise InvalidRequest(
                 "ephemeralservice_id",
                 f"no service named {ident!r}, and it is not a valid user id either") from None
-        resp.media = self.services.statuses(user=ident)
+        resp.media = [s for s in self.services.statuses(user=ident)
+                      if visible(identity, s["user"])]

@@ -1,0 +1,149 @@
+"""The authorization matrix: every endpoint x every kind of caller, with real JWTs.
+
+A stand-in Keycloak (tests/jwks_fixture.py) publishes the realm's keys over
+real HTTP; the application verifies each token against them.
+"""
+
+import pytest
+
+from ..conftest import SMALL_CONF
+from ..jwks_fixture import AUDIENCE, REALM, JWKSServer, TokenFactory, keys
+
+CALLERS = {
+    # name: (preferred_username, realm roles)
+    "owner": ("alice", []),
+    "other": ("bob", []),
+    "norole": ("carol", ["offline_access"]),
+    "sm": ("session-manager-svc", ["session-manager"]),
+    "bb": ("slurm-plugin", ["burst-buffer"]),
+    "dm": ("datamover-svc", ["datamover"]),
+    "admin": ("root-admin", ["admin"]),
+}
+RESERVE = {"name": "alice_s_x", "user": "alice", "user_slurm_token": "secret-slurm-token",
+           "type": "GBF", "attributes": {"gssize": 10, "mountpoint": "/m"}}
+
+# (method, path, body) -> the callers that may; every other caller gets 403.
+# "read" entries are open to every authenticated caller (lists filtered).
+MATRIX = [
+    ("POST", "/v1.0.0/ephemeralservice/reserve", RESERVE, {"sm", "admin"}),
+    ("GET", "/v2.0.0/server/allocation/alice_s_x", None, {"bb", "admin"}),
+    ("DELETE", "/v2.0.0/server/allocation/alice_s_x", None, {"bb", "admin"}),
+    ("GET", "/v1.0.0/server/resources/all", None, {"admin"}),
+    ("GET", "/v1.0.0/server/resources/dn1", None, {"admin"}),
+    ("GET", "/v1.0.0/location/list", None, set(CALLERS)),
+    ("GET", "/v1.0.0/ephemeralservice/flavors", None, set(CALLERS)),
+    ("GET", "/v1.0.0/ephemeralservice/status", None, set(CALLERS)),
+    ("GET", "/v1.0.0/ephemeralservice/status/alice_s_x", None, set(CALLERS)),
+    ("DELETE", "/v1.0.0/ephemeralservice/release/alice_s_x", None, {"sm", "admin"}),
+]
+
+
+@pytest.fixture
+def keycloak():
+    server = JWKSServer()
+    server.add(*keys())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secured(make_config, keycloak):
+    """An application with auth = keycloak against the stand-in realm, and a token per caller."""
+    from falcon import testing
+
+    from wfm_orchestrator.cli import build
+
+    conf = SMALL_CONF.replace("auth = none", f"auth = keycloak\nkeycloak_server = "
+                              f"{keycloak.base_url}\nkeycloak_realm = {REALM}\n"
+                              f"keycloak_audience = {AUDIENCE}")
+    app, _, _, store = build(make_config(conf))
+    factory = TokenFactory(keycloak.issuer)
+    rsa, _ = keys()
+    tokens = {name: factory.make(rsa, preferred_username=user, realm_access={"roles": roles})
+              for name, (user, roles) in CALLERS.items()}
+    yield testing.TestClient(app), tokens
+    store.close()
+
+
+def call(client, method, path, body, token):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.simulate_request(method, path, json=body, headers=headers)
+
+
+def seed(client, tokens):
+    r = call(client, "POST", "/v1.0.0/ephemeralservice/reserve", RESERVE, tokens["sm"])
+    assert r.status_code == 200, r.text
+    bob = dict(RESERVE, name="bob_s_y", user="bob")
+    assert call(client, "POST", "/v1.0.0/ephemeralservice/reserve", bob,
+                tokens["sm"]).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), MATRIX,
+                         ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
+@pytest.mark.parametrize("caller", list(CALLERS))
+def test_authorization_matrix(secured, method, path, body, allowed, caller):
+    """Each caller gets through exactly where the matrix says, else 403 (never 401)."""
+    client, tokens = secured
+    seed(client, tokens)
+    r = call(client, method, path, body, tokens[caller])
+    if caller in allowed:
+        assert r.status_code not in (401, 403), (caller, r.status_code, r.text)
+    else:
+        assert r.status_code == 403, (caller, r.status_code, r.text)
+        assert "role" in r.json["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), MATRIX,
+                         ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
+def test_every_endpoint_refuses_a_missing_or_bad_token_with_401(secured, method, path, body,
+                                                                allowed):
+    """No token, or a broken one: 401 with WWW-Authenticate, nothing changed."""
+    client, tokens = secured
+    for token in (None, tokens["admin"][:-4] + "AAAA", "not-a-jwt"):
+        r = call(client, method, path, body, token)
+        assert r.status_code == 401, (token, r.text)
+        assert r.headers.get("www-authenticate", "").startswith("Bearer")
+    r = call(client, "GET", "/v1.0.0/ephemeralservice/status", None, tokens["admin"])
+    assert r.json == []
+
+
+def test_lists_never_show_another_users_items(secured):
+    """Ordinary users see only their own services; privileged roles see all."""
+    client, tokens = secured
+    seed(client, tokens)
+
+    def names(caller, path="/v1.0.0/ephemeralservice/status"):
+        r = call(client, "GET", path, None, tokens[caller])
+        assert r.status_code == 200
+        body = r.json
+        return sorted(s["name"] for s in (body if isinstance(body, list) else [body]))
+
+    assert names("owner") == ["alice_s_x"]
+    assert names("other") == ["bob_s_y"]
+    assert names("norole") == [] and names("dm") == []
+    assert names("sm") == names("admin") == names("bb") == ["alice_s_x", "bob_s_y"]
+    # by name: another user's service is not revealed (answered as an unknown user id)
+    assert names("other", "/v1.0.0/ephemeralservice/status/alice_s_x") == []
+    assert names("owner", "/v1.0.0/ephemeralservice/status/alice_s_x") == ["alice_s_x"]
+    # by user id: only one's own
+    assert names("other", "/v1.0.0/ephemeralservice/status/alice") == []
+    assert names("owner", "/v1.0.0/ephemeralservice/status/alice") == ["alice_s_x"]
+
+
+def test_openapi_document_is_public(secured):
+    """/openapi.json needs no token."""
+    client, _ = secured
+    assert client.simulate_get("/openapi.json").status_code == 200
+
+
+def test_user_slurm_token_never_appears_in_answers_or_logs(secured, caplog):
+    """The user's Slurm token is in no status, error or log line."""
+    client, tokens = secured
+    seed(client, tokens)
+    bodies = [call(client, "GET", "/v1.0.0/ephemeralservice/status", None, tokens["admin"]).text,
+              call(client, "POST", "/v1.0.0/ephemeralservice/reserve",
+                   dict(RESERVE, servers=2), tokens["sm"]).text,
+              call(client, "GET", "/v2.0.0/server/allocation/alice_s_x", None,
+                   tokens["bb"]).text]
+    assert all("secret-slurm-token" not in b for b in bodies)
+    assert "secret-slurm-token" not in caplog.text
