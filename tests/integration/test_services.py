@@ -1,0 +1,172 @@
+"""Ephemeral services end to end: the orchestrator, the mini-cluster and the burst-buffer plugin.
+
+reserve -> the service job runs on the reserved datanodes as the user, with
+the allocation in its environment -> ALLOCATED -> release -> STOPPED and the
+resources free again.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+import uuid
+
+import pytest
+
+from wfm_orchestrator.slurm import JobSpec, use_directive
+
+from .orchestrator import orchestrator, user_token  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+SERVICES_ROOT = "/var/tmp/wfm-services"
+
+
+def unique(prefix: str) -> str:
+    return f"alice_{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def wait_status(orch, name: str, wanted: str, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        code, last = orch.get(f"/ephemeralservice/status/{name}")
+        assert code == 200, last
+        if last["status"] == wanted:
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"service {name}: expected {wanted}, still {last} after {timeout:g} s\n"
+                f"{orch.log()[-3000:]}")
+
+
+def wait_until(predicate, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"{what}: still not true after {timeout:g} s")
+
+
+def reserve(orch, name: str, user: str = "alice", flavor: str = "small", targets=None,
+            location=None) -> None:
+    body = {"name": name, "user": user, "user_slurm_token": user_token(user), "type": "SBB",
+            "attributes": {"flavor": flavor, "targets": targets or ["/nonexistent/*"]}}
+    if location:
+        body["location"] = location
+    code, answer = orch.post("/ephemeralservice/reserve", body)
+    assert code == 200, answer
+
+
+def free_cores(orch, server: str) -> list[int]:
+    code, res = orch.get(f"/server/resources/{server}")
+    assert code == 200
+    return res["free_core_list"]
+
+
+def release(orch, name: str) -> None:
+    code, answer = orch.delete(f"/ephemeralservice/release/{name}")
+    assert code == 200, answer
+
+
+def test_service_runs_as_the_user_on_its_datanodes_then_stops(orchestrator, slurm_cluster,
+                                                              client, tmp_path):
+    """reserve -> job as alice on the reserved node with the allocation -> ALLOCATED ->
+    release (stage-out) -> STOPPED, every resource free."""
+    home = pwd.getpwnam("alice").pw_dir
+    source = os.path.join(home, f"e2e-{uuid.uuid4().hex[:6]}.dat")
+    with open(source, "w") as fh:
+        fh.write("original\n")
+    os.chown(source, pwd.getpwnam("alice").pw_uid, pwd.getpwnam("alice").pw_gid)
+    before = free_cores(orchestrator, "dn1")
+    name = unique("svc")
+    reserve(orchestrator, name, targets=[source], location=["loc1"])
+    status = wait_status(orchestrator, name, "ALLOCATED")
+    assert "running on dn1" in status["detail"]
+
+    code, alloc = orchestrator.get(f"/ephemeralservice/status/{name}")
+    area = os.path.join(SERVICES_ROOT, name, "dn1")
+    env_file = os.path.join(area, "allocation.env")
+    wait_until(lambda: os.path.exists(os.path.join(area, "state")) and
+               open(os.path.join(area, "state")).read().strip() == "ready", "service ready")
+    assert os.stat(env_file).st_uid == pwd.getpwnam("alice").pw_uid  # ran as alice
+    env = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line)
+    assert env["WFM_SERVICE_NAME"] == name
+    assert env["WFM_SERVERS"] == "dn1" and env["WFM_SERVER_0_NAME"] == "dn1"
+    assert env["WFM_SERVER_0_CORES"] == "2" and env["WFM_SERVER_0_MSIZE"] == "5120"
+    cores = [int(c) for c in env["WFM_SERVER_0_CORE_LIST"].split(",")]
+    assert set(cores).isdisjoint(free_cores(orchestrator, "dn1"))
+    jobs = [j for j in client.jobs() if j.name == name and j.is_active]
+    assert len(jobs) == 1 and jobs[0].user == "alice" and jobs[0].nodes == ("dn1",)
+    assert jobs[0].partition == "data"
+
+    staged = os.path.join(area, "data", f"1.{os.path.basename(source)}")
+    assert open(staged).read() == "original\n"  # staged in
+    with open(staged, "a") as fh:
+        fh.write("written by the step\n")
+    os.utime(staged, (time.time() + 5, time.time() + 5))
+    release(orchestrator, name)
+    status = wait_status(orchestrator, name, "STOPPED")
+    assert open(source).read() == "original\nwritten by the step\n"  # staged out
+    assert free_cores(orchestrator, "dn1") == before
+    code, _ = orchestrator.delete(f"/ephemeralservice/release/{name}")
+    assert code == 500  # already released
+
+
+def test_two_services_on_one_datanode_get_disjoint_core_lists(orchestrator, slurm_cluster):
+    """Two services placed on dn1 are bound to disjoint cores, each in its own job."""
+    names = [unique("a"), unique("b")]
+    for name in names:
+        reserve(orchestrator, name, location=["loc1"])
+    core_sets = []
+    for name in names:
+        wait_status(orchestrator, name, "ALLOCATED")
+        env_file = os.path.join(SERVICES_ROOT, name, "dn1", "allocation.env")
+        wait_until(lambda f=env_file: os.path.exists(f) and os.path.getsize(f) > 0,
+                   f"{env_file} written")
+        env = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line)
+        core_sets.append(set(env["WFM_SERVER_0_CORE_LIST"].split(",")))
+    assert core_sets[0].isdisjoint(core_sets[1]) and all(len(c) == 2 for c in core_sets)
+    for name in names:
+        release(orchestrator, name)
+    for name in names:
+        wait_status(orchestrator, name, "STOPPED")
+
+
+def test_service_job_cancelled_outside_leaves_status_and_resources_consistent(
+        orchestrator, slurm_cluster, client):
+    """A service job killed behind the orchestrator's back: reported, then its resources freed."""
+    before = free_cores(orchestrator, "dn2")
+    name = unique("killed")
+    reserve(orchestrator, name, location=["loc2"])
+    wait_status(orchestrator, name, "ALLOCATED")
+    [job] = [j for j in client.jobs() if j.name == name and j.is_active]
+    client.cancel(job.job_id, signal="SIGKILL")
+    status = wait_status(orchestrator, name, "STOPPED")
+    assert status["detail"]
+    assert free_cores(orchestrator, "dn2") == before
+    code, answer = orchestrator.delete(f"/ephemeralservice/release/{name}")
+    assert code == 500 and "not found or already released" in answer["message"]
+
+
+def test_step_job_naming_a_service_sees_its_access_details(orchestrator, slurm_cluster, client,
+                                                           job_factory):
+    """A job with '#BB_LUA wfm_use name=<svc> hint=RO' gets WFM_SERVICE_0_* in its environment."""
+    name = unique("used")
+    reserve(orchestrator, name)
+    wait_status(orchestrator, name, "ALLOCATED")
+    home = pwd.getpwnam("alice").pw_dir
+    out = os.path.join(home, f"step-env-{uuid.uuid4().hex[:6]}.txt")
+    spec = JobSpec(name=f"step_{uuid.uuid4().hex[:6]}", command=["/usr/bin/env"],
+                   partition="compute", stdout=out, bb=[use_directive(name, "RO")], cwd=home)
+    job_id = job_factory(spec, user="alice")
+    wait_until(lambda: (j := client.job(job_id)) is not None and j.is_terminal,
+               f"step job {job_id} ended", timeout=90)
+    assert client.job(job_id).state == "COMPLETED"
+    env = dict(line.strip().split("=", 1) for line in open(out) if "=" in line)
+    assert env["WFM_SERVICE_0_NAME"] == name
+    assert env["WFM_SERVICE_0_HINT"] == "RO"
+    assert env["WFM_SERVICE_0_STATUS"] in ("ALLOCATED", "STAGEDIN")
+    release(orchestrator, name)
+    wait_status(orchestrator, name, "STOPPED")
