@@ -141,12 +141,15 @@ class Store:
 
     @staticmethod
     def _claim(path: str) -> int:
-        directory = os.path.dirname(os.path.abspath(path))
+        # The lock sits beside the real file: a path through a symbolic link to
+        # the same database must meet the same lock.
+        lock = os.path.realpath(path) + ".lock"
+        directory = os.path.dirname(lock)
         try:
             os.makedirs(directory, exist_ok=True)
-            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise StoreError(f"cannot open the state database lock {path}.lock: {e}") from e
+            raise StoreError(f"cannot open the state database lock {lock}: {e}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
