@@ -38,10 +38,17 @@ def _pin_cpus(setting: str) -> list[int] | None:
 
 def build(config: Config):
     """The application and what it owns (kept separate for tests and benchmarks)."""
+    app, rm, services, _steps, store = build_all(config)
+    return app, rm, services, store
+
+
+def build_all(config: Config):
+    """(app, rm, services, steps, store): build() plus the step manager."""
     from .api import create_app
     from .resource_manager import ResourceManager
     from .services import ServiceManager
     from .slurm import SlurmClient
+    from .steps import StepManager
     from .store import Store
 
     store = Store(config.state_db)
@@ -49,10 +56,11 @@ def build(config: Config):
         rm = ResourceManager(config, store)
         slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
         services = ServiceManager(config, rm, store, slurm)
+        steps = StepManager(config, store, services, slurm)
     except BaseException:
         store.close()
         raise
-    return create_app(config, rm, services), rm, services, store
+    return create_app(config, rm, services, steps), rm, services, steps, store
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -70,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(allowed: {sorted(os.sched_getaffinity(0))})", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        app, rm, services, store = build(config)
+        app, rm, services, steps, store = build_all(config)
     except StoreError as e:
         print(f"wfm-orchestrator: state database unusable, not starting: {e}", file=sys.stderr)
         return EXIT_STORE
@@ -87,12 +95,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
              else "no Slurm: Resource Manager only")
     services.start()
+    steps.start()
     try:
         server.run()
     except (SystemExit, KeyboardInterrupt):
         log.info("stopping")
     finally:
         server.close()
+        steps.stop()
         services.stop()
         store.close()
         log.info("stopped")

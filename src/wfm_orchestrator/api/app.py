@@ -11,7 +11,8 @@ import falcon
 from ..config import Config
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
-from . import errors, info, openapi, reservations, service_status
+from ..steps import StepManager
+from . import errors, info, openapi, reservations, service_status, steps
 from .auth import Authorization, build_verifier
 from .media import MAX_BODY, json_handler
 
@@ -71,8 +72,8 @@ def _handlers(logger: logging.Logger) -> list[logging.Handler]:
     return found
 
 
-def routes(config: Config, rm: ResourceManager, services: ServiceManager
-           ) -> list[tuple[str, object]]:
+def routes(config: Config, rm: ResourceManager, services: ServiceManager,
+           step_manager: StepManager | None = None) -> list[tuple[str, object]]:
     """(path without version prefix, resource) for every endpoint."""
     return [
         ("/ephemeralservice/reserve", reservations.Reserve(rm)),
@@ -84,10 +85,16 @@ def routes(config: Config, rm: ResourceManager, services: ServiceManager
         ("/ephemeralservice/status", service_status.AllServiceStatus(services)),
         ("/ephemeralservice/status/{ident}", service_status.ServiceStatus(services)),
         ("/ephemeralservice/release/{service_name}", service_status.Release(services)),
+        ("/step/launch", steps.Launch(step_manager)),
+        ("/step/progress", steps.Progress(step_manager)),
+        ("/step/status", steps.AllStepStatus(step_manager)),
+        ("/step/status/{ident}", steps.StepStatus(step_manager)),
+        ("/step/abort/{step_id}", steps.Abort(step_manager)),
     ]
 
 
-def create_app(config: Config, rm: ResourceManager, services: ServiceManager) -> falcon.App:
+def create_app(config: Config, rm: ResourceManager, services: ServiceManager,
+               step_manager: StepManager | None = None) -> falcon.App:
     app = falcon.App(middleware=[AccessLog(), Authorization(build_verifier(config))],
                      cors_enable=False)
     handler = json_handler()
@@ -97,7 +104,7 @@ def create_app(config: Config, rm: ResourceManager, services: ServiceManager) ->
     app.req_options.default_media_type = falcon.MEDIA_JSON
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
-    table = routes(config, rm, services)
+    table = routes(config, rm, services, step_manager)
     for path, resource in table:
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)

@@ -139,6 +139,85 @@ SCHEMAS: dict[str, Any] = {
             "time": {"type": "string", "format": "date-time"},
         },
     },
+    "StepLaunchRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "user", "command"],
+        "properties": {
+            "name": _NAME,
+            "user": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"},
+            "location": {"type": "array", "items": {"type": "string"}},
+            "command_env": {
+                "description": "KEY=value items: a string (separated by spaces or new lines), "
+                               "a list of \"KEY=value\" strings or an object",
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                          {"type": "object", "additionalProperties": {"type": "string"}}]},
+            "command": {"type": "string", "description": "an sbatch command line "
+                                                        "(docs/steps.md lists the options)"},
+            "services": {"type": "array", "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "name": _NAME,
+                    "hint": {"type": "string", "enum": ["RO", "RW", "WO"], "default": "RW"},
+                    "datamovers": {"type": "array", "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "trigger", "target", "operation", "elements"],
+                        "properties": {
+                            "name": _NAME,
+                            "trigger": {"type": "string", "enum": ["step_start", "step_stop"]},
+                            "target": {"type": "string"},
+                            "operation": {"type": "string"},
+                            "elements": {"type": "array", "minItems": 1,
+                                         "items": {"type": "string"}},
+                        },
+                    }},
+                },
+            }},
+        },
+    },
+    "StepLaunchResponse": {
+        "type": "object",
+        "required": ["name", "status", "message"],
+        "properties": {"name": {"type": "string"}, "status": {"type": "string"},
+                       "message": {"type": "string"}},
+    },
+    "StepProgressRequest": {
+        "type": "object",
+        "required": ["step_name", "datamover_name", "progress"],
+        "properties": {"step_name": _NAME, "datamover_name": _NAME,
+                       "progress": {"type": "string"}},
+    },
+    "StepProgressResponse": {
+        "type": "object",
+        "required": ["step_name", "datamover_name", "message"],
+        "properties": {"step_name": {"type": "string"}, "datamover_name": {"type": "string"},
+                       "message": {"type": "string"}},
+    },
+    "StepStatus": {
+        "type": "object",
+        "required": ["user", "name", "status", "detail", "time"],
+        "properties": {
+            "user": {"type": "string"},
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": [
+                "BOOT_FAIL", "CANCELLED", "COMPLETED", "CONFIGURING", "COMPLETING", "DEADLINE",
+                "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PENDING", "PREEMPTED", "RUNNING",
+                "RESV_DEL_HOLD", "REQUEUE_FED", "REQUEUE_HOLD", "REQUEUED", "RESIZING",
+                "REVOKED", "SIGNALING", "SPECIAL_EXIT", "STAGE_OUT", "STOPPED", "SUSPENDED",
+                "TIMEOUT"]},
+            "detail": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+        },
+    },
+    "StepAbortResponse": {
+        "type": "object",
+        "required": ["name", "message"],
+        "properties": {"name": {"type": "string"}, "status": {"type": "string"},
+                       "detail": {"type": "string"}, "message": {"type": "string"}},
+    },
 }
 
 
@@ -227,6 +306,46 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                     {"type": "array", "items": _ref("ServiceStatus")}]},
                          "one status (service name) or a list (user id)"),
                    {}),
+    },
+    "/step/launch": {
+        "post": _op(
+            "Launch a step: 200 once recorded; services are awaited, data movers and the "
+            "step's job submitted asynchronously (follow step/status)",
+            _json(_ref("StepLaunchResponse"), "launch accepted"),
+            {"413": "body over 1 MiB", "415": "the body is not JSON",
+             "500": "the name is taken by another step, or no Slurm configured"},
+            requestBody={"required": True,
+                         "content": {"application/json": {"schema": _ref("StepLaunchRequest")}}},
+        )
+    },
+    "/step/progress": {
+        "post": _op(
+            "Record a data mover's progress (shown in the step's detail)",
+            _json(_ref("StepProgressResponse"), "progress recorded"),
+            {"413": "body over 1 MiB", "415": "the body is not JSON",
+             "500": "unknown step or data mover, or no Slurm configured"},
+            requestBody={"required": True,
+                         "content": {"application/json": {"schema": _ref("StepProgressRequest")}}},
+        )
+    },
+    "/step/status": {
+        "get": _op("Status of every step",
+                   _json({"type": "array", "items": _ref("StepStatus")}, "statuses"), {}),
+    },
+    "/step/status/{ident}": {
+        "parameters": [_path_param("ident", "a step name (looked up first) or a user id")],
+        "get": _op("Status of one step, or of every step of a user",
+                   _json({"oneOf": [_ref("StepStatus"),
+                                    {"type": "array", "items": _ref("StepStatus")}]},
+                         "one status (step name) or a list (user id)"),
+                   {}),
+    },
+    "/step/abort/{step_id}": {
+        "parameters": [_path_param("step_id", "the step name")],
+        "delete": _op("Abort a step: cancel every job of it (data movers included); "
+                      "idempotent",
+                      _json(_ref("StepAbortResponse"), "abort accepted"),
+                      {"500": "no such step, or no Slurm configured"}),
     },
 }
 
