@@ -22,7 +22,8 @@ from .size import bytes_to_mb_up, parse_size
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 NAME_RULE = "1 to 128 letters, digits, '_', '-' or '.', not starting with '-' or '.', no '..'"
-USER_RULE = "a POSIX user name: 1 to 32 letters, digits, '_', '-' or '.', starting with a letter or '_'"
+USER_RULE = ("a POSIX user name: 1 to 32 letters, digits, '_', '-' or '.', "
+             "starting with a letter or '_'")
 # Sizes are MB; 2**53 MB is far beyond any machine and keeps every value an exact
 # JSON number, an int64 in SQLite and in the compiled allocator.
 MAX_MB = 1 << 53
@@ -151,7 +152,8 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
         raise InvalidRequest("body", f"expected a JSON object, got {_kind(body)}")
     unknown = sorted(set(body) - _RESERVE_KEYS)
     if unknown:
-        raise InvalidRequest(unknown[0], f"unknown field (valid: {', '.join(sorted(_RESERVE_KEYS))})")
+        valid = ", ".join(sorted(_RESERVE_KEYS))
+        raise InvalidRequest(unknown[0], f"unknown field (valid: {valid})")
     for key in ("name", "user", "user_slurm_token", "type", "attributes"):
         if key not in body:
             raise InvalidRequest(key, "required field is missing")

@@ -345,6 +345,6 @@ def test_user_slurm_token_is_forgotten_once_released(app_factory):
     """The stored user_slurm_token is erased when the reservation is released."""
     client, rm, store = app_factory()
     client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
-    assert store.query("SELECT token FROM reservation")[0]["token"] == "tok"
+    assert store.query("SELECT token FROM reservation")[0]["token"] == "tok"  # noqa: S105
     client.simulate_delete("/v2.0.0/server/allocation/alice_s1_sbb")
     assert store.query("SELECT token FROM reservation")[0]["token"] is None

@@ -2,8 +2,8 @@
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 import schemathesis.specs.openapi.checks as oac
+from hypothesis import HealthCheck, settings
 
 from wfm_orchestrator.api.app import VERSIONS, routes
 from wfm_orchestrator.api.openapi import CANONICAL_VERSION, DEFAULT_VERSION

@@ -7,9 +7,9 @@ from typing import Any
 import falcon
 import ujson
 
+from ..server import MAX_BODY  # also enforced by waitress before the application runs
 from .errors import APIError
 
-from ..server import MAX_BODY  # also enforced by waitress before the application runs
 # Bodies are JSON whatever these say: curl -d sends form-urlencoded by default,
 # and "CONSUMES at least application/json" is all the spec asks.
 _READ_AS_JSON = ("application/json", "application/x-www-form-urlencoded", "text/plain")

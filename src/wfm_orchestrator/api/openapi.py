@@ -74,7 +74,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "servers": {"type": "integer"},
-            "properties": {"type": "array", "items": {"$ref": "#/components/schemas/AllocationProperties"}},
+            "properties": {"type": "array",
+                           "items": {"$ref": "#/components/schemas/AllocationProperties"}},
         },
     },
     "AllocationProperties": {

@@ -10,7 +10,6 @@ from ..resource_manager import ResourceManager
 from .errors import APIError
 from .media import read_json
 
-
 DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown or Session Manager)"
 
 

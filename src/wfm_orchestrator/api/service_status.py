@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import falcon
 
+from ..auth import visible
 from ..errors import InvalidRequest, NotFound
 from ..model import check_name, check_user
 from ..services import ServiceManager
-from ..auth import visible
 from .auth import identity_of
 from .errors import APIError
 
