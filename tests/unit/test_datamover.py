@@ -1,0 +1,182 @@
+"""The reference data mover: copy / move / release between tier roots, nothing outside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from wfm_orchestrator import datamover as dm
+
+
+@pytest.fixture
+def tiers(tmp_path):
+    src, dst, outside = tmp_path / "hdd", tmp_path / "nvme", tmp_path / "outside"
+    for d in (src, dst, outside):
+        d.mkdir()
+    (outside / "secret").write_text("SECRET")
+    return src, dst, outside
+
+
+def run(op, src, dst, *patterns, **kw):
+    return dm.main([op, "HDD", "NVMe", "--source-root", str(src), "--target-root", str(dst),
+                    "--progress-url", "", "--", *patterns])
+
+
+def tree(root):
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = open(p).read() if not os.path.islink(p) else "->"
+    return out
+
+
+def test_copy_matches_patterns_and_keeps_relative_paths(tiers):
+    """`*` stays in one directory, `**` crosses them; a matched directory is taken whole."""
+    src, dst, _ = tiers
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "x.dat").write_text("x")
+    (src / "a" / "b" / "y.dat").write_text("y")
+    (src / "a" / "b" / "z.txt").write_text("z")
+    (src / "d").mkdir()
+    (src / "d" / "w").write_text("w")
+    assert run("copy", src, dst, "a/*.dat", "a/**/*.txt", "d") == 0
+    assert tree(dst) == {"a/x.dat": "x", "a/b/z.txt": "z", "d/w": "w"}
+    assert "a/b/y.dat" in tree(src)  # copy keeps the source
+
+
+def test_move_removes_the_source_and_emptied_directories(tiers):
+    src, dst, _ = tiers
+    (src / "run").mkdir()
+    (src / "run" / "f1").write_text("1")
+    (src / "run" / "f2").write_text("2")
+    assert run("move", src, dst, "run/*") == 0
+    assert tree(dst) == {"run/f1": "1", "run/f2": "2"}
+    assert not (src / "run").exists()
+
+
+def test_release_removes_only_sources_with_an_identical_target_copy(tiers):
+    """HSM release: the cached copy goes only when the target holds the same bytes."""
+    src, dst, _ = tiers
+    for name, a, b in (("same", "abc", "abc"), ("diff", "abc", "abd"), ("none", "abc", None)):
+        (src / name).write_text(a)
+        if b is not None:
+            (dst / name).write_text(b)
+    assert run("release", src, dst, "*") == dm.EXIT_FAILED
+    assert sorted(os.listdir(src)) == ["diff", "none"]
+    assert (dst / "same").read_text() == "abc"
+
+
+@pytest.mark.parametrize("pattern", ["../outside/secret", "/etc/passwd", "a/../../outside/secret",
+                                     ""])
+def test_patterns_outside_the_root_are_refused(tiers, pattern):
+    src, dst, _ = tiers
+    assert run("copy", src, dst, pattern) == dm.EXIT_FAILED
+    assert tree(dst) == {}
+
+
+def test_symlinks_out_of_the_root_are_refused_everywhere(tiers):
+    """A link as the element, inside a matched directory, or as a directory on the
+    way: never followed, nothing outside the root is read."""
+    src, dst, outside = tiers
+    os.symlink(outside / "secret", src / "link")
+    os.symlink(outside, src / "dirlink")
+    (src / "d").mkdir()
+    os.symlink(outside / "secret", src / "d" / "inner")
+    (src / "d" / "ok").write_text("ok")
+    code = run("copy", src, dst, "link", "dirlink/secret", "d", "dirlink/*", "*")
+    assert code == dm.EXIT_FAILED
+    copied = tree(dst)
+    assert "SECRET" not in copied.values()
+    assert copied == {"d/ok": "ok"}
+
+
+def test_a_symlink_in_the_target_is_replaced_not_followed(tiers):
+    """A link planted at the target path is replaced by the file; its target is untouched."""
+    src, dst, outside = tiers
+    (src / "f").write_text("new")
+    os.symlink(outside / "secret", dst / "f")
+    assert run("copy", src, dst, "f") == 0
+    assert not os.path.islink(dst / "f") and (dst / "f").read_text() == "new"
+    assert (outside / "secret").read_text() == "SECRET"
+
+
+def test_a_symlinked_target_directory_is_refused(tiers):
+    src, dst, outside = tiers
+    (src / "sub").mkdir()
+    (src / "sub" / "f").write_text("x")
+    os.symlink(outside, dst / "sub")
+    assert run("copy", src, dst, "sub/f") == dm.EXIT_FAILED
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
+def test_no_match_is_a_failure(tiers):
+    src, dst, _ = tiers
+    assert run("copy", src, dst, "nothing*") == dm.EXIT_FAILED
+
+
+def test_missing_roots_are_a_usage_error(tiers, monkeypatch):
+    src, _, _ = tiers
+    monkeypatch.delenv("WFM_TARGET_ROOT", raising=False)
+    assert dm.main(["copy", "HDD", "tape", "--source-root", str(src), "--progress-url", "",
+                    "--", "x"]) == dm.EXIT_USAGE
+    assert dm.main(["nope", "HDD", "NVMe", "x"]) == dm.EXIT_USAGE
+
+
+def test_progress_is_posted_to_the_orchestrator(tiers):
+    """started ... done, with the step and data mover names, to the progress URL."""
+    src, dst, _ = tiers
+    (src / "f").write_bytes(b"x" * 3000)
+    posted = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            posted.append((self.path, json.loads(self.rfile.read(
+                int(self.headers["Content-Length"])))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1.0.0/step/progress"
+        code = dm.main(["copy", "HDD", "NVMe", "--source-root", str(src), "--target-root",
+                        str(dst), "--progress-url", url, "--step", "s1", "--name", "dm1",
+                        "--", "f"])
+    finally:
+        server.shutdown()
+    assert code == 0
+    assert posted[0][0] == "/v1.0.0/step/progress"
+    assert posted[0][1]["step_name"] == "s1" and posted[0][1]["datamover_name"] == "dm1"
+    assert posted[0][1]["progress"].startswith("started")
+    assert posted[-1][1]["progress"].startswith("done: copy 1/1 files, 100%")
+
+
+def test_unreachable_progress_url_does_not_stop_the_transfer(tiers):
+    src, dst, _ = tiers
+    (src / "f").write_text("x")
+    assert dm.main(["copy", "HDD", "NVMe", "--source-root", str(src), "--target-root",
+                    str(dst), "--progress-url", "http://127.0.0.1:9/x", "--", "f"]) == 0
+    assert (dst / "f").read_text() == "x"
+
+
+def test_datamover_is_stdlib_only():
+    """It runs with Debian's /usr/bin/python3, where the orchestrator's packages are not."""
+    import ast
+
+    tree_ = ast.parse(open(dm.__file__).read())
+    names = {a.name.split(".")[0] for n in ast.walk(tree_) if isinstance(n, ast.Import)
+             for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree_)
+              if isinstance(n, ast.ImportFrom) and n.module}
+    import sys
+
+    assert names <= set(sys.stdlib_module_names) | {"__future__"}, names
