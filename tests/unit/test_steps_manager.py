@@ -1,0 +1,373 @@
+"""The step worker with a fake Slurm: order, dependencies, adoption, failures, abort, status."""
+
+from __future__ import annotations
+
+import pytest
+
+from wfm_orchestrator.errors import InvalidRequest, NotFound, RequestFailed
+from wfm_orchestrator.slurm import JobState
+from wfm_orchestrator.steps import StepManager, derive_status, parse_launch
+from wfm_orchestrator.store import Store
+
+CONF = """
+listen = 127.0.0.1:8080
+auth = none
+state_db = {state_db}
+slurmrestd_url =
+queue_policy = {queue_policy}
+compute_partition = compute
+Location=loc1 ComputeNodes=cn[1-2] Datanodes=dn1 NeighborLocation=loc2
+Location=loc2 ComputeNodes=cn[3-4] Datanodes=dn2 NeighborLocation=loc1
+Datanode=dn[1-2] Cores=8 MemorySize=16GB StorageSize=1TB
+Tier=NVMe Root=/tiers/nvme
+Tier=HDD Root=/tiers/hdd
+"""
+
+
+class FakeSlurm:
+    def __init__(self):
+        self.next_id = 100
+        self.jobs_: dict[int, JobState] = {}
+        self.specs: dict[int, object] = {}
+        self.cancelled: list[int] = []
+
+    def submit(self, spec, user, user_token=None):
+        self.next_id += 1
+        self.specs[self.next_id] = spec
+        self.jobs_[self.next_id] = JobState(self.next_id, spec.name, spec.comment, "PENDING",
+                                            "", (), None, user)
+        return self.next_id
+
+    def set(self, job_id, state, exit_code=None):
+        j = self.jobs_[job_id]
+        self.jobs_[job_id] = JobState(j.job_id, j.name, j.comment, state, "", ("cn1",),
+                                      exit_code, j.user)
+
+    def cancel(self, job_id, signal="SIGTERM", user=None, user_token=None):
+        self.cancelled.append(job_id)
+        if job_id in self.jobs_ and self.jobs_[job_id].state in ("PENDING", "RUNNING"):
+            self.set(job_id, "CANCELLED")
+        return job_id in self.jobs_
+
+    def jobs(self, user=None, user_token=None):
+        return list(self.jobs_.values())
+
+
+class FakeServices:
+    def __init__(self):
+        self.table = {}
+
+    def status(self, name):
+        return self.table.get(name)
+
+
+@pytest.fixture
+def env(make_config, tmp_path):
+    config = make_config(CONF)
+    stores = []
+
+    def make(slurm=None, services=None):
+        store = Store(config.state_db)
+        stores.append(store)
+        return StepManager(config, store, services or FakeServices(), slurm or FakeSlurm(),
+                           home=lambda u: f"/home/{u}")
+
+    yield config, make
+    for s in stores:
+        try:
+            s.close()
+        except OSError:
+            pass  # closed by the test (a restart)
+
+
+BODY = {
+    "name": "alice_s1_step_0", "user": "alice", "location": ["loc1"],
+    "command_env": "IN=data", "command": "sbatch -n 2 job.sh $IN",
+    "services": [{"name": "alice_s1_sbb", "hint": "RO", "datamovers": [
+        {"name": "in1", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+         "elements": ["HDD:data/*.h5"]},
+        {"name": "in2", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+         "elements": ["ref/*"]},
+        {"name": "out", "trigger": "step_stop", "target": "HDD", "operation": "move",
+         "elements": ["NVMe:results/**"]},
+    ]}],
+}
+
+
+def usable(services, user="alice", status="ALLOCATED", name="alice_s1_sbb"):
+    services.table[name] = {"user": user, "name": name, "status": status, "detail": "d"}
+
+
+def test_jobs_are_submitted_in_order_with_dependencies_and_directives(env):
+    """start movers, then the step job afterok on them with wfm_use, then stop movers
+    afterany on the step job; all as the user, tagged, on the right partitions."""
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    m = make(slurm, services)
+    assert m.launch(dict(BODY))["status"] == "PENDING"
+    usable(services, status="STAGINGIN")
+    m.reconcile()
+    assert slurm.specs == {}
+    assert "waiting for service alice_s1_sbb (STAGINGIN" in m.status(BODY["name"])["detail"]
+    usable(services)
+    m.reconcile()
+    (i1, s1), (i2, s2), (i3, s3), (i4, s4) = sorted(slurm.specs.items())
+    assert [s.name for s in (s1, s2, s3, s4)] == [
+        "alice_s1_step_0.in1", "alice_s1_step_0.in2", "alice_s1_step_0", "alice_s1_step_0.out"]
+    assert s1.partition == "data" and s3.partition == "compute"
+    assert list(s1.command[-5:]) == ["copy", "HDD", "NVMe", "--", "data/*.h5"]
+    assert list(s2.command[-4:]) == ["HDD", "NVMe", "--", "ref/*"]  # default source: HDD
+    assert s1.environment["WFM_SOURCE_ROOT"] == "/tiers/hdd"
+    assert s1.environment["WFM_PROGRESS_URL"] == "http://127.0.0.1:8080/v1.0.0/step/progress"
+    assert s3.dependencies[0].type == "afterok" and s3.dependencies[0].job_ids == (i1, i2)
+    assert [(d.verb, d.params) for d in s3.bb] == [
+        ("wfm_use", (("name", "alice_s1_sbb"), ("hint", "RO")))]
+    assert s3.tasks == 2 and s3.exclude == ["cn3", "cn4"] and s3.cwd == "/home/alice"
+    assert s3.command[-1] == "data" and s3.environment["IN"] == "data"
+    assert s4.dependencies[0].type == "afterany" and s4.dependencies[0].job_ids == (i3,)
+    assert list(s4.command[-4:]) == ["NVMe", "HDD", "--", "results/**"]
+    assert len({s.comment for s in (s1, s2, s3, s4)}) == 4
+
+
+def test_status_follows_movers_progress_job_and_stage_out(env):
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    usable(services)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    i1, i2, main, out = sorted(slurm.specs)
+    slurm.set(i1, "RUNNING")
+    m.reconcile()
+    m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "40%"})
+    st = m.status(BODY["name"])
+    assert st["status"] == "PENDING" and "stage-in mover in1 running: 40%" in st["detail"]
+    for j in (i1, i2):
+        slurm.set(j, "COMPLETED", 0)
+    slurm.set(main, "RUNNING")
+    m.reconcile()
+    assert m.status(BODY["name"])["status"] == "RUNNING"
+    slurm.set(main, "COMPLETED", 0)
+    slurm.set(out, "RUNNING")
+    m.reconcile()
+    st = m.status(BODY["name"])
+    assert st["status"] == "STAGE_OUT" and "stage-out mover out running" in st["detail"]
+    slurm.set(out, "COMPLETED", 0)
+    m.reconcile()
+    assert m.status(BODY["name"])["status"] == "COMPLETED"
+    assert m.step(BODY["name"]).phase == "DONE"
+    # Slurm forgets the jobs (MinJobAge): the step stays COMPLETED.
+    slurm.jobs_.clear()
+    m.reconcile()
+    assert m.status(BODY["name"])["status"] == "COMPLETED"
+
+
+def test_failed_stage_in_cancels_the_step_job_and_stage_out(env):
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    usable(services)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    i1, i2, main, out = sorted(slurm.specs)
+    m.progress({"step_name": BODY["name"], "datamover_name": "in1",
+                "progress": "failed: no file matches"})
+    slurm.set(i1, "FAILED", 256)
+    m.reconcile()
+    assert set(slurm.cancelled) >= {i2, main, out}
+    m.reconcile()
+    st = m.status(BODY["name"])
+    assert st["status"] == "FAILED"
+    assert "stage-in mover in1 failed" in st["detail"] and "no file matches" in st["detail"]
+    assert "not run" in st["detail"]
+
+
+def test_stage_out_failure_fails_a_completed_step(env):
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    usable(services)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    for j in sorted(slurm.specs)[:3]:
+        slurm.set(j, "COMPLETED", 0)
+    slurm.set(sorted(slurm.specs)[3], "FAILED", 1)
+    m.reconcile()
+    st = m.status(BODY["name"])
+    assert st["status"] == "FAILED" and "stage-out mover out failed" in st["detail"]
+
+
+@pytest.mark.parametrize("table,expected", [
+    ({}, "service alice_s1_sbb is unknown"),
+    ({"user": "bob", "status": "ALLOCATED"}, "belongs to another user"),
+    ({"user": "alice", "status": "STOPPED"}, "is not usable (STOPPED"),
+])
+def test_unusable_services_fail_the_step_without_submitting(env, table, expected):
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    if table:
+        usable(services, **table)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    st = m.status(BODY["name"])
+    assert st["status"] == "FAILED" and expected in st["detail"]
+    assert slurm.specs == {}
+
+
+def test_abort_cancels_every_job_once_and_is_idempotent(env):
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    usable(services)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    assert m.abort(BODY["name"])["message"] == "abort accepted"
+    m.reconcile()
+    assert sorted(slurm.cancelled) == sorted(slurm.specs)
+    assert m.abort(BODY["name"])["message"] == "abort already requested"
+    m.reconcile()
+    assert sorted(slurm.cancelled) == sorted(slurm.specs)  # not sent twice
+    assert m.status(BODY["name"])["status"] == "CANCELLED"
+    with pytest.raises(NotFound):
+        m.abort("nobody_step")
+
+
+def test_abort_before_submission_submits_nothing(env):
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.abort(BODY["name"])
+    usable(services)
+    m.reconcile()
+    assert slurm.specs == {}
+    assert m.status(BODY["name"])["status"] == "CANCELLED"
+
+
+def test_restart_adopts_jobs_submitted_before_the_crash(env):
+    """Jobs found by their tag are adopted, not submitted again; the record survives."""
+    config, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    usable(services)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    first = dict(slurm.specs)
+    m.store.close()
+    # Lose the job ids (as if the crash came before they were stored).
+    import sqlite3
+    conn = sqlite3.connect(config.state_db)
+    conn.execute("DELETE FROM step_job")
+    conn.commit()
+    conn.close()
+    m2 = make(slurm, services)
+    assert m2.step(BODY["name"]).phase == "SUBMITTED"
+    # Back to WAITING as an interrupted submission would be:
+    m2._steps[BODY["name"]] = m2._steps[BODY["name"]].__class__(
+        **{**m2.step(BODY["name"]).__dict__, "phase": "WAITING"})
+    m2.reconcile()
+    assert slurm.specs == first
+    assert {j.job_id for j in m2.jobs(BODY["name"]).values()} == set(first)
+
+
+def test_launch_is_idempotent_per_name_and_refuses_another_request(env):
+    config, make = env
+    m = make()
+    assert m.launch(dict(BODY))["message"] == "step launch accepted"
+    assert m.launch(dict(BODY))["message"] == "step already launched"
+    with pytest.raises(RequestFailed):
+        m.launch({**BODY, "command": "--wrap true"})
+
+
+def test_progress_for_unknown_step_or_mover_is_refused(env):
+    config, make = env
+    m = make()
+    m.launch(dict(BODY))
+    with pytest.raises(NotFound):
+        m.progress({"step_name": "nope", "datamover_name": "in1", "progress": "1%"})
+    with pytest.raises(NotFound):
+        m.progress({"step_name": BODY["name"], "datamover_name": "nope", "progress": "1%"})
+    with pytest.raises(InvalidRequest):
+        m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": 3})
+
+
+def test_status_lists_by_user(env):
+    config, make = env
+    m = make()
+    m.launch(dict(BODY))
+    m.launch({**BODY, "name": "bob_x_0", "user": "bob", "services": []})
+    assert [s["name"] for s in m.statuses("bob")] == ["bob_x_0"]
+    assert len(m.statuses()) == 2
+
+
+ELEMENT_CASES = [
+    ("HDD:../x", "'..' is not allowed"),
+    ("/etc/passwd", "outside every tier root"),
+    ("/tiers/hdd/../../etc/passwd", "outside every tier root"),
+    ("NVMe:a", "the source tier is the target"),
+    ("HDD:", "names a whole tier root"),
+    ("a\nb", "printable"),
+    (5, "expected a string"),
+]
+
+
+@pytest.mark.parametrize("element,message", ELEMENT_CASES)
+def test_elements_outside_the_roots_are_refused(env, element, message):
+    config, _ = env
+    body = {**BODY, "services": [{"name": "s", "datamovers": [
+        {"name": "d", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+         "elements": [element]}]}]}
+    with pytest.raises(InvalidRequest) as e:
+        parse_launch(body, config, home=lambda u: "/home/" + u)
+    assert e.value.field == "services[0].datamovers[0].elements[0]"
+    assert message in e.value.message
+
+
+def test_absolute_element_inside_a_root_is_made_relative(env):
+    config, _ = env
+    body = {**BODY, "services": [{"name": "s", "datamovers": [
+        {"name": "d", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+         "elements": ["/tiers/hdd/run/*.dat"]}]}]}
+    req, _ = parse_launch(body, config, home=lambda u: "/home/" + u)
+    dm = req.movers[0]
+    assert (dm.source, dm.elements) == ("HDD", ("run/*.dat",))
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"name": "a b"}, "name"),
+    ({"user": "-x"}, "user"),
+    ({"location": ["nowhere"]}, "location[0]"),
+    ({"services": [{"name": "s", "hint": "XX"}]}, "services[0].hint"),
+    ({"services": [{"name": "s", "datamovers": [{"name": "d", "trigger": "later",
+                                                 "target": "NVMe", "operation": "copy",
+                                                 "elements": ["a"]}]}]},
+     "services[0].datamovers[0].trigger"),
+    ({"services": [{"name": "s", "datamovers": [{"name": "d", "trigger": "step_start",
+                                                 "target": "floppy", "operation": "copy",
+                                                 "elements": ["a"]}]}]},
+     "services[0].datamovers[0].target"),
+    ({"services": [{"name": "s", "datamovers": [{"name": "d", "trigger": "step_start",
+                                                 "target": "NVMe", "operation": "shred",
+                                                 "elements": ["a"]}]}]},
+     "services[0].datamovers[0].operation"),
+    ({"services": [{"name": "s", "datamovers": [{"name": "d", "trigger": "step_start",
+                                                 "target": "NVMe", "operation": "copy",
+                                                 "elements": []}]}]},
+     "services[0].datamovers[0].elements"),
+    ({"extra": 1}, "extra"),
+])
+def test_launch_validation_names_the_field(env, change, field):
+    config, _ = env
+    with pytest.raises(InvalidRequest) as e:
+        parse_launch({**BODY, **change}, config, home=lambda u: "/home/" + u)
+    assert e.value.field == field
+
+
+def test_derive_status_is_pending_before_submission(env):
+    config, make = env
+    m = make()
+    m.launch(dict(BODY))
+    step = m.step(BODY["name"])
+    assert derive_status(step, {}, "waiting for service x (STAGINGIN: q)")[:2] == (
+        "PENDING", "waiting for service x (STAGINGIN: q)")
