@@ -1,0 +1,72 @@
+"""The step endpoints in-process: codes, lookup order, error bodies naming the field."""
+
+from __future__ import annotations
+
+from falcon import testing
+
+from wfm_orchestrator.api import create_app
+from wfm_orchestrator.resource_manager import ResourceManager
+from wfm_orchestrator.services import ServiceManager
+from wfm_orchestrator.steps import StepManager
+from wfm_orchestrator.store import Store
+
+from .test_steps_manager import BODY, CONF, FakeServices, FakeSlurm
+
+
+def make_client(make_config):
+    config = make_config(CONF)
+    store = Store(config.state_db)
+    rm = ResourceManager(config, store)
+    services = ServiceManager(config, rm, store, None)
+    steps = StepManager(config, store, FakeServices(), FakeSlurm(), home=lambda u: "/home/" + u)
+    return testing.TestClient(create_app(config, rm, services, steps)), steps, store
+
+
+def test_launch_status_progress_abort(make_config):
+    client, steps, store = make_client(make_config)
+    try:
+        r = client.simulate_post("/v1.0.0/step/launch", json=BODY)
+        assert r.status_code == 200 and r.json["status"] == "PENDING"
+        st = client.simulate_get(f"/v1.0.0/step/status/{BODY['name']}").json
+        assert st["name"] == BODY["name"] and st["user"] == "alice" and st["status"] == "PENDING"
+        assert st["time"].endswith("Z")
+        # A name is looked up first, then a user id.
+        assert [s["name"] for s in client.simulate_get("/v1.0.0/step/status/alice").json] == [
+            BODY["name"]]
+        assert client.simulate_get("/v1.0.0/step/status/nobody").json == []
+        assert len(client.simulate_get("/v2.0.0/step/status").json) == 1
+        r = client.simulate_post("/v1.0.0/step/progress", json={
+            "step_name": BODY["name"], "datamover_name": "in1", "progress": "10%"})
+        assert r.status_code == 200
+        r = client.simulate_post("/v1.0.0/step/progress", json={
+            "step_name": "nope", "datamover_name": "in1", "progress": "10%"})
+        assert r.status_code == 500 and "not found" in r.json["message"]
+        for _ in range(2):
+            r = client.simulate_delete(f"/v1.0.0/step/abort/{BODY['name']}")
+            assert r.status_code == 200
+        assert client.simulate_delete("/v1.0.0/step/abort/nope").status_code == 500
+    finally:
+        store.close()
+
+
+def test_bad_launch_is_400_naming_the_field(make_config):
+    client, steps, store = make_client(make_config)
+    try:
+        r = client.simulate_post("/v1.0.0/step/launch", json={**BODY, "command": "-x 1 a.sh"})
+        assert r.status_code == 400 and r.json["field"] == "command"
+        assert "'-x'" in r.json["message"]
+        r = client.simulate_post("/v1.0.0/step/launch",
+                                 json={**BODY, "command_env": "BASH_ENV=/tmp/x"})
+        assert r.status_code == 400 and r.json["field"] == "command_env"
+        r = client.simulate_get("/v1.0.0/step/status/-bad")
+        assert r.status_code == 400
+    finally:
+        store.close()
+
+
+def test_without_slurm_launch_is_500_and_status_empty(app_factory):
+    client, _, _ = app_factory()
+    r = client.simulate_post("/v1.0.0/step/launch", json={**BODY, "location": [],
+                                                          "services": []})
+    assert r.status_code == 500 and "no Slurm" in r.json["message"]
+    assert client.simulate_get("/v1.0.0/step/status").json == []
