@@ -22,6 +22,7 @@ the resource manager while holding its own lock.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,13 @@ TAG_PREFIX = "wfm-orchestrator:service:"
 TERMINAL = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
                       "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED",
                       "GONE"})
+
+
+def fault(point: str) -> None:
+    """Die here, as kill -9 would, when WFM_FAULT names this point (docs/reliability.md)."""
+    if os.environ.get("WFM_FAULT") == point:
+        log.critical("WFM_FAULT=%s: exiting with status 137 (fault injection)", point)
+        os._exit(137)
 
 
 def job_tag(name: str, seq: int) -> str:
@@ -376,6 +384,7 @@ class ServiceManager:
         assert self.slurm is not None
         spec = build_service_job(self.config, rec)
         req = rec.request
+        fault("service_before_submit")
         try:
             try:
                 job_id = self.slurm.submit(spec, user=req.user,
@@ -391,6 +400,7 @@ class ServiceManager:
         except WfmError as e:
             log.error("service %s: cannot submit its job: %s", rec.name, e)
             return self._update(job, error=str(e))
+        fault("service_after_submit")
         log.info("service %s: Slurm job %d submitted for %s on %s", rec.name, job_id, req.user,
                  ",".join(spec.nodes))
         job = self._update(job, job_id=job_id, state="PENDING", error="")
