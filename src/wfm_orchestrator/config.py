@@ -198,8 +198,9 @@ SETTINGS: dict[str, Setting] = {
         "before it is killed"
     ),
     "service_output": Setting(
-        "/tmp/wfm-%x-%j.out",  # noqa: S108 - a path on the datanode, written by the user's job _text, "standard output of service jobs, on the datanode "
-        "(Slurm's %x = job name, %j = job id)"
+        "/tmp/wfm-%x-%j.out",  # noqa: S108 - a path on the datanode, written by the user's job
+        _text,
+        "standard output of service jobs, on the datanode (Slurm's %x = job name, %j = job id)",
     ),
     "s3_server": Setting("", _text, "S3 long-term storage server (for the Session Manager)"),
     "target_tier_list": Setting("NVMe, SSD, HDD, tape", _csv, "storage tier names"),
