@@ -1,0 +1,41 @@
+"""`wfm-orchestrator serve` refuses to start, with a clear message, on bad configuration or state."""
+
+from wfm_orchestrator.cli import main
+
+from ..conftest import SMALL_CONF
+
+
+def write(tmp_path, text):
+    path = tmp_path / "wfm.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def test_serve_refuses_an_invalid_configuration(tmp_path, capsys):
+    """Exit 2 and every configuration error with file:line; nothing listens."""
+    conf = write(tmp_path, SMALL_CONF.format(state_db=tmp_path / "s.db", queue_policy="lifo"))
+    assert main(["serve", "--config", conf]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration, not starting" in err and f"{conf}:6:" in err
+    assert "queue_policy" in err
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_serve_refuses_an_unusable_state_database(tmp_path, capsys):
+    """Exit 3 and the reason when state_db is not an SQLite database; the file is kept."""
+    db = tmp_path / "s.db"
+    db.write_bytes(b"not a database at all" * 100)
+    conf = write(tmp_path, SMALL_CONF.format(state_db=db, queue_policy="fifo"))
+    assert main(["serve", "--config", conf]) == 3
+    err = capsys.readouterr().err
+    assert "state database unusable, not starting" in err and "not an SQLite database" in err
+    assert db.read_bytes() == b"not a database at all" * 100
+
+
+def test_release_without_slurm_is_500_no_slurm_configured(client):
+    """Resource-Manager-only mode: endpoints needing Slurm answer 500 "no Slurm configured"."""
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json={
+        "name": "a_b_c", "user": "alice", "user_slurm_token": "t", "type": "GBF",
+        "attributes": {"gssize": 1, "mountpoint": "/m"}})
+    r = client.simulate_delete("/v1.0.0/ephemeralservice/release/a_b_c")
+    assert r.status_code == 500 and "no Slurm configured" in r.json["message"]
