@@ -1,0 +1,214 @@
+"""Helpers of the mini-cluster suites: the orchestrator on 8080 killed and restarted,
+Slurm daemons killed and brought back, services followed through the API.
+
+The orchestrator is the one of ``tests/integration/orchestrator.py`` (the
+``orchestrator`` session fixture: 127.0.0.1:8080, the burst-buffer plugin's
+``orchestrator_url``, one test session at a time through its lock file).
+These suites take its process over: they kill it and start it again on the
+same configuration and state database (optionally with ``WFM_FAULT``), and
+leave a normal process running for whoever uses the fixture next.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import server_env
+from tests.integration.orchestrator import REPO
+from wfm_orchestrator.services import TAG_PREFIX, TERMINAL
+from wfm_orchestrator.slurm import SlurmClient
+
+RUN_DIR = "/run/wfm-devcluster"
+DEVCLUSTER = os.path.join(REPO, "deploy", "devcluster")
+
+
+def unique(prefix: str) -> str:
+    return f"alice_{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+# --- the orchestrator process -------------------------------------------------------
+
+
+def kill9(orch) -> None:
+    if orch.proc.poll() is None:
+        os.kill(orch.proc.pid, signal.SIGKILL)
+        orch.proc.wait(30)
+
+
+def launch(orch, fault: str = "") -> None:
+    """Start the orchestrator again on the same configuration and state (no wait)."""
+    assert orch.proc.poll() is not None, "the previous orchestrator still runs"
+    env = server_env()
+    env.pop("WFM_FAULT", None)
+    if fault:
+        env["WFM_FAULT"] = fault
+    with open(orch.log_path, "ab") as log:
+        log.write(f"\n===== restart{' with WFM_FAULT=' + fault if fault else ''} =====\n"
+                  .encode())
+        log.flush()
+        orch.proc = subprocess.Popen(
+            [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config",
+             orch.config_path], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_answering(orch, timeout: float = 30.0, may_exit: bool = False) -> bool:
+    """True once it answers; False if it exited (allowed only with ``may_exit``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if orch.proc.poll() is not None:
+            if may_exit:
+                return False
+            pytest.fail(f"the orchestrator exited with {orch.proc.returncode}:\n"
+                        f"{orch.log()[-3000:]}")
+        try:
+            if orch.get("/location/list")[0] == 200:
+                return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            pytest.fail(f"the orchestrator does not answer after {timeout:g} s:\n"
+                        f"{orch.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def restart(orch, fault: str = "") -> None:
+    kill9(orch)
+    launch(orch, fault)
+    wait_answering(orch, may_exit=bool(fault))
+
+
+def wait_exit(orch, timeout: float = 60.0) -> int:
+    try:
+        return orch.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the orchestrator did not reach its fault point within {timeout:g} s:\n"
+                    f"{orch.log()[-3000:]}")
+
+
+# --- services through the API --------------------------------------------------------
+
+
+def status(orch, name: str) -> dict:
+    code, st = orch.get(f"/ephemeralservice/status/{name}")
+    assert code == 200, f"status of {name}: {code} {st}"
+    return st
+
+
+def wait_status(orch, name: str, wanted: str | tuple[str, ...], timeout: float = 120.0,
+                extra=None) -> dict:
+    """Poll the service's status until it is ``wanted`` (and ``extra(st)`` holds)."""
+    wanted = (wanted,) if isinstance(wanted, str) else wanted
+    deadline = time.monotonic() + timeout
+    st = None
+    while True:
+        try:
+            st = status(orch, name)
+            if st["status"] in wanted and (extra is None or extra(st)):
+                return st
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            pytest.fail(f"service {name}: expected {'/'.join(wanted)}, still {st} after "
+                        f"{timeout:g} s\n{orch.log()[-3000:]}")
+        time.sleep(0.3)
+
+
+def reserve_body(name: str, token: str, flavor: str = "small", location=None) -> dict:
+    body = {"name": name, "user": "alice", "user_slurm_token": token, "type": "SBB",
+            "attributes": {"flavor": flavor, "targets": ["/nonexistent/*"]}}
+    if location:
+        body["location"] = location
+    return body
+
+
+def release(orch, name: str) -> None:
+    code, answer = orch.delete(f"/ephemeralservice/release/{name}")
+    assert code == 200, f"release {name}: {code} {answer}"
+
+
+def all_free(orch) -> list[str]:
+    """Datanodes with anything held (empty when every resource is free)."""
+    code, res = orch.get("/server/resources/all")
+    assert code == 200, res
+    return [f"{e['server_name']}: {e['server_resources']}" for e in res
+            if e["server_resources"]["free_cores"] != e["server_resources"]["cores"]
+            or e["server_resources"]["free_msize"] != e["server_resources"]["msize"]
+            or e["server_resources"]["free_ssize"] != e["server_resources"]["ssize"]]
+
+
+def wait_all_free(orch, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        held = all_free(orch)
+        if not held:
+            return
+        if time.monotonic() >= deadline:
+            code, live = orch.get("/ephemeralservice/status")
+            live = [s for s in live if s["status"] != "STOPPED"]
+            pytest.fail(f"resources still held after {timeout:g} s: {held}; live services: "
+                        f"{live}")
+        time.sleep(0.5)
+
+
+# --- Slurm ------------------------------------------------------------------------
+
+
+def tagged_jobs(client: SlurmClient, name: str) -> list:
+    """Every job Slurm knows that carries the service's tag (any seq)."""
+    prefix = f"{TAG_PREFIX}{name}:"
+    return [j for j in client.jobs() if j.comment.startswith(prefix)]
+
+
+def active(jobs) -> list:
+    return [j for j in jobs if j.state not in TERMINAL]
+
+
+def wait_jobs_ended(client: SlurmClient, name: str, timeout: float = 90.0) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = tagged_jobs(client, name)
+        if not active(jobs):
+            return jobs
+        if time.monotonic() >= deadline:
+            pytest.fail(f"jobs of {name} still active after {timeout:g} s: "
+                        f"{[(j.job_id, j.state, j.reason) for j in jobs]}")
+        time.sleep(0.5)
+
+
+def daemon_pid(name: str) -> int:
+    with open(os.path.join(RUN_DIR, f"{name}.pid")) as fh:
+        return int(fh.read().strip())
+
+
+def kill_daemon(name: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> int:
+    """Kill a mini-cluster daemon by the pid in its pid file; wait until it is gone."""
+    pid = daemon_pid(name)
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return pid
+        except FileNotFoundError:
+            return pid
+        if time.monotonic() >= deadline:
+            pytest.fail(f"{name} (pid {pid}) still alive {timeout:g} s after signal {sig}")
+        time.sleep(0.1)
+
+
+def devcluster_up(timeout: float = 240) -> str:
+    """``deploy/devcluster up``: restarts what is missing; fails loudly if it cannot."""
+    out = subprocess.run([DEVCLUSTER, "up"], capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        pytest.fail(f"deploy/devcluster up failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    assert "is UP" in ping.stdout, ping.stdout + ping.stderr
+    return out.stderr
