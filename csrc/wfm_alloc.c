@@ -5,21 +5,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define HALF (a->bsize / 2)
+
 /* --- order key ----------------------------------------------------------- */
 
-static inline uint64_t fill_level(int64_t free, int64_t cap) {
+/* free * WFM_LEVELS // cap, exactly: a floating-point estimate (inv =
+ * WFM_LEVELS / cap) corrected with integer products, instead of a division. */
+static inline uint64_t fill_level(int64_t free, int64_t cap, double inv) {
     if (cap == 0) return WFM_LEVELS;
-    if ((uint64_t)free < (1ull << 53)) return ((uint64_t)free * WFM_LEVELS) / (uint64_t)cap;
-    return (uint64_t)(((unsigned __int128)(uint64_t)free * WFM_LEVELS) / (uint64_t)cap);
+    if ((uint64_t)free >= (1ull << 53))
+        return (uint64_t)(((unsigned __int128)(uint64_t)free * WFM_LEVELS) / (uint64_t)cap);
+    uint64_t num = (uint64_t)free * WFM_LEVELS, d = (uint64_t)cap;
+    uint64_t q = (uint64_t)((double)free * inv);
+    if (q > WFM_LEVELS) q = WFM_LEVELS;
+    while (q > 0 && q * d > num) q--;
+    while (q < WFM_LEVELS && (q + 1) * d <= num) q++;
+    return q;
 }
 
 /* (tightest dimension's fill level, then the sum of the three): see
  * reference.order_level. */
 static inline uint64_t order_key(const wfm_alloc *a, int32_t i) {
     const wfm_node *d = &a->node[i];
-    uint64_t fc = fill_level(d->free_c, a->cap_c[i]);
-    uint64_t fm = fill_level(d->free_m, a->cap_m[i]);
-    uint64_t fs = fill_level(d->free_s, a->cap_s[i]);
+    const double *inv = a->inv + 3 * (size_t)i;
+    uint64_t fc = fill_level(d->free_c, a->cap_c[i], inv[0]);
+    uint64_t fm = fill_level(d->free_m, a->cap_m[i], inv[1]);
+    uint64_t fs = fill_level(d->free_s, a->cap_s[i], inv[2]);
     uint64_t tight = fc < fm ? fc : fm;
     if (fs < tight) tight = fs;
     uint64_t free = tight * WFM_TIGHT_WEIGHT + fc + fm + fs;
@@ -27,110 +38,252 @@ static inline uint64_t order_key(const wfm_alloc *a, int32_t i) {
     return (level << 32) | (uint32_t)i;
 }
 
-static inline int fits(const wfm_alloc *a, int32_t i, int32_t c, int64_t m, int64_t s) {
-    return a->node[i].free_c >= c && a->node[i].free_m >= m && a->node[i].free_s >= s;
+static inline wfm_entry entry_of(const wfm_alloc *a, int32_t i) {
+    wfm_entry e;
+    e.key = a->node[i].key;
+    e.c = a->node[i].free_c;
+    e.m = a->node[i].free_m;
+    e.s = a->node[i].free_s;
+    e.pad = 0;
+    return e;
 }
 
-/* --- treap over a forest -------------------------------------------------- */
+/* --- blocked sorted lists ------------------------------------------------- */
 
-static inline void pull(wfm_forest *f, const wfm_alloc *a, int32_t v) {
-    int32_t mc = a->node[v].free_c;
-    int64_t mm = a->node[v].free_m, ms = a->node[v].free_s;
-    int32_t l = f->v[v].left, r = f->v[v].right;
-    if (l >= 0) {
-        if (f->v[l].max_c > mc) mc = f->v[l].max_c;
-        if (f->v[l].max_m > mm) mm = f->v[l].max_m;
-        if (f->v[l].max_s > ms) ms = f->v[l].max_s;
-    }
-    if (r >= 0) {
-        if (f->v[r].max_c > mc) mc = f->v[r].max_c;
-        if (f->v[r].max_m > mm) mm = f->v[r].max_m;
-        if (f->v[r].max_s > ms) ms = f->v[r].max_s;
-    }
-    f->v[v].max_c = mc;
-    f->v[v].max_m = mm;
-    f->v[v].max_s = ms;
+static const wfm_max NO_MAX = {-1, -1, -1, 0};
+
+static inline wfm_block *block(const wfm_alloc *a, const wfm_list *l, int32_t b) {
+    return &a->pool[l->blk[b]];
 }
 
-/* Split tree r into keys < k (*lo) and keys >= k (*hi). */
-static void split(wfm_forest *f, const wfm_alloc *a, int32_t r, uint64_t k, int32_t *lo,
-                  int32_t *hi) {
-    if (r < 0) {
-        *lo = *hi = -1;
+static inline int can_hold(const wfm_max *x, int32_t c, int64_t m, int64_t s) {
+    /* & rather than &&: one well-predicted branch for the caller instead of
+     * three unpredictable ones. */
+    return (x->c >= c) & (x->m >= m) & (x->s >= s);
+}
+
+static inline void max_with(wfm_max *x, int32_t c, int64_t m, int64_t s) {
+    x->c = c > x->c ? c : x->c;
+    x->m = m > x->m ? m : x->m;
+    x->s = s > x->s ? s : x->s;
+}
+
+/* The block whose key range holds key: the last b >= 1 with first[b] <= key,
+ * else 0 (branch-free binary search). */
+static inline int32_t list_locate(const wfm_list *l, uint64_t key) {
+    const uint64_t *base = l->first + 1;
+    int32_t n = l->nb - 1;
+    while (n > 1) {
+        int32_t half = n >> 1;
+        base = base[half - 1] <= key ? base + half : base;
+        n -= half;
+    }
+    return (int32_t)(base - l->first) - 1 + (n == 1 && *base <= key);
+}
+
+/* Position of the first entry of bk with a key >= key (branch-free). */
+static inline int32_t block_lower(const wfm_block *bk, uint64_t key) {
+    const wfm_entry *base = bk->e;
+    int32_t n = bk->n;
+    while (n > 1) {
+        int32_t half = n >> 1;
+        base = base[half - 1].key < key ? base + half : base;
+        n -= half;
+    }
+    return (int32_t)(base - bk->e) + (n == 1 && base->key < key);
+}
+
+/* Recompute the maxima of group g from its blocks. */
+static void group_remax(wfm_list *l, int32_t g) {
+    wfm_max x = NO_MAX;
+    int32_t end = (g + 1) * WFM_GROUP < l->nb ? (g + 1) * WFM_GROUP : l->nb;
+    for (int32_t b = g * WFM_GROUP; b < end; b++) max_with(&x, l->bmax[b].c, l->bmax[b].m, l->bmax[b].s);
+    l->gmax[g] = x;
+}
+
+/* Every group from the one of block b on (after blocks moved between groups). */
+static void groups_remax_from(wfm_list *l, int32_t b) {
+    for (int32_t g = b / WFM_GROUP; g * WFM_GROUP < l->nb; g++) group_remax(l, g);
+}
+
+/* Recompute the maxima of block b from its entries, then of its group. */
+static void block_remax(wfm_list *l, int32_t b, const wfm_block *bk) {
+    wfm_max x = NO_MAX;
+    for (int32_t k = 0; k < bk->n; k++) max_with(&x, bk->e[k].c, bk->e[k].m, bk->e[k].s);
+    l->bmax[b] = x;
+    group_remax(l, b / WFM_GROUP);
+}
+
+/* Block b gained entry x (nothing else changed). */
+static inline void block_add_max(wfm_list *l, int32_t b, const wfm_entry *x) {
+    max_with(&l->bmax[b], x->c, x->m, x->s);
+    max_with(&l->gmax[b / WFM_GROUP], x->c, x->m, x->s);
+}
+
+/* Open slot b in the block arrays (shifting b.. right) for block id id. */
+static void list_open(wfm_list *l, int32_t b, int32_t id) {
+    int32_t k = l->nb - b;
+    memmove(&l->blk[b + 1], &l->blk[b], (size_t)k * sizeof *l->blk);
+    memmove(&l->first[b + 1], &l->first[b], (size_t)k * sizeof *l->first);
+    memmove(&l->bmax[b + 1], &l->bmax[b], (size_t)k * sizeof *l->bmax);
+    l->blk[b] = id;
+    l->nb++;
+}
+
+/* Close slot b of the block arrays and give its block back to the pool. */
+static void list_close(wfm_alloc *a, wfm_list *l, int32_t b) {
+    a->free_blk[a->nfree++] = l->blk[b];
+    int32_t k = l->nb - b - 1;
+    memmove(&l->blk[b], &l->blk[b + 1], (size_t)k * sizeof *l->blk);
+    memmove(&l->first[b], &l->first[b + 1], (size_t)k * sizeof *l->first);
+    memmove(&l->bmax[b], &l->bmax[b + 1], (size_t)k * sizeof *l->bmax);
+    l->nb--;
+}
+
+/* Split the full block b into two halves (b and b + 1). */
+static void list_split(wfm_alloc *a, wfm_list *l, int32_t b) {
+    int32_t id = a->free_blk[--a->nfree];
+    wfm_block *lo = block(a, l, b), *hi = &a->pool[id];
+    memcpy(hi->e, &lo->e[HALF], (size_t)(lo->n - HALF) * sizeof(wfm_entry));
+    hi->n = lo->n - HALF;
+    lo->n = HALF;
+    list_open(l, b + 1, id);
+    l->first[b + 1] = hi->e[0].key;
+    block_remax(l, b, lo);
+    block_remax(l, b + 1, hi);
+    groups_remax_from(l, b);
+}
+
+/* Append block b + 1 to block b (they fit in one). */
+static void list_merge(wfm_alloc *a, wfm_list *l, int32_t b) {
+    wfm_block *lo = block(a, l, b), *hi = block(a, l, b + 1);
+    memcpy(&lo->e[lo->n], hi->e, (size_t)hi->n * sizeof(wfm_entry));
+    lo->n += hi->n;
+    max_with(&l->bmax[b], l->bmax[b + 1].c, l->bmax[b + 1].m, l->bmax[b + 1].s);
+    list_close(a, l, b + 1);
+    groups_remax_from(l, b);
+}
+
+static void list_insert(wfm_alloc *a, wfm_list *l, const wfm_entry *x) {
+    int32_t b = list_locate(l, x->key);
+    wfm_block *bk = block(a, l, b);
+    if (bk->n == a->bsize) {
+        list_split(a, l, b);
+        if (x->key >= l->first[b + 1]) b++;
+        bk = block(a, l, b);
+    }
+    int32_t p = block_lower(bk, x->key);
+    memmove(&bk->e[p + 1], &bk->e[p], (size_t)(bk->n - p) * sizeof(wfm_entry));
+    bk->e[p] = *x;
+    bk->n++;
+    block_add_max(l, b, x);
+    if (p == 0) l->first[b] = x->key;
+}
+
+/* Remove the entry at position p of block b. */
+static void list_delete_at(wfm_alloc *a, wfm_list *l, int32_t b, int32_t p) {
+    wfm_block *bk = block(a, l, b);
+    wfm_entry x = bk->e[p];
+    memmove(&bk->e[p], &bk->e[p + 1], (size_t)(bk->n - p - 1) * sizeof(wfm_entry));
+    if (--bk->n == 0) {
+        if (l->nb > 1) {
+            list_close(a, l, b);
+            if (b == 0) l->first[0] = block(a, l, 0)->e[0].key;
+            groups_remax_from(l, b);
+        } else {
+            l->bmax[0] = l->gmax[0] = NO_MAX;
+        }
         return;
     }
-    if (a->node[r].key < k) {
-        split(f, a, f->v[r].right, k, &f->v[r].right, hi);
-        *lo = r;
+    if (p == 0) l->first[b] = bk->e[0].key;
+    const wfm_max *bm = &l->bmax[b];
+    if (x.c == bm->c || x.m == bm->m || x.s == bm->s) block_remax(l, b, bk);
+    /* Keep any two neighbouring blocks above HALF entries together. */
+    for (;;) {
+        if (b + 1 < l->nb && bk->n + block(a, l, b + 1)->n <= HALF) {
+            list_merge(a, l, b);
+        } else if (b > 0 && block(a, l, b - 1)->n + bk->n <= HALF) {
+            list_merge(a, l, --b);
+            bk = block(a, l, b);
+        } else {
+            break;
+        }
+    }
+}
+
+/* Change the entry of key old_key to *x (its new key and free capacity). */
+static void list_move(wfm_alloc *a, wfm_list *l, uint64_t old_key, const wfm_entry *x) {
+    int32_t b = list_locate(l, old_key);
+    wfm_block *bk = block(a, l, b);
+    int32_t p = block_lower(bk, old_key);
+    uint64_t k = x->key;
+    if ((b + 1 < l->nb && k >= l->first[b + 1]) ||
+        (b > 0 && k < block(a, l, b - 1)->e[block(a, l, b - 1)->n - 1].key)) {
+        list_delete_at(a, l, b, p);
+        list_insert(a, l, x);
+        return;
+    }
+    /* It stays in block b: shift the entries between its old and new place. */
+    wfm_entry old = bk->e[p];
+    int32_t q = p;
+    if (k > old.key) {
+        while (q + 1 < bk->n && bk->e[q + 1].key < k) {
+            bk->e[q] = bk->e[q + 1];
+            q++;
+        }
     } else {
-        split(f, a, f->v[r].left, k, lo, &f->v[r].left);
-        *hi = r;
+        while (q > 0 && bk->e[q - 1].key > k) {
+            bk->e[q] = bk->e[q - 1];
+            q--;
+        }
     }
-    pull(f, a, r);
-}
-
-static int32_t merge(wfm_forest *f, const wfm_alloc *a, int32_t l, int32_t r) {
-    if (l < 0) return r;
-    if (r < 0) return l;
-    if (a->node[l].prio > a->node[r].prio) {
-        f->v[l].right = merge(f, a, f->v[l].right, r);
-        pull(f, a, l);
-        return l;
-    }
-    f->v[r].left = merge(f, a, l, f->v[r].left);
-    pull(f, a, r);
-    return r;
-}
-
-static int32_t tinsert(wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t x) {
-    if (r < 0 || a->node[x].prio > a->node[r].prio) {
-        split(f, a, r, a->node[x].key, &f->v[x].left, &f->v[x].right);
-        pull(f, a, x);
-        return x;
-    }
-    if (a->node[x].key < a->node[r].key)
-        f->v[r].left = tinsert(f, a, f->v[r].left, x);
+    bk->e[q] = *x;
+    l->first[b] = bk->e[0].key;
+    const wfm_max *bm = &l->bmax[b];
+    if ((x->c < old.c && old.c == bm->c) || (x->m < old.m && old.m == bm->m) ||
+        (x->s < old.s && old.s == bm->s))
+        block_remax(l, b, bk);
     else
-        f->v[r].right = tinsert(f, a, f->v[r].right, x);
-    pull(f, a, r);
-    return r;
+        block_add_max(l, b, x);
 }
 
-/* Remove x (present, with its current key) from tree r. */
-static int32_t tdelete(wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t x) {
-    if (r == x) return merge(f, a, f->v[x].left, f->v[x].right);
-    if (a->node[x].key < a->node[r].key)
-        f->v[r].left = tdelete(f, a, f->v[r].left, x);
-    else
-        f->v[r].right = tdelete(f, a, f->v[r].right, x);
-    pull(f, a, r);
-    return r;
-}
-
-/* The first datanode in key order under r that fits (c, m, s), or -1. */
-static int32_t find_first(const wfm_forest *f, const wfm_alloc *a, int32_t r, int32_t c,
-                          int64_t m, int64_t s) {
-    while (r >= 0) {
-        if (f->v[r].max_c < c || f->v[r].max_m < m || f->v[r].max_s < s) return -1;
-        int32_t found = find_first(f, a, f->v[r].left, c, m, s);
-        if (found >= 0) return found;
-        if (fits(a, r, c, m, s)) return r;
-        r = f->v[r].right; /* tail position: iterate */
+/* The first entry at or after position (*pb, *pp) that fits (c, m, s):
+ * returns its datanode and leaves the cursor on it, or -1. */
+static inline int32_t list_next_fit(const wfm_alloc *a, const wfm_list *l, int32_t *pb,
+                                    int32_t *pp, int32_t c, int64_t m, int64_t s) {
+    int32_t b = *pb, p = *pp, nb = l->nb;
+    while (b < nb) {
+        if ((b % WFM_GROUP) == 0 && !can_hold(&l->gmax[b / WFM_GROUP], c, m, s)) {
+            b += WFM_GROUP;
+            p = 0;
+            continue;
+        }
+        if (can_hold(&l->bmax[b], c, m, s)) {
+            const wfm_block *bk = block(a, l, b);
+            for (; p < bk->n; p++) {
+                const wfm_entry *e = &bk->e[p];
+                if ((e->c >= c) & (e->m >= m) & (e->s >= s)) {
+                    *pb = b;
+                    *pp = p;
+                    return (int32_t)(uint32_t)e->key;
+                }
+            }
+        }
+        b++;
+        p = 0;
     }
+    *pb = nb;
+    *pp = 0;
     return -1;
 }
 
-static void unlink_node(wfm_alloc *a, int32_t i) {
-    a->all.root[0] = tdelete(&a->all, a, a->all.root[0], i);
-    int32_t l = a->loc[i];
-    if (l >= 0) a->byloc.root[l] = tdelete(&a->byloc, a, a->byloc.root[l], i);
-}
-
-static void link_node(wfm_alloc *a, int32_t i) {
+/* Datanode i's free capacity changed: recompute its key and move it in its lists. */
+static void node_changed(wfm_alloc *a, int32_t i) {
+    uint64_t old_key = a->node[i].key;
     a->node[i].key = order_key(a, i);
-    a->all.root[0] = tinsert(&a->all, a, a->all.root[0], i);
-    int32_t l = a->loc[i];
-    if (l >= 0) a->byloc.root[l] = tinsert(&a->byloc, a, a->byloc.root[l], i);
+    wfm_entry x = entry_of(a, i);
+    list_move(a, &a->list[0], old_key, &x);
+    if (a->node[i].loc >= 0) list_move(a, &a->list[1 + a->node[i].loc], old_key, &x);
 }
 
 /* --- core bitsets --------------------------------------------------------- */
@@ -159,38 +312,27 @@ static void take_lowest(uint64_t *w, int32_t c, int32_t *out) {
 
 /* --- life cycle ----------------------------------------------------------- */
 
-static int forest_init(wfm_forest *f, int32_t n, int32_t ntrees) {
-    size_t nn = n > 0 ? (size_t)n : 1;
-    f->v = malloc(nn * sizeof *f->v);
-    f->root = malloc((ntrees > 0 ? (size_t)ntrees : 1) * sizeof *f->root);
-    f->ntrees = ntrees;
-    if (!f->v || !f->root) return -1;
-    for (int32_t t = 0; t < ntrees; t++) f->root[t] = -1;
-    return 0;
-}
-
-static void forest_free(wfm_forest *f) {
-    free(f->v);
-    free(f->root);
-}
-
 wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     wfm_alloc *a = calloc(1, sizeof *a);
     if (!a) return NULL;
-    a->all.root = a->byloc.root = NULL;
     size_t nn = n > 0 ? (size_t)n : 1;
     a->n = n;
     a->nloc = nloc;
     a->policy = policy;
-    a->loc = malloc(nn * sizeof *a->loc);
+    a->bsize = WFM_BLOCK;
     a->cap_c = malloc(nn * sizeof *a->cap_c);
     a->cap_m = malloc(nn * sizeof *a->cap_m);
     a->cap_s = malloc(nn * sizeof *a->cap_s);
     a->node = malloc(nn * sizeof *a->node);
+    a->inv = malloc(3 * nn * sizeof *a->inv);
     a->bits = calloc(nn * WFM_CORE_WORDS, sizeof *a->bits);
     a->chosen = malloc(nn * sizeof *a->chosen);
-    int bad = forest_init(&a->all, n, 1) | forest_init(&a->byloc, n, nloc);
-    if (bad || !a->loc || !a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->bits || !a->chosen) {
+    a->list = calloc((size_t)nloc + 1, sizeof *a->list);
+    a->cur_b = malloc(((size_t)nloc + 1) * sizeof *a->cur_b);
+    a->cur_p = malloc(((size_t)nloc + 1) * sizeof *a->cur_p);
+    a->cur_x = malloc(((size_t)nloc + 1) * sizeof *a->cur_x);
+    if (!a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->inv || !a->bits || !a->chosen || !a->list ||
+        !a->cur_b || !a->cur_p || !a->cur_x) {
         wfm_alloc_free(a);
         return NULL;
     }
@@ -199,25 +341,29 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
 
 void wfm_alloc_free(wfm_alloc *a) {
     if (!a) return;
-    free(a->loc);
     free(a->cap_c);
     free(a->cap_m);
     free(a->cap_s);
     free(a->node);
+    free(a->inv);
     free(a->bits);
     free(a->chosen);
-    forest_free(&a->all);
-    forest_free(&a->byloc);
+    free(a->cur_b);
+    free(a->cur_p);
+    free(a->cur_x);
+    if (a->list) {
+        for (int32_t t = 0; t <= a->nloc; t++) {
+            wfm_list *l = &a->list[t];
+            free(l->blk);
+            free(l->first);
+            free(l->bmax);
+            free(l->gmax);
+        }
+        free(a->list);
+    }
+    free(a->pool);
+    free(a->free_blk);
     free(a);
-}
-
-static uint32_t hash32(uint32_t x) { /* lowbias32: a fixed, well-mixed priority per index */
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
 }
 
 void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cores,
@@ -225,17 +371,76 @@ void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cor
     uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
     memset(w, 0, WFM_CORE_WORDS * sizeof *w);
     for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] |= 1ull << (cores[k] & 63);
-    a->loc[i] = loc;
+    a->node[i].loc = loc;
     a->cap_c[i] = a->node[i].free_c = ncores;
     a->cap_m[i] = a->node[i].free_m = msize;
     a->cap_s[i] = a->node[i].free_s = ssize;
-    a->node[i].prio = hash32((uint32_t)i + 0x9e3779b9U);
-    a->all.v[i].left = a->all.v[i].right = -1;
-    a->byloc.v[i].left = a->byloc.v[i].right = -1;
+    a->inv[3 * (size_t)i] = ncores ? (double)WFM_LEVELS / ncores : 0;
+    a->inv[3 * (size_t)i + 1] = msize ? (double)WFM_LEVELS / msize : 0;
+    a->inv[3 * (size_t)i + 2] = ssize ? (double)WFM_LEVELS / ssize : 0;
 }
 
-void wfm_alloc_build(wfm_alloc *a) {
-    for (int32_t i = 0; i < a->n; i++) link_node(a, i);
+int wfm_alloc_build(wfm_alloc *a) {
+    /* Members per list, then arrays sized for the most blocks a list can need. */
+    int32_t nlists = a->nloc + 1;
+    int64_t total = 0;
+    int32_t *members = calloc((size_t)nlists, sizeof *members);
+    if (!members) return -1;
+    members[0] = a->n;
+    for (int32_t i = 0; i < a->n; i++)
+        if (a->node[i].loc >= 0) members[1 + a->node[i].loc]++;
+    for (int32_t t = 0; t < nlists; t++) {
+        wfm_list *l = &a->list[t];
+        l->cap = (int32_t)(4 * (int64_t)members[t] / a->bsize + 3);
+        total += l->cap;
+        l->blk = malloc((size_t)l->cap * sizeof *l->blk);
+        l->first = malloc((size_t)l->cap * sizeof *l->first);
+        l->bmax = malloc((size_t)l->cap * sizeof *l->bmax);
+        l->gmax = malloc((size_t)(l->cap / WFM_GROUP + 1) * sizeof *l->gmax);
+        if (!l->blk || !l->first || !l->bmax || !l->gmax) {
+            free(members);
+            return -1;
+        }
+    }
+    free(members);
+    a->pool = malloc((size_t)total * sizeof *a->pool);
+    a->free_blk = malloc((size_t)total * sizeof *a->free_blk);
+    if (!a->pool || !a->free_blk) return -1;
+    a->nfree = 0;
+    for (int64_t k = total - 1; k >= 0; k--) a->free_blk[a->nfree++] = (int32_t)k;
+    for (int32_t t = 0; t < nlists; t++) {
+        wfm_list *l = &a->list[t];
+        l->nb = 1;
+        l->blk[0] = a->free_blk[--a->nfree];
+        a->pool[l->blk[0]].n = 0;
+        l->first[0] = 0;
+        l->bmax[0] = l->gmax[0] = NO_MAX;
+    }
+    for (int32_t i = 0; i < a->n; i++) {
+        a->node[i].key = order_key(a, i);
+        wfm_entry x = entry_of(a, i);
+        list_insert(a, &a->list[0], &x);
+        if (a->node[i].loc >= 0) list_insert(a, &a->list[1 + a->node[i].loc], &x);
+    }
+    return 0;
+}
+
+int wfm_alloc_rebuild(wfm_alloc *a, int32_t block_entries) {
+    if (block_entries < 4 || block_entries > WFM_BLOCK || block_entries % 2) return -1;
+    for (int32_t t = 0; t <= a->nloc; t++) {
+        wfm_list *l = &a->list[t];
+        free(l->blk);
+        free(l->first);
+        free(l->bmax);
+        free(l->gmax);
+        memset(l, 0, sizeof *l);
+    }
+    free(a->pool);
+    free(a->free_blk);
+    a->pool = NULL;
+    a->free_blk = NULL;
+    a->bsize = block_entries;
+    return wfm_alloc_build(a);
 }
 
 /* --- operations ----------------------------------------------------------- */
@@ -246,37 +451,45 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
     int32_t found = 0;
     if (servers > a->n) servers = a->n + 1; /* cannot fit; still count what fits */
     if (ntiers == 0) {
-        while (found < servers && found < a->n) {
-            int32_t x = find_first(&a->all, a, a->all.root[0], c, m, s);
+        /* The first `servers` fitting datanodes in key order. */
+        int32_t b = 0, p = 0;
+        while (found < servers) {
+            int32_t x = list_next_fit(a, &a->list[0], &b, &p, c, m, s);
             if (x < 0) break;
             a->chosen[found++] = x;
-            unlink_node(a, x);
+            p++;
         }
     } else {
+        /* Per tier, merge the locations' lists in key order (a cursor each). */
+        int32_t *cur_b = a->cur_b, *cur_p = a->cur_p;
         for (int32_t t = 0; t < ntiers && found < servers; t++) {
-            while (found < servers && found < a->n) {
+            const int32_t *tl = locs + tier_start[t];
+            int32_t nl = tier_start[t + 1] - tier_start[t];
+            int32_t *next = a->cur_x; /* the next fit of each location */
+            for (int32_t k = 0; k < nl; k++) cur_b[k] = cur_p[k] = 0;
+            for (int32_t k = 0; k < nl; k++)
+                next[k] = list_next_fit(a, &a->list[1 + tl[k]], &cur_b[k], &cur_p[k], c, m, s);
+            while (found < servers) {
                 int32_t best = -1;
-                for (int32_t k = tier_start[t]; k < tier_start[t + 1]; k++) {
-                    int32_t x = find_first(&a->byloc, a, a->byloc.root[locs[k]], c, m, s);
-                    if (x >= 0 && (best < 0 || a->node[x].key < a->node[best].key)) best = x;
-                }
+                for (int32_t k = 0; k < nl; k++)
+                    if (next[k] >= 0 && (best < 0 || a->node[next[k]].key < a->node[next[best]].key))
+                        best = k;
                 if (best < 0) break;
-                a->chosen[found++] = best;
-                unlink_node(a, best);
+                a->chosen[found++] = next[best];
+                cur_p[best]++;
+                next[best] = list_next_fit(a, &a->list[1 + tl[best]], &cur_b[best], &cur_p[best],
+                                           c, m, s);
             }
         }
     }
-    if (found < servers) {
-        for (int32_t k = 0; k < found; k++) link_node(a, a->chosen[k]);
-        return found;
-    }
+    if (found < servers) return found;
     for (int32_t k = 0; k < found; k++) {
         int32_t i = a->chosen[k];
         a->node[i].free_c -= c;
         a->node[i].free_m -= m;
         a->node[i].free_s -= s;
         if (c) take_lowest(a->bits + (size_t)i * WFM_CORE_WORDS, c, out_cores + (size_t)k * c);
-        link_node(a, i);
+        node_changed(a, i);
         out_nodes[k] = i;
     }
     return found;
@@ -284,13 +497,12 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
 
 void wfm_give_back(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
                    int64_t s) {
-    unlink_node(a, i);
     uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
     for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] |= 1ull << (cores[k] & 63);
     a->node[i].free_c += ncores;
     a->node[i].free_m += m;
     a->node[i].free_s += s;
-    link_node(a, i);
+    node_changed(a, i);
 }
 
 int wfm_can_take_exact(const wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores,
@@ -303,13 +515,12 @@ int wfm_can_take_exact(const wfm_alloc *a, int32_t i, const int32_t *cores, int3
 
 void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
                     int64_t s) {
-    unlink_node(a, i);
     uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
     for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] &= ~(1ull << (cores[k] & 63));
     a->node[i].free_c -= ncores;
     a->node[i].free_m -= m;
     a->node[i].free_s -= s;
-    link_node(a, i);
+    node_changed(a, i);
 }
 
 int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out) {
@@ -322,52 +533,67 @@ int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out) {
 
 /* --- self check (tests) ---------------------------------------------------- */
 
-/* Returns the size of the subtree, or -1 on a broken invariant. */
-static int32_t check_tree(const wfm_forest *f, const wfm_alloc *a, int32_t r, uint64_t lo,
-                          uint64_t hi) {
-    if (r < 0) return 0;
-    if (a->node[r].key < lo || a->node[r].key > hi) return -1;
-    if (a->node[r].key != order_key(a, r)) return -1;
-    int32_t l = f->v[r].left, q = f->v[r].right;
-    if ((l >= 0 && a->node[l].prio > a->node[r].prio) || (q >= 0 && a->node[q].prio > a->node[r].prio)) return -1;
-    int32_t nl = check_tree(f, a, l, lo, a->node[r].key - 1);
-    int32_t nr = check_tree(f, a, q, a->node[r].key + 1, hi);
-    if (nl < 0 || nr < 0) return -1;
-    int32_t mc = a->node[r].free_c;
-    int64_t mm = a->node[r].free_m, ms = a->node[r].free_s;
-    if (l >= 0) {
-        mc = f->v[l].max_c > mc ? f->v[l].max_c : mc;
-        mm = f->v[l].max_m > mm ? f->v[l].max_m : mm;
-        ms = f->v[l].max_s > ms ? f->v[l].max_s : ms;
+/* 0 if list t holds exactly its members, sorted, with true entries, first
+ * keys and maxima, and the block invariants; else a code > 0. */
+static int check_list(const wfm_alloc *a, int32_t t, int32_t *nblocks) {
+    const wfm_list *l = &a->list[t];
+    int32_t count = 0, members = 0;
+    uint64_t prev = 0;
+    wfm_max gx = NO_MAX;
+    if (l->nb < 1 || l->nb > l->cap) return 10;
+    *nblocks = l->nb;
+    for (int32_t i = 0; i < a->n; i++)
+        if (t == 0 || a->node[i].loc == t - 1) members++;
+    for (int32_t b = 0; b < l->nb; b++) {
+        const wfm_block *bk = block(a, l, b);
+        if (bk->n < (l->nb > 1 ? 1 : 0) || bk->n > a->bsize) return 11;
+        if (b > 0 && bk->n + block(a, l, b - 1)->n <= HALF) return 12;
+        if (b > 0 && l->first[b] != bk->e[0].key) return 13;
+        wfm_max mx = NO_MAX;
+        for (int32_t k = 0; k < bk->n; k++) {
+            const wfm_entry *e = &bk->e[k];
+            int32_t i = (int32_t)(uint32_t)e->key;
+            if (count > 0 && e->key <= prev) return 14;
+            prev = e->key;
+            count++;
+            if (i < 0 || i >= a->n) return 15;
+            if (t > 0 && a->node[i].loc != t - 1) return 16;
+            if (e->key != a->node[i].key || e->key != order_key(a, i)) return 17;
+            if (e->c != a->node[i].free_c || e->m != a->node[i].free_m || e->s != a->node[i].free_s)
+                return 18;
+            max_with(&mx, e->c, e->m, e->s);
+        }
+        if (mx.c != l->bmax[b].c || mx.m != l->bmax[b].m || mx.s != l->bmax[b].s) return 19;
+        if (b % WFM_GROUP == 0) gx = NO_MAX;
+        max_with(&gx, mx.c, mx.m, mx.s);
+        if (b % WFM_GROUP == WFM_GROUP - 1 || b == l->nb - 1) {
+            const wfm_max *g = &l->gmax[b / WFM_GROUP];
+            if (gx.c != g->c || gx.m != g->m || gx.s != g->s) return 21;
+        }
     }
-    if (q >= 0) {
-        mc = f->v[q].max_c > mc ? f->v[q].max_c : mc;
-        mm = f->v[q].max_m > mm ? f->v[q].max_m : mm;
-        ms = f->v[q].max_s > ms ? f->v[q].max_s : ms;
-    }
-    if (mc != f->v[r].max_c || mm != f->v[r].max_m || ms != f->v[r].max_s) return -1;
-    return nl + nr + 1;
+    return count == members ? 0 : 20;
 }
 
 int wfm_check(const wfm_alloc *a) {
-    int32_t inloc = 0;
+    int32_t blocks = 0;
     for (int32_t i = 0; i < a->n; i++) {
         const uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
         int32_t pc = 0;
         for (int j = 0; j < WFM_CORE_WORDS; j++) pc += __builtin_popcountll(w[j]);
         if (pc != a->node[i].free_c) return 1;
         if (a->node[i].free_c < 0 || a->node[i].free_m < 0 || a->node[i].free_s < 0) return 2;
-        if (a->node[i].free_c > a->cap_c[i] || a->node[i].free_m > a->cap_m[i] || a->node[i].free_s > a->cap_s[i])
+        if (a->node[i].free_c > a->cap_c[i] || a->node[i].free_m > a->cap_m[i] ||
+            a->node[i].free_s > a->cap_s[i])
             return 3;
-        if (a->loc[i] >= 0) inloc++;
     }
-    if (check_tree(&a->all, a, a->all.root[0], 0, UINT64_MAX) != a->n) return 4;
-    int32_t total = 0;
-    for (int32_t t = 0; t < a->nloc; t++) {
-        int32_t k = check_tree(&a->byloc, a, a->byloc.root[t], 0, UINT64_MAX);
-        if (k < 0) return 5;
-        total += k;
+    for (int32_t t = 0; t <= a->nloc; t++) {
+        int32_t nb;
+        int r = check_list(a, t, &nb);
+        if (r) return r;
+        blocks += nb;
     }
-    if (total != inloc) return 6;
+    int64_t total = 0;
+    for (int32_t t = 0; t <= a->nloc; t++) total += a->list[t].cap;
+    if (blocks + a->nfree != total) return 4;
     return 0;
 }

@@ -5,13 +5,19 @@
  * Python. The rules it implements are those of
  * src/wfm_orchestrator/allocator/reference.py; see docs/allocator.md.
  *
- * Index: a treap (randomised binary search tree) ordered by
- * key = (order level << 32 | inventory index), where each vertex also keeps
- * the component-wise maximum of free (cores, memory, storage) over its
- * subtree. The first datanode in key order that fits a demand is found by a
- * left-first descent that skips every subtree whose maxima cannot hold the
- * demand. Every datanode sits in two treaps that share this layout: the
- * global one (requests without locations) and the one of its location.
+ * Index: a blocked sorted list (a two-level B-tree: the way
+ * sortedcontainers keeps a sorted list) per set of datanodes, ordered by
+ * key = (order level << 32 | inventory index). Each entry carries the
+ * datanode's free (cores, memory, storage); each block of up to
+ * WFM_BLOCK entries keeps the component-wise maximum over its entries, in
+ * arrays next to the blocks' first keys. The first datanode in key order
+ * that fits a demand is found by scanning the block maxima and, in the
+ * first block whose maxima could hold the demand, its entries. A change of
+ * free capacity moves the entry: within its block (a short memmove) when
+ * the new key stays between the block's neighbours, else delete + insert
+ * (a block is split when full, merged with a neighbour when the two fit in
+ * half a block). Every datanode sits in two such lists: the global one
+ * (requests without locations) and the one of its location.
  */
 #ifndef WFM_ALLOC_H
 #define WFM_ALLOC_H
@@ -24,40 +30,66 @@
 #define WFM_MAX_LEVEL (WFM_LEVELS * WFM_TIGHT_WEIGHT + 3u * WFM_LEVELS)
 #define WFM_POLICY_PACK 0
 #define WFM_POLICY_SPREAD 1
+#define WFM_BLOCK 64 /* entries per block of a list, at most */
+#define WFM_GROUP 16 /* blocks per group (second level of maxima) */
 
-/* One vertex of a treap (32 bytes, arrays of structs for locality). */
+/* One entry of a list (32 bytes): a datanode's key and free capacity. */
 typedef struct {
-    int32_t left, right; /* children, -1 for none */
-    int32_t max_c, pad;  /* subtree maxima of free cores, memory, storage */
-    int64_t max_m, max_s;
-} wfm_vertex;
+    uint64_t key; /* level << 32 | index */
+    int64_t m, s;
+    int32_t c, pad;
+} wfm_entry;
 
 typedef struct {
-    wfm_vertex *v;  /* indexed by datanode */
-    int32_t *root;  /* one root per tree of this forest */
-    int32_t ntrees;
-} wfm_forest;
+    int32_t n; /* entries in use, sorted by key */
+    int32_t pad;
+    wfm_entry e[WFM_BLOCK];
+} wfm_block;
 
-/* What the index reads of a datanode (32 bytes). */
+/* Component-wise maxima of free capacity over a block or a group of blocks
+ * (-1 over nothing: no demand fits). */
+typedef struct {
+    int64_t m, s;
+    int32_t c, pad;
+} wfm_max;
+
+/* A sorted set of datanodes. Blocks are nonempty, except the only one of an
+ * empty list; any two neighbouring blocks hold more than WFM_BLOCK / 2
+ * entries together, so a list of N entries has fewer than 4N/WFM_BLOCK + 2
+ * blocks (the arrays are sized for that once). Blocks b of group b /
+ * WFM_GROUP share a second level of maxima, so a search skips WFM_GROUP
+ * blocks at a time. */
+typedef struct {
+    int32_t nb, cap;  /* blocks in use; capacity of the arrays below */
+    int32_t *blk;     /* block ids (into wfm_alloc.pool), in key order */
+    uint64_t *first;  /* first key of each block (first[0] is not read) */
+    wfm_max *bmax;    /* maxima of each block */
+    wfm_max *gmax;    /* maxima of each group of WFM_GROUP blocks */
+} wfm_list;
+
+/* The state of a datanode (32 bytes). */
 typedef struct {
     uint64_t key;    /* level << 32 | index */
     int64_t free_m, free_s;
     int32_t free_c;  /* free now */
-    uint32_t prio;   /* treap heap priority (a hash of the index) */
+    int32_t loc;     /* location id, -1 for none */
 } wfm_node;
 
 typedef struct {
     int32_t n;        /* datanodes */
     int32_t nloc;     /* locations */
     int policy;
-    int32_t *loc;     /* location id of each datanode, -1 for none */
+    int32_t bsize;    /* entries per block, at most (WFM_BLOCK; less in tests) */
     int32_t *cap_c;   /* capacity */
     int64_t *cap_m, *cap_s;
-    wfm_node *node;   /* free capacity, key, priority */
+    wfm_node *node;   /* free capacity, key, location */
+    double *inv;      /* 3 per datanode: WFM_LEVELS / capacity (0 if none) */
     uint64_t *bits;   /* n * WFM_CORE_WORDS words: bit set = core id free */
-    wfm_forest all;   /* one tree: every datanode */
-    wfm_forest byloc; /* one tree per location */
+    wfm_list *list;   /* list[0]: every datanode; list[1 + l]: location l */
+    wfm_block *pool;  /* blocks of every list */
+    int32_t *free_blk, nfree; /* stack of unused block ids */
     int32_t *chosen;  /* scratch for reserve: servers <= n */
+    int32_t *cur_b, *cur_p, *cur_x; /* scratch for reserve: a cursor per location */
 } wfm_alloc;
 
 /* Allocate an empty allocator for n datanodes in nloc locations; NULL on OOM. */
@@ -68,8 +100,13 @@ void wfm_alloc_free(wfm_alloc *a);
  * its core ids (ncores of them, each 0..1023, distinct), memory, storage. */
 void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cores,
                         int32_t ncores, int64_t msize, int64_t ssize);
-/* Build the index once every datanode is set. */
-void wfm_alloc_build(wfm_alloc *a);
+/* Build the index once every datanode is set; 0 on success, -1 on OOM. */
+int wfm_alloc_build(wfm_alloc *a);
+
+/* Rebuild the index from the current state with blocks of at most
+ * block_entries (even, 4..WFM_BLOCK) entries: small blocks exercise the
+ * block splits, merges and groups in tests. 0 on success. */
+int wfm_alloc_rebuild(wfm_alloc *a, int32_t block_entries);
 
 /* Choose `servers` distinct datanodes for a per-server demand (c, m, s).
  * tiers: ntiers groups of location ids (tier t is locs[tier_start[t] ..
@@ -82,7 +119,7 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
                     int32_t ntiers, const int32_t *tier_start, const int32_t *locs,
                     int32_t *out_nodes, int32_t *out_cores) __attribute__((nonnull(1)));
 
-/* Give back what a reservation took on datanode i. */
+/* Give back what a reservation took on datanode i (ncores core ids). */
 void wfm_give_back(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
                    int64_t s);
 

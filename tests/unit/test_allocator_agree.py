@@ -64,14 +64,28 @@ def check_never_over_committed(alloc, datanodes):
         assert sorted(free.core_list + cores) == list(dn.cores)
 
 
+# Blocks of the C index: the default size, and tiny ones so that small
+# clusters exercise block splits, merges and groups of blocks.
+BLOCKS = [None, 4]
+
+
+def compiled(datanodes, policy, neighbours, block):
+    fast = _compiled.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    if block is not None:
+        fast._rebuild(block)
+        assert fast._check() == 0
+    return fast
+
+
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("policy", ["pack", "spread"])
 @SETTINGS
 @given(cluster=clusters(), ops=allocator_operations)
-def test_compiled_and_reference_agree_on_every_operation(policy, cluster, ops):
+def test_compiled_and_reference_agree_on_every_operation(policy, block, cluster, ops):
     """Same operations, same results and errors, and neither ever over-commits."""
     datanodes, neighbours = cluster
     ref = reference.Allocator(datanodes, policy=policy, neighbours=neighbours)
-    fast = _compiled.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    fast = compiled(datanodes, policy, neighbours, block)
     history: list = []
     for op in ops:
         expected = apply(ref, op, history)
@@ -107,15 +121,16 @@ def busy_clusters(draw):
     return datanodes, neighbours, locs, seed
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("policy", ["pack", "spread"])
 @settings(max_examples=25, deadline=None)
 @given(case=busy_clusters())
-def test_agree_on_long_random_workloads(policy, case):
+def test_agree_on_long_random_workloads(policy, block, case):
     """Hundreds of reserve/release calls on a 20-120 datanode cluster give identical placements."""
     datanodes, neighbours, locs, seed = case
     rnd = random.Random(seed)
     ref = reference.Allocator(datanodes, policy=policy, neighbours=neighbours)
-    fast = _compiled.Allocator(datanodes, policy=policy, neighbours=neighbours)
+    fast = compiled(datanodes, policy, neighbours, block)
     live: list[str] = []
     for k in range(400):
         if live and rnd.random() < 0.4:
@@ -136,7 +151,54 @@ def test_agree_on_long_random_workloads(policy, case):
         assert got == expected, args
         if expected[0] == "ok":
             live.append(name)
+        if k % 50 == 0:
+            assert fast._check() == 0
     assert fast._check() == 0
     for dn in datanodes:
         assert fast.free(dn.name) == ref.free(dn.name)
     check_never_over_committed(ref, datanodes)
+
+
+@pytest.mark.parametrize("block", [None, 8])
+def test_agree_at_depth_on_a_big_cluster(block):
+    """2,000 datanodes in 7 locations, filled and churned: identical placements, sound index."""
+    rnd = random.Random(2024)
+    locs = [f"l{k}" for k in range(7)]
+    datanodes = [
+        reference.Datanode(
+            f"dn{i}",
+            cores=range(rnd.choice([16, 64, 128])),
+            msize=rnd.choice([64_000, 256_000]),
+            ssize=rnd.choice([10**6, 8 * 10**6]),
+            location=rnd.choice([*locs, None]),
+        )
+        for i in range(2000)
+    ]
+    neighbours = {loc: rnd.sample(locs, k=2) for loc in locs}
+    ref = reference.Allocator(datanodes, neighbours=neighbours)
+    fast = compiled(datanodes, "pack", neighbours, block)
+    live: list[str] = []
+    for k in range(3000):
+        if live and rnd.random() < (0.3 if k < 1500 else 0.55):
+            name = live.pop(rnd.randrange(len(live)))
+            assert fast.release(name) == ref.release(name)
+            continue
+        cores = rnd.randint(0, 64)
+        args = (
+            f"r{k}",
+            rnd.choice([1, 1, 1, 2, 4]),
+            cores,
+            rnd.randint(0, 128_000),
+            rnd.randint(0, 4 * 10**6),
+            rnd.choice([None, None, [rnd.choice(locs)], rnd.sample(locs, k=3)]),
+        )
+        expected = outcome(lambda: ref.reserve(*args))  # noqa: B023
+        got = outcome(lambda: fast.reserve(*args))  # noqa: B023
+        assert got == expected, args
+        if expected[0] == "ok":
+            live.append(args[0])
+        if k % 500 == 0:
+            assert fast._check() == 0
+    assert fast._check() == 0
+    for dn in datanodes:
+        assert fast.free(dn.name) == ref.free(dn.name)

@@ -11,9 +11,6 @@ drives both with the same random operations.
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free as c_free, malloc, realloc
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from cpython.ref cimport Py_INCREF
-from cpython.list cimport PyList_New, PyList_SET_ITEM
 
 from ..errors import DuplicateReservation, InvalidDemand, NoCapacity, UnknownReservation
 from .reference import (
@@ -44,7 +41,8 @@ cdef extern from "wfm_alloc.h" nogil:
     void wfm_alloc_free(wfm_alloc *a)
     void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cores,
                             int32_t ncores, int64_t msize, int64_t ssize)
-    void wfm_alloc_build(wfm_alloc *a)
+    int wfm_alloc_build(wfm_alloc *a)
+    int wfm_alloc_rebuild(wfm_alloc *a, int32_t block_entries)
     int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t s,
                         int32_t ntiers, const int32_t *tier_start, const int32_t *locs,
                         int32_t *out_nodes, int32_t *out_cores)
@@ -62,20 +60,44 @@ cdef extern from *:
     /* A Placement is a namedtuple: a tuple subclass without instance dict.
        Allocating it with its type's tp_alloc and filling the slots is what
        tuple.__new__(Placement, (...)) does, without the argument tuples
-       (about 0.4 us less per placement). */
-    static PyObject *wfm_record4(PyObject *type, PyObject *a, PyObject *b, PyObject *c,
-                                 PyObject *d) {
+       (about 0.4 us less per placement). Core ids come from a tuple of the
+       int objects 0..1023 (no int object is created per core id). */
+    static PyObject *wfm_placements(PyObject *type, PyObject *names, PyObject *ints,
+                                    const int32_t *nodes, const int32_t *cores, int32_t found,
+                                    int32_t c, PyObject *m, PyObject *s) {
         PyTypeObject *t = (PyTypeObject *)type;
-        PyObject *r = t->tp_alloc(t, 4);
-        if (!r) return NULL;
-        Py_INCREF(a); PyTuple_SET_ITEM(r, 0, a);
-        Py_INCREF(b); PyTuple_SET_ITEM(r, 1, b);
-        Py_INCREF(c); PyTuple_SET_ITEM(r, 2, c);
-        Py_INCREF(d); PyTuple_SET_ITEM(r, 3, d);
-        return r;
+        PyObject *const *id = ((PyTupleObject *)ints)->ob_item;
+        PyObject *result = PyList_New(found);
+        if (!result) return NULL;
+        for (int32_t k = 0; k < found; k++) {
+            PyObject *core_list = PyList_New(c);
+            if (!core_list) goto fail;
+            const int32_t *ck = cores + (size_t)k * c;
+            for (int32_t j = 0; j < c; j++) {
+                PyObject *v = id[ck[j]];
+                Py_INCREF(v);
+                PyList_SET_ITEM(core_list, j, v);
+            }
+            PyObject *r = t->tp_alloc(t, 4);
+            if (!r) {
+                Py_DECREF(core_list);
+                goto fail;
+            }
+            PyObject *server = PyTuple_GET_ITEM(names, nodes[k]);
+            Py_INCREF(server); PyTuple_SET_ITEM(r, 0, server);
+            PyTuple_SET_ITEM(r, 1, core_list);
+            Py_INCREF(m); PyTuple_SET_ITEM(r, 2, m);
+            Py_INCREF(s); PyTuple_SET_ITEM(r, 3, s);
+            PyList_SET_ITEM(result, k, r);
+        }
+        return result;
+    fail:
+        Py_DECREF(result);
+        return NULL;
     }
     """
-    object wfm_record4(object type, object a, object b, object c, object d)
+    list wfm_placements(object type, tuple names, tuple ints, const int32_t *nodes,
+                        const int32_t *cores, int32_t found, int32_t c, object m, object s)
 
 if not (issubclass(Placement, tuple) and Placement.__basicsize__ == tuple.__basicsize__
         and Placement.__itemsize__ == tuple.__itemsize__ and len(Placement._fields) == 4):
@@ -109,6 +131,7 @@ cdef class Allocator:
     cdef dict _held        # name -> list of Placement (as returned by reserve)
     cdef dict _index_of    # datanode name -> index
     cdef tuple _names
+    cdef tuple _ints       # the int objects 0..1023 (core ids of results)
     cdef dict _tiers       # tuple(locations) -> _Tiers
     cdef _Tiers _all
     cdef dict _loc_id
@@ -133,6 +156,7 @@ cdef class Allocator:
         inv = Inventory(datanodes, neighbours)
         self._inv = inv
         self._names = inv.names
+        self._ints = tuple(range(1024))
         self._index_of = inv.index_of
         self._held = {}
         self._tiers = {}
@@ -153,7 +177,8 @@ cdef class Allocator:
                 self._cores[k] = dn.cores[k]
             loc = -1 if dn.location is None else self._loc_id[dn.location]
             wfm_alloc_set_node(self._a, i, loc, self._cores, ncores, dn.msize, dn.ssize)
-        wfm_alloc_build(self._a)
+        if wfm_alloc_build(self._a) != 0:
+            raise MemoryError()
         self._all = self._make_tiers(())
 
     cdef _Tiers _make_tiers(self, tuple checked):
@@ -244,15 +269,18 @@ cdef class Allocator:
         """0 if the C index is consistent with the free capacities (for tests)."""
         return wfm_check(self._a)
 
+    def _rebuild(self, int block_entries):
+        """Rebuild the C index with at most `block_entries` per block (for tests)."""
+        if wfm_alloc_rebuild(self._a, block_entries) != 0:
+            raise ValueError(f"cannot rebuild with {block_entries} entries per block")
+
     # -- changes
 
     def reserve(self, name, servers, cores, msize, ssize, locations=None):
         cdef int64_t sv, c, m, s
-        cdef int32_t found, k, j, i
+        cdef int32_t found
         cdef _Tiers t
         cdef list result
-        cdef tuple names
-        cdef object v, p, core_list
         if type(name) is not str or not name:
             check_name(name)
         sv = c = m = s = -1
@@ -268,7 +296,7 @@ cdef class Allocator:
         if not (1 <= sv < _MAX and 0 <= c < _MAX and 0 <= m < _MAX and 0 <= s < _MAX):
             servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
             sv, c, m, s = servers, cores, msize, ssize
-        t = self._tiers_for(locations)
+        t = self._all if locations is None else self._tiers_for(locations)
         if name in self._held:
             raise DuplicateReservation(name)
 
@@ -279,31 +307,23 @@ cdef class Allocator:
             found = wfm_reserve(self._a, <int32_t> sv, <int32_t> c, m, s, t.ntiers, t.start,
                                 t.locs, self._out_nodes, self._cores)
         if found < sv:
-            sv_, c_, m_, s_ = sv, c, m, s
-            if not fits_ever(self._inv, t.cand, sv_, c_, m_, s_):
-                raise NoCapacity(explain_never_fits(self._inv, t.cand, sv_, c_, m_, s_), ever=True)
-            raise NoCapacity(explain_no_room(t.cand, sv_, c_, m_, s_, found))
-
-        names = self._names
-        result = PyList_New(found)
-        for k in range(found):
-            i = self._out_nodes[k]
-            core_list = PyList_New(c)
-            for j in range(c):
-                v = self._cores[k * c + j]
-                Py_INCREF(v)
-                PyList_SET_ITEM(core_list, j, v)
-            p = wfm_record4(Placement, names[i], core_list, msize, ssize)
-            Py_INCREF(p)
-            PyList_SET_ITEM(result, k, p)
+            self._no_capacity(t, sv, c, m, s, found)
+        result = wfm_placements(Placement, self._names, self._ints, self._out_nodes,
+                                self._cores, found, <int32_t> c, msize, ssize)
         self._held[name] = result
         return result
+
+    cdef int _no_capacity(self, _Tiers t, int64_t sv, int64_t c, int64_t m, int64_t s,
+                          int32_t found) except -1:
+        if not fits_ever(self._inv, t.cand, sv, c, m, s):
+            raise NoCapacity(explain_never_fits(self._inv, t.cand, sv, c, m, s), ever=True)
+        raise NoCapacity(explain_no_room(t.cand, sv, c, m, s, found))
 
     def release(self, name):
         cdef int32_t i, j, nc
         cdef list placements, cl
         cdef tuple t
-        placements = self._held.pop(name, None) if type(name) is str else None
+        placements = self._held.pop(name, None) if isinstance(name, str) else None
         if placements is None:
             raise UnknownReservation(name)
         for p in placements:
