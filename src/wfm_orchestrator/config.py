@@ -205,6 +205,10 @@ SETTINGS: dict[str, Setting] = {
     "s3_server": Setting("", _text, "S3 long-term storage server (for the Session Manager)"),
     "target_tier_list": Setting("NVMe, SSD, HDD, tape", _csv, "storage tier names"),
     "datamover_operation_list": Setting("copy, move, release", _csv, "data mover operations"),
+    "datamover_token_file": Setting(
+        "", _text, "path, on the nodes, of a token with the datamover role that data movers "
+        "send with their progress (auth = keycloak); empty: no token"
+    ),
     "datamover_command": Setting(
         "wfm-datamover", _text, "command run by a data mover job (see docs/datamovers.md)"
     ),

@@ -439,8 +439,9 @@ class Progress:
     """Posts progress to the orchestrator, at most once per ``interval`` unless forced."""
 
     def __init__(self, url: str | None, step: str, name: str, interval: float = 1.0,
-                 timeout: float = 5.0):
+                 timeout: float = 5.0, token: str = ""):
         self.url = url
+        self.token = token
         self.step = step
         self.name = name
         self.interval = interval
@@ -460,13 +461,32 @@ class Progress:
         body = json.dumps({"step_name": self.step, "datamover_name": self.name,
                            "progress": text}).encode()
         # http(s) only: main() checks the scheme.
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url, data=body, method="POST",  # noqa: S310
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 resp.read()
         except (urllib.error.URLError, OSError, ValueError) as e:
             print(f"wfm-datamover: cannot post progress to {self.url}: {e}", file=sys.stderr)
+
+
+def read_token(path: str) -> str:
+    """The bearer token for progress posts (auth = keycloak), or "" when there is none.
+
+    A missing or unreadable file only costs the progress detail: the move goes on.
+    """
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="ascii") as fh:
+            token = fh.read(16384).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"wfm-datamover: no progress token ({path}: {e})", file=sys.stderr)
+        return ""
+    return token if token and "\n" not in token and "\r" not in token else ""
 
 
 # --- command line ------------------------------------------------------------------
@@ -492,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     if url and not url.startswith(("http://", "https://")):
         print(f"wfm-datamover: progress URL {url!r} is not http(s)", file=sys.stderr)
         url = None
-    report = Progress(url, args.step, args.name)
+    report = Progress(url, args.step, args.name, token=read_token(os.environ.get(
+        "WFM_TOKEN_FILE", "")))
     problems = []
     for what, tier, root in (("source", args.source_tier, args.source_root),
                              ("target", args.target_tier, args.target_root)):

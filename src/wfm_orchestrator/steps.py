@@ -371,6 +371,7 @@ def build_mover_job(config: Config, req: StepRequest, dm: DataMover, launch_id: 
         "WFM_TARGET_TIER": dm.target,
         "WFM_TARGET_ROOT": target.root if target else "",
         "WFM_PROGRESS_URL": progress_url(config),
+        "WFM_TOKEN_FILE": config.datamover_token_file,
     }
     argv = [*shlex.split(config.datamover_command), dm.operation, dm.source, dm.target, "--",
             *dm.elements]

@@ -35,6 +35,13 @@ MATRIX = [
     ("GET", "/v1.0.0/ephemeralservice/status", None, set(CALLERS)),
     ("GET", "/v1.0.0/ephemeralservice/status/alice_s_x", None, set(CALLERS)),
     ("DELETE", "/v1.0.0/ephemeralservice/release/alice_s_x", None, {"sm", "admin"}),
+    ("POST", "/v1.0.0/step/launch", {"name": "alice_s_st_1", "user": "alice",
+                                     "command": "sbatch --wrap true"}, {"sm", "admin"}),
+    ("POST", "/v1.0.0/step/progress", {"step_name": "alice_s_st_1", "datamover_name": "d",
+                                       "progress": "5%"}, {"dm", "admin"}),
+    ("GET", "/v1.0.0/step/status", None, set(CALLERS)),
+    ("GET", "/v1.0.0/step/status/alice_s_st_1", None, set(CALLERS)),
+    ("DELETE", "/v1.0.0/step/abort/alice_s_st_1", None, {"sm", "admin"}),
 ]
 
 
@@ -147,3 +154,51 @@ def test_user_slurm_token_never_appears_in_answers_or_logs(secured, caplog):
                    tokens["bb"]).text]
     assert all("secret-slurm-token" not in b for b in bodies)
     assert "secret-slurm-token" not in caplog.text
+
+
+def test_step_lists_never_show_another_users_steps(make_config, keycloak):
+    """Step status lists and lookups are filtered per owner like services."""
+    from falcon import testing
+
+    from wfm_orchestrator.api import create_app
+    from wfm_orchestrator.resource_manager import ResourceManager
+    from wfm_orchestrator.services import ServiceManager
+    from wfm_orchestrator.steps import StepManager
+    from wfm_orchestrator.store import Store
+
+    from .test_steps_manager import BODY, CONF, FakeServices, FakeSlurm
+
+    conf = CONF.replace("auth = none", f"auth = keycloak\nkeycloak_server = {keycloak.base_url}"
+                        f"\nkeycloak_realm = {REALM}\nkeycloak_audience = {AUDIENCE}")
+    config = make_config(conf)
+    store = Store(config.state_db)
+    try:
+        rm = ResourceManager(config, store)
+        steps = StepManager(config, store, FakeServices(), FakeSlurm(),
+                            home=lambda u: "/home/" + u)
+        client = testing.TestClient(create_app(config, rm, ServiceManager(config, rm, store,
+                                                                          None), steps))
+        factory = TokenFactory(keycloak.issuer)
+        rsa, _ = keys()
+        tokens = {name: factory.make(rsa, preferred_username=user, realm_access={"roles": roles})
+                  for name, (user, roles) in CALLERS.items()}
+        for user in ("alice", "bob"):
+            body = {**BODY, "name": f"{user}_s1_step_0", "user": user, "services": []}
+            r = call(client, "POST", "/v1.0.0/step/launch", body, tokens["sm"])
+            assert r.status_code == 200, r.text
+
+        def names(caller, path="/v1.0.0/step/status"):
+            r = call(client, "GET", path, None, tokens[caller])
+            assert r.status_code == 200
+            body = r.json
+            return sorted(s["name"] for s in (body if isinstance(body, list) else [body]))
+
+        assert names("owner") == ["alice_s1_step_0"]
+        assert names("other") == ["bob_s1_step_0"]
+        assert names("norole") == names("dm") == names("bb") == []
+        assert names("sm") == names("admin") == ["alice_s1_step_0", "bob_s1_step_0"]
+        assert names("other", "/v1.0.0/step/status/alice_s1_step_0") == []
+        assert names("other", "/v1.0.0/step/status/alice") == []
+        assert names("owner", "/v1.0.0/step/status/alice_s1_step_0") == ["alice_s1_step_0"]
+    finally:
+        store.close()

@@ -180,3 +180,16 @@ def test_datamover_is_stdlib_only():
     import sys
 
     assert names <= set(sys.stdlib_module_names) | {"__future__"}, names
+
+
+def test_progress_token_is_read_from_the_token_file(tmp_path):
+    """WFM_TOKEN_FILE's token is sent as a bearer token; a missing file means none."""
+    from wfm_orchestrator.datamover import read_token
+
+    token = tmp_path / "dm.token"
+    token.write_text("eyJabc.def.ghi\n")
+    assert read_token(str(token)) == "eyJabc.def.ghi"
+    assert read_token(str(tmp_path / "missing")) == ""
+    assert read_token("") == ""
+    token.write_text("a\nb")
+    assert read_token(str(token)) == ""

@@ -7,7 +7,10 @@ import falcon
 from ..errors import InvalidRequest, NoSlurm, NotFound
 from ..model import check_name, check_user
 from ..steps import StepManager
+from ..auth import visible
+from .auth import identity_of
 from .errors import APIError
+from .media import read_json
 
 
 def _manager(steps: StepManager | None) -> StepManager:
@@ -19,44 +22,58 @@ def _manager(steps: StepManager | None) -> StepManager:
 class Launch:
     """POST step/launch: 200 once the step is durably recorded; the rest is asynchronous."""
 
+    auth_actions = {"POST": "step.launch"}
+
     def __init__(self, steps: StepManager | None):
         self.steps = steps
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = _manager(self.steps).launch(req.get_media())
+        resp.media = _manager(self.steps).launch(read_json(req))
 
 
 class Progress:
     """POST step/progress: a data mover's progress, shown in the step's detail."""
+
+    auth_actions = {"POST": "step.progress"}
 
     def __init__(self, steps: StepManager | None):
         self.steps = steps
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            resp.media = _manager(self.steps).progress(req.get_media())
+            resp.media = _manager(self.steps).progress(read_json(req))
         except NotFound as e:
             raise APIError(500, "Step progress failed", f"{e}") from None
 
 
 class AllStepStatus:
+    auth_actions = {"GET": "step.read"}
+
     def __init__(self, steps: StepManager | None):
         self.steps = steps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.steps.statuses() if self.steps is not None else []
+        identity = identity_of(req)
+        statuses = self.steps.statuses() if self.steps is not None else []
+        resp.media = [s for s in statuses if visible(identity, s["user"], "step.read")]
 
 
 class StepStatus:
-    """A step name is looked up first; otherwise the segment is a user id (a list)."""
+    """A step name is looked up first; otherwise the segment is a user id (a list).
+
+    A step the caller may not read is treated as unknown (its existence is not revealed).
+    """
+
+    auth_actions = {"GET": "step.read"}
 
     def __init__(self, steps: StepManager | None):
         self.steps = steps
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, ident: str) -> None:
         check_name(ident, "step_id")
+        identity = identity_of(req)
         status = self.steps.status(ident) if self.steps is not None else None
-        if status is not None:
+        if status is not None and visible(identity, status["user"], "step.read"):
             resp.media = status
             return
         try:
@@ -65,11 +82,14 @@ class StepStatus:
             raise InvalidRequest(
                 "step_id", f"no step named {ident!r}, and it is not a valid user id either"
             ) from None
-        resp.media = self.steps.statuses(user=ident) if self.steps is not None else []
+        statuses = self.steps.statuses(user=ident) if self.steps is not None else []
+        resp.media = [s for s in statuses if visible(identity, s["user"], "step.read")]
 
 
 class Abort:
     """DELETE step/abort/{step_id}: cancel every job of the step (idempotent)."""
+
+    auth_actions = {"DELETE": "step.abort"}
 
     def __init__(self, steps: StepManager | None):
         self.steps = steps
