@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # waitress warns "Task queue depth is N" for every request queued behind a
+    # busy thread: normal under load, and one line per request would drown the log.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     return args.func(args)
 
 
