@@ -338,6 +338,15 @@ class ServiceManager:
                 self._submit(rec, job)
                 return
         seen = by_id.get(job.job_id)  # type: ignore[arg-type]
+        if seen is None and job.state == "PENDING" and rec.state == State.FREE \
+                and not job.release_requested:
+            # A slurmctld crash forgets the jobs it accepted but had not saved yet. This
+            # one never started (PENDING, reservation never bound): submit it again.
+            log.warning("service %s: Slurm lost job %d before it started; submitting again",
+                        rec.name, job.job_id)
+            self._update(job, job_id=None, state="", reason="", nodes="", exit_code=None)
+            self._wake.set()
+            return
         if seen is not None:
             job = self._update(job, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
