@@ -1,0 +1,44 @@
+"""A service job Slurm accepted and then lost (slurmctld killed before saving its state).
+
+Found by test_slurm_faults.py on the mini-cluster: slurmctld killed right
+after a submission comes back without the job ("Purged files for defunct
+batch JobId=N"): Slurm answers a submission before it saves its state. The
+service had been acknowledged; the orchestrator used to mark the job GONE
+and free the reservation 60 s later, so the service was silently given up.
+Here the same loss, made deterministic with the unit tests' fake Slurm.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.test_services import SBB, world  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.reliability
+
+
+def test_job_lost_before_it_started_is_submitted_again(world):  # noqa: F811
+    """PENDING, never bound, then unknown to Slurm: one new job, the service goes on."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    assert world.sm.job(rec.name).job_id == 100
+    del world.slurm.jobs_by_id[100]  # slurmctld restarted without it
+    world.sm.reconcile()
+    world.sm.reconcile()
+    assert len(world.slurm.submitted) == 2
+    job = world.sm.job(rec.name)
+    assert job.job_id == 101 and job.state == "PENDING"
+    assert "Slurm job 101" in world.status()["detail"]
+    assert world.rm.resources("dn1")["free_cores"] == 6  # still held for the service
+
+
+def test_job_lost_after_it_was_bound_is_not_submitted_again(world):  # noqa: F811
+    """Once the plugin bound the reservation the job ran: it is GONE, then freed."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(rec.name)
+    del world.slurm.jobs_by_id[100]
+    world.sm.reconcile()
+    world.sm.reconcile()
+    assert len(world.slurm.submitted) == 1
+    assert "no longer known to Slurm" in world.status()["detail"]
