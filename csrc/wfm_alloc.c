@@ -56,6 +56,23 @@ static inline wfm_block *block(const wfm_alloc *a, const wfm_list *l, int32_t b)
     return &a->pool[l->blk[b]];
 }
 
+static inline wfm_entry block_get(const wfm_block *bk, int32_t k) {
+    wfm_entry x;
+    x.key = bk->key[k];
+    x.c = bk->c[k];
+    x.m = bk->m[k];
+    x.s = bk->s[k];
+    x.pad = 0;
+    return x;
+}
+
+static inline void block_set(wfm_block *bk, int32_t k, const wfm_entry *x) {
+    bk->key[k] = x->key;
+    bk->c[k] = x->c;
+    bk->m[k] = x->m;
+    bk->s[k] = x->s;
+}
+
 static inline int can_hold(const wfm_max *x, int32_t c, int64_t m, int64_t s) {
     /* & rather than &&: one well-predicted branch for the caller instead of
      * three unpredictable ones. */
@@ -69,7 +86,7 @@ static inline void max_with(wfm_max *x, int32_t c, int64_t m, int64_t s) {
 }
 
 /* The block whose key range holds key: the last b >= 1 with first[b] <= key,
- * else 0 (branch-free binary search). */
+ * else 0. */
 static inline int32_t list_locate(const wfm_list *l, uint64_t key) {
     const uint64_t *base = l->first + 1;
     int32_t n = l->nb - 1;
@@ -81,16 +98,12 @@ static inline int32_t list_locate(const wfm_list *l, uint64_t key) {
     return (int32_t)(base - l->first) - 1 + (n == 1 && *base <= key);
 }
 
-/* Position of the first entry of bk with a key >= key (branch-free). */
-static inline int32_t block_lower(const wfm_block *bk, uint64_t key) {
-    const wfm_entry *base = bk->e;
-    int32_t n = bk->n;
-    while (n > 1) {
-        int32_t half = n >> 1;
-        base = base[half - 1].key < key ? base + half : base;
-        n -= half;
-    }
-    return (int32_t)(base - bk->e) + (n == 1 && base->key < key);
+/* Write entry x at index k of block id and record where it is. */
+static inline void put(wfm_alloc *a, const wfm_list *l, int32_t id, int32_t k, const wfm_entry *x) {
+    block_set(&a->pool[id], k, x);
+    wfm_slot *sl = &a->slot[l->which][(uint32_t)x->key];
+    sl->blk = id;
+    sl->idx = k;
 }
 
 /* Recompute the maxima of group g from its blocks. */
@@ -109,7 +122,7 @@ static void groups_remax_from(wfm_list *l, int32_t b) {
 /* Recompute the maxima of block b from its entries, then of its group. */
 static void block_remax(wfm_list *l, int32_t b, const wfm_block *bk) {
     wfm_max x = NO_MAX;
-    for (int32_t k = 0; k < bk->n; k++) max_with(&x, bk->e[k].c, bk->e[k].m, bk->e[k].s);
+    for (int32_t k = 0; k < bk->n; k++) max_with(&x, bk->c[k], bk->m[k], bk->s[k]);
     l->bmax[b] = x;
     group_remax(l, b / WFM_GROUP);
 }
@@ -120,14 +133,19 @@ static inline void block_add_max(wfm_list *l, int32_t b, const wfm_entry *x) {
     max_with(&l->gmax[b / WFM_GROUP], x->c, x->m, x->s);
 }
 
+static void renumber_from(wfm_alloc *a, wfm_list *l, int32_t b) {
+    for (; b < l->nb; b++) a->pool[l->blk[b]].pos = b;
+}
+
 /* Open slot b in the block arrays (shifting b.. right) for block id id. */
-static void list_open(wfm_list *l, int32_t b, int32_t id) {
+static void list_open(wfm_alloc *a, wfm_list *l, int32_t b, int32_t id) {
     int32_t k = l->nb - b;
     memmove(&l->blk[b + 1], &l->blk[b], (size_t)k * sizeof *l->blk);
     memmove(&l->first[b + 1], &l->first[b], (size_t)k * sizeof *l->first);
     memmove(&l->bmax[b + 1], &l->bmax[b], (size_t)k * sizeof *l->bmax);
     l->blk[b] = id;
     l->nb++;
+    renumber_from(a, l, b);
 }
 
 /* Close slot b of the block arrays and give its block back to the pool. */
@@ -138,26 +156,43 @@ static void list_close(wfm_alloc *a, wfm_list *l, int32_t b) {
     memmove(&l->first[b], &l->first[b + 1], (size_t)k * sizeof *l->first);
     memmove(&l->bmax[b], &l->bmax[b + 1], (size_t)k * sizeof *l->bmax);
     l->nb--;
+    renumber_from(a, l, b);
 }
 
-/* Split the full block b into two halves (b and b + 1). */
+/* Split the full block b at its median key into blocks b and b + 1. */
 static void list_split(wfm_alloc *a, wfm_list *l, int32_t b) {
-    int32_t id = a->free_blk[--a->nfree];
-    wfm_block *lo = block(a, l, b), *hi = &a->pool[id];
-    memcpy(hi->e, &lo->e[HALF], (size_t)(lo->n - HALF) * sizeof(wfm_entry));
-    hi->n = lo->n - HALF;
+    wfm_entry tmp[WFM_BLOCK];
+    int32_t lo_id = l->blk[b], hi_id = a->free_blk[--a->nfree];
+    wfm_block *lo = &a->pool[lo_id], *hi = &a->pool[hi_id];
+    int32_t n = lo->n;
+    for (int32_t k = 0; k < n; k++) { /* insertion sort by key (rare: on a split) */
+        wfm_entry x = block_get(lo, k);
+        int32_t j = k;
+        while (j > 0 && tmp[j - 1].key > x.key) {
+            tmp[j] = tmp[j - 1];
+            j--;
+        }
+        tmp[j] = x;
+    }
+    for (int32_t k = 0; k < HALF; k++) put(a, l, lo_id, k, &tmp[k]);
+    for (int32_t k = HALF; k < n; k++) put(a, l, hi_id, k - HALF, &tmp[k]);
     lo->n = HALF;
-    list_open(l, b + 1, id);
-    l->first[b + 1] = hi->e[0].key;
+    hi->n = n - HALF;
+    list_open(a, l, b + 1, hi_id);
+    l->first[b + 1] = tmp[HALF].key;
     block_remax(l, b, lo);
     block_remax(l, b + 1, hi);
     groups_remax_from(l, b);
 }
 
-/* Append block b + 1 to block b (they fit in one). */
+/* Append block b + 1 to block b (they fit in one); b's range grows. */
 static void list_merge(wfm_alloc *a, wfm_list *l, int32_t b) {
-    wfm_block *lo = block(a, l, b), *hi = block(a, l, b + 1);
-    memcpy(&lo->e[lo->n], hi->e, (size_t)hi->n * sizeof(wfm_entry));
+    int32_t lo_id = l->blk[b];
+    wfm_block *lo = &a->pool[lo_id], *hi = block(a, l, b + 1);
+    for (int32_t k = 0; k < hi->n; k++) {
+        wfm_entry x = block_get(hi, k);
+        put(a, l, lo_id, lo->n + k, &x);
+    }
     lo->n += hi->n;
     max_with(&l->bmax[b], l->bmax[b + 1].c, l->bmax[b + 1].m, l->bmax[b + 1].s);
     list_close(a, l, b + 1);
@@ -166,36 +201,33 @@ static void list_merge(wfm_alloc *a, wfm_list *l, int32_t b) {
 
 static void list_insert(wfm_alloc *a, wfm_list *l, const wfm_entry *x) {
     int32_t b = list_locate(l, x->key);
-    wfm_block *bk = block(a, l, b);
-    if (bk->n == a->bsize) {
+    if (block(a, l, b)->n == a->bsize) {
         list_split(a, l, b);
         if (x->key >= l->first[b + 1]) b++;
-        bk = block(a, l, b);
     }
-    int32_t p = block_lower(bk, x->key);
-    memmove(&bk->e[p + 1], &bk->e[p], (size_t)(bk->n - p) * sizeof(wfm_entry));
-    bk->e[p] = *x;
-    bk->n++;
+    wfm_block *bk = block(a, l, b);
+    put(a, l, l->blk[b], bk->n++, x);
     block_add_max(l, b, x);
-    if (p == 0) l->first[b] = x->key;
 }
 
-/* Remove the entry at position p of block b. */
-static void list_delete_at(wfm_alloc *a, wfm_list *l, int32_t b, int32_t p) {
-    wfm_block *bk = block(a, l, b);
-    wfm_entry x = bk->e[p];
-    memmove(&bk->e[p], &bk->e[p + 1], (size_t)(bk->n - p - 1) * sizeof(wfm_entry));
-    if (--bk->n == 0) {
+/* Remove the entry at index k of block id (the last entry takes its place). */
+static void list_delete(wfm_alloc *a, wfm_list *l, int32_t id, int32_t k) {
+    wfm_block *bk = &a->pool[id];
+    int32_t b = bk->pos;
+    wfm_entry x = block_get(bk, k);
+    if (k != --bk->n) {
+        wfm_entry last = block_get(bk, bk->n);
+        put(a, l, id, k, &last);
+    }
+    if (bk->n == 0) {
         if (l->nb > 1) {
-            list_close(a, l, b);
-            if (b == 0) l->first[0] = block(a, l, 0)->e[0].key;
+            list_close(a, l, b); /* its key range joins the block before (or after, for b = 0) */
             groups_remax_from(l, b);
         } else {
             l->bmax[0] = l->gmax[0] = NO_MAX;
         }
         return;
     }
-    if (p == 0) l->first[b] = bk->e[0].key;
     const wfm_max *bm = &l->bmax[b];
     if (x.c == bm->c || x.m == bm->m || x.s == bm->s) block_remax(l, b, bk);
     /* Keep any two neighbouring blocks above HALF entries together. */
@@ -211,34 +243,20 @@ static void list_delete_at(wfm_alloc *a, wfm_list *l, int32_t b, int32_t p) {
     }
 }
 
-/* Change the entry of key old_key to *x (its new key and free capacity). */
-static void list_move(wfm_alloc *a, wfm_list *l, uint64_t old_key, const wfm_entry *x) {
-    int32_t b = list_locate(l, old_key);
-    wfm_block *bk = block(a, l, b);
-    int32_t p = block_lower(bk, old_key);
+/* Datanode (uint32_t)x->key has a new key and free capacity: update its entry. */
+static void list_move(wfm_alloc *a, wfm_list *l, const wfm_entry *x) {
+    wfm_slot sl = a->slot[l->which][(uint32_t)x->key];
+    wfm_block *bk = &a->pool[sl.blk];
+    int32_t b = bk->pos;
     uint64_t k = x->key;
-    if ((b + 1 < l->nb && k >= l->first[b + 1]) ||
-        (b > 0 && k < block(a, l, b - 1)->e[block(a, l, b - 1)->n - 1].key)) {
-        list_delete_at(a, l, b, p);
+    if ((b > 0 && k < l->first[b]) || (b + 1 < l->nb && k >= l->first[b + 1])) {
+        list_delete(a, l, sl.blk, sl.idx);
         list_insert(a, l, x);
         return;
     }
-    /* It stays in block b: shift the entries between its old and new place. */
-    wfm_entry old = bk->e[p];
-    int32_t q = p;
-    if (k > old.key) {
-        while (q + 1 < bk->n && bk->e[q + 1].key < k) {
-            bk->e[q] = bk->e[q + 1];
-            q++;
-        }
-    } else {
-        while (q > 0 && bk->e[q - 1].key > k) {
-            bk->e[q] = bk->e[q - 1];
-            q--;
-        }
-    }
-    bk->e[q] = *x;
-    l->first[b] = bk->e[0].key;
+    /* Still in the key range of its block: change it in place. */
+    wfm_entry old = block_get(bk, sl.idx);
+    block_set(bk, sl.idx, x);
     const wfm_max *bm = &l->bmax[b];
     if ((x->c < old.c && old.c == bm->c) || (x->m < old.m && old.m == bm->m) ||
         (x->s < old.s && old.s == bm->s))
@@ -247,43 +265,106 @@ static void list_move(wfm_alloc *a, wfm_list *l, uint64_t old_key, const wfm_ent
         block_add_max(l, b, x);
 }
 
-/* The first entry at or after position (*pb, *pp) that fits (c, m, s):
- * returns its datanode and leaves the cursor on it, or -1. */
-static inline int32_t list_next_fit(const wfm_alloc *a, const wfm_list *l, int32_t *pb,
-                                    int32_t *pp, int32_t c, int64_t m, int64_t s) {
-    int32_t b = *pb, p = *pp, nb = l->nb;
+/* The smallest key >= lo of an entry of bk that fits (c, m, s), or UINT64_MAX. */
+static uint64_t block_min_fit_plain(const wfm_block *bk, uint64_t lo, int32_t c, int64_t m,
+                                    int64_t s) {
+    uint64_t best = UINT64_MAX;
+    for (int32_t k = 0; k < bk->n; k++) {
+        uint64_t key = bk->key[k];
+        /* & rather than &&: no branch to mispredict per entry */
+        int ok = (bk->c[k] >= c) & (bk->m[k] >= m) & (bk->s[k] >= s) & (key >= lo) & (key < best);
+        best = ok ? key : best;
+    }
+    return best;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(WFM_NO_AVX2)
+#include <immintrin.h>
+/* The same with AVX2, 4 entries per step (keys and sizes are below 2**63, so
+ * signed compares are exact; lanes past n are masked off). */
+__attribute__((target("avx2"))) static uint64_t block_min_fit_avx2(const wfm_block *bk,
+                                                                   uint64_t lo, int32_t c,
+                                                                   int64_t m, int64_t s) {
+    const __m256i vm = _mm256_set1_epi64x(m - 1), vs = _mm256_set1_epi64x(s - 1);
+    const __m256i vlo = _mm256_set1_epi64x((int64_t)lo - 1);
+    const __m128i vc = _mm_set1_epi32(c - 1);
+    const int32_t n = bk->n;
+    /* Fit masks of 4 entries; a first pass (no dependency between steps)
+     * settles most blocks, which hold no fit although their maxima pass. */
+#define WFM_FITS(k)                                                                            \
+    _mm256_and_si256(                                                                          \
+        _mm256_and_si256(                                                                      \
+            _mm256_cmpgt_epi64(_mm256_loadu_si256((const __m256i *)&bk->m[k]), vm),            \
+            _mm256_cmpgt_epi64(_mm256_loadu_si256((const __m256i *)&bk->s[k]), vs)),           \
+        _mm256_and_si256(                                                                      \
+            _mm256_cvtepi32_epi64(                                                             \
+                _mm_cmpgt_epi32(_mm_loadu_si128((const __m128i *)&bk->c[k]), vc)),             \
+            _mm256_cmpgt_epi64(_mm256_loadu_si256((const __m256i *)&bk->key[k]), vlo)))
+    const __m256i lane = _mm256_set_epi64x(3, 2, 1, 0);
+    const __m256i tail = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n & 3 ? n & 3 : 4), lane);
+    __m256i any = _mm256_setzero_si256();
+    int32_t k = 0;
+    for (; k + 4 < n; k += 4) any = _mm256_or_si256(any, WFM_FITS(k));
+    if (n > 0) any = _mm256_or_si256(any, _mm256_and_si256(WFM_FITS(k), tail));
+    if (_mm256_testz_si256(any, any)) return UINT64_MAX;
+    __m256i best = _mm256_set1_epi64x(INT64_MAX);
+    for (k = 0; k < n; k += 4) {
+        __m256i key = _mm256_loadu_si256((const __m256i *)&bk->key[k]);
+        __m256i ok = WFM_FITS(k);
+        if (k + 4 >= n) ok = _mm256_and_si256(ok, tail);
+        ok = _mm256_and_si256(ok, _mm256_cmpgt_epi64(best, key));
+        best = _mm256_blendv_epi8(best, key, ok);
+    }
+#undef WFM_FITS
+    int64_t v[4];
+    _mm256_storeu_si256((__m256i *)v, best);
+    int64_t r = v[0];
+    for (int j = 1; j < 4; j++) r = v[j] < r ? v[j] : r;
+    return r == INT64_MAX ? UINT64_MAX : (uint64_t)r;
+}
+
+static int use_avx2 = -1;
+
+static inline uint64_t block_min_fit(const wfm_block *bk, uint64_t lo, int32_t c, int64_t m,
+                                     int64_t s) {
+    if (use_avx2 < 0) use_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return use_avx2 ? block_min_fit_avx2(bk, lo, c, m, s) : block_min_fit_plain(bk, lo, c, m, s);
+}
+#else
+#define block_min_fit block_min_fit_plain
+#endif
+
+/* The smallest key >= lo of an entry that fits (c, m, s), searching from
+ * block *pb on; leaves *pb on its block. UINT64_MAX if there is none. */
+static inline uint64_t list_next_fit(const wfm_alloc *a, const wfm_list *l, int32_t *pb,
+                                     uint64_t lo, int32_t c, int64_t m, int64_t s) {
+    int32_t b = *pb, nb = l->nb;
     while (b < nb) {
         if ((b % WFM_GROUP) == 0 && !can_hold(&l->gmax[b / WFM_GROUP], c, m, s)) {
             b += WFM_GROUP;
-            p = 0;
             continue;
         }
         if (can_hold(&l->bmax[b], c, m, s)) {
-            const wfm_block *bk = block(a, l, b);
-            for (; p < bk->n; p++) {
-                const wfm_entry *e = &bk->e[p];
-                if ((e->c >= c) & (e->m >= m) & (e->s >= s)) {
-                    *pb = b;
-                    *pp = p;
-                    return (int32_t)(uint32_t)e->key;
-                }
+            /* Blocks are key ranges: the first block with a fit holds the
+             * answer, the smallest fitting key in it. */
+            uint64_t best = block_min_fit(block(a, l, b), lo, c, m, s);
+            if (best != UINT64_MAX) {
+                *pb = b;
+                return best;
             }
         }
         b++;
-        p = 0;
     }
     *pb = nb;
-    *pp = 0;
-    return -1;
+    return UINT64_MAX;
 }
 
 /* Datanode i's free capacity changed: recompute its key and move it in its lists. */
 static void node_changed(wfm_alloc *a, int32_t i) {
-    uint64_t old_key = a->node[i].key;
     a->node[i].key = order_key(a, i);
     wfm_entry x = entry_of(a, i);
-    list_move(a, &a->list[0], old_key, &x);
-    if (a->node[i].loc >= 0) list_move(a, &a->list[1 + a->node[i].loc], old_key, &x);
+    list_move(a, &a->list[0], &x);
+    if (a->node[i].loc >= 0) list_move(a, &a->list[1 + a->node[i].loc], &x);
 }
 
 /* --- core bitsets --------------------------------------------------------- */
@@ -329,10 +410,12 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     a->chosen = malloc(nn * sizeof *a->chosen);
     a->list = calloc((size_t)nloc + 1, sizeof *a->list);
     a->cur_b = malloc(((size_t)nloc + 1) * sizeof *a->cur_b);
-    a->cur_p = malloc(((size_t)nloc + 1) * sizeof *a->cur_p);
+    a->cur_lo = malloc(((size_t)nloc + 1) * sizeof *a->cur_lo);
     a->cur_x = malloc(((size_t)nloc + 1) * sizeof *a->cur_x);
+    a->slot[0] = malloc(nn * sizeof *a->slot[0]);
+    a->slot[1] = malloc(nn * sizeof *a->slot[1]);
     if (!a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->inv || !a->bits || !a->chosen || !a->list ||
-        !a->cur_b || !a->cur_p || !a->cur_x) {
+        !a->cur_b || !a->cur_lo || !a->cur_x || !a->slot[0] || !a->slot[1]) {
         wfm_alloc_free(a);
         return NULL;
     }
@@ -349,8 +432,10 @@ void wfm_alloc_free(wfm_alloc *a) {
     free(a->bits);
     free(a->chosen);
     free(a->cur_b);
-    free(a->cur_p);
+    free(a->cur_lo);
     free(a->cur_x);
+    free(a->slot[0]);
+    free(a->slot[1]);
     if (a->list) {
         for (int32_t t = 0; t <= a->nloc; t++) {
             wfm_list *l = &a->list[t];
@@ -411,8 +496,10 @@ int wfm_alloc_build(wfm_alloc *a) {
     for (int32_t t = 0; t < nlists; t++) {
         wfm_list *l = &a->list[t];
         l->nb = 1;
+        l->which = t > 0;
         l->blk[0] = a->free_blk[--a->nfree];
         a->pool[l->blk[0]].n = 0;
+        a->pool[l->blk[0]].pos = 0;
         l->first[0] = 0;
         l->bmax[0] = l->gmax[0] = NO_MAX;
     }
@@ -452,32 +539,34 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
     if (servers > a->n) servers = a->n + 1; /* cannot fit; still count what fits */
     if (ntiers == 0) {
         /* The first `servers` fitting datanodes in key order. */
-        int32_t b = 0, p = 0;
+        int32_t b = 0;
+        uint64_t lo = 0;
         while (found < servers) {
-            int32_t x = list_next_fit(a, &a->list[0], &b, &p, c, m, s);
-            if (x < 0) break;
-            a->chosen[found++] = x;
-            p++;
+            uint64_t key = list_next_fit(a, &a->list[0], &b, lo, c, m, s);
+            if (key == UINT64_MAX) break;
+            a->chosen[found++] = (int32_t)(uint32_t)key;
+            lo = key + 1;
         }
     } else {
         /* Per tier, merge the locations' lists in key order (a cursor each). */
-        int32_t *cur_b = a->cur_b, *cur_p = a->cur_p;
+        int32_t *cur_b = a->cur_b;
+        uint64_t *cur_lo = a->cur_lo, *next = a->cur_x;
         for (int32_t t = 0; t < ntiers && found < servers; t++) {
             const int32_t *tl = locs + tier_start[t];
             int32_t nl = tier_start[t + 1] - tier_start[t];
-            int32_t *next = a->cur_x; /* the next fit of each location */
-            for (int32_t k = 0; k < nl; k++) cur_b[k] = cur_p[k] = 0;
-            for (int32_t k = 0; k < nl; k++)
-                next[k] = list_next_fit(a, &a->list[1 + tl[k]], &cur_b[k], &cur_p[k], c, m, s);
+            for (int32_t k = 0; k < nl; k++) {
+                cur_b[k] = 0;
+                cur_lo[k] = 0;
+                next[k] = list_next_fit(a, &a->list[1 + tl[k]], &cur_b[k], 0, c, m, s);
+            }
             while (found < servers) {
-                int32_t best = -1;
-                for (int32_t k = 0; k < nl; k++)
-                    if (next[k] >= 0 && (best < 0 || a->node[next[k]].key < a->node[next[best]].key))
-                        best = k;
-                if (best < 0) break;
-                a->chosen[found++] = next[best];
-                cur_p[best]++;
-                next[best] = list_next_fit(a, &a->list[1 + tl[best]], &cur_b[best], &cur_p[best],
+                int32_t best = 0;
+                for (int32_t k = 1; k < nl; k++)
+                    if (next[k] < next[best]) best = k;
+                if (nl == 0 || next[best] == UINT64_MAX) break;
+                a->chosen[found++] = (int32_t)(uint32_t)next[best];
+                cur_lo[best] = next[best] + 1;
+                next[best] = list_next_fit(a, &a->list[1 + tl[best]], &cur_b[best], cur_lo[best],
                                            c, m, s);
             }
         }
@@ -538,29 +627,31 @@ int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out) {
 static int check_list(const wfm_alloc *a, int32_t t, int32_t *nblocks) {
     const wfm_list *l = &a->list[t];
     int32_t count = 0, members = 0;
-    uint64_t prev = 0;
     wfm_max gx = NO_MAX;
-    if (l->nb < 1 || l->nb > l->cap) return 10;
+    if (l->nb < 1 || l->nb > l->cap || l->which != (t > 0)) return 10;
     *nblocks = l->nb;
     for (int32_t i = 0; i < a->n; i++)
         if (t == 0 || a->node[i].loc == t - 1) members++;
     for (int32_t b = 0; b < l->nb; b++) {
         const wfm_block *bk = block(a, l, b);
-        if (bk->n < (l->nb > 1 ? 1 : 0) || bk->n > a->bsize) return 11;
+        if (bk->n < (l->nb > 1 ? 1 : 0) || bk->n > a->bsize || bk->pos != b) return 11;
         if (b > 0 && bk->n + block(a, l, b - 1)->n <= HALF) return 12;
-        if (b > 0 && l->first[b] != bk->e[0].key) return 13;
+        if (b > 1 && l->first[b] <= l->first[b - 1]) return 13;
         wfm_max mx = NO_MAX;
         for (int32_t k = 0; k < bk->n; k++) {
-            const wfm_entry *e = &bk->e[k];
+            const wfm_entry x = block_get(bk, k), *e = &x;
             int32_t i = (int32_t)(uint32_t)e->key;
-            if (count > 0 && e->key <= prev) return 14;
-            prev = e->key;
+            if (b > 0 && e->key < l->first[b]) return 14;
+            if (b + 1 < l->nb && e->key >= l->first[b + 1]) return 14;
             count++;
             if (i < 0 || i >= a->n) return 15;
             if (t > 0 && a->node[i].loc != t - 1) return 16;
             if (e->key != a->node[i].key || e->key != order_key(a, i)) return 17;
             if (e->c != a->node[i].free_c || e->m != a->node[i].free_m || e->s != a->node[i].free_s)
                 return 18;
+            /* Each member's slot points at its one entry, so no datanode is twice. */
+            const wfm_slot *sl = &a->slot[l->which][i];
+            if (sl->blk != l->blk[b] || sl->idx != k) return 22;
             max_with(&mx, e->c, e->m, e->s);
         }
         if (mx.c != l->bmax[b].c || mx.m != l->bmax[b].m || mx.s != l->bmax[b].s) return 19;

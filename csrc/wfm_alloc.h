@@ -40,11 +40,20 @@ typedef struct {
     int32_t c, pad;
 } wfm_entry;
 
+/* Up to WFM_BLOCK entries (in no particular order), one array per field so
+ * that a search compares 4 entries per vector instruction. */
 typedef struct {
-    int32_t n; /* entries in use, sorted by key */
-    int32_t pad;
-    wfm_entry e[WFM_BLOCK];
+    int32_t n;   /* entries in use */
+    int32_t pos; /* where the block is in its list */
+    int32_t c[WFM_BLOCK];
+    uint64_t key[WFM_BLOCK];
+    int64_t m[WFM_BLOCK], s[WFM_BLOCK];
 } wfm_block;
+
+/* Where a datanode's entry is in one list: block id and index in the block. */
+typedef struct {
+    int32_t blk, idx;
+} wfm_slot;
 
 /* Component-wise maxima of free capacity over a block or a group of blocks
  * (-1 over nothing: no demand fits). */
@@ -53,16 +62,19 @@ typedef struct {
     int32_t c, pad;
 } wfm_max;
 
-/* A sorted set of datanodes. Blocks are nonempty, except the only one of an
- * empty list; any two neighbouring blocks hold more than WFM_BLOCK / 2
- * entries together, so a list of N entries has fewer than 4N/WFM_BLOCK + 2
- * blocks (the arrays are sized for that once). Blocks b of group b /
- * WFM_GROUP share a second level of maxima, so a search skips WFM_GROUP
- * blocks at a time. */
+/* An ordered set of datanodes, cut into key ranges: block b holds the keys
+ * in [first[b], first[b + 1]) (from 0 for the first block, to the end for
+ * the last), in no order inside the block. Blocks are nonempty, except the
+ * only one of an empty list; any two neighbouring blocks hold more than
+ * WFM_BLOCK / 2 entries together, so a list of N entries has fewer than
+ * 4N/WFM_BLOCK + 2 blocks (the arrays are sized for that once). Blocks b of
+ * group b / WFM_GROUP share a second level of maxima, so a search skips
+ * WFM_GROUP blocks at a time. */
 typedef struct {
     int32_t nb, cap;  /* blocks in use; capacity of the arrays below */
+    int32_t which;    /* 0: the list of every datanode, 1: a location's list */
     int32_t *blk;     /* block ids (into wfm_alloc.pool), in key order */
-    uint64_t *first;  /* first key of each block (first[0] is not read) */
+    uint64_t *first;  /* lower bound of each block's keys (first[0] is not read) */
     wfm_max *bmax;    /* maxima of each block */
     wfm_max *gmax;    /* maxima of each group of WFM_GROUP blocks */
 } wfm_list;
@@ -88,8 +100,10 @@ typedef struct {
     wfm_list *list;   /* list[0]: every datanode; list[1 + l]: location l */
     wfm_block *pool;  /* blocks of every list */
     int32_t *free_blk, nfree; /* stack of unused block ids */
+    wfm_slot *slot[2]; /* per datanode: its entry in list 0, in its location's list */
     int32_t *chosen;  /* scratch for reserve: servers <= n */
-    int32_t *cur_b, *cur_p, *cur_x; /* scratch for reserve: a cursor per location */
+    int32_t *cur_b;   /* scratch for reserve, per location: cursor block, */
+    uint64_t *cur_lo, *cur_x; /* lowest key still wanted, next key found */
 } wfm_alloc;
 
 /* Allocate an empty allocator for n datanodes in nloc locations; NULL on OOM. */

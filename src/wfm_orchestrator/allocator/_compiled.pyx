@@ -95,7 +95,99 @@ cdef extern from *:
         Py_DECREF(result);
         return NULL;
     }
+
+    /* Datanode names -> index by identity: every Placement this module
+       builds holds the inventory's own name objects, so a release finds the
+       datanode with a pointer hash instead of a dict lookup. */
+    typedef struct {
+        PyObject **key;
+        int32_t *index;
+        size_t mask;
+    } wfm_names;
+
+    static inline size_t wfm_names_hash(const wfm_names *t, PyObject *o) {
+        return (size_t)(((uintptr_t)o >> 4) * 0x9E3779B97F4A7C15ull) & t->mask;
+    }
+
+    static int wfm_names_init(wfm_names *t, PyObject *names) {
+        Py_ssize_t n = PyTuple_GET_SIZE(names);
+        size_t size = 8;
+        while (size < 2 * (size_t)n) size *= 2;
+        t->key = calloc(size, sizeof *t->key);
+        t->index = malloc(size * sizeof *t->index);
+        t->mask = size - 1;
+        if (!t->key || !t->index) return -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *o = PyTuple_GET_ITEM(names, i);
+            size_t h = wfm_names_hash(t, o);
+            while (t->key[h]) h = (h + 1) & t->mask;
+            t->key[h] = o;
+            t->index[h] = (int32_t)i;
+        }
+        return 0;
+    }
+
+    static void wfm_names_free(wfm_names *t) {
+        free(t->key);
+        free(t->index);
+    }
+
+    /* Index of datanode name o, or -1 if o is not one of the name objects. */
+    static inline int32_t wfm_names_find(const wfm_names *t, PyObject *o) {
+        size_t h = wfm_names_hash(t, o);
+        while (t->key[h]) {
+            if (t->key[h] == o) return t->index[h];
+            h = (h + 1) & t->mask;
+        }
+        return -1;
+    }
+
+    /* Give back every placement of `placements` (built by reserve or
+       restore): 0, or -1 with an exception set. */
+    static int wfm_release_list(wfm_alloc *a, const wfm_names *names, PyObject *index_of,
+                                PyObject *placements, int32_t *buf, Py_ssize_t buf_len) {
+        Py_ssize_t np = PyList_GET_SIZE(placements);
+        for (Py_ssize_t k = 0; k < np; k++) {
+            PyObject *p = PyList_GET_ITEM(placements, k);
+            PyObject *server = PyTuple_GET_ITEM(p, 0), *cl = PyTuple_GET_ITEM(p, 1);
+            int32_t i = wfm_names_find(names, server);
+            if (i < 0) {
+                PyObject *v = PyDict_GetItemWithError(index_of, server);
+                if (!v) {
+                    if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, server);
+                    return -1;
+                }
+                i = (int32_t)PyLong_AsLong(v);
+            }
+            if (!PyList_Check(cl) || PyList_GET_SIZE(cl) > buf_len) {
+                PyErr_SetString(PyExc_ValueError, "a held core_list was changed");
+                return -1;
+            }
+            Py_ssize_t nc = PyList_GET_SIZE(cl);
+            for (Py_ssize_t j = 0; j < nc; j++) {
+                long id = PyLong_AsLong(PyList_GET_ITEM(cl, j));
+                if (id < 0 || id > 1023) {
+                    if (!PyErr_Occurred())
+                        PyErr_SetString(PyExc_ValueError, "a held core_list was changed");
+                    return -1;
+                }
+                buf[j] = (int32_t)id;
+            }
+            long long m = PyLong_AsLongLong(PyTuple_GET_ITEM(p, 2));
+            long long s = PyLong_AsLongLong(PyTuple_GET_ITEM(p, 3));
+            if ((m == -1 || s == -1) && PyErr_Occurred()) return -1;
+            wfm_give_back(a, i, buf, (int32_t)nc, m, s);
+        }
+        return 0;
+    }
     """
+    ctypedef struct wfm_names:
+        void *key
+        int32_t *index
+    int wfm_names_init(wfm_names *t, object names) except -1
+    void wfm_names_free(wfm_names *t)
+    int wfm_release_list(wfm_alloc *a, const wfm_names *names, dict index_of, list placements,
+                         int32_t *buf, Py_ssize_t buf_len) except -1
     list wfm_placements(object type, tuple names, tuple ints, const int32_t *nodes,
                         const int32_t *cores, int32_t found, int32_t c, object m, object s)
 
@@ -132,6 +224,7 @@ cdef class Allocator:
     cdef dict _index_of    # datanode name -> index
     cdef tuple _names
     cdef tuple _ints       # the int objects 0..1023 (core ids of results)
+    cdef wfm_names _name_ids  # datanode name object -> index (identity)
     cdef dict _tiers       # tuple(locations) -> _Tiers
     cdef _Tiers _all
     cdef dict _loc_id
@@ -144,8 +237,11 @@ cdef class Allocator:
         self._a = NULL
         self._out_nodes = NULL
         self._cores = NULL
+        self._name_ids.key = NULL
+        self._name_ids.index = NULL
 
     def __dealloc__(self):
+        wfm_names_free(&self._name_ids)
         wfm_alloc_free(self._a)
         c_free(self._out_nodes)
         c_free(self._cores)
@@ -157,6 +253,8 @@ cdef class Allocator:
         self._inv = inv
         self._names = inv.names
         self._ints = tuple(range(1024))
+        if wfm_names_init(&self._name_ids, self._names) != 0:
+            raise MemoryError()
         self._index_of = inv.index_of
         self._held = {}
         self._tiers = {}
@@ -281,7 +379,7 @@ cdef class Allocator:
         cdef int32_t found
         cdef _Tiers t
         cdef list result
-        if type(name) is not str or not name:
+        if type(name) is not str or len(<str> name) == 0:
             check_name(name)
         sv = c = m = s = -1
         if (type(servers) is int and type(cores) is int
@@ -320,20 +418,12 @@ cdef class Allocator:
         raise NoCapacity(explain_no_room(t.cand, sv, c, m, s, found))
 
     def release(self, name):
-        cdef int32_t i, j, nc
-        cdef list placements, cl
-        cdef tuple t
+        cdef list placements
         placements = self._held.pop(name, None) if isinstance(name, str) else None
         if placements is None:
             raise UnknownReservation(name)
-        for p in placements:
-            t = <tuple> p  # a Placement is a tuple (checked at import)
-            i = self._index_of[t[0]]
-            cl = <list> t[1]
-            nc = len(cl)
-            for j in range(nc):
-                self._cores[j] = cl[j]
-            wfm_give_back(self._a, i, self._cores, nc, t[2], t[3])
+        wfm_release_list(self._a, &self._name_ids, self._index_of, placements, self._cores,
+                         self._cores_len)
         return placements
 
     def restore(self, name, placements):
