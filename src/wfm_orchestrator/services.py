@@ -356,7 +356,10 @@ class ServiceManager:
             job = self._update(job, state="GONE", reason="never seen in Slurm")
         if job.release_requested and not job.ended:
             sent = self._cancelled.get(rec.name)
-            if sent is None or now - sent > self.config.release_timeout:
+            # PENDING after the cancel: Slurm requeued it (a slurmctld restart during the
+            # cancel runs the job again): cancel again now, not after release_timeout.
+            requeued = sent is not None and job.state == "PENDING"
+            if sent is None or requeued or now - sent > self.config.release_timeout:
                 # Slurm's cancel (signal SIGKILL through slurmrestd, as scancel does)
                 # sends SIGTERM to every task, waits KillWait, then kills: the
                 # service stages out on SIGTERM. A bare SIGTERM would reach srun
