@@ -1,13 +1,15 @@
-"""A service job Slurm accepted and then lost (slurmctld killed before saving its state).
+"""Slurm restarts around service jobs, made deterministic with the unit tests' fake Slurm.
 
-Found by test_slurm_faults.py on the mini-cluster: slurmctld killed right
-after a submission comes back without the job ("Purged files for defunct
-batch JobId=N"): Slurm answers a submission before it saves its state. The
-service had been acknowledged; the orchestrator used to mark the job GONE
-and free the reservation 60 s later, so the service was silently given up.
-Here the same loss, made deterministic with the unit tests' fake Slurm.
+Both cases were found by test_slurm_faults.py on the mini-cluster:
+
+* slurmctld killed right after a submission comes back without the job
+  ("Purged files for defunct batch JobId=N": Slurm answers a submission
+  before it saves its state). The service had been acknowledged; the
+  orchestrator used to mark the job GONE and free the reservation 60 s
+  later, so the service was silently given up.
+* slurmctld killed while a released service's job is being cancelled
+  recovers the job, requeues it and runs it again.
 """
-
 from __future__ import annotations
 
 import pytest
@@ -42,3 +44,21 @@ def test_job_lost_after_it_was_bound_is_not_submitted_again(world):  # noqa: F81
     world.sm.reconcile()
     assert len(world.slurm.submitted) == 1
     assert "no longer known to Slurm" in world.status()["detail"]
+
+
+def test_released_job_requeued_by_a_restart_is_cancelled_again_at_once(world):  # noqa: F811
+    """Found on the mini-cluster: slurmctld killed while a released service's job is being
+    cancelled recovers it, requeues it and runs it again; the orchestrator used to wait
+    release_timeout (120 s) before cancelling again, so the released service ran again."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(rec.name)
+    world.slurm.set(100, rec.name, "", "RUNNING")
+    world.sm.reconcile()
+    world.sm.release(rec.name)
+    world.sm.reconcile()
+    assert world.slurm.cancelled == [(100, "SIGKILL")]
+    world.slurm.set(100, rec.name, "", "PENDING", "BurstBufferStageIn")  # requeued
+    world.clock.now += 2
+    world.sm.reconcile()
+    assert world.slurm.cancelled == [(100, "SIGKILL"), (100, "SIGKILL")]
