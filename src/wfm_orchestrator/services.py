@@ -37,6 +37,7 @@ from .model import ReservationState, ServiceStatus
 from .resource_manager import Reservation, ResourceManager, iso_time
 from .slurm import JobSpec, JobState, SlurmClient, service_directive
 from .store import Store
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,8 @@ class ServiceManager:
         self.clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[str, ServiceJob] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.worker = Worker("service-worker", self.reconcile, config.reconcile_interval,
+                             config.slurm_timeout * 3)
         self._slurm_problem = ""
         self._cancelled: dict[str, float] = {}  # name -> when the cancel was sent (this run)
         self._load()
@@ -194,11 +194,11 @@ class ServiceManager:
             job = self._jobs.get(rec.name)
             if job is None or job.seq != rec.seq:
                 self._save(ServiceJob(rec.name, rec.seq, updated=self.clock()))
-                self._wake.set()
+                self.worker.wake()
             elif job.job_id is None and job.error:
                 # A retry of the reserve (perhaps with a renewed token): try again.
                 self._save(replace(job, error="", updated=self.clock()))
-                self._wake.set()
+                self.worker.wake()
 
     def job(self, name: str) -> ServiceJob | None:
         with self._lock:
@@ -246,7 +246,7 @@ class ServiceManager:
                     self._save(replace(job, release_requested=now, updated=now))
             elif not job.release_requested:
                 self._save(replace(job, release_requested=now, updated=now))
-                self._wake.set()
+                self.worker.wake()
         if free_now:
             detail = ("released while queued" if rec.state == State.QUEUED
                       else "released before its service job started" if job is None
@@ -266,25 +266,11 @@ class ServiceManager:
     # --- the worker ---------------------------------------------------------------
 
     def start(self) -> None:
-        if self.slurm is None or self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="service-worker", daemon=True)
-        self._thread.start()
+        if self.slurm is not None:
+            self.worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.config.slurm_timeout * 3)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-            except Exception:  # noqa: BLE001 - the loop must survive anything and say so
-                log.exception("service reconciliation failed; retrying")
-            self._wake.wait(self.config.reconcile_interval)
-            self._wake.clear()
+        self.worker.stop()
 
     def _live_jobs(self) -> list[tuple[Reservation, ServiceJob]]:
         out = []
@@ -345,7 +331,7 @@ class ServiceManager:
             log.warning("service %s: Slurm lost job %d before it started; submitting again",
                         rec.name, job.job_id)
             self._update(job, job_id=None, state="", reason="", nodes="", exit_code=None)
-            self._wake.set()
+            self.worker.wake()
             return
         if seen is not None:
             job = self._update(job, state=seen.state, reason=seen.reason,
@@ -419,7 +405,7 @@ class ServiceManager:
         with self._lock:
             released = self._jobs[job.name].release_requested
         if released:
-            self._wake.set()
+            self.worker.wake()
         return job
 
 

@@ -53,6 +53,7 @@ from .sbatch import StepCommand, parse_command_env, translate
 from .slurm import Dependency, JobSpec, JobState, SlurmClient, use_directive
 from .slurm.jobs import NAME_RE as JOB_NAME_RE
 from .store import Store
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -566,9 +567,8 @@ class StepManager:
         self._jobs: dict[str, dict[str, StepJob]] = {}
         self._waiting: dict[str, str] = {}  # name -> what it waits for (not durable)
         self._cancelled: dict[tuple[str, str], float] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.worker = Worker("step-worker", self.reconcile, config.reconcile_interval,
+                             config.slurm_timeout * 3)
         self._slurm_problem = ""
         self._load()
 
@@ -610,7 +610,7 @@ class StepManager:
         ticket.wait()
         if created:
             log.info("step %s accepted for %s", req.name, req.user)
-            self._wake.set()
+            self.worker.wake()
         return {"name": req.name, "status": "PENDING",
                 "message": "step launch accepted" if created else "step already launched"}
 
@@ -659,7 +659,7 @@ class StepManager:
         ticket.wait()
         if first:
             log.info("step %s: abort requested", name)
-            self._wake.set()
+            self.worker.wake()
         status = self.status(name) or {}
         return {"name": name, "status": status.get("status", ""),
                 "detail": status.get("detail", ""),
@@ -697,25 +697,11 @@ class StepManager:
     # --- the worker -----------------------------------------------------------------
 
     def start(self) -> None:
-        if self.slurm is None or self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="step-worker", daemon=True)
-        self._thread.start()
+        if self.slurm is not None:
+            self.worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.config.slurm_timeout * 3)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile()
-            except Exception:  # noqa: BLE001 - the loop must survive anything and say so
-                log.exception("step reconciliation failed; retrying")
-            self._wake.wait(self.config.reconcile_interval)
-            self._wake.clear()
+        self.worker.stop()
 
     def _settled(self, step: Step) -> bool:
         jobs = self._jobs.get(step.name, {})
