@@ -369,25 +369,12 @@ static void node_changed(wfm_alloc *a, int32_t i) {
 
 /* --- core bitsets --------------------------------------------------------- */
 
+/* Clear the c lowest set bits of w, listing their core ids ascending. */
 static void take_lowest(uint64_t *w, int32_t c, int32_t *out) {
     for (int j = 0; c > 0 && j < WFM_CORE_WORDS; j++) {
         uint64_t x = w[j];
-        if (!x) continue;
-        int pc = __builtin_popcountll(x);
-        if (pc <= c) {
-            c -= pc;
-            w[j] = 0;
-        } else {
-            uint64_t keep = x;
-            for (int k = 0; k < c; k++) keep &= keep - 1;
-            w[j] = keep;
-            x &= ~keep;
-            c = 0;
-        }
-        while (x) {
-            *out++ = j * 64 + __builtin_ctzll(x);
-            x &= x - 1;
-        }
+        for (; c > 0 && x; c--, x &= x - 1) *out++ = j * 64 + __builtin_ctzll(x);
+        w[j] = x;
     }
 }
 

@@ -30,7 +30,7 @@
 #define WFM_MAX_LEVEL (WFM_LEVELS * WFM_TIGHT_WEIGHT + 3u * WFM_LEVELS)
 #define WFM_POLICY_PACK 0
 #define WFM_POLICY_SPREAD 1
-#define WFM_BLOCK 64 /* entries per block of a list, at most */
+#define WFM_BLOCK 32 /* entries per block of a list, at most */
 #define WFM_GROUP 16 /* blocks per group (second level of maxima) */
 
 /* One entry of a list (32 bytes): a datanode's key and free capacity. */

@@ -11,6 +11,7 @@ drives both with the same random operations.
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free as c_free, malloc, realloc
+from cpython.dict cimport PyDict_SetDefault
 
 from ..errors import DuplicateReservation, InvalidDemand, NoCapacity, UnknownReservation
 from .reference import (
@@ -142,6 +143,21 @@ cdef extern from *:
         return -1;
     }
 
+    /* An int object's value, without a call for the small ones (core ids). */
+    static inline long wfm_int_value(PyObject *v) {
+    #if PY_VERSION_HEX < 0x030C0000
+        if (PyLong_CheckExact(v)) {
+            Py_ssize_t size = Py_SIZE(v);
+            if (size == 0) return 0;
+            if (size == 1) return (long)((PyLongObject *)v)->ob_digit[0];
+        }
+    #else
+        if (PyLong_CheckExact(v) && _PyLong_IsCompact((PyLongObject *)v))
+            return (long)_PyLong_CompactValue((PyLongObject *)v);
+    #endif
+        return PyLong_AsLong(v);
+    }
+
     /* Give back every placement of `placements` (built by reserve or
        restore): 0, or -1 with an exception set. */
     static int wfm_release_list(wfm_alloc *a, const wfm_names *names, PyObject *index_of,
@@ -165,7 +181,7 @@ cdef extern from *:
             }
             Py_ssize_t nc = PyList_GET_SIZE(cl);
             for (Py_ssize_t j = 0; j < nc; j++) {
-                long id = PyLong_AsLong(PyList_GET_ITEM(cl, j));
+                long id = wfm_int_value(PyList_GET_ITEM(cl, j));
                 if (id < 0 || id > 1023) {
                     if (!PyErr_Occurred())
                         PyErr_SetString(PyExc_ValueError, "a held core_list was changed");
@@ -395,8 +411,8 @@ cdef class Allocator:
             servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
             sv, c, m, s = servers, cores, msize, ssize
         t = self._all if locations is None else self._tiers_for(locations)
-        if name in self._held:
-            raise DuplicateReservation(name)
+        # A held name is refused after the C core placed the demand (see the
+        # end), which saves a dict lookup on the normal path.
 
         if sv > self._a.n or c > 1024:
             found = 0  # cannot fit; the C core is not asked
@@ -405,10 +421,17 @@ cdef class Allocator:
             found = wfm_reserve(self._a, <int32_t> sv, <int32_t> c, m, s, t.ntiers, t.start,
                                 t.locs, self._out_nodes, self._cores)
         if found < sv:
+            if name in self._held:
+                raise DuplicateReservation(name)
             self._no_capacity(t, sv, c, m, s, found)
         result = wfm_placements(Placement, self._names, self._ints, self._out_nodes,
                                 self._cores, found, <int32_t> c, msize, ssize)
-        self._held[name] = result
+        if <object> PyDict_SetDefault(self._held, name, result) is not result:
+            # The name was held: give back exactly what was taken (the index
+            # depends only on the free capacities, so nothing is left of it).
+            wfm_release_list(self._a, &self._name_ids, self._index_of, result, self._cores,
+                             self._cores_len)
+            raise DuplicateReservation(name)
         return result
 
     cdef int _no_capacity(self, _Tiers t, int64_t sv, int64_t c, int64_t m, int64_t s,
