@@ -104,7 +104,8 @@ def throughput(sizes=(100, 1000, 10_000), seconds: float = 1.5, repeats: int = 5
             f"{ref_rate:,.0f} | {best / ref_rate:,.0f}x | {fill_level:.2f} |"
         )
     if 100 in best_us and 10_000 in best_us:
-        print(f"\n100 -> 10,000 datanodes costs {best_us[10_000] / best_us[100]:.2f}x per pair (best)")
+        cost = best_us[10_000] / best_us[100]
+        print(f"\n100 -> 10,000 datanodes costs {cost:.2f}x per pair (best)")
     empty = pairs_per_second(_Empty(), work, seconds / 3)
     print(f"harness alone (two empty method calls per pair): {1e6 / empty:.2f} us/pair")
 
