@@ -50,6 +50,7 @@ from .errors import (
 from .model import check_name, check_user, parse_locations
 from .resource_manager import iso_time
 from .sbatch import StepCommand, parse_command_env, translate
+from .services import fault
 from .slurm import Dependency, JobSpec, JobState, SlurmClient, use_directive
 from .slurm.jobs import NAME_RE as JOB_NAME_RE
 from .store import Store
@@ -871,7 +872,9 @@ class StepManager:
                      step.name, key, found.job_id)
             self._save_job(step.name, key, job_id=found.job_id, state=found.state)
             return found.job_id
+        fault("step_before_submit")
         job_id = self.slurm.submit(spec, user=step.user)
+        fault("step_after_submit")
         self._save_job(step.name, key, job_id=job_id, state="PENDING")
         log.info("step %s: %s submitted as Slurm job %d for %s", step.name, key, job_id,
                  step.user)
