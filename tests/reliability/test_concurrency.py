@@ -35,6 +35,8 @@ Scale: ``WFM_RELIABILITY_SECONDS`` (default 15, CI) and
 ``WFM_RELIABILITY_CLIENTS`` (default 50); the on-demand run is 60 s.
 """
 
+# ruff: noqa: S311 - random test workloads and timings, not cryptography
+
 from __future__ import annotations
 
 import random
@@ -230,7 +232,7 @@ class Run:
         with self.lock:
             self.snapshots += 1
             self.max_queue = max(self.max_queue, len(positions))
-            if any(b <= a for a, b in zip(positions, positions[1:])):
+            if any(b <= a for a, b in zip(positions, positions[1:], strict=False)):
                 self.order.append(f"queue positions in arrival order: {positions[:20]}")
 
     def sample_db(self, db: str) -> None:

@@ -29,6 +29,8 @@ once; a DELETE retried answers 200 or 502.
 Scale: ``WFM_RELIABILITY_KILLS`` (default 20, CI); 200 on demand.
 """
 
+# ruff: noqa: S311 - random test workloads and timings, not cryptography
+
 from __future__ import annotations
 
 import random
@@ -237,7 +239,7 @@ class Run:
 
 
 def test_kill9_at_random_moments_loses_nothing_acknowledged(tmp_path):
-    """After every kill -9 and restart: acknowledged writes present, nothing half, no over-commit."""
+    """After every kill -9 and restart: acknowledged writes there, nothing half, no over-commit."""
     port = free_port()
     config = small_config(str(tmp_path), port)
     db = str(tmp_path / "state.db")

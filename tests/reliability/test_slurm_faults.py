@@ -29,6 +29,8 @@ CI) and ``WFM_RELIABILITY_TEARDOWN_RESTARTS`` during teardown (default 1:
 each may wait ``teardown_grace``, 60 s).
 """
 
+# ruff: noqa: S311 - random test workloads and timings, not cryptography
+
 from __future__ import annotations
 
 import random
@@ -138,7 +140,8 @@ def test_slurmctld_restart_during_setup(orchestrator, client):
         devcluster_up()
     figures("slurmctld restart during setup", restarts=RESTARTS,
             job_state_at_kill="/".join(seen_states), allocation_calls=" | ".join(calls),
-            jobs_lost_by_slurm_and_submitted_again=lost, duplicate_jobs=0, leaked_resources=0, seconds=f"{time.monotonic() - started:.0f}")
+            jobs_lost_by_slurm_and_submitted_again=lost, duplicate_jobs=0, leaked_resources=0,
+            seconds=f"{time.monotonic() - started:.0f}")
 
 
 def test_slurmctld_restart_during_teardown(orchestrator, client):

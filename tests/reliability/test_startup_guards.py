@@ -11,6 +11,8 @@
   is left byte for byte as it was.
 """
 
+# ruff: noqa: S311 - random test workloads and timings, not cryptography
+
 from __future__ import annotations
 
 import os
@@ -24,8 +26,8 @@ from wfm_orchestrator.store import MIGRATIONS
 
 from .harness import (
     Http,
-    env_int,
     Orchestrator,
+    env_int,
     figures,
     free_port,
     gbf,

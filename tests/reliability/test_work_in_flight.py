@@ -16,14 +16,25 @@ stored job id is that job's (adopted, in the second case, not submitted
 again), and after release it is STOPPED with its job ended and every
 resource free.
 
+Steps the same way (src/wfm_orchestrator/steps.py): ``step_before_submit``
+(the launch acknowledged, no job submitted) and ``step_after_submit`` (the
+first job -- the stage-in mover -- accepted by Slurm, its id not stored). A
+step with a stage-in mover, its job and a stage-out mover must complete
+with exactly one Slurm job per part (tag ``wfm-orchestrator:step:<launch
+id>:<part>``), the mover submitted before the crash adopted, and its output
+moved back to the HDD tier.
+
 Scale: ``WFM_RELIABILITY_FAULT_HITS`` hits per fault point (default 2, CI);
 20 on demand.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
 import time
+import uuid
 
 import pytest
 
@@ -107,5 +118,125 @@ def test_service_job_submitted_exactly_once_across_a_crash(orchestrator, client,
             launch(orchestrator)
             wait_answering(orchestrator)
     figures(f"work in flight ({point})", fault_hits=HITS, reserves_acknowledged_before_exit=acked,
+            jobs_adopted=adopted, duplicate_jobs=0, orphan_jobs=0,
+            seconds=f"{time.monotonic() - started:.0f}")
+
+
+# --- steps -------------------------------------------------------------------------
+
+STEP_TAG = "wfm-orchestrator:step:"
+NVME = "/var/tmp/wfm-tiers/nvme"  # noqa: S108 - the mini-cluster's tier roots
+HDD = "/var/tmp/wfm-tiers/hdd"  # noqa: S108
+STEP_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+              "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+@pytest.fixture(scope="module")
+def service(orchestrator):
+    """An SBB service of alice, ALLOCATED, for the steps' data movers; released at the end."""
+    name = unique("stepsvc")
+    code, answer = orchestrator.post("/ephemeralservice/reserve",
+                                     reserve_body(name, user_token("alice")))
+    assert code == 200, answer
+    wait_status(orchestrator, name, "ALLOCATED")
+    yield name
+    if orchestrator.proc.poll() is not None:
+        launch(orchestrator)
+        wait_answering(orchestrator)
+    release(orchestrator, name)
+    wait_status(orchestrator, name, "STOPPED")
+    wait_all_free(orchestrator)
+
+
+def step_body(step: str, svc: str, area: str) -> dict:
+    """stage-in mover (HDD -> NVMe), the step's job, stage-out mover (NVMe -> HDD)."""
+    return {
+        "name": step, "user": "alice", "location": ["loc1"],
+        "command": f"sbatch -N 1 -n 1 --mem 100M -t 5 -o /tmp/{step}.out "
+                   f"--wrap 'cp {NVME}/{area}/in.dat {NVME}/{area}/out.dat'",
+        "services": [{"name": svc, "hint": "RW", "datamovers": [
+            {"name": "dm_in", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+             "elements": [f"HDD:{area}/in.dat"]},
+            {"name": "dm_out", "trigger": "step_stop", "target": "HDD", "operation": "move",
+             "elements": [f"NVMe:{area}/*"]},
+        ]}],
+    }
+
+
+def step_launch_id(state_db: str, step: str) -> str:
+    conn = sqlite3.connect(state_db, timeout=30)
+    try:
+        row = conn.execute("SELECT launch_id FROM step WHERE name = ?", (step,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None, f"no step row for {step}"
+    return row[0]
+
+
+def wait_step(orch, step: str, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    st = None
+    while True:
+        code, st = orch.get(f"/step/status/{step}")
+        assert code == 200, st
+        if st["status"] in STEP_FINAL:
+            return st
+        if time.monotonic() >= deadline:
+            pytest.fail(f"step {step}: still {st} after {timeout:g} s\n{orch.log()[-3000:]}")
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("point", ["step_before_submit", "step_after_submit"])
+def test_step_jobs_submitted_exactly_once_across_a_crash(orchestrator, client, service, point):
+    """Killed before a step's first job is submitted / after, before its id is stored:
+    the step completes with one job per part (mover in, job, mover out), none twice."""
+    alice = pwd.getpwnam("alice")
+    started = time.monotonic()
+    acked = adopted = 0
+    try:
+        for hit in range(1, HITS + 1):
+            step = unique("crashstep")
+            area = uuid.uuid4().hex[:10]
+            os.makedirs(f"{HDD}/{area}")
+            os.chown(f"{HDD}/{area}", alice.pw_uid, alice.pw_gid)
+            with open(f"{HDD}/{area}/in.dat", "w") as fh:
+                fh.write("input\n" * 100)
+            os.chown(f"{HDD}/{area}/in.dat", alice.pw_uid, alice.pw_gid)
+            body = step_body(step, service, area)
+            restart(orchestrator, fault=point)
+            try:
+                code, answer = orchestrator.post("/step/launch", body)
+                assert code == 200, f"hit {hit}: launch {step}: {code} {answer}"
+                acked += 1
+            except OSError:
+                code = None
+            assert wait_exit(orchestrator) == 137, orchestrator.log()[-3000:]
+            log_before = len(orchestrator.log())
+            launch(orchestrator)
+            wait_answering(orchestrator)
+            if code is None:
+                code, answer = orchestrator.get(f"/step/status/{step}")
+                if code != 200:
+                    code, answer = orchestrator.post("/step/launch", body)
+                    assert code == 200, f"hit {hit}: relaunch {step}: {code} {answer}"
+            st = wait_step(orchestrator, step)
+            assert st["status"] == "COMPLETED", f"hit {hit} ({point}): {st}"
+            prefix = f"{STEP_TAG}{step_launch_id(orchestrator.state_db, step)}:"
+            jobs = [j for j in client.jobs() if j.comment.startswith(prefix)]
+            keys = sorted(j.comment[len(prefix):] for j in jobs)
+            assert len(keys) == len(set(keys)) == 3, (
+                f"hit {hit} ({point}): jobs of {step} by part: {keys} "
+                f"{[(j.job_id, j.state) for j in jobs]}")
+            assert not active(jobs), jobs
+            assert os.path.exists(f"{HDD}/{area}/out.dat"), "the step's output did not arrive"
+            if point == "step_after_submit":
+                assert "adopting" in orchestrator.log()[log_before:], (
+                    f"hit {hit}: the job submitted before the crash was not adopted")
+                adopted += 1
+    finally:
+        if orchestrator.proc.poll() is not None:
+            launch(orchestrator)
+            wait_answering(orchestrator)
+    figures(f"work in flight ({point})", fault_hits=HITS, launches_acknowledged_before_exit=acked,
             jobs_adopted=adopted, duplicate_jobs=0, orphan_jobs=0,
             seconds=f"{time.monotonic() - started:.0f}")
