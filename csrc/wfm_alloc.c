@@ -48,7 +48,7 @@ static inline wfm_entry entry_of(const wfm_alloc *a, int32_t i) {
     return e;
 }
 
-/* --- blocked sorted lists ------------------------------------------------- */
+/* --- lists of blocks over key ranges --------------------------------------- */
 
 static const wfm_max NO_MAX = {-1, -1, -1, 0};
 
@@ -121,10 +121,15 @@ static void groups_remax_from(wfm_list *l, int32_t b) {
 
 /* Recompute the maxima of block b from its entries, then of its group. */
 static void block_remax(wfm_list *l, int32_t b, const wfm_block *bk) {
-    wfm_max x = NO_MAX;
+    wfm_max x = NO_MAX, old = l->bmax[b];
     for (int32_t k = 0; k < bk->n; k++) max_with(&x, bk->c[k], bk->m[k], bk->s[k]);
     l->bmax[b] = x;
-    group_remax(l, b / WFM_GROUP);
+    wfm_max *g = &l->gmax[b / WFM_GROUP];
+    if ((x.c < old.c && old.c == g->c) || (x.m < old.m && old.m == g->m) ||
+        (x.s < old.s && old.s == g->s))
+        group_remax(l, b / WFM_GROUP); /* the group's maximum went down */
+    else
+        max_with(g, x.c, x.m, x.s);
 }
 
 /* Block b gained entry x (nothing else changed). */
@@ -330,8 +335,17 @@ static inline uint64_t block_min_fit(const wfm_block *bk, uint64_t lo, int32_t c
     if (use_avx2 < 0) use_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
     return use_avx2 ? block_min_fit_avx2(bk, lo, c, m, s) : block_min_fit_plain(bk, lo, c, m, s);
 }
+
+int wfm_use_avx2(int want) {
+    use_avx2 = want && __builtin_cpu_supports("avx2");
+    return use_avx2;
+}
 #else
 #define block_min_fit block_min_fit_plain
+int wfm_use_avx2(int want) {
+    (void)want;
+    return 0;
+}
 #endif
 
 /* The smallest key >= lo of an entry that fits (c, m, s), searching from
@@ -571,10 +585,27 @@ int32_t wfm_reserve(wfm_alloc *a, int32_t servers, int32_t c, int64_t m, int64_t
     return found;
 }
 
+/* Set (or clear) the bits of core ids cores[0..n-1] in w, one word at a time
+ * (ids of one word are accumulated in a register, not or-ed into memory one
+ * by one: that chain of stores and loads cost ~30 ns per reservation). */
+static void set_cores(uint64_t *w, const int32_t *cores, int32_t n, int set) {
+    int32_t word = -1;
+    uint64_t acc = 0;
+    for (int32_t k = 0; k < n; k++) {
+        int32_t j = cores[k] >> 6;
+        if (j != word) {
+            if (word >= 0) w[word] = set ? w[word] | acc : w[word] & ~acc;
+            word = j;
+            acc = 0;
+        }
+        acc |= 1ull << (cores[k] & 63);
+    }
+    if (word >= 0) w[word] = set ? w[word] | acc : w[word] & ~acc;
+}
+
 void wfm_give_back(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
                    int64_t s) {
-    uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
-    for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] |= 1ull << (cores[k] & 63);
+    set_cores(a->bits + (size_t)i * WFM_CORE_WORDS, cores, ncores, 1);
     a->node[i].free_c += ncores;
     a->node[i].free_m += m;
     a->node[i].free_s += s;
@@ -591,8 +622,7 @@ int wfm_can_take_exact(const wfm_alloc *a, int32_t i, const int32_t *cores, int3
 
 void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
                     int64_t s) {
-    uint64_t *w = a->bits + (size_t)i * WFM_CORE_WORDS;
-    for (int32_t k = 0; k < ncores; k++) w[cores[k] >> 6] &= ~(1ull << (cores[k] & 63));
+    set_cores(a->bits + (size_t)i * WFM_CORE_WORDS, cores, ncores, 0);
     a->node[i].free_c -= ncores;
     a->node[i].free_m -= m;
     a->node[i].free_s -= s;

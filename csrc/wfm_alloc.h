@@ -1,23 +1,24 @@
 /* The compiled allocator's core: per-datanode free capacity, free core
  * bitsets, and an ordered index that finds the best datanode that fits.
  *
- * Plain C99 (plus unsigned __int128 for one exact multiply-divide), no
- * Python. The rules it implements are those of
+ * The rules it implements are those of
  * src/wfm_orchestrator/allocator/reference.py; see docs/allocator.md.
  *
- * Index: a blocked sorted list (a two-level B-tree: the way
- * sortedcontainers keeps a sorted list) per set of datanodes, ordered by
- * key = (order level << 32 | inventory index). Each entry carries the
- * datanode's free (cores, memory, storage); each block of up to
- * WFM_BLOCK entries keeps the component-wise maximum over its entries, in
- * arrays next to the blocks' first keys. The first datanode in key order
- * that fits a demand is found by scanning the block maxima and, in the
- * first block whose maxima could hold the demand, its entries. A change of
- * free capacity moves the entry: within its block (a short memmove) when
- * the new key stays between the block's neighbours, else delete + insert
- * (a block is split when full, merged with a neighbour when the two fit in
- * half a block). Every datanode sits in two such lists: the global one
- * (requests without locations) and the one of its location.
+ * Plain C99 (plus unsigned __int128 for one exact multiply-divide, and an
+ * AVX2 block scan chosen at run time on x86-64), no Python.
+ *
+ * Index: per set of datanodes, a list of blocks over key ranges (a
+ * two-level B-tree), key = (order level << 32 | inventory index). Block b
+ * holds the keys in [first[b], first[b + 1]), unordered, with the free
+ * (cores, memory, storage) of each; blocks and groups of WFM_GROUP blocks
+ * keep the component-wise maxima. The first datanode in key order that
+ * fits a demand is the smallest fitting key of the first block that has
+ * one; the maxima skip blocks and groups that cannot hold it. A change of
+ * free capacity rewrites the entry in place when its new key stays in its
+ * block's range, else swap-deletes it and appends it to the block of the
+ * new range (a full block is split at its median, two neighbours that fit
+ * in half a block are merged). Every datanode sits in two such lists: the
+ * global one (requests without locations) and the one of its location.
  */
 #ifndef WFM_ALLOC_H
 #define WFM_ALLOC_H
@@ -147,6 +148,11 @@ void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncore
 /* Write the free core ids of datanode i ascending into out (>= 1024 ints);
  * returns how many. */
 int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out);
+
+/* Scan blocks with AVX2 (if want and the CPU has it) or with the plain
+ * loop; returns 1 if AVX2 is used. Process-wide; the default is AVX2 when
+ * available. For tests and measurements. */
+int wfm_use_avx2(int want);
 
 /* Check the index against a full recomputation; returns 0 if consistent. */
 int wfm_check(const wfm_alloc *a);

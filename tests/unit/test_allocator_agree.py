@@ -15,7 +15,12 @@ from tests.strategies import allocator_operations, clusters
 from wfm_orchestrator.allocator import Placement, _compiled, reference
 from wfm_orchestrator.errors import WfmError
 
-SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The `scan` fixture switches a process-wide setting once per test, not per example.
+SETTINGS = settings(
+    max_examples=250,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def outcome(call):
@@ -69,6 +74,17 @@ def check_never_over_committed(alloc, datanodes):
 BLOCKS = [None, 4]
 
 
+@pytest.fixture(params=["avx2", "plain"])
+def scan(request):
+    """Both block scans of the C index: AVX2 (skipped without it) and the plain loop."""
+    if request.param == "avx2" and not _compiled._use_avx2(True):
+        pytest.skip("this CPU has no AVX2")
+    if request.param == "plain":
+        _compiled._use_avx2(False)
+    yield request.param
+    _compiled._use_avx2(True)
+
+
 def compiled(datanodes, policy, neighbours, block):
     fast = _compiled.Allocator(datanodes, policy=policy, neighbours=neighbours)
     if block is not None:
@@ -81,7 +97,7 @@ def compiled(datanodes, policy, neighbours, block):
 @pytest.mark.parametrize("policy", ["pack", "spread"])
 @SETTINGS
 @given(cluster=clusters(), ops=allocator_operations)
-def test_compiled_and_reference_agree_on_every_operation(policy, block, cluster, ops):
+def test_compiled_and_reference_agree_on_every_operation(policy, block, scan, cluster, ops):
     """Same operations, same results and errors, and neither ever over-commits."""
     datanodes, neighbours = cluster
     ref = reference.Allocator(datanodes, policy=policy, neighbours=neighbours)
@@ -123,9 +139,11 @@ def busy_clusters(draw):
 
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("policy", ["pack", "spread"])
-@settings(max_examples=25, deadline=None)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=busy_clusters())
-def test_agree_on_long_random_workloads(policy, block, case):
+def test_agree_on_long_random_workloads(policy, block, scan, case):
     """Hundreds of reserve/release calls on a 20-120 datanode cluster give identical placements."""
     datanodes, neighbours, locs, seed = case
     rnd = random.Random(seed)
@@ -160,7 +178,7 @@ def test_agree_on_long_random_workloads(policy, block, case):
 
 
 @pytest.mark.parametrize("block", [None, 8])
-def test_agree_at_depth_on_a_big_cluster(block):
+def test_agree_at_depth_on_a_big_cluster(block, scan):
     """2,000 datanodes in 7 locations, filled and churned: identical placements, sound index."""
     rnd = random.Random(2024)
     locs = [f"l{k}" for k in range(7)]

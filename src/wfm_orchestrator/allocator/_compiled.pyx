@@ -55,6 +55,7 @@ cdef extern from "wfm_alloc.h" nogil:
                         int64_t m, int64_t s)
     int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out)
     int wfm_check(const wfm_alloc *a)
+    int wfm_use_avx2(int want)
 
 cdef extern from *:
     """
@@ -212,6 +213,14 @@ if not (issubclass(Placement, tuple) and Placement.__basicsize__ == tuple.__basi
     raise ImportError("reference.Placement must be a 4-field namedtuple")
 
 cdef int64_t _MAX = MAX_SIZE  # 2**62: sizes are below it
+
+
+def _use_avx2(want):
+    """Scan index blocks with AVX2 (when the CPU has it) or the plain loop; True if AVX2.
+
+    Process-wide; AVX2 is the default when available. For tests and measurements.
+    """
+    return bool(wfm_use_avx2(1 if want else 0))
 
 
 cdef class _Tiers:
