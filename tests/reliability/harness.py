@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SMALL_CONF
+from tests.conftest import SMALL_CONF
+from tests.conftest import server_env as conftest_server_env
 
 # SMALL_CONF's inventory: dn[1-4] Cores=8 MemorySize=16GB StorageSize=1TB.
 SMALL_CAPACITY = {f"dn{i}": (frozenset(range(8)), 16 * 1024, 1024 * 1024) for i in range(1, 5)}
@@ -53,8 +54,8 @@ def small_config(directory: str, port: int, queue_policy: str = "fifo", extra: s
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep
-           + os.environ.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"}
+    """The environment of a server child: the package this test run imported, no fault."""
+    env = conftest_server_env()
     env.pop("WFM_FAULT", None)
     env.update(extra)
     return env
