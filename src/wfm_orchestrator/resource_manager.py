@@ -10,6 +10,7 @@ from the store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -39,7 +40,14 @@ State = ReservationState
 
 
 def iso_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """ISO 8601 UTC to the second (``2026-11-29T05:00:32Z``)."""
+    return _iso_second(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    # Statuses are read far more often than they change: format each second once.
+    return datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -60,7 +61,8 @@ class AccessLog:
         with self._lock:
             for stream in streams:
                 stream.write(line)
-                stream.flush()
+                if stream is not sys.stderr:  # stderr is line-buffered already
+                    stream.flush()
 
 
 def _handlers(logger: logging.Logger) -> list[logging.Handler]:
