@@ -324,6 +324,9 @@ class ServiceManager:
                 self._submit(rec, job)
                 return
         seen = by_id.get(job.job_id)  # type: ignore[arg-type]
+        if seen is not None and (seen.name != rec.name or
+                                 seen.comment not in ("", job_tag(rec.name, rec.seq))):
+            seen = None  # Slurm gave the id of a job it lost to another job: not ours
         if seen is None and job.state == "PENDING" and rec.state == State.FREE \
                 and not job.release_requested:
             # A slurmctld crash forgets the jobs it accepted but had not saved yet. This
