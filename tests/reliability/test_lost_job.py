@@ -62,3 +62,20 @@ def test_released_job_requeued_by_a_restart_is_cancelled_again_at_once(world):  
     world.clock.now += 2
     world.sm.reconcile()
     assert world.slurm.cancelled == [(100, "SIGKILL"), (100, "SIGKILL")]
+
+
+def test_id_of_a_lost_job_reused_by_another_job_is_not_followed(world):  # noqa: F811
+    """Seen on the mini-cluster: Slurm gives the id of a job it lost to the next
+    submission. The service must not take that job for its own: not report its state,
+    and above all not cancel it on release (it may be another user's)."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(rec.name)
+    world.slurm.set(100, rec.name, "", "RUNNING")
+    world.sm.reconcile()
+    world.slurm.set(100, "bob_job", "", "RUNNING")  # lost, then the id reused
+    world.sm.reconcile()
+    assert "no longer known to Slurm" in world.status()["detail"]
+    world.sm.release(rec.name)
+    world.sm.reconcile()
+    assert world.slurm.cancelled == []
