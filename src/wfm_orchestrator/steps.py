@@ -769,6 +769,8 @@ class StepManager:
             if job.job_id is None or job.ended:
                 continue
             seen = by_id.get(job.job_id)
+            if seen is not None and seen.comment != job_tag(step.launch_id, key):
+                seen = None  # Slurm gave the id of a job it lost to another job: not ours
             if seen is not None:
                 self._save_job(step.name, key, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
