@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_services import SBB, world  # noqa: F401 - the fixture
+from tests.unit.test_steps_manager import env  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.reliability
 
@@ -79,3 +80,25 @@ def test_id_of_a_lost_job_reused_by_another_job_is_not_followed(world):  # noqa:
     world.sm.release(rec.name)
     world.sm.reconcile()
     assert world.slurm.cancelled == []
+
+
+def test_step_job_id_reused_by_another_job_is_not_followed(env):  # noqa: F811
+    """The same for steps: an abort must not cancel the job that got a lost job's id."""
+    from tests.unit.test_steps_manager import BODY, FakeServices, FakeSlurm, usable
+    from wfm_orchestrator.slurm import JobState
+
+    _, make = env
+    slurm, services = FakeSlurm(), FakeServices()
+    usable(services)
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.reconcile()
+    first = min(slurm.specs)
+    slurm.set(first, "RUNNING")
+    m.reconcile()
+    # slurmctld lost every job of the step and gave the first id to bob's job.
+    slurm.jobs_ = {first: JobState(first, "bob_job", "", "RUNNING", "", ("cn1",), None, "bob")}
+    m.reconcile()
+    m.abort(BODY["name"])
+    m.reconcile()
+    assert first not in slurm.cancelled
