@@ -278,6 +278,14 @@ class ServiceManager:
             job = self.job(rec.name)
             if job is not None and job.seq == rec.seq and rec.state != State.QUEUED:
                 out.append((rec, job))
+        # A released service whose job has not ended is followed until it does: a
+        # slurmctld restart may requeue the job after its teardown freed the resources.
+        with self._lock:
+            unfinished = [j for j in self._jobs.values() if j.job_id is not None and not j.ended]
+        for job in unfinished:
+            rec = self.rm.get(job.name)
+            if rec is not None and rec.state == State.RELEASED and rec.seq == job.seq:
+                out.append((rec, job))
         return out
 
     def reconcile(self) -> None:
@@ -343,7 +351,9 @@ class ServiceManager:
             job = self._update(job, state="GONE", reason="no longer known to Slurm")
         elif not job.state and job.updated < now - 60:
             job = self._update(job, state="GONE", reason="never seen in Slurm")
-        if job.release_requested and not job.ended:
+        # PENDING without its reservation: its setup can only fail (the job held forever).
+        orphan = rec.state == State.RELEASED and job.state == "PENDING"
+        if (job.release_requested or orphan) and not job.ended:
             sent = self._cancelled.get(rec.name)
             # PENDING after the cancel: Slurm requeued it (a slurmctld restart during the
             # cancel runs the job again): cancel again now, not after release_timeout.
