@@ -102,3 +102,28 @@ def test_step_job_id_reused_by_another_job_is_not_followed(env):  # noqa: F811
     m.abort(BODY["name"])
     m.reconcile()
     assert first not in slurm.cancelled
+
+
+def test_job_requeued_after_its_teardown_is_cancelled(world):  # noqa: F811
+    """Found on the mini-cluster: released, cancelled, torn down (reservation deleted by
+    the plugin), then slurmctld killed: Slurm recovers the job from its older saved state
+    and requeues it; its setup fails (reservation missing) and the job stays held in the
+    queue forever. The orchestrator follows a released service's job until it ends."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(rec.name)
+    world.slurm.set(100, rec.name, "", "RUNNING")
+    world.sm.reconcile()
+    world.sm.release(rec.name)
+    world.sm.reconcile()
+    world.rm.delete_allocation(rec.name)  # the plugin's teardown
+    assert world.status()["status"] == "STOPPED"
+    world.slurm.set(100, rec.name, "", "PENDING", "BurstBufferOperation")  # requeued, held
+    world.clock.now += 2
+    world.sm.reconcile()
+    assert world.slurm.cancelled == [(100, "SIGKILL"), (100, "SIGKILL")]
+    world.slurm.set(100, rec.name, "", "CANCELLED")
+    world.sm.reconcile()
+    world.clock.now += 200
+    world.sm.reconcile()
+    assert len(world.slurm.cancelled) == 2 and world.sm.job(rec.name).state == "CANCELLED"
