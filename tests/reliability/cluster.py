@@ -212,3 +212,33 @@ def devcluster_up(timeout: float = 240) -> str:
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
     assert "is UP" in ping.stdout, ping.stdout + ping.stderr
     return out.stderr
+
+
+def clean_up(orch, client: SlurmClient, services: list[str], steps: list[str]) -> list[str]:
+    """After a test, passed or failed: release its services, abort its steps, cancel any of
+    their jobs still active, so that the mini-cluster is left clean. Returns what it did."""
+    done = []
+    if orch.proc.poll() is not None:
+        launch(orch)
+        wait_answering(orch)
+    for name in services:
+        if orch.delete(f"/ephemeralservice/release/{name}")[0] == 200:
+            done.append(f"released {name}")
+    for step in steps:
+        code, st = orch.get(f"/step/status/{step}")
+        if code == 200 and st.get("status") in ("PENDING", "RUNNING", "STAGE_OUT"):
+            orch.delete(f"/step/abort/{step}")
+            done.append(f"aborted {step}")
+    names = tuple(services) + tuple(steps)
+    deadline = time.monotonic() + 60
+    while names:
+        left = [j for j in client.jobs() if j.name.startswith(names) and j.state not in TERMINAL]
+        if not left:
+            break
+        if time.monotonic() >= deadline:
+            for j in left:
+                client.cancel(j.job_id, signal="SIGKILL")
+                done.append(f"cancelled job {j.job_id} ({j.name})")
+            break
+        time.sleep(0.5)
+    return done

@@ -103,7 +103,7 @@ def finish(orch, client, name: str) -> list:
     return jobs
 
 
-def test_slurmctld_restart_during_setup(orchestrator, client):
+def test_slurmctld_restart_during_setup(orchestrator, client, created):
     """Killed while the service's job is being set up: one job, ALLOCATED, then clean stop."""
     started = time.monotonic()
     seen_states = []
@@ -113,6 +113,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client):
     try:
         for _ in range(RESTARTS):
             name = unique("ctldsetup")
+            created["services"].append(name)
             code, answer = orchestrator.post("/ephemeralservice/reserve",
                                              reserve_body(name, user_token("alice")))
             assert code == 200, answer
@@ -156,7 +157,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client):
             seconds=f"{time.monotonic() - started:.0f}")
 
 
-def test_slurmctld_restart_during_teardown(orchestrator, client):
+def test_slurmctld_restart_during_teardown(orchestrator, client, created):
     """Killed while a released service's job tears down: STOPPED, freed once."""
     started = time.monotonic()
     hits = lost = 0
@@ -164,6 +165,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client):
     try:
         for _ in range(TEARDOWN_RESTARTS):
             name = unique("ctldteardown")
+            created["services"].append(name)
             code, answer = orchestrator.post("/ephemeralservice/reserve",
                                              reserve_body(name, user_token("alice")))
             assert code == 200, answer
@@ -198,10 +200,11 @@ def test_slurmctld_restart_during_teardown(orchestrator, client):
     assert hits >= 1, "no restart hit a teardown in progress"
 
 
-def test_slurmrestd_down_while_services_run(orchestrator, client):
+def test_slurmrestd_down_while_services_run(orchestrator, client, created):
     """slurmrestd gone for a while: API answers, intents kept, everything converges after."""
     started = time.monotonic()
     names = [unique("restd"), unique("restd")]
+    created["services"] += names
     for name in names:
         code, answer = orchestrator.post("/ephemeralservice/reserve",
                                          reserve_body(name, user_token("alice")))
@@ -209,6 +212,7 @@ def test_slurmrestd_down_while_services_run(orchestrator, client):
     for name in names:
         wait_status(orchestrator, name, "ALLOCATED")
     late = unique("restdlate")
+    created["services"].append(late)
     slowest = 0.0
     try:
         kill_daemon("slurmrestd")

@@ -73,13 +73,15 @@ def stored_job(state_db: str, name: str) -> tuple[int | None, int]:
 
 
 @pytest.mark.parametrize("point", ["service_before_submit", "service_after_submit"])
-def test_service_job_submitted_exactly_once_across_a_crash(orchestrator, client, point):
+def test_service_job_submitted_exactly_once_across_a_crash(orchestrator, client, created,
+                                                            point):
     """Killed before the submit / after it but before storing the id: one job, no orphan."""
     started = time.monotonic()
     acked = adopted = 0
     try:
         for hit in range(1, HITS + 1):
             name = unique("crash")
+            created["services"].append(name)
             body = reserve_body(name, user_token("alice"))
             restart(orchestrator, fault=point)
             try:
@@ -187,7 +189,8 @@ def wait_step(orch, step: str, timeout: float = 180.0) -> dict:
 
 
 @pytest.mark.parametrize("point", ["step_before_submit", "step_after_submit"])
-def test_step_jobs_submitted_exactly_once_across_a_crash(orchestrator, client, service, point):
+def test_step_jobs_submitted_exactly_once_across_a_crash(orchestrator, client, service, created,
+                                                         point):
     """Killed before a step's first job is submitted / after, before its id is stored:
     the step completes with one job per part (mover in, job, mover out), none twice."""
     alice = pwd.getpwnam("alice")
@@ -196,6 +199,7 @@ def test_step_jobs_submitted_exactly_once_across_a_crash(orchestrator, client, s
     try:
         for hit in range(1, HITS + 1):
             step = unique("crashstep")
+            created["steps"].append(step)
             area = uuid.uuid4().hex[:10]
             os.makedirs(f"{HDD}/{area}")
             os.chown(f"{HDD}/{area}", alice.pw_uid, alice.pw_gid)
