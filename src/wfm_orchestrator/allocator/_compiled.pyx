@@ -11,6 +11,7 @@ drives both with the same random operations.
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free as c_free, malloc, realloc
+from libc.string cimport memset
 from cpython.dict cimport PyDict_SetDefault
 
 from ..errors import DuplicateReservation, InvalidDemand, NoCapacity, UnknownReservation
@@ -63,13 +64,128 @@ cdef extern from *:
        Allocating it with its type's tp_alloc and filling the slots is what
        tuple.__new__(Placement, (...)) does, without the argument tuples
        (about 0.4 us less per placement). Core ids come from a tuple of the
-       int objects 0..1023 (no int object is created per core id). */
+       int objects 0..1023 (no int object is created per core id).
+
+       Recycling: release keeps a reference to the last WFM_SPARE lists it
+       gave back. When such a list is referenced by nothing else any more
+       (reference count 1: ours), and neither are its Placements and their
+       core lists, nobody can observe it, so reserve refills it in place
+       instead of freeing one list, tuple and core list and allocating new
+       ones (what the free lists of CPython's own types do). */
+    #define WFM_SPARE 8
+    typedef struct {
+        PyObject *list[WFM_SPARE];
+        int next;
+    } wfm_spare;
+
+    static void wfm_spare_clear(wfm_spare *sp) {
+        for (int k = 0; k < WFM_SPARE; k++) Py_CLEAR(sp->list[k]);
+    }
+
+    /* Keep (a new reference to) `placements`, just given back by release. */
+    static inline void wfm_spare_keep(wfm_spare *sp, PyObject *placements) {
+        PyObject *old = sp->list[sp->next];
+        Py_INCREF(placements);
+        sp->list[sp->next] = placements;
+        sp->next = (sp->next + 1) & (WFM_SPARE - 1);
+        Py_XDECREF(old);
+    }
+
+    /* A kept list of `found` placements that only we reference (taken out
+       of sp: the caller owns the reference), or NULL. */
+    static inline PyObject *wfm_spare_take(wfm_spare *sp, PyTypeObject *t, int32_t found) {
+        for (int j = 1; j <= WFM_SPARE; j++) {
+            int k = (sp->next - j) & (WFM_SPARE - 1);
+            PyObject *l = sp->list[k];
+            if (!l || Py_REFCNT(l) != 1 || PyList_GET_SIZE(l) != found) continue;
+            int ok = 1;
+            for (int32_t i = 0; i < found && ok; i++) {
+                PyObject *p = PyList_GET_ITEM(l, i);
+                ok = Py_TYPE(p) == t && Py_REFCNT(p) == 1 &&
+                     PyList_CheckExact(PyTuple_GET_ITEM(p, 1)) &&
+                     Py_REFCNT(PyTuple_GET_ITEM(p, 1)) == 1;
+            }
+            if (!ok) continue;
+            sp->list[k] = NULL;
+            return l;
+        }
+        return NULL;
+    }
+
+    /* Release a reference taken out of a recycled record. Exact ints and
+       strs (what reserve and restore put there) are freed at once: that runs
+       no Python code. Anything else (a caller may have put it into a core
+       list) waits in `later` until the record is complete. */
+    typedef struct {
+        PyObject *o[32];
+        int n;
+    } wfm_later;
+
+    static inline void wfm_drop(wfm_later *later, PyObject *o) {
+        if (PyLong_CheckExact(o) || PyUnicode_CheckExact(o) || later->n == 32)
+            Py_DECREF(o);
+        else
+            later->o[later->n++] = o;
+    }
+
+    static inline void wfm_set(wfm_later *later, PyObject **at, PyObject *v) {
+        PyObject *old = *at;
+        Py_INCREF(v);
+        *at = v;
+        wfm_drop(later, old);
+    }
+
+    /* Refill recycled list `result` (see wfm_spare_take); 0, or -1 on OOM
+       (then result is freed). */
+    static int wfm_refill(PyObject *result, PyObject *names, PyObject *const *id,
+                          const int32_t *nodes, const int32_t *cores, int32_t found, int32_t c,
+                          PyObject *m, PyObject *s) {
+        wfm_later later;
+        later.n = 0;
+        for (int32_t k = 0; k < found; k++) {
+            PyObject **r = ((PyTupleObject *)PyList_GET_ITEM(result, k))->ob_item;
+            PyListObject *cl = (PyListObject *)r[1];
+            Py_ssize_t old = Py_SIZE(cl);
+            if (c > cl->allocated) {
+                PyObject **items = PyMem_Realloc(cl->ob_item, (size_t)c * sizeof(PyObject *));
+                if (!items) {
+                    Py_DECREF(result);
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                cl->ob_item = items;
+                cl->allocated = c;
+            }
+            PyObject **item = cl->ob_item;
+            const int32_t *ck = cores + (size_t)k * c;
+            int32_t j = 0;
+            for (; j < c && j < old; j++) wfm_set(&later, &item[j], id[ck[j]]);
+            for (; j < c; j++) {
+                PyObject *v = id[ck[j]];
+                Py_INCREF(v);
+                item[j] = v;
+            }
+            for (Py_ssize_t x = c; x < old; x++) wfm_drop(&later, item[x]);
+            Py_SET_SIZE(cl, c);
+            wfm_set(&later, &r[0], PyTuple_GET_ITEM(names, nodes[k]));
+            wfm_set(&later, &r[2], m);
+            wfm_set(&later, &r[3], s);
+        }
+        for (int k = 0; k < later.n; k++) Py_DECREF(later.o[k]);
+        return 0;
+    }
+
     static PyObject *wfm_placements(PyObject *type, PyObject *names, PyObject *ints,
                                     const int32_t *nodes, const int32_t *cores, int32_t found,
-                                    int32_t c, PyObject *m, PyObject *s) {
+                                    int32_t c, PyObject *m, PyObject *s, wfm_spare *sp) {
         PyTypeObject *t = (PyTypeObject *)type;
         PyObject *const *id = ((PyTupleObject *)ints)->ob_item;
-        PyObject *result = PyList_New(found);
+        PyObject *result = wfm_spare_take(sp, t, found);
+        if (result) {
+            if (wfm_refill(result, names, id, nodes, cores, found, c, m, s) < 0) return NULL;
+            return result;
+        }
+        result = PyList_New(found);
         if (!result) return NULL;
         for (int32_t k = 0; k < found; k++) {
             PyObject *core_list = PyList_New(c);
@@ -201,12 +317,17 @@ cdef extern from *:
     ctypedef struct wfm_names:
         void *key
         int32_t *index
+    ctypedef struct wfm_spare:
+        pass
+    void wfm_spare_clear(wfm_spare *sp)
+    void wfm_spare_keep(wfm_spare *sp, list placements)
     int wfm_names_init(wfm_names *t, object names) except -1
     void wfm_names_free(wfm_names *t)
     int wfm_release_list(wfm_alloc *a, const wfm_names *names, dict index_of, list placements,
                          int32_t *buf, Py_ssize_t buf_len) except -1
     list wfm_placements(object type, tuple names, tuple ints, const int32_t *nodes,
-                        const int32_t *cores, int32_t found, int32_t c, object m, object s)
+                        const int32_t *cores, int32_t found, int32_t c, object m, object s,
+                        wfm_spare *sp)
 
 if not (issubclass(Placement, tuple) and Placement.__basicsize__ == tuple.__basicsize__
         and Placement.__itemsize__ == tuple.__itemsize__ and len(Placement._fields) == 4):
@@ -250,6 +371,7 @@ cdef class Allocator:
     cdef tuple _names
     cdef tuple _ints       # the int objects 0..1023 (core ids of results)
     cdef wfm_names _name_ids  # datanode name object -> index (identity)
+    cdef wfm_spare _spare  # lists given back by release, refilled by reserve once unused
     cdef dict _tiers       # tuple(locations) -> _Tiers
     cdef _Tiers _all
     cdef dict _loc_id
@@ -264,8 +386,10 @@ cdef class Allocator:
         self._cores = NULL
         self._name_ids.key = NULL
         self._name_ids.index = NULL
+        memset(&self._spare, 0, sizeof(self._spare))
 
     def __dealloc__(self):
+        wfm_spare_clear(&self._spare)
         wfm_names_free(&self._name_ids)
         wfm_alloc_free(self._a)
         c_free(self._out_nodes)
@@ -434,7 +558,7 @@ cdef class Allocator:
                 raise DuplicateReservation(name)
             self._no_capacity(t, sv, c, m, s, found)
         result = wfm_placements(Placement, self._names, self._ints, self._out_nodes,
-                                self._cores, found, <int32_t> c, msize, ssize)
+                                self._cores, found, <int32_t> c, msize, ssize, &self._spare)
         if <object> PyDict_SetDefault(self._held, name, result) is not result:
             # The name was held: give back exactly what was taken (the index
             # depends only on the free capacities, so nothing is left of it).
@@ -456,6 +580,7 @@ cdef class Allocator:
             raise UnknownReservation(name)
         wfm_release_list(self._a, &self._name_ids, self._index_of, placements, self._cores,
                          self._cores_len)
+        wfm_spare_keep(&self._spare, placements)
         return placements
 
     def restore(self, name, placements):
