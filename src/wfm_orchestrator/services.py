@@ -48,6 +48,9 @@ TERMINAL = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED
                       "GONE"})
 
 
+FOLLOW_RELEASED = 600.0  # s: Slurm keeps an ended job MinJobAge (300 s by default)
+
+
 def fault(point: str) -> None:
     """Die here, as kill -9 would, when WFM_FAULT names this point (docs/reliability.md)."""
     if os.environ.get("WFM_FAULT") == point:
@@ -278,10 +281,13 @@ class ServiceManager:
             job = self.job(rec.name)
             if job is not None and job.seq == rec.seq and rec.state != State.QUEUED:
                 out.append((rec, job))
-        # A released service whose job has not ended is followed until it does: a
-        # slurmctld restart may requeue the job after its teardown freed the resources.
+        # A released service's job is followed until it ended at least FOLLOW_RELEASED s
+        # ago: a slurmctld restart may requeue it (from an older saved state) after its
+        # teardown freed the resources.
+        since = self.clock() - FOLLOW_RELEASED
         with self._lock:
-            unfinished = [j for j in self._jobs.values() if j.job_id is not None and not j.ended]
+            unfinished = [j for j in self._jobs.values() if j.job_id is not None
+                          and (not j.ended or (j.state != "GONE" and j.updated > since))]
         for job in unfinished:
             rec = self.rm.get(job.name)
             if rec is not None and rec.state == State.RELEASED and rec.seq == job.seq:
