@@ -127,3 +127,24 @@ def test_job_requeued_after_its_teardown_is_cancelled(world):  # noqa: F811
     world.clock.now += 200
     world.sm.reconcile()
     assert len(world.slurm.cancelled) == 2 and world.sm.job(rec.name).state == "CANCELLED"
+
+
+def test_ended_job_that_comes_back_after_release_is_cancelled(world):  # noqa: F811
+    """Found on the mini-cluster: the job had ended (CANCELLED) and the service was STOPPED
+    when a slurmctld kill made Slurm recover the job from a state saved before the cancel
+    (RUNNING again, on resources already given back). It is cancelled again."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(rec.name)
+    world.slurm.set(100, rec.name, "", "RUNNING")
+    world.sm.reconcile()
+    world.sm.release(rec.name)
+    world.sm.reconcile()
+    world.rm.delete_allocation(rec.name)  # the plugin's teardown
+    world.slurm.set(100, rec.name, "", "CANCELLED")
+    world.sm.reconcile()
+    assert world.sm.job(rec.name).state == "CANCELLED"
+    world.slurm.set(100, rec.name, "", "PENDING", "BurstBufferResources")  # back again
+    world.clock.now += 5
+    world.sm.reconcile()
+    assert world.slurm.cancelled == [(100, "SIGKILL"), (100, "SIGKILL")]
