@@ -94,6 +94,13 @@ def access_lines(orch, name: str) -> list[str]:
         rf" (GET|DELETE) /v2\.0\.0/server/allocation/{re.escape(name)} (\d{{3}}) ", orch.log())]
 
 
+def no_orphans(client, names: list[str], timeout: float = 120.0) -> None:
+    """No job of these services is active: a later slurmctld kill may bring an ended job
+    back from an older saved state; the orchestrator must cancel it."""
+    for name in names:
+        wait_jobs_ended(client, name, timeout)
+
+
 def finish(orch, client, name: str) -> list:
     """Release, STOPPED, its one job ended; returns the tagged jobs."""
     release(orch, name)
@@ -147,6 +154,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
             assert lines.count("GET 200") == 1, f"{name} bound {lines.count('GET 200')} times"
             assert lines.count("DELETE 200") <= 1, lines
         wait_all_free(orchestrator)
+        no_orphans(client, created["services"])
     finally:
         devcluster_up()
     figures("slurmctld restart during setup", restarts=RESTARTS,
@@ -191,6 +199,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
             calls.append(f"{state}: " + (",".join(lines) or "(job lost by Slurm)"))
             assert lines.count("DELETE 200") <= 1, lines
         wait_all_free(orchestrator)
+        no_orphans(client, created["services"])
     finally:
         devcluster_up()
     figures("slurmctld restart during teardown", restarts=TEARDOWN_RESTARTS,
