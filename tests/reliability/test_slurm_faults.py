@@ -26,7 +26,7 @@
   releasing all, every resource is free.
 
 After each case the mini-cluster is UP and no resource is held.
-Scale: ``WFM_RELIABILITY_SLURM_RESTARTS`` restarts during setup (default 2,
+Scale: ``WFM_RELIABILITY_SLURM_RESTARTS`` restarts during setup (default 1,
 CI) and ``WFM_RELIABILITY_TEARDOWN_RESTARTS`` during teardown (default 1:
 each may wait ``teardown_grace``, 60 s).
 """
@@ -61,7 +61,7 @@ from .harness import env_int, figures
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-RESTARTS = env_int("WFM_RELIABILITY_SLURM_RESTARTS", 2)
+RESTARTS = env_int("WFM_RELIABILITY_SLURM_RESTARTS", 1)
 # Each teardown case may wait teardown_grace (60 s): one in CI.
 TEARDOWN_RESTARTS = env_int("WFM_RELIABILITY_TEARDOWN_RESTARTS", 1)
 RESTD_DOWN = env_int("WFM_RELIABILITY_RESTD_DOWN", 30)
