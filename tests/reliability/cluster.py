@@ -167,7 +167,10 @@ def tagged_jobs(client: SlurmClient, name: str) -> list:
 
 
 def active(jobs) -> list:
-    return [j for j in jobs if j.state not in TERMINAL]
+    """Jobs still running or waiting to. STAGE_OUT counts as done: the job's tasks are
+    gone and its nodes free; Slurm 22.05 may leave a job killed during its post-run phase
+    in STAGE_OUT ("Stage-out in progress") for good after a slurmctld restart."""
+    return [j for j in jobs if j.state not in TERMINAL and j.state != "STAGE_OUT"]
 
 
 def wait_jobs_ended(client: SlurmClient, name: str, timeout: float = 90.0) -> list:
@@ -232,7 +235,7 @@ def clean_up(orch, client: SlurmClient, services: list[str], steps: list[str]) -
     names = tuple(services) + tuple(steps)
     deadline = time.monotonic() + 60
     while names:
-        left = [j for j in client.jobs() if j.name.startswith(names) and j.state not in TERMINAL]
+        left = active(j for j in client.jobs() if j.name.startswith(names))
         if not left:
             break
         if time.monotonic() >= deadline:

@@ -168,7 +168,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
 def test_slurmctld_restart_during_teardown(orchestrator, client, created):
     """Killed while a released service's job tears down: STOPPED, freed once."""
     started = time.monotonic()
-    hits = lost = 0
+    hits = lost = stuck = 0
     calls = []
     try:
         for _ in range(TEARDOWN_RESTARTS):
@@ -195,6 +195,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
             # orchestrator frees the resources after teardown_grace.
             assert len(jobs) <= 1, jobs
             lost += not jobs
+            stuck += sum(j.state == "STAGE_OUT" for j in jobs)
             lines = access_lines(orchestrator, name)
             calls.append(f"{state}: " + (",".join(lines) or "(job lost by Slurm)"))
             assert lines.count("DELETE 200") <= 1, lines
@@ -204,6 +205,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
         devcluster_up()
     figures("slurmctld restart during teardown", restarts=TEARDOWN_RESTARTS,
             killed_while_job_ending_and_reservation_held=hits, jobs_lost_by_slurm=lost,
+            jobs_left_in_stage_out_by_slurm=stuck,
             allocation_calls=" | ".join(calls), leaked_resources=0,
             seconds=f"{time.monotonic() - started:.0f}")
     assert hits >= 1, "no restart hit a teardown in progress"
