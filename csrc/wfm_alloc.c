@@ -11,7 +11,10 @@
 
 /* free * WFM_LEVELS // cap, exactly: a floating-point estimate (inv =
  * WFM_LEVELS / cap) corrected with integer products, instead of a division. */
-static inline uint64_t fill_level(int64_t free, int64_t cap, double inv) {
+static inline uint64_t fill_level(int64_t free, int64_t cap, double inv, uint64_t magic) {
+    /* magic = ceil(2**64 / cap) for 2 <= cap < 2**27 (see magic_of): one
+     * multiply, exact. */
+    if (magic) return (uint64_t)(((unsigned __int128)((uint64_t)free * WFM_LEVELS) * magic) >> 64);
     if (cap == 0) return WFM_LEVELS;
     if ((uint64_t)free >= (1ull << 53))
         return (uint64_t)(((unsigned __int128)(uint64_t)free * WFM_LEVELS) / (uint64_t)cap);
@@ -28,14 +31,26 @@ static inline uint64_t fill_level(int64_t free, int64_t cap, double inv) {
 static inline uint64_t order_key(const wfm_alloc *a, int32_t i) {
     const wfm_node *d = &a->node[i];
     const double *inv = a->inv + 3 * (size_t)i;
-    uint64_t fc = fill_level(d->free_c, a->cap_c[i], inv[0]);
-    uint64_t fm = fill_level(d->free_m, a->cap_m[i], inv[1]);
-    uint64_t fs = fill_level(d->free_s, a->cap_s[i], inv[2]);
+    const uint64_t *magic = a->magic + 3 * (size_t)i;
+    uint64_t fc = fill_level(d->free_c, a->cap_c[i], inv[0], magic[0]);
+    uint64_t fm = fill_level(d->free_m, a->cap_m[i], inv[1], magic[1]);
+    uint64_t fs = fill_level(d->free_s, a->cap_s[i], inv[2], magic[2]);
     uint64_t tight = fc < fm ? fc : fm;
     if (fs < tight) tight = fs;
     uint64_t free = tight * WFM_TIGHT_WEIGHT + fc + fm + fs;
     uint64_t level = a->policy == WFM_POLICY_PACK ? free : WFM_MAX_LEVEL - free;
     return (level << 32) | (uint32_t)i;
+}
+
+/* ceil(2**64 / cap) when it gives free * WFM_LEVELS // cap exactly for
+ * every 0 <= free <= cap, else 0 (fill_level then takes the general path).
+ * With magic = 2**64 / cap + e (0 <= e < 1) and num = free * WFM_LEVELS =
+ * q * cap + r: num * magic / 2**64 = q + r / cap + num * e / 2**64, below
+ * q + 1 when num < 2**64 / cap, which num <= WFM_LEVELS * cap (2**10 * cap)
+ * ensures for cap < 2**27. cap = 1 would need 2**64. */
+static uint64_t magic_of(int64_t cap) {
+    if (cap < 2 || cap >= (1ll << 27)) return 0;
+    return UINT64_MAX / (uint64_t)cap + 1;
 }
 
 static inline wfm_entry entry_of(const wfm_alloc *a, int32_t i) {
@@ -407,6 +422,7 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     a->cap_s = malloc(nn * sizeof *a->cap_s);
     a->node = malloc(nn * sizeof *a->node);
     a->inv = malloc(3 * nn * sizeof *a->inv);
+    a->magic = malloc(3 * nn * sizeof *a->magic);
     a->bits = calloc(nn * WFM_CORE_WORDS, sizeof *a->bits);
     a->chosen = malloc(nn * sizeof *a->chosen);
     a->list = calloc((size_t)nloc + 1, sizeof *a->list);
@@ -415,7 +431,7 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     a->cur_x = malloc(((size_t)nloc + 1) * sizeof *a->cur_x);
     a->slot[0] = malloc(nn * sizeof *a->slot[0]);
     a->slot[1] = malloc(nn * sizeof *a->slot[1]);
-    if (!a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->inv || !a->bits || !a->chosen || !a->list ||
+    if (!a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->inv || !a->magic || !a->bits || !a->chosen || !a->list ||
         !a->cur_b || !a->cur_lo || !a->cur_x || !a->slot[0] || !a->slot[1]) {
         wfm_alloc_free(a);
         return NULL;
@@ -430,6 +446,7 @@ void wfm_alloc_free(wfm_alloc *a) {
     free(a->cap_s);
     free(a->node);
     free(a->inv);
+    free(a->magic);
     free(a->bits);
     free(a->chosen);
     free(a->cur_b);
@@ -464,6 +481,9 @@ void wfm_alloc_set_node(wfm_alloc *a, int32_t i, int32_t loc, const int32_t *cor
     a->inv[3 * (size_t)i] = ncores ? (double)WFM_LEVELS / ncores : 0;
     a->inv[3 * (size_t)i + 1] = msize ? (double)WFM_LEVELS / msize : 0;
     a->inv[3 * (size_t)i + 2] = ssize ? (double)WFM_LEVELS / ssize : 0;
+    a->magic[3 * (size_t)i] = magic_of(ncores);
+    a->magic[3 * (size_t)i + 1] = magic_of(msize);
+    a->magic[3 * (size_t)i + 2] = magic_of(ssize);
 }
 
 int wfm_alloc_build(wfm_alloc *a) {

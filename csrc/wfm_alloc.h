@@ -97,6 +97,7 @@ typedef struct {
     int64_t *cap_m, *cap_s;
     wfm_node *node;   /* free capacity, key, location */
     double *inv;      /* 3 per datanode: WFM_LEVELS / capacity (0 if none) */
+    uint64_t *magic;  /* 3 per datanode: ceil(2**64 / capacity), or 0 (see magic_of) */
     uint64_t *bits;   /* n * WFM_CORE_WORDS words: bit set = core id free */
     wfm_list *list;   /* list[0]: every datanode; list[1 + l]: location l */
     wfm_block *pool;  /* blocks of every list */

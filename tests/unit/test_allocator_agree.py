@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import allocator_operations, clusters
-from wfm_orchestrator.allocator import Placement, _compiled, reference
+from wfm_orchestrator.allocator import Datanode, Placement, _compiled, reference
 from wfm_orchestrator.errors import WfmError
 
 # The `scan` fixture switches a process-wide setting once per test, not per example.
@@ -220,3 +220,35 @@ def test_agree_at_depth_on_a_big_cluster(block, scan):
     assert fast._check() == 0
     for dn in datanodes:
         assert fast.free(dn.name) == ref.free(dn.name)
+
+
+@pytest.mark.parametrize("policy", ["pack", "spread"])
+def test_agree_around_the_exact_fill_level_bounds(policy):
+    """Fill levels of capacities at the edges of the compiled multiply-shift
+    (1, 2, powers of two, just below and above 2**27) and beyond it."""
+    caps = [1, 2, 3, 1024, 1023, 2**27 - 1, 2**27, 2**27 + 1, 2**40 + 7, 2**62 - 1, 0]
+    rnd = random.Random(policy)
+    datanodes = [
+        Datanode(f"dn{i}", cores=range(rnd.choice([0, 1, 2, 3, 64])), msize=m, ssize=s)
+        for i, (m, s) in enumerate((m, s) for m in caps for s in rnd.sample(caps, 3))
+    ]
+    fast = _compiled.Allocator(datanodes, policy=policy)
+    ref = reference.Allocator(datanodes, policy=policy)
+    held = []
+    for k in range(4000):
+        if held and rnd.random() < 0.45:
+            name = held.pop(rnd.randrange(len(held)))
+            assert fast.release(name) == ref.release(name)
+            continue
+        cap_m, cap_s = rnd.choice(caps), rnd.choice(caps)
+        m = rnd.randint(0, cap_m // rnd.choice([1, 2, 3, 1000]))
+        s = rnd.randint(0, cap_s // rnd.choice([1, 2, 3, 1000]))
+        op = (f"r{k}", rnd.randint(1, 2), rnd.randint(0, 2), m, s)
+        got = outcome(lambda op=op: fast.reserve(*op))
+        want = outcome(lambda op=op: ref.reserve(*op))
+        assert got == want
+        if got[0] == "ok":
+            held.append(op[0])
+    for d in fast.datanodes:
+        assert fast.free(d) == ref.free(d)
+    assert fast._check() == 0
