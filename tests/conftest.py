@@ -83,3 +83,10 @@ def app_factory(make_config):
 def client(app_factory):
     c, _, _ = app_factory()
     return c
+
+
+# The mini-cluster fixtures are registered here, once for the whole session: a
+# session-scoped fixture imported into several modules is several fixtures, and
+# the second orchestrator would wait for the first one's port lock (a hang).
+from tests.integration.conftest import slurm_cluster, wfm_config  # noqa: E402, F401
+from tests.integration.orchestrator import orchestrator  # noqa: E402, F401

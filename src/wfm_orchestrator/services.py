@@ -373,7 +373,8 @@ class ServiceManager:
                          job.job_id, ", again" if sent else "")
                 self.slurm.cancel(job.job_id, signal="SIGKILL")  # type: ignore[union-attr,arg-type]
                 self._cancelled[rec.name] = now
-        if job.ended and now - job.updated >= self.config.teardown_grace:
+        if (job.ended and rec.state != State.RELEASED
+                and now - job.updated >= self.config.teardown_grace):
             detail = (f"Slurm job {job.job_id} ended {job.state}; resources freed by the "
                       "orchestrator (no burst-buffer teardown within "
                       f"{self.config.teardown_grace:.0f} s)")

@@ -1,8 +1,8 @@
 """A real orchestrator process on 127.0.0.1:8080, shared by the end-to-end tests.
 
-Import the fixture into a test module::
-
-    from tests.integration.orchestrator import orchestrator, user_token  # noqa: F401
+The fixture is registered once for the whole session by tests/conftest.py
+(never import it into a test module: that would make a second fixture, which
+would wait for the first one's port lock); import ``user_token`` where needed.
 
 ``orchestrator`` (session scope) runs ``python3 -m wfm_orchestrator.cli serve``
 from this checkout with a copy of the repository's ``wfm.conf`` whose

@@ -16,7 +16,7 @@ import pytest
 
 from wfm_orchestrator.slurm import JobSpec, use_directive
 
-from .orchestrator import orchestrator, user_token  # noqa: F401 - fixtures
+from .orchestrator import user_token
 
 pytestmark = pytest.mark.integration
 SERVICES_ROOT = "/var/tmp/wfm-services"

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from .orchestrator import orchestrator, user_token  # noqa: F401 - fixtures
+from .orchestrator import user_token
 
 pytestmark = pytest.mark.integration
 NVME = "/var/tmp/wfm-tiers/nvme"

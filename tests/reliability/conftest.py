@@ -3,7 +3,6 @@
 import pytest
 
 from tests.integration.conftest import client, slurm_cluster, wfm_config  # noqa: F401
-from tests.integration.orchestrator import orchestrator  # noqa: F401
 
 
 @pytest.fixture

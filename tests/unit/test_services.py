@@ -341,3 +341,21 @@ def test_service_job_of_a_zero_core_zero_memory_service_asks_the_smallest_unit(w
     rec = Reservation(req, RS.FREE, 1, 0, 0, placement=[Placement("dn2", [], 0, 0)])
     spec = build_service_job(cfg, rec)
     assert (spec.cpus_per_node, spec.memory_per_node, list(spec.nodes)) == (1, 1, ["dn2"])
+
+
+def test_released_service_followed_after_teardown_is_not_freed_again(world, caplog):
+    """A service whose teardown already freed it is not 'freed by the orchestrator' again."""
+    world.reserve()
+    world.sm.reconcile()
+    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.sm.release(SBB["name"])
+    world.sm.reconcile()
+    world.slurm.set(100, "alice_s_sbb", "", "CANCELLED")
+    world.sm.reconcile()
+    world.rm.delete_allocation(SBB["name"])  # the plugin's teardown
+    world.clock.now += 31
+    caplog.clear()
+    for _ in range(3):
+        world.sm.reconcile()
+    assert "freed by the orchestrator" not in caplog.text
+    assert "reservation deleted" in world.status()["detail"]
