@@ -64,6 +64,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 RESTARTS = env_int("WFM_RELIABILITY_SLURM_RESTARTS", 1)
 # Each teardown case may wait teardown_grace (60 s): one in CI.
 TEARDOWN_RESTARTS = env_int("WFM_RELIABILITY_TEARDOWN_RESTARTS", 1)
+# A kill lands inside the teardown window (job ended, reservation not yet deleted)
+# only when the timing allows: try a few more times until that many have.
+TEARDOWN_ATTEMPTS = env_int("WFM_RELIABILITY_TEARDOWN_ATTEMPTS", TEARDOWN_RESTARTS + 3)
 RESTD_DOWN = env_int("WFM_RELIABILITY_RESTD_DOWN", 30)
 
 
@@ -168,10 +171,11 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
 def test_slurmctld_restart_during_teardown(orchestrator, client, created):
     """Killed while a released service's job tears down: STOPPED, freed once."""
     started = time.monotonic()
-    hits = lost = stuck = repeated = 0
+    hits = lost = stuck = repeated = attempts = 0
     calls = []
     try:
-        for _ in range(TEARDOWN_RESTARTS):
+        while hits < TEARDOWN_RESTARTS and attempts < TEARDOWN_ATTEMPTS:
+            attempts += 1
             name = unique("ctldteardown")
             created["services"].append(name)
             code, answer = orchestrator.post("/ephemeralservice/reserve",
@@ -206,12 +210,12 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
         no_orphans(client, created["services"])
     finally:
         devcluster_up()
-    figures("slurmctld restart during teardown", restarts=TEARDOWN_RESTARTS,
+    figures("slurmctld restart during teardown", restarts=attempts,
             killed_while_job_ending_and_reservation_held=hits, jobs_lost_by_slurm=lost,
             jobs_left_in_stage_out_by_slurm=stuck, cancels_repeated=repeated,
             allocation_calls=" | ".join(calls), leaked_resources=0,
             seconds=f"{time.monotonic() - started:.0f}")
-    assert hits >= 1, "no restart hit a teardown in progress"
+    assert hits >= 1, f"none of {attempts} restarts hit a teardown in progress"
 
 
 def test_slurmrestd_down_while_services_run(orchestrator, client, created):
