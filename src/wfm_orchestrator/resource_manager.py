@@ -10,6 +10,7 @@ from the store.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import threading
@@ -94,6 +95,10 @@ def _row(rec: Reservation) -> Statement:
     return (_UPSERT, (rec.name, rec.request.user, rec.request.type,
                       ujson.dumps(rec.request.canonical(), sort_keys=True), token,
                       rec.state.value, rec.seq, placement, rec.detail, rec.created, rec.updated))
+
+
+def _seq(rec: Reservation) -> int:
+    return rec.seq
 
 
 class ResourceManager:
@@ -265,7 +270,7 @@ class ResourceManager:
             rec = self._live(name)
             if rec.state == State.QUEUED:
                 raise StillQueued(f"reservation {name!r} is queued at position "
-                                  f"{self._queue.index(rec) + 1}: no resources yet")
+                                  f"{self._position(rec)}: no resources yet")
             if rec.state == State.ALLOCATED:
                 raise AlreadyAllocated(f"reservation {name!r} is already ALLOCATED")
             rec.state = State.ALLOCATED
@@ -318,12 +323,12 @@ class ResourceManager:
                           key=lambda r: r.seq)
 
     def _position(self, rec: Reservation) -> int:
+        """1-based queue position (0 when not queued): the queue is in seq order."""
         if rec.state != State.QUEUED:
             return 0
-        try:
-            return self._queue.index(rec) + 1
-        except ValueError:
-            return 0
+        # A bisection, not list.index: thousands may queue when the pool is full.
+        i = bisect.bisect_left(self._queue, rec.seq, key=_seq)
+        return i + 1 if i < len(self._queue) and self._queue[i] is rec else 0
 
     def snapshot(self, name: str) -> tuple[Reservation, int] | None:
         """A reservation and its queue position (0 when not queued)."""
