@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequest
+from .slurm.jobs import check_text
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Variables that change how the job's bash/sh or the dynamic loader behave, and
@@ -122,7 +123,7 @@ def parse_command_env(value: Any, field: str = "command_env") -> dict[str, str]:
         return {}
     items: list[tuple[str, str]] = []
     if isinstance(value, str):
-        _check_text(value, field, MAX_ENV_CHARS)
+        check_text(field, value, MAX_ENV_CHARS)
         try:
             words = shlex.split(value, posix=True)
         except ValueError as e:
@@ -133,13 +134,13 @@ def parse_command_env(value: Any, field: str = "command_env") -> dict[str, str]:
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise InvalidRequest(f"{field}[{i}]", "expected a \"KEY=value\" string")
-            _check_text(item, f"{field}[{i}]", MAX_ENV_CHARS)
+            check_text(f"{field}[{i}]", item, MAX_ENV_CHARS)
             items.append(_split_item(item, f"{field}[{i}]"))
     elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(v, str):
                 raise InvalidRequest(f"{field}.{str(k)[:40]}", "expected a string value")
-            _check_text(v, f"{field}.{str(k)[:40]}", MAX_ENV_CHARS)
+            check_text(f"{field}.{str(k)[:40]}", v, MAX_ENV_CHARS)
             items.append((k, v))
     else:
         raise InvalidRequest(field, "expected a string of KEY=value items, a list of "
@@ -173,17 +174,6 @@ def check_env_name(name: str, field: str = "command_env") -> str:
     if DENIED_ENV_RE.match(name):
         raise InvalidRequest(field, f"{name} may not be set (denied: {DENIED_ENV_RULE})")
     return name
-
-
-def _check_text(value: str, field: str, limit: int) -> None:
-    if len(value) > limit:
-        raise InvalidRequest(field, f"too long ({len(value)} characters, at most {limit})")
-    if "\0" in value:
-        raise InvalidRequest(field, "contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(field, "is not valid UTF-8 text") from None
 
 
 def _shown(value: str) -> str:
@@ -274,7 +264,7 @@ def _path(value: str, option: str, cwd: str) -> str:
 def split_command(command: Any) -> list[str]:
     """The words of ``command``: a string (shell-like splitting) or a list of words."""
     if isinstance(command, str):
-        _check_text(command, "command", MAX_COMMAND_CHARS)
+        check_text("command", command, MAX_COMMAND_CHARS)
         try:
             words = shlex.split(command, posix=True)
         except ValueError as e:
@@ -282,7 +272,7 @@ def split_command(command: Any) -> list[str]:
     elif isinstance(command, list) and all(isinstance(w, str) for w in command):
         words = list(command)
         for i, w in enumerate(words):
-            _check_text(w, f"command[{i}]", MAX_COMMAND_CHARS)
+            check_text(f"command[{i}]", w, MAX_COMMAND_CHARS)
     else:
         raise InvalidRequest("command", "expected a string (an sbatch command line)")
     if words and posixpath.basename(words[0]) == "sbatch":

@@ -157,7 +157,7 @@ class JobSpec:
 # --- validation ---------------------------------------------------------------
 
 
-def _text(field_name: str, value: object, max_chars: int = MAX_VALUE_CHARS) -> str:
+def check_text(field_name: str, value: object, max_chars: int = MAX_VALUE_CHARS) -> str:
     """A str that is valid Unicode (no lone surrogates from non-UTF-8 bytes), no NUL."""
     if not isinstance(value, str):
         raise InvalidRequest(field_name, f"expected a string, got {type(value).__name__}")
@@ -173,7 +173,7 @@ def _text(field_name: str, value: object, max_chars: int = MAX_VALUE_CHARS) -> s
 
 
 def _match(field_name: str, value: object, pattern: re.Pattern[str], what: str) -> str:
-    text = _text(field_name, value, 2048)
+    text = check_text(field_name, value, 2048)
     if not pattern.match(text):
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise InvalidRequest(field_name, f"{shown!r} is invalid: expected {what}")
@@ -188,7 +188,7 @@ def _positive(field_name: str, value: object, upper: int = 10**9) -> int:
 
 
 def _path(field_name: str, value: object) -> str:
-    text = _text(field_name, value, MAX_PATH_CHARS)
+    text = check_text(field_name, value, MAX_PATH_CHARS)
     if not text.startswith("/"):
         raise InvalidRequest(field_name, f"{text[:80]!r} is invalid: expected an absolute path")
     if any(c in text for c in "\n\r"):
@@ -217,7 +217,7 @@ def validate_environment(env: object, argv_chars: int = 0) -> dict[str, str]:
         if RESERVED_ENV.match(name):
             raise InvalidRequest("environment", f"{name} is reserved (SLURM_*, SBATCH_*, "
                                                 "SRUN_*, WFM_ARGC, WFM_ARGV_*, BASH_FUNC_*)")
-        out[name] = _text(f"environment.{name}", value)
+        out[name] = check_text(f"environment.{name}", value)
         total += len(name) + len(value) + 2
     if total > MAX_TOTAL_CHARS:
         raise InvalidRequest("environment", f"environment and command too large ({total} "
@@ -232,7 +232,7 @@ def validate_command(command: object) -> tuple[str, ...]:
         raise InvalidRequest("command", "is empty")
     if len(command) > MAX_ARGS:
         raise InvalidRequest("command", f"too many arguments ({len(command)}, at most {MAX_ARGS})")
-    argv = tuple(_text(f"command[{i}]", a) for i, a in enumerate(command))
+    argv = tuple(check_text(f"command[{i}]", a) for i, a in enumerate(command))
     if not argv[0] or argv[0].startswith("-"):
         raise InvalidRequest("command[0]", "must name a program (empty or starting with '-')")
     return argv
