@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from . import loop
 from .errors import WfmError
+from .loop import must_not_block
 
 log = logging.getLogger("wfm_orchestrator.auth")
 
@@ -266,7 +268,11 @@ class JWKSCache:
             # Known key, old set: refresh unless someone already is; never wait for it.
             if not self._fetch_lock.acquire(blocking=False):
                 return key
+            if loop.current() is not None:
+                self._fetch_lock.release()
+                must_not_block("refresh of the identity provider's keys")
         else:
+            must_not_block("fetch of the identity provider's keys")
             self._fetch_lock.acquire()
         try:
             with self._lock:

@@ -38,13 +38,14 @@ def _pin_cpus(setting: str) -> list[int] | None:
 
 def build(config: Config):
     """The application and what it owns (kept separate for tests and benchmarks)."""
-    app, rm, services, _steps, store = build_all(config)
+    app, _nonblocking, rm, services, _steps, store = build_all(config)
     return app, rm, services, store
 
 
 def build_all(config: Config):
-    """(app, rm, services, steps, store): build() plus the step manager."""
-    from .api import create_app
+    """(app, nonblocking, rm, services, steps, store): build() plus the step manager and
+    which requests the server may serve on its event loop."""
+    from .api import build_api
     from .resource_manager import ResourceManager
     from .services import ServiceManager
     from .slurm import SlurmClient
@@ -60,7 +61,7 @@ def build_all(config: Config):
     except BaseException:
         store.close()
         raise
-    return create_app(config, rm, services, steps), rm, services, steps, store
+    return (*build_api(config, rm, services, steps), rm, services, steps, store)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,13 +79,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(allowed: {sorted(os.sched_getaffinity(0))})", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        app, rm, services, steps, store = build_all(config)
+        app, nonblocking, rm, services, steps, store = build_all(config)
     except StoreError as e:
         print(f"wfm-orchestrator: state database unusable, not starting: {e}", file=sys.stderr)
         return EXIT_STORE
 
     host, _, port = config.listen.rpartition(":")
-    server = create_server(app, host.strip("[]"), int(port), config.threads)
+    server = create_server(app, host.strip("[]"), int(port), config.threads, nonblocking)
 
     def stop(signum, frame):
         raise SystemExit(0)

@@ -3,9 +3,10 @@
 One lock serialises every decision on the allocator and the in-memory
 records (a placement costs microseconds); the durable write is queued under
 the same lock, so commit order is decision order, and waited for outside it
-(group commit). Nothing is acknowledged before its commit. The in-memory
-records are the authoritative copy while running; at start they are rebuilt
-from the store.
+(group commit) or, for a request served on the HTTP event loop, registered
+with it: the server holds the response until the commit (loop.py). Nothing
+is acknowledged before its commit. The in-memory records are the
+authoritative copy while running; at start they are rebuilt from the store.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .errors import (
     StoreError,
     UnknownDatanode,
 )
+from .loop import defer_commit
 from .model import ReservationState, ReserveRequest
 from .store import DONE, Statement, Store, Ticket
 
@@ -61,6 +63,9 @@ class Reservation:
     placement: list[Placement] | None = None
     detail: str = ""
     ticket: Ticket = field(default=DONE, repr=False)
+    # (request, placement, their JSON): a reservation is written several times
+    # (reserve, allocation, release) and both rarely change in between.
+    _json: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -87,14 +92,17 @@ _UPSERT = (
 
 
 def _row(rec: Reservation) -> Statement:
-    placement = (
-        ujson.dumps([[p.server, list(p.core_list), p.msize, p.ssize] for p in rec.placement])
-        if rec.placement is not None else None
-    )
+    cached = rec._json
+    if cached is None or cached[0] is not rec.request or cached[1] is not rec.placement:
+        placement = (
+            ujson.dumps([[p.server, list(p.core_list), p.msize, p.ssize] for p in rec.placement])
+            if rec.placement is not None else None
+        )
+        request = ujson.dumps(rec.request.canonical(), sort_keys=True)
+        cached = rec._json = (rec.request, rec.placement, request, placement)
     token = rec.request.user_slurm_token if rec.state != State.RELEASED else None
-    return (_UPSERT, (rec.name, rec.request.user, rec.request.type,
-                      ujson.dumps(rec.request.canonical(), sort_keys=True), token,
-                      rec.state.value, rec.seq, placement, rec.detail, rec.created, rec.updated))
+    return (_UPSERT, (rec.name, rec.request.user, rec.request.type, cached[2], token,
+                      rec.state.value, rec.seq, cached[3], rec.detail, rec.created, rec.updated))
 
 
 def _seq(rec: Reservation) -> int:
@@ -165,6 +173,8 @@ class ResourceManager:
             self._load()
 
     def _commit(self, ticket: Ticket) -> None:
+        if defer_commit(ticket, self._resync):
+            return  # served on the event loop: the response is held until the commit
         try:
             ticket.wait()
         except StoreError:

@@ -5,8 +5,10 @@
   request threads have queued meanwhile in one transaction (group commit):
   one fsync for many requests. ``Store.write`` returns a ticket; the caller
   answers its client only after ``ticket.wait()`` (the commit) returns.
-* Each request's statements run inside a SAVEPOINT, so one faulty write
-  fails alone instead of failing the whole batch.
+* A batch runs as one transaction, runs of the same statement through one
+  ``executemany``. If any statement fails, the batch is rolled back and run
+  again with each request's statements inside a SAVEPOINT, so that one
+  faulty write fails alone instead of failing the whole batch.
 * The file is claimed with an exclusive ``flock`` on ``<db>.lock`` so that a
   second orchestrator on the same database refuses to start; a foreign or
   corrupt file is refused and never overwritten.
@@ -21,12 +23,16 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from . import loop
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
+
+SLOW_COMMIT = 1.0  # seconds
 
 APPLICATION_ID = 0x57464D4F  # "WFMO": marks a database as ours
 Statement = tuple[str, Sequence[Any]]
@@ -98,24 +104,62 @@ MIGRATIONS: list[str] = [
 
 
 class Ticket:
-    """Completion of one queued write: ``wait()`` returns once it is committed."""
+    """Completion of one queued write: ``wait()`` returns once it is committed.
 
-    __slots__ = ("_done", "_error")
+    ``add_done_callback`` is for the HTTP event loop, which must not wait: it
+    holds the response and is called back (from the writer thread) instead.
+    """
+
+    __slots__ = ("_done", "_finished", "_error", "_callbacks")
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        # A lock held until the commit: cheaper to make than an Event (one per request).
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._finished = False
         self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Ticket], None]] | None = None
 
     def wait(self, timeout: float | None = 30.0) -> None:
-        if not self._done.wait(timeout):
-            raise StoreError(f"the state database did not commit within {timeout} s")
+        if not self._finished:
+            if loop.on_loop_thread():
+                loop.iteration_end()  # our write may still be in the loop's batch
+            if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+                raise StoreError(f"the state database did not commit within {timeout} s")
+            self._done.release()  # for the next waiter
         if self._error is not None:
             raise StoreError(f"the state database refused a write: {self._error}")
 
-    def _finish(self, error: BaseException | None = None) -> None:
-        self._error = error
-        self._done.set()
+    @property
+    def error(self) -> BaseException | None:
+        """Why the write was refused (None while pending or once committed)."""
+        return self._error
 
+    def add_done_callback(self, callback: Callable[[Ticket], None]) -> None:
+        """Call ``callback(ticket)`` once committed or refused (now, if already done)."""
+        with _CALLBACKS:
+            if not self._finished:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        with _CALLBACKS:
+            self._error = error
+            self._finished = True
+            callbacks, self._callbacks = self._callbacks, None
+        self._done.release()
+        for callback in callbacks or ():
+            try:
+                callback(self)
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the writer
+                log.exception("state database: commit callback failed")
+
+
+# Guards the done flag against a callback registered while the writer finishes.
+_CALLBACKS = threading.Lock()
 
 DONE = Ticket()
 DONE._finish()
@@ -133,7 +177,11 @@ class Store:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        self._queue: queue.SimpleQueue[tuple[list[Statement], Ticket] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[tuple[list[Statement], Ticket]] | None] = \
+            queue.SimpleQueue()
+        # Writes not yet handed to the writer: the event loop's, until its iteration ends.
+        self._pending: list[tuple[list[Statement], Ticket]] = []
+        self._pending_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
 
@@ -242,8 +290,25 @@ class Store:
     def write(self, statements: Iterable[Statement]) -> Ticket:
         """Queue statements to run in one savepoint; commit order = call order."""
         ticket = Ticket()
-        self._queue.put((list(statements), ticket))
+        with self._pending_lock:
+            self._pending.append((list(statements), ticket))
+            if loop.on_loop_thread():
+                # Hand the loop's writes over once it has served every ready
+                # connection: one commit for all of them.
+                if len(self._pending) == 1:
+                    loop.at_iteration_end(self.flush)
+                return ticket
+            # Under the lock: writes reach the writer in call order.
+            self._queue.put(self._pending)
+            self._pending = []
         return ticket
+
+    def flush(self) -> None:
+        """Hand the pending writes to the writer."""
+        with self._pending_lock:
+            if self._pending:
+                self._queue.put(self._pending)
+                self._pending = []
 
     def _write_loop(self) -> None:
         conn = self._conn
@@ -251,7 +316,7 @@ class Store:
             item = self._queue.get()
             if item is None:
                 return
-            batch = [item]
+            batch = list(item)
             stop = False
             while len(batch) < self._max_batch:
                 try:
@@ -261,38 +326,75 @@ class Store:
                 if more is None:
                     stop = True
                     break
-                batch.append(more)
+                batch.extend(more)
             self._commit(conn, batch)
             if stop:
                 return
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[tuple[list[Statement], Ticket]]) -> None:
-        results: list[BaseException | None] = []
+    @classmethod
+    def _commit(cls, conn: sqlite3.Connection,
+                batch: list[tuple[list[Statement], Ticket]]) -> None:
+        started = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statements, _ in batch:
-                conn.execute("SAVEPOINT req")
-                try:
-                    for sql, params in statements:
-                        conn.execute(sql, params)
-                    conn.execute("RELEASE req")
-                    results.append(None)
-                except sqlite3.Error as e:
-                    log.error("state database write failed and was rolled back: %s", e)
-                    conn.execute("ROLLBACK TO req")
-                    conn.execute("RELEASE req")
-                    results.append(e)
+            try:
+                cls._run_all(conn, batch)
+                results: list[BaseException | None] = [None] * len(batch)
+            except sqlite3.Error:
+                # Some write is faulty: redo the batch write by write, so that it fails alone.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                results = cls._run_each(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             log.critical("state database commit failed: %s", e)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [e] * len(batch)
+        took = time.monotonic() - started
+        if took >= SLOW_COMMIT:
+            # Every response of the batch waited this long: the first thing to
+            # look at when clients see slow answers (disk, fsync, filesystem).
+            log.warning("state database: a commit of %d write(s) took %.1f s", len(batch), took)
         for (_, ticket), error in zip(batch, results, strict=True):
             ticket._finish(error)
 
+    @staticmethod
+    def _run_all(conn: sqlite3.Connection, batch: list[tuple[list[Statement], Ticket]]) -> None:
+        """Every statement in order; runs of the same statement go in one executemany."""
+        sql_run: str | None = None
+        params_run: list[Sequence[Any]] = []
+        for statements, _ in batch:
+            for sql, params in statements:
+                if sql != sql_run:
+                    if params_run:
+                        conn.executemany(sql_run, params_run)
+                    sql_run, params_run = sql, []
+                params_run.append(params)
+        if params_run:
+            conn.executemany(sql_run, params_run)
+
+    @staticmethod
+    def _run_each(conn: sqlite3.Connection,
+                  batch: list[tuple[list[Statement], Ticket]]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        for statements, _ in batch:
+            conn.execute("SAVEPOINT req")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                conn.execute("RELEASE req")
+                results.append(None)
+            except sqlite3.Error as e:
+                log.error("state database write failed and was rolled back: %s", e)
+                conn.execute("ROLLBACK TO req")
+                conn.execute("RELEASE req")
+                results.append(e)
+        return results
+
     def close(self) -> None:
+        self.flush()
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join(timeout=30)

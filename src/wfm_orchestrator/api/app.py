@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import falcon
 
@@ -95,8 +97,34 @@ def routes(config: Config, rm: ResourceManager, services: ServiceManager,
     ]
 
 
+def nonblocking_requests(table: list[tuple[str, object]]) -> Callable[[str, str], bool]:
+    """(method, path) -> True when the endpoint never blocks (served on the event loop).
+
+    A resource says so with ``nonblocking = True``: its handlers only take
+    short locks, and register their commits with ``loop.defer_commit``
+    instead of waiting for them (server.py, loop.py).
+    """
+    templates = [path for path, resource in table if getattr(resource, "nonblocking", False)]
+    alternatives = "|".join(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(t)) for t in templates)
+    versions = "|".join(re.escape(v) for v in VERSIONS)
+    pattern = re.compile(rf"/(?:{versions})(?:{alternatives})/?|/openapi\.json")
+    match = pattern.fullmatch
+
+    def nonblocking(method: str, path: str) -> bool:
+        return match(path) is not None
+
+    return nonblocking
+
+
 def create_app(config: Config, rm: ResourceManager, services: ServiceManager,
                step_manager: StepManager | None = None) -> falcon.App:
+    return build_api(config, rm, services, step_manager)[0]
+
+
+def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
+              step_manager: StepManager | None = None
+              ) -> tuple[falcon.App, Callable[[str, str], bool]]:
+    """The application, and which of its requests the server may serve on its event loop."""
     app = falcon.App(middleware=[AccessLog(), Authorization(build_verifier(config))],
                      cors_enable=False)
     handler = json_handler()
@@ -111,4 +139,4 @@ def create_app(config: Config, rm: ResourceManager, services: ServiceManager,
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)
     app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table]))
-    return app
+    return app, nonblocking_requests(table)

@@ -8,6 +8,7 @@ from ..config import Config
 
 
 class Locations:
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "config.read"}
 
     def __init__(self, config: Config):
@@ -18,6 +19,7 @@ class Locations:
 
 
 class Flavors:
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "config.read"}
 
     def __init__(self, config: Config):

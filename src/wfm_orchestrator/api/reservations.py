@@ -16,6 +16,7 @@ DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown 
 class Reserve:
     """POST ephemeralservice/reserve."""
 
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"POST": "reserve"}
 
     def __init__(self, rm: ResourceManager):
@@ -35,6 +36,7 @@ class Reserve:
 class Allocation:
     """GET / DELETE server/allocation/{service_name} (used by the burst-buffer plugin)."""
 
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "allocation", "DELETE": "allocation"}
 
     def __init__(self, rm: ResourceManager):
@@ -59,6 +61,7 @@ class Allocation:
 class ServerResources:
     """GET server/resources/{server_name} and server/resources/all."""
 
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "resources"}
 
     def __init__(self, rm: ResourceManager):
@@ -74,6 +77,7 @@ class ServerResources:
 
 
 class AllServerResources:
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "resources"}
 
     def __init__(self, rm: ResourceManager):

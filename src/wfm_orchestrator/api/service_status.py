@@ -13,6 +13,7 @@ from .errors import APIError
 
 
 class AllServiceStatus:
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "service.read"}
 
     def __init__(self, services: ServiceManager):
@@ -47,6 +48,7 @@ class ServiceStatus:
     existence is not revealed).
     """
 
+    nonblocking = True  # served on the server's event loop (server.py)
     auth_actions = {"GET": "service.read"}
 
     def __init__(self, services: ServiceManager):

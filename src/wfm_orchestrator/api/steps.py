@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import falcon
 
+from ..auth import visible
 from ..errors import InvalidRequest, NoSlurm, NotFound
 from ..model import check_name, check_user
 from ..steps import StepManager
-from ..auth import visible
 from .auth import identity_of
 from .errors import APIError
 from .media import read_json
