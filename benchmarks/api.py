@@ -3,8 +3,10 @@
     python3 benchmarks/api.py [--duration 8] [--connections 16]
 
 Needs wrk (apt-get install wrk) and the installed package. Starts
-`wfm-orchestrator serve` on a scratch state database (Resource Manager only,
-auth = none, loopback), then measures with wrk pinned to the other CPU:
+`wfm-orchestrator serve` with the service environment's interpreter (deploy/install's
+/opt/wfm-orchestrator: Debian's python3; `--python` to choose another) on a scratch
+state database (Resource Manager only, auth = none, loopback), then measures with wrk
+pinned to the other CPU:
 
 1. GET /v1.0.0/ephemeralservice/status/{name}            goal: >= 5,000 req/s, p99 <= 15 ms
 2. durable reserve + DELETE allocation pairs              goal: >= 1,500 pairs/s
@@ -29,6 +31,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The service environment deploy/install makes (Debian's python3): what is deployed.
+SERVICE_PYTHON = os.path.join(os.environ.get("WFM_VENV", "/opt/wfm-orchestrator"), "bin", "python")
 
 CONF = """listen = 127.0.0.1:{port}
 auth = none
@@ -83,14 +87,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: str, cpus: str) -> tuple[subprocess.Popen, int]:
+def start_server(tmp: str, cpus: str, python: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     conf = os.path.join(tmp, f"wfm-{port}.conf")
     with open(conf, "w") as fh:
         fh.write(CONF.format(port=port, db=os.path.join(tmp, f"state-{port}.db"), cpus=cpus))
     log = open(os.path.join(tmp, f"server-{port}.log"), "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wfm_orchestrator.cli", "--log-level", "WARNING", "serve",
+        [python, "-m", "wfm_orchestrator.cli", "--log-level", "WARNING", "serve",
          "--config", conf], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -144,6 +148,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--python", default=SERVICE_PYTHON if os.path.exists(SERVICE_PYTHON)
+                   else sys.executable,
+                   help="the server's interpreter (default: the service environment made by "
+                        f"deploy/install, {SERVICE_PYTHON}, if present; else this one)")
     args = p.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -159,7 +167,7 @@ def main() -> int:
             fh.write("DELETE_AFTER = false\n" + PAIRS_LUA)
 
         for cpus_setting in ("auto", "all"):
-            proc, port = start_server(tmp, cpus_setting)
+            proc, port = start_server(tmp, cpus_setting, args.python)
             try:
                 reserve(port, "bench_status_probe")
                 base = f"http://127.0.0.1:{port}"
@@ -179,6 +187,10 @@ def main() -> int:
             finally:
                 stop_server(proc)
 
+    version = subprocess.run([args.python, "-c", "import sys, wfm_orchestrator as w; "
+                              "print(sys.version.split()[0], w.__file__)"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    print(f"server: {args.python} (Python {version})")
     print(f"server: cpus=auto pins it to CPU {cpus[0]}; wrk -t1 -c{args.connections} "
           f"-d{args.duration}s on CPU {client_cpu}")
     print(f"{'measure':42} {'rate':>10} {'unit':15} {'p50':>9} {'p99':>9} {'non-2xx':>8}  goal")
