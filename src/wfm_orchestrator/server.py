@@ -87,7 +87,7 @@ class LoopDispatcher(ThreadedTaskDispatcher):
     def __init__(self, nonblocking: Nonblocking):
         super().__init__()
         self.nonblocking = nonblocking
-        self.loop_thread: int | None = None  # set by LoopServer.run
+        self.loop_thread: int | None = None  # set when the loop starts (run_loop)
 
     def add_task(self, channel: LoopChannel) -> None:
         # waitress calls this on the loop thread for a channel's first queued

@@ -114,3 +114,88 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open"):
         Store(str(blocker / "sub" / "s.db"))
+
+
+# --- the event loop's batches (loop.py) ---------------------------------------------
+
+
+def on_loop_thread(fn):
+    """Run ``fn`` on a thread marked as the server's event loop; its result or exception."""
+    from wfm_orchestrator import loop
+
+    out: dict = {}
+
+    def run():
+        loop.become_loop_thread()
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def test_loop_writes_reach_the_writer_when_the_iteration_ends(tmp_path):
+    """On the loop thread, writes wait in the store until the loop turn ends: one commit."""
+    from wfm_orchestrator import loop
+
+    store = Store(str(tmp_path / "s.db"))
+
+    def turn():
+        tickets = [store.write([(INSERT, (f"r{i}", i))]) for i in range(5)]
+        held = not any(t._finished for t in tickets) and len(store._pending) == 5
+        loop.iteration_end()
+        for t in tickets:
+            t.wait()
+        return held
+
+    assert on_loop_thread(turn)
+    assert store.query("SELECT count(*) AS n FROM reservation")[0]["n"] == 5
+    store.close()
+
+
+def test_waiting_on_the_loop_thread_hands_the_batch_over_first(tmp_path):
+    """ticket.wait() on the loop thread does not wait for a turn that cannot end."""
+    store = Store(str(tmp_path / "s.db"))
+    on_loop_thread(lambda: store.write([(INSERT, ("a", 1))]).wait(timeout=5))
+    assert store.query("SELECT name FROM reservation")[0]["name"] == "a"
+    store.close()
+
+
+def test_a_worker_write_is_committed_after_the_loop_writes_before_it(tmp_path):
+    """Commit order is call order, across the loop thread's batch and a worker thread."""
+    store = Store(str(tmp_path / "s.db"))
+    update = ("UPDATE reservation SET state = 'RELEASED' WHERE name = ?", ("a",))
+
+    def turn():
+        first = store.write([(INSERT, ("a", 1))])  # pending until the turn ends...
+        worker = threading.Thread(target=lambda: store.write([update]).wait())
+        worker.start()
+        worker.join(10)  # ...but the worker's write takes it along, in order
+        return first._finished
+
+    assert on_loop_thread(turn)
+    assert store.query("SELECT state FROM reservation")[0]["state"] == "RELEASED"
+    store.close()
+
+
+def test_ticket_callbacks_run_once_committed_or_at_once_when_done(tmp_path):
+    store = Store(str(tmp_path / "s.db"))
+    seen = []
+    ticket = store.write([(INSERT, ("a", 1))])
+    ticket.add_done_callback(lambda t: seen.append(("first", t.error)))
+    ticket.wait()
+    ticket.add_done_callback(lambda t: seen.append(("late", t.error)))
+    assert seen == [("first", None), ("late", None)]
+    bad = store.write([(INSERT, ("a", 2))])  # duplicate name
+    with pytest.raises(StoreError):
+        bad.wait()
+    bad.add_done_callback(lambda t: seen.append(("bad", type(t.error).__name__)))
+    assert seen[-1] == ("bad", "IntegrityError")
+    store.close()

@@ -1,0 +1,249 @@
+"""The server's event-loop fast path (server.py, loop.py) with a real waitress server.
+
+A small Falcon app stands in for the orchestrator: its tickets are finished
+by the test, so a held answer can be observed before and after its commit.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import falcon
+import pytest
+
+from wfm_orchestrator import loop
+from wfm_orchestrator.api.media import json_handler
+from wfm_orchestrator.server import create_server
+from wfm_orchestrator.store import Ticket
+
+NONBLOCKING = {"/fast", "/commit", "/keys"}
+
+
+class Fast:
+    def on_get(self, req, resp):
+        resp.media = {"thread": threading.current_thread().name}
+
+
+class Commit:
+    """Registers a ticket the test finishes (as a durable write on the loop would)."""
+
+    def __init__(self):
+        self.tickets: list[Ticket] = []
+        self.failures: list[str] = []
+        self.arrived = threading.Event()
+
+    def on_post(self, req, resp):
+        ticket = Ticket()
+        self.tickets.append(ticket)
+        if not loop.defer_commit(ticket, lambda: self.failures.append(req.path)):
+            ticket.wait()
+        self.arrived.set()
+        resp.media = {"committed": "yes"}
+
+
+class Keys:
+    """Would block (a key fetch): must leave the loop before doing anything."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_get(self, req, resp):
+        self.calls += 1
+        loop.must_not_block("a key fetch")
+        resp.media = {"thread": threading.current_thread().name}
+
+
+class Slow:
+    """A blocking endpoint (not declared nonblocking): served by a worker thread."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def on_get(self, req, resp):
+        self.release.wait(10)
+        resp.media = {"thread": threading.current_thread().name}
+
+
+@pytest.fixture()
+def served():
+    app = falcon.App()
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler()
+    commit, keys, slow = Commit(), Keys(), Slow()
+    app.add_route("/fast", Fast())
+    app.add_route("/commit", commit)
+    app.add_route("/keys", keys)
+    app.add_route("/slow", slow)
+    server = create_server(app, "127.0.0.1", 0, threads=2,
+                           nonblocking=lambda method, path: path in NONBLOCKING)
+    thread = threading.Thread(target=server.run, name="loop", daemon=True)
+    thread.start()
+    yield server.effective_port, commit, keys, slow
+    slow.release.set()
+    for ticket in commit.tickets:
+        if not ticket._finished:
+            ticket._finish()
+    server.close()
+    thread.join(5)
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.settimeout(0.3)
+    return sock
+
+
+def request(method: str, path: str, close: bool = False) -> bytes:
+    extra = "Connection: close\r\n" if close else ""
+    body = "{}" if method == "POST" else ""
+    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def read_for(sock: socket.socket, seconds: float) -> bytes:
+    """Whatever arrives within ``seconds`` (stops early at end of stream)."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def wait_for(predicate, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_nonblocking_request_is_answered_on_the_loop_thread(served):
+    port, *_ = served
+    with connect(port) as sock:
+        sock.sendall(request("GET", "/fast"))
+        reply = read_for(sock, 0.5)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b'"thread":"loop"' in reply
+
+
+def test_answer_is_held_until_its_commit(served):
+    """The 200 of a durable write leaves only once its ticket is committed."""
+    port, commit, *_ = served
+    with connect(port) as sock:
+        sock.sendall(request("POST", "/commit"))
+        assert commit.arrived.wait(5)
+        assert read_for(sock, 0.5) == b""  # not committed yet: nothing sent
+        commit.tickets[0]._finish()
+        reply = read_for(sock, 0.5)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b'"committed":"yes"' in reply
+
+
+def test_failed_commit_answers_500_and_closes(served):
+    port, commit, *_ = served
+    with connect(port) as sock:
+        sock.sendall(request("POST", "/commit") + request("GET", "/fast"))
+        assert commit.arrived.wait(5)
+        commit.tickets[0]._finish(OSError("disk I/O error"))
+        reply = read_for(sock, 1.0)
+    assert reply.startswith(b"HTTP/1.1 500 Internal Server Error")
+    assert b"State database unavailable" in reply and b"disk I/O error" in reply
+    assert b"Connection: close" in reply
+    assert reply.count(b"HTTP/1.1") == 1  # the pipelined GET was not run
+    assert commit.failures == ["/commit"]  # the owner was told (to resynchronise)
+
+
+def test_pipelined_answers_keep_their_order_behind_a_held_one(served):
+    port, commit, *_ = served
+    with connect(port) as sock:
+        sock.sendall(request("POST", "/commit") + request("GET", "/fast")
+                     + request("GET", "/slow"))
+        assert commit.arrived.wait(5)
+        assert read_for(sock, 0.3) == b""  # the GET waits behind the held POST
+        commit.tickets[0]._finish()
+        first = read_for(sock, 0.5)
+        assert first.count(b"HTTP/1.1 200 OK") == 2  # POST then GET /fast
+        assert first.index(b"committed") < first.index(b'"thread":"loop"')
+        served[3].release.set()
+        second = read_for(sock, 0.5)
+    assert second.startswith(b"HTTP/1.1 200 OK") and b"waitress-" in second
+
+
+def test_blocking_endpoint_runs_in_a_worker_and_never_stalls_the_loop(served):
+    port, _, _, slow = served
+    with connect(port) as a, connect(port) as b:
+        a.sendall(request("GET", "/slow"))
+        time.sleep(0.1)
+        b.sendall(request("GET", "/fast"))
+        # Answered while /slow still holds its worker thread.
+        assert read_for(b, 0.5).startswith(b"HTTP/1.1 200 OK")
+        assert not slow.release.is_set()
+        slow.release.set()
+        reply = read_for(a, 0.5)
+    assert b'"thread":"waitress-' in reply
+
+
+def test_code_that_would_block_is_handed_to_a_worker_thread(served):
+    """must_not_block on the loop: the request is run again, from the start, in a worker."""
+    port, _, keys, _ = served
+    with connect(port) as sock:
+        sock.sendall(request("GET", "/keys"))
+        reply = read_for(sock, 0.5)
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b'"thread":"waitress-' in reply
+    assert keys.calls == 2  # stopped on the loop, then served in the worker
+
+
+def test_connection_close_after_a_held_answer_still_delivers_it(served):
+    port, commit, *_ = served
+    with connect(port) as sock:
+        sock.sendall(request("POST", "/commit", close=True))
+        assert commit.arrived.wait(5)
+        time.sleep(0.2)  # the loop must not close the connection meanwhile
+        commit.tickets[0]._finish()
+        reply = read_for(sock, 1.0)
+    assert reply.startswith(b"HTTP/1.1 200 OK") and b'"committed":"yes"' in reply
+
+
+def test_commits_of_many_connections_are_answered_together(served):
+    port, commit, *_ = served
+    socks = [connect(port) for _ in range(5)]
+    try:
+        for sock in socks:
+            sock.sendall(request("POST", "/commit"))
+        wait_for(lambda: len(commit.tickets) == 5)
+        for ticket in commit.tickets:
+            ticket._finish()
+        for sock in socks:
+            assert read_for(sock, 0.5).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_the_orchestrator_serves_only_its_nonblocking_endpoints_on_the_loop(make_config):
+    """Resource Manager endpoints and status on the loop; Slurm-facing ones in threads."""
+    from wfm_orchestrator.cli import build_all
+
+    app, nonblocking, rm, services, steps, store = build_all(make_config())
+    try:
+        for version in ("v1.0.0", "v2.0.0", "v2.1.0"):
+            for path in ("/ephemeralservice/reserve", "/server/allocation/s1",
+                         "/server/resources/dn1", "/server/resources/all", "/location/list",
+                         "/ephemeralservice/flavors", "/ephemeralservice/status",
+                         "/ephemeralservice/status/s1", "/ephemeralservice/status/s1/"):
+                assert nonblocking("GET", f"/{version}{path}"), path
+            for path in ("/ephemeralservice/release/s1", "/step/launch", "/step/status",
+                         "/step/status/x", "/step/progress", "/step/abort/x",
+                         "/server/allocation/s1/extra", "/ephemeralservice/statusx"):
+                assert not nonblocking("GET", f"/{version}{path}"), path
+        assert nonblocking("GET", "/openapi.json")
+        assert not nonblocking("GET", "/v9.9.9/ephemeralservice/status")
+    finally:
+        store.close()
