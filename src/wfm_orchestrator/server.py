@@ -166,13 +166,18 @@ class LoopChannel(StrictChannel):
         self._serve_on_loop()
         return result
 
+    # readable() and writable() run for every connection at every loop turn:
+    # waitress' conditions are inlined rather than called through super().
+
     def readable(self) -> bool:
-        return self.held is None and super().readable()
+        return self.held is None and not (
+            self.will_close or self.close_when_flushed or self.total_outbufs_len
+            or len(self.requests) > self.adj.channel_request_lookahead)
 
     def writable(self) -> bool:
-        if self.held is not None:
-            return bool(self.total_outbufs_len)  # an earlier answer; never close yet
-        return super().writable()
+        # While an answer is held: only to send earlier answers, never to close.
+        return bool(self.total_outbufs_len or (
+            self.held is None and (self.will_close or self.close_when_flushed)))
 
     def handle_write(self) -> None:
         if self.held is not None:
@@ -317,6 +322,9 @@ def create_server(app: Any, host: str, port: int, threads: int,
         channel_timeout=60,
         cleanup_interval=30,
         expose_tracebacks=False,
+        # No proxy is trusted and nothing here reads X-Forwarded-* or Forwarded:
+        # skip the middleware that would strip them from every request.
+        clear_untrusted_proxy_headers=False,
         _dispatcher=dispatcher,
     )
     server.channel_class = LoopChannel
