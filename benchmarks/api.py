@@ -1,6 +1,6 @@
 """HTTP benchmark of the orchestrator: wrk on one core, the server on the other.
 
-    python3 benchmarks/api.py [--duration 8] [--connections 16]
+    python3 benchmarks/api.py [--duration 8] [--connections 16] [--repeat 5]
 
 Needs wrk (apt-get install wrk) and the installed package. Starts
 `wfm-orchestrator serve` with the service environment's interpreter (deploy/install's
@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,8 @@ Flavor=small MemorySize=1GB Cores=1
 """
 
 # One thread, 16 connections: each reserve that succeeds queues its DELETE, so
-# requests alternate reserve / delete and every name is used once.
+# requests alternate reserve / delete and every name is used once (PREFIX keeps the
+# pairs' names apart from the reservations': every reservation is a new one).
 PAIRS_LUA = r"""
 local counter = 0
 local pending = {}
@@ -58,12 +60,12 @@ function request()
     return wrk.format("DELETE", "/v2.0.0/server/allocation/" .. name)
   end
   counter = counter + 1
-  local name = "bench_" .. id .. "_" .. counter
+  local name = "bench_" .. PREFIX .. id .. "_" .. counter
   head = name
   local body = '{"name":"' .. name .. '","user":"bench","user_slurm_token":"t","type":"GBF",' ..
     '"attributes":{"cores":1,"msize":16,"gssize":16,"mountpoint":"/m"}}'
   return wrk.format("POST", "/v1.0.0/ephemeralservice/reserve",
-                    {["Content-Type"] = "application/json", ["X-Name"] = name}, body)
+                    {["Content-Type"] = "application/json"}, body)
 end
 function response(status, headers, body)
   if status == 200 then
@@ -89,10 +91,11 @@ def free_port() -> int:
 
 def start_server(tmp: str, cpus: str, python: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    conf = os.path.join(tmp, f"wfm-{port}.conf")
+    home = tempfile.mkdtemp(dir=tmp)  # a fresh state database for every server
+    conf = os.path.join(home, "wfm.conf")
     with open(conf, "w") as fh:
-        fh.write(CONF.format(port=port, db=os.path.join(tmp, f"state-{port}.db"), cpus=cpus))
-    log = open(os.path.join(tmp, f"server-{port}.log"), "w")
+        fh.write(CONF.format(port=port, db=os.path.join(home, "state.db"), cpus=cpus))
+    log = open(os.path.join(home, "server.log"), "w")
     proc = subprocess.Popen(
         [python, "-m", "wfm_orchestrator.cli", "--log-level", "WARNING", "serve",
          "--config", conf], stdout=log, stderr=subprocess.STDOUT)
@@ -148,6 +151,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs, each on a fresh server; the table shows their medians")
     p.add_argument("--python", default=SERVICE_PYTHON if os.path.exists(SERVICE_PYTHON)
                    else sys.executable,
                    help="the server's interpreter (default: the service environment made by "
@@ -157,49 +162,64 @@ def main() -> int:
         raise SystemExit("wrk is needed: apt-get install wrk")
     cpus = sorted(os.sched_getaffinity(0))
     client_cpu = cpus[-1]
-    rows = []
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         lua_pairs = os.path.join(tmp, "pairs.lua")
         with open(lua_pairs, "w") as fh:
-            fh.write("DELETE_AFTER = true\n" + PAIRS_LUA)
+            fh.write('DELETE_AFTER = true\nPREFIX = "p"\n' + PAIRS_LUA)
         lua_reserve = os.path.join(tmp, "reserve.lua")
         with open(lua_reserve, "w") as fh:
-            fh.write("DELETE_AFTER = false\n" + PAIRS_LUA)
-
-        for cpus_setting in ("auto", "all"):
-            proc, port = start_server(tmp, cpus_setting, args.python)
-            try:
-                reserve(port, "bench_status_probe")
-                base = f"http://127.0.0.1:{port}"
-                r = wrk(f"{base}/v1.0.0/ephemeralservice/status/bench_status_probe",
-                        args.duration, args.connections, None, client_cpu)
-                rows.append((f"GET status/{{name}} (cpus={cpus_setting})", r["rps"], "req/s",
-                             r["p50"], r["p99"], r["non2xx"], "5,000 req/s, p99 <= 15 ms"
-                             if cpus_setting == "auto" else "-"))
-                if cpus_setting == "auto":
-                    r = wrk(base, args.duration, args.connections, lua_pairs, client_cpu)
-                    rows.append(("durable reserve + DELETE pairs", r["rps"] / 2, "pairs/s",
-                                 r["p50"], r["p99"], r["non2xx"], "1,500 pairs/s"))
-                    r = wrk(base, args.duration, args.connections, lua_reserve, client_cpu)
-                    rows.append(("durable reservations (group commit)", r["rps"],
-                                 "reservations/s", r["p50"], r["p99"], r["non2xx"],
-                                 "3,000/s"))
-            finally:
-                stop_server(proc)
+            fh.write('DELETE_AFTER = false\nPREFIX = "r"\n' + PAIRS_LUA)
+        for _ in range(args.repeat):
+            runs.append(run_once(args, tmp, lua_pairs, lua_reserve, client_cpu))
 
     version = subprocess.run([args.python, "-c", "import sys, wfm_orchestrator as w; "
                               "print(sys.version.split()[0], w.__file__)"],
                              capture_output=True, text=True, timeout=30).stdout.strip()
     print(f"server: {args.python} (Python {version})")
     print(f"server: cpus=auto pins it to CPU {cpus[0]}; wrk -t1 -c{args.connections} "
-          f"-d{args.duration}s on CPU {client_cpu}")
-    print(f"{'measure':42} {'rate':>10} {'unit':15} {'p50':>9} {'p99':>9} {'non-2xx':>8}  goal")
-    for name, rate, unit, p50, p99, non2xx, goal in rows:
-        print(f"{name:42} {rate:10.0f} {unit:15} {ms(p50):8.2f}ms {ms(p99):8.2f}ms "
-              f"{non2xx:8d}  {goal}")
-    pinned, unpinned = rows[0][1], rows[-1][1]
+          f"-d{args.duration}s on CPU {client_cpu}; {args.repeat} run(s), each on a fresh "
+          "server and database")
+    print(f"{'measure':42} {'rate':>10} {'unit':15} {'p50':>9} {'p99':>9} {'non-2xx':>8}  goal"
+          + ("   (median of the runs; range)" if args.repeat > 1 else ""))
+    for i, (name, _, unit, _, _, _, goal) in enumerate(runs[0]):
+        rates = [run[i][1] for run in runs]
+        p50 = statistics.median(ms(run[i][3]) for run in runs)
+        p99 = statistics.median(ms(run[i][4]) for run in runs)
+        non2xx = sum(run[i][5] for run in runs)
+        spread = f"   ({min(rates):.0f} to {max(rates):.0f})" if args.repeat > 1 else ""
+        print(f"{name:42} {statistics.median(rates):10.0f} {unit:15} {p50:8.2f}ms {p99:8.2f}ms "
+              f"{non2xx:8d}  {goal}{spread}")
+    pinned = statistics.median(run[0][1] for run in runs)
+    unpinned = statistics.median(run[-1][1] for run in runs)
     print(f"pinned / unpinned GET ratio: {pinned / unpinned:.1f}x")
     return 0
+
+
+def run_once(args: argparse.Namespace, tmp: str, lua_pairs: str, lua_reserve: str,
+             client_cpu: int) -> list[tuple]:
+    """One pass over every measure, each server on a fresh state database."""
+    rows = []
+    for cpus_setting in ("auto", "all"):
+        proc, port = start_server(tmp, cpus_setting, args.python)
+        try:
+            reserve(port, "bench_status_probe")
+            base = f"http://127.0.0.1:{port}"
+            r = wrk(f"{base}/v1.0.0/ephemeralservice/status/bench_status_probe",
+                    args.duration, args.connections, None, client_cpu)
+            rows.append((f"GET status/{{name}} (cpus={cpus_setting})", r["rps"], "req/s",
+                         r["p50"], r["p99"], r["non2xx"], "5,000 req/s, p99 <= 15 ms"
+                         if cpus_setting == "auto" else "-"))
+            if cpus_setting == "auto":
+                r = wrk(base, args.duration, args.connections, lua_pairs, client_cpu)
+                rows.append(("durable reserve + DELETE pairs", r["rps"] / 2, "pairs/s",
+                             r["p50"], r["p99"], r["non2xx"], "1,500 pairs/s"))
+                r = wrk(base, args.duration, args.connections, lua_reserve, client_cpu)
+                rows.append(("durable reservations (group commit)", r["rps"],
+                             "reservations/s", r["p50"], r["p99"], r["non2xx"], "3,000/s"))
+        finally:
+            stop_server(proc)
+    return rows
 
 
 if __name__ == "__main__":

@@ -150,8 +150,8 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
     """Validate a reserve body against the spec's attribute table."""
     if not isinstance(body, Mapping):
         raise InvalidRequest("body", f"expected a JSON object, got {_kind(body)}")
-    unknown = sorted(set(body) - _RESERVE_KEYS)
-    if unknown:
+    if not _RESERVE_KEYS.issuperset(body):
+        unknown = sorted(set(body) - _RESERVE_KEYS)
         valid = ", ".join(sorted(_RESERVE_KEYS))
         raise InvalidRequest(unknown[0], f"unknown field (valid: {valid})")
     for key in ("name", "user", "user_slurm_token", "type", "attributes"):
@@ -169,8 +169,8 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
     attrs = body["attributes"]
     if not isinstance(attrs, Mapping):
         raise InvalidRequest("attributes", f"expected a JSON object, got {_kind(attrs)}")
-    unknown = sorted(set(attrs) - _ATTRIBUTE_KEYS)
-    if unknown:
+    if not _ATTRIBUTE_KEYS.issuperset(attrs):
+        unknown = sorted(set(attrs) - _ATTRIBUTE_KEYS)
         raise InvalidRequest(f"attributes.{unknown[0]}",
                              f"unknown attribute (valid: {', '.join(sorted(_ATTRIBUTE_KEYS))})")
 
@@ -221,7 +221,7 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
     mountpoint = None
     if "mountpoint" in attrs:
         mountpoint = _str(attrs["mountpoint"], "attributes.mountpoint")
-        if not mountpoint.startswith("/") or any(c in mountpoint for c in "\n\r"):
+        if not mountpoint.startswith("/") or "\n" in mountpoint or "\r" in mountpoint:
             raise InvalidRequest("attributes.mountpoint", "expected an absolute path")
 
     return ReserveRequest(name, user, token, stype, servers, cores, msize, ssize, locations,
