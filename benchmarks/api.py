@@ -89,7 +89,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: str, cpus: str, python: str) -> tuple[subprocess.Popen, int]:
+def start_server(tmp: str, cpus: str, python: str,
+                 log_level: str = "WARNING") -> tuple[subprocess.Popen, int]:
     port = free_port()
     home = tempfile.mkdtemp(dir=tmp)  # a fresh state database for every server
     conf = os.path.join(home, "wfm.conf")
@@ -97,7 +98,7 @@ def start_server(tmp: str, cpus: str, python: str) -> tuple[subprocess.Popen, in
         fh.write(CONF.format(port=port, db=os.path.join(home, "state.db"), cpus=cpus))
     log = open(os.path.join(home, "server.log"), "w")
     proc = subprocess.Popen(
-        [python, "-m", "wfm_orchestrator.cli", "--log-level", "WARNING", "serve",
+        [python, "-m", "wfm_orchestrator.cli", "--log-level", log_level, "serve",
          "--config", conf], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -151,6 +152,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=int, default=8)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--log-level", default="WARNING", choices=["INFO", "WARNING"],
+                   help="the server's; INFO writes the access log (to a file here)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs, each on a fresh server; the table shows their medians")
     p.add_argument("--python", default=SERVICE_PYTHON if os.path.exists(SERVICE_PYTHON)
@@ -201,7 +204,7 @@ def run_once(args: argparse.Namespace, tmp: str, lua_pairs: str, lua_reserve: st
     """One pass over every measure, each server on a fresh state database."""
     rows = []
     for cpus_setting in ("auto", "all"):
-        proc, port = start_server(tmp, cpus_setting, args.python)
+        proc, port = start_server(tmp, cpus_setting, args.python, args.log_level)
         try:
             reserve(port, "bench_status_probe")
             base = f"http://127.0.0.1:{port}"

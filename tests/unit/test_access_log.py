@@ -18,3 +18,40 @@ def test_one_access_line_per_request(client, capsys):
     assert len(lines) == 2
     assert " INFO wfm_orchestrator.access: GET /v1.0.0/location/list 200 " in lines[0]
     assert lines[0].endswith("ms") and " GET /v1.0.0/nowhere 404 " in lines[1]
+
+
+def test_on_the_event_loop_lines_are_written_once_per_turn(client):
+    """The server's loop thread writes a turn's lines together, when the turn ends."""
+    import io
+    import threading
+
+    from wfm_orchestrator import loop
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    access = logging.getLogger("wfm_orchestrator.access")
+    access.addHandler(handler)
+    old = access.level
+    access.setLevel(logging.INFO)
+    seen = {}
+
+    def turn():
+        loop.become_loop_thread()
+        client.simulate_get("/v1.0.0/location/list")
+        client.simulate_get("/v1.0.0/ephemeralservice/flavors")
+        seen["before"] = stream.getvalue()
+        loop.iteration_end()
+        seen["after"] = stream.getvalue()
+
+    try:
+        t = threading.Thread(target=turn)
+        t.start()
+        t.join(10)
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(old)
+    assert seen["before"] == ""
+    lines = seen["after"].splitlines()
+    assert len(lines) == 2
+    assert " GET /v1.0.0/location/list 200 " in lines[0]
+    assert " GET /v1.0.0/ephemeralservice/flavors 200 " in lines[1]
