@@ -508,8 +508,12 @@ cdef class Allocator:
         return Free(list(dn.cores), dn.msize, dn.ssize)
 
     def can_fit_ever(self, servers, cores, msize, ssize, locations=None):
-        servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
-        cdef _Tiers t = self._tiers_for(locations)
+        # As reserve(): plain ints in range skip the Python-level validation.
+        if not (type(servers) is int and type(cores) is int and type(msize) is int
+                and type(ssize) is int and 1 <= servers < _MAX and 0 <= cores < _MAX
+                and 0 <= msize < _MAX and 0 <= ssize < _MAX):
+            servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
+        cdef _Tiers t = self._all if locations is None else self._tiers_for(locations)
         return fits_ever(self._inv, t.cand, servers, cores, msize, ssize)
 
     def _check(self):
