@@ -113,7 +113,9 @@ class Mailbox:
 
     The writer thread finishes a batch of commits at once; waking the loop
     once per batch rather than once per request saves a pipe write and a
-    loop turn per request.
+    loop turn per request. The loop runs the work after each poll (run_loop),
+    not as a waitress trigger thunk: waitress runs thunks under a bare
+    ``except:``, which would swallow the SystemExit of a SIGTERM.
     """
 
     def __init__(self, trigger: Any):
@@ -127,11 +129,14 @@ class Mailbox:
             first = len(self._items) == 1
         if first:
             try:
-                self._trigger.pull_trigger(self._run)
+                self._trigger.pull_trigger()
             except OSError:
                 pass  # the server has closed: nobody is left to answer
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """On the loop thread: do what was posted."""
+        if not self._items:
+            return
         with self._lock:
             items, self._items = self._items, []
         for work in items:
@@ -339,6 +344,7 @@ def create_server(app: Any, host: str, port: int, threads: int,
         try:
             while server._map:
                 poll(server.adj.asyncore_loop_timeout, server._map)
+                server.mailbox.run()
                 loop.iteration_end()
         except (SystemExit, KeyboardInterrupt):
             dispatcher.shutdown()

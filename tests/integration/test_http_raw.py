@@ -437,3 +437,54 @@ def test_sigterm_with_an_open_idle_connection_still_stops(tmp_path):
     finally:
         stop_server(srv)
     assert code == 0 and "stopped" in srv.log()
+
+
+def test_sigterm_under_durable_load_stops_the_server(tmp_path):
+    """SIGTERM while answers wait for their commits still stops the server, every time.
+
+    Found by the benchmark: waitress runs trigger thunks under a bare ``except:``,
+    so a SIGTERM landing while the loop sent held answers from one was swallowed.
+    """
+    import http.client
+    import threading
+
+    for attempt in range(3):
+        home = tmp_path / f"run{attempt}"
+        home.mkdir()
+        srv = start_server(home)
+        stop = threading.Event()
+
+        def load(worker: int, port: int = srv.port) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            n = 0
+            try:
+                while not stop.is_set():
+                    n += 1
+                    name = f"sig{worker}x{n}"
+                    body = ('{"name": "%s", "user": "alice", "user_slurm_token": "t", '
+                            '"type": "GBF", "attributes": {"cores": 1, "gssize": 16, '
+                            '"mountpoint": "/m"}}' % name)
+                    conn.request("POST", "/v1.0.0/ephemeralservice/reserve", body,
+                                 {"Content-Type": "application/json"})
+                    conn.getresponse().read()
+                    conn.request("DELETE", f"/v2.0.0/server/allocation/{name}")
+                    conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                pass  # the server went away: expected once it stops
+            finally:
+                conn.close()
+
+        workers = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+        for w in workers:
+            w.start()
+        try:
+            time.sleep(1.5)
+            srv.proc.send_signal(signal.SIGTERM)
+            code = srv.proc.wait(15)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(10)
+            stop_server(srv)
+        assert code == 0, srv.log()[-2000:]
+        assert "stopped" in srv.log()

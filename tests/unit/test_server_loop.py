@@ -247,3 +247,35 @@ def test_the_orchestrator_serves_only_its_nonblocking_endpoints_on_the_loop(make
         assert not nonblocking("GET", "/v9.9.9/ephemeralservice/status")
     finally:
         store.close()
+
+
+def test_sigterm_while_the_loop_sends_held_answers_still_stops_it():
+    """SystemExit (the SIGTERM handler's) raised in loop work ends the loop.
+
+    waitress runs trigger thunks under a bare ``except:``; the loop's work
+    must not run as one, or a SIGTERM landing there would be swallowed.
+    """
+    app = falcon.App()
+    server = create_server(app, "127.0.0.1", 0, threads=1)
+    ended = threading.Event()
+
+    def run():
+        try:
+            server.run()
+        except SystemExit:
+            pass
+        finally:
+            ended.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+
+    def interrupted():
+        raise SystemExit(0)
+
+    server.mailbox.post(interrupted)
+    try:
+        assert ended.wait(5), "the loop swallowed SystemExit"
+    finally:
+        server.close()
