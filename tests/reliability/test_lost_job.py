@@ -20,6 +20,21 @@ from tests.unit.test_steps_manager import env  # noqa: F401 - the fixture
 pytestmark = pytest.mark.reliability
 
 
+def running_service(world):
+    """A reservation bound by its service's job (job 100), which runs."""
+    rec = world.reserve()
+    world.sm.reconcile()
+    world.rm.get_allocation(rec.name)
+    world.slurm.set(100, rec.name, "", "RUNNING")
+    world.sm.reconcile()
+    return rec
+
+
+def release(world, rec) -> None:
+    world.sm.release(rec.name)
+    world.sm.reconcile()
+
+
 def test_job_lost_before_it_started_is_submitted_again(world):  # noqa: F811
     """PENDING, never bound, then unknown to Slurm: one new job, the service goes on."""
     rec = world.reserve()
@@ -51,13 +66,8 @@ def test_released_job_requeued_by_a_restart_is_cancelled_again_at_once(world):  
     """Found on the mini-cluster: slurmctld killed while a released service's job is being
     cancelled recovers it, requeues it and runs it again; the orchestrator used to wait
     release_timeout (120 s) before cancelling again, so the released service ran again."""
-    rec = world.reserve()
-    world.sm.reconcile()
-    world.rm.get_allocation(rec.name)
-    world.slurm.set(100, rec.name, "", "RUNNING")
-    world.sm.reconcile()
-    world.sm.release(rec.name)
-    world.sm.reconcile()
+    rec = running_service(world)
+    release(world, rec)
     assert world.slurm.cancelled == [(100, "SIGKILL")]
     world.slurm.set(100, rec.name, "", "PENDING", "BurstBufferStageIn")  # requeued
     world.clock.now += 2
@@ -69,11 +79,7 @@ def test_id_of_a_lost_job_reused_by_another_job_is_not_followed(world):  # noqa:
     """Seen on the mini-cluster: Slurm gives the id of a job it lost to the next
     submission. The service must not take that job for its own: not report its state,
     and above all not cancel it on release (it may be another user's)."""
-    rec = world.reserve()
-    world.sm.reconcile()
-    world.rm.get_allocation(rec.name)
-    world.slurm.set(100, rec.name, "", "RUNNING")
-    world.sm.reconcile()
+    rec = running_service(world)
     world.slurm.set(100, "bob_job", "", "RUNNING")  # lost, then the id reused
     world.sm.reconcile()
     assert "no longer known to Slurm" in world.status()["detail"]
@@ -109,13 +115,8 @@ def test_job_requeued_after_its_teardown_is_cancelled(world):  # noqa: F811
     the plugin), then slurmctld killed: Slurm recovers the job from its older saved state
     and requeues it; its setup fails (reservation missing) and the job stays held in the
     queue forever. The orchestrator follows a released service's job until it ends."""
-    rec = world.reserve()
-    world.sm.reconcile()
-    world.rm.get_allocation(rec.name)
-    world.slurm.set(100, rec.name, "", "RUNNING")
-    world.sm.reconcile()
-    world.sm.release(rec.name)
-    world.sm.reconcile()
+    rec = running_service(world)
+    release(world, rec)
     world.rm.delete_allocation(rec.name)  # the plugin's teardown
     assert world.status()["status"] == "STOPPED"
     world.slurm.set(100, rec.name, "", "PENDING", "BurstBufferOperation")  # requeued, held
@@ -133,13 +134,8 @@ def test_ended_job_that_comes_back_after_release_is_cancelled(world):  # noqa: F
     """Found on the mini-cluster: the job had ended (CANCELLED) and the service was STOPPED
     when a slurmctld kill made Slurm recover the job from a state saved before the cancel
     (RUNNING again, on resources already given back). It is cancelled again."""
-    rec = world.reserve()
-    world.sm.reconcile()
-    world.rm.get_allocation(rec.name)
-    world.slurm.set(100, rec.name, "", "RUNNING")
-    world.sm.reconcile()
-    world.sm.release(rec.name)
-    world.sm.reconcile()
+    rec = running_service(world)
+    release(world, rec)
     world.rm.delete_allocation(rec.name)  # the plugin's teardown
     world.slurm.set(100, rec.name, "", "CANCELLED")
     world.sm.reconcile()
