@@ -83,8 +83,7 @@ def test_id_of_a_lost_job_reused_by_another_job_is_not_followed(world):  # noqa:
     world.slurm.set(100, "bob_job", "", "RUNNING")  # lost, then the id reused
     world.sm.reconcile()
     assert "no longer known to Slurm" in world.status()["detail"]
-    world.sm.release(rec.name)
-    world.sm.reconcile()
+    release(world, rec)
     assert world.slurm.cancelled == []
 
 
