@@ -336,6 +336,22 @@ if not (issubclass(Placement, tuple) and Placement.__basicsize__ == tuple.__basi
 cdef int64_t _MAX = MAX_SIZE  # 2**62: sizes are below it
 
 
+cdef inline bint _plain_demand(object servers, object cores, object msize, object ssize,
+                               int64_t* d):
+    """The demand in ``d`` if it is plain ints in range: the checks in Python can be skipped."""
+    if not (type(servers) is int and type(cores) is int
+            and type(msize) is int and type(ssize) is int):
+        return False
+    try:
+        d[0] = servers
+        d[1] = cores
+        d[2] = msize
+        d[3] = ssize
+    except OverflowError:
+        return False
+    return 1 <= d[0] < _MAX and 0 <= d[1] < _MAX and 0 <= d[2] < _MAX and 0 <= d[3] < _MAX
+
+
 def _use_avx2(want):
     """Scan index blocks with AVX2 (when the CPU has it) or the plain loop; True if AVX2.
 
@@ -508,10 +524,8 @@ cdef class Allocator:
         return Free(list(dn.cores), dn.msize, dn.ssize)
 
     def can_fit_ever(self, servers, cores, msize, ssize, locations=None):
-        # As reserve(): plain ints in range skip the Python-level validation.
-        if not (type(servers) is int and type(cores) is int and type(msize) is int
-                and type(ssize) is int and 1 <= servers < _MAX and 0 <= cores < _MAX
-                and 0 <= msize < _MAX and 0 <= ssize < _MAX):
+        cdef int64_t d[4]
+        if not _plain_demand(servers, cores, msize, ssize, d):
             servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
         cdef _Tiers t = self._all if locations is None else self._tiers_for(locations)
         return fits_ever(self._inv, t.cand, servers, cores, msize, ssize)
@@ -529,22 +543,15 @@ cdef class Allocator:
 
     def reserve(self, name, servers, cores, msize, ssize, locations=None):
         cdef int64_t sv, c, m, s
+        cdef int64_t d[4]
         cdef int32_t found
         cdef _Tiers t
         cdef list result
         if type(name) is not str or len(<str> name) == 0:
             check_name(name)
-        sv = c = m = s = -1
-        if (type(servers) is int and type(cores) is int
-                and type(msize) is int and type(ssize) is int):
-            try:
-                sv = servers
-                c = cores
-                m = msize
-                s = ssize
-            except OverflowError:
-                sv = -1
-        if not (1 <= sv < _MAX and 0 <= c < _MAX and 0 <= m < _MAX and 0 <= s < _MAX):
+        if _plain_demand(servers, cores, msize, ssize, d):
+            sv, c, m, s = d[0], d[1], d[2], d[3]
+        else:
             servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
             sv, c, m, s = servers, cores, msize, ssize
         t = self._all if locations is None else self._tiers_for(locations)
