@@ -37,11 +37,12 @@ import waitress.task
 from waitress import wasyncore
 from waitress.buffers import OverflowableBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
-from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.parser import ParsingError
 from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import BadRequest, find_double_newline
 
 from . import loop
+from .waitress_fast import FastRequestParser, FastWSGITask
 
 log = logging.getLogger("wfm_orchestrator.server")
 
@@ -54,7 +55,7 @@ WAITRESS_BODY_LIMIT = MAX_BODY + 1
 MAX_HEADER = 64 * 1024
 
 
-class StrictRequestParser(HTTPRequestParser):
+class StrictRequestParser(FastRequestParser):
     def received(self, data: bytes) -> int:
         if self.body_rcv is None and not self.completed:
             pending = self.header_plus + data
@@ -79,6 +80,8 @@ class StrictRequestParser(HTTPRequestParser):
 
 class StrictChannel(HTTPChannel):
     parser_class = StrictRequestParser
+    task_class = FastWSGITask
+    _environ_base: dict | None = None  # FastWSGITask's, built at the first request
 
 
 class LoopDispatcher(ThreadedTaskDispatcher):
