@@ -102,6 +102,16 @@ def test_authorization_matrix(secured, method, path, body, allowed, caller):
 
 @pytest.mark.parametrize(("method", "path", "body", "allowed"), MATRIX,
                          ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
+def test_auth_none_lets_every_endpoint_through_without_a_token(client, method, path, body,
+                                                               allowed):
+    """auth = none (loopback only): the anonymous admin, no authorization middleware."""
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=RESERVE)
+    r = call(client, method, path, body, None)
+    assert r.status_code not in (401, 403), r.text
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), MATRIX,
+                         ids=[f"{m} {p}" for m, p, _, _ in MATRIX])
 def test_every_endpoint_refuses_a_missing_or_bad_token_with_401(secured, method, path, body,
                                                                 allowed):
     """No token, or a broken one: 401 with WWW-Authenticate, nothing changed."""

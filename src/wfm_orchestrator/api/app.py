@@ -141,8 +141,13 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
               step_manager: StepManager | None = None
               ) -> tuple[falcon.App, Callable[[str, str], bool]]:
     """The application, and which of its requests the server may serve on its event loop."""
-    app = falcon.App(middleware=[AccessLog(), Authorization(build_verifier(config))],
-                     cors_enable=False)
+    verifier = build_verifier(config)
+    middleware: list[object] = [AccessLog()]
+    if verifier is not None:
+        # With auth = none every request is the anonymous admin, who may do
+        # everything (identity_of's default): there is nothing to check.
+        middleware.append(Authorization(verifier))
+    app = falcon.App(middleware=middleware, cors_enable=False)
     handler = json_handler()
     app.req_options.media_handlers[falcon.MEDIA_JSON] = handler
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = handler
