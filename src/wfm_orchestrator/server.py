@@ -42,6 +42,7 @@ from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import BadRequest, find_double_newline
 
 from . import loop
+from .collector import FullCollections
 from .waitress_fast import FastRequestParser, FastWSGITask
 
 log = logging.getLogger("wfm_orchestrator.server")
@@ -341,17 +342,23 @@ def create_server(app: Any, host: str, port: int, threads: int,
     poll = wasyncore.poll2 if server.adj.asyncore_use_poll else wasyncore.poll
 
     def run_loop() -> None:
-        # waitress' loop, plus the end-of-iteration hook (commits in batches).
+        # waitress' loop, plus the end-of-iteration hook (commits in batches)
+        # and the garbage collector's full collections (collector.py).
         dispatcher.loop_thread = threading.get_ident()
         loop.become_loop_thread()
+        collections = FullCollections()
+        collections.start()
         try:
             while server._map:
                 poll(server.adj.asyncore_loop_timeout, server._map)
                 server.mailbox.run()
                 loop.iteration_end()
+                collections.tick()
         except (SystemExit, KeyboardInterrupt):
             dispatcher.shutdown()
             raise
+        finally:
+            collections.stop()
 
     def wake_loop() -> None:
         # Channels call this after each answer; the loop itself needs no waking.
