@@ -153,6 +153,21 @@ def test_openapi_document_is_public(secured):
     assert client.simulate_get("/openapi.json").status_code == 200
 
 
+def test_openapi_document_declares_the_bearer_token_and_its_errors(secured):
+    """With auth = keycloak: the bearer scheme, required everywhere, and 401/403/503 documented."""
+    secured_client, _ = secured
+    doc = secured_client.simulate_get("/openapi.json").json
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]}
+    assert doc["security"] == [{"bearerAuth": []}]
+    operations = [op for ops in doc["paths"].values()
+                  for method, op in ops.items() if method != "parameters"]
+    assert len(operations) == len(MATRIX)
+    for op in operations:
+        assert {"401", "403", "503"} <= set(op["responses"]), op["summary"]
+
+
 def test_user_slurm_token_never_appears_in_answers_or_logs(secured, caplog):
     """The user's Slurm token is in no status, error or log line."""
     client, tokens = secured

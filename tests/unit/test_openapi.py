@@ -33,6 +33,14 @@ def test_document_methods_match_the_resources(app_factory):
         assert methods == responders, path
 
 
+def test_auth_none_document_asks_for_no_token(client):
+    """auth = none: no security scheme and no 401/403 (test_authorization has keycloak's)."""
+    doc = client.simulate_get("/openapi.json").json
+    assert "security" not in doc and "securitySchemes" not in doc["components"]
+    assert all("401" not in op["responses"] for ops in doc["paths"].values()
+               for method, op in ops.items() if method != "parameters")
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_path_is_served_under_every_version(client, version):
     """/v1.0.0, /v2.0.0 and /v2.1.0 serve the same resources (no redirects)."""

@@ -159,5 +159,6 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
     for path, resource in table:
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)
-    app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table]))
+    app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table],
+                                                   bearer=verifier is not None))
     return app, nonblocking_requests(table)

@@ -351,11 +351,34 @@ OPERATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def document(paths: list[str]) -> dict[str, Any]:
+# With auth = keycloak every operation takes a bearer token (docs/security.md).
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                 "description": "An access token of the Keycloak realm (keycloak_realm), "
+                                "for the audience keycloak_audience"}
+_BEARER_ERRORS = {
+    "401": _error("no bearer token, or one that is invalid or expired (see WWW-Authenticate)"),
+    "403": _error("the token's roles do not allow this operation (the role needed is named)"),
+    "503": _error("the realm's signing keys could not be fetched from Keycloak yet"),
+}
+
+
+def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
+    """The OpenAPI document of ``paths``; ``bearer`` when the API asks for tokens."""
     out_paths = {}
     for path in paths:
         version = CANONICAL_VERSION.get(path, DEFAULT_VERSION)
-        out_paths[f"/{version}{path}"] = OPERATIONS[path]
+        operations = OPERATIONS[path]
+        if bearer:
+            operations = {
+                method: ({**op, "responses": {**op["responses"], **_BEARER_ERRORS}}
+                         if method != "parameters" else op)
+                for method, op in operations.items()}
+        out_paths[f"/{version}{path}"] = operations
+    components: dict[str, Any] = {"schemas": SCHEMAS}
+    security: dict[str, Any] = {}
+    if bearer:
+        components["securitySchemes"] = {"bearerAuth": BEARER_SCHEME}
+        security["security"] = [{"bearerAuth": []}]
     return {
         "openapi": "3.0.3",
         "info": {
@@ -369,15 +392,16 @@ def document(paths: list[str]) -> dict[str, Any]:
             ),
         },
         "paths": out_paths,
-        "components": {"schemas": SCHEMAS},
+        "components": components,
+        **security,
     }
 
 
 class OpenAPI:
     auth_actions = {"GET": "public"}
 
-    def __init__(self, paths: list[str]):
-        self.doc = document(paths)
+    def __init__(self, paths: list[str], bearer: bool = False):
+        self.doc = document(paths, bearer)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.doc
