@@ -82,6 +82,11 @@ class Tier:
 # --- settings ---------------------------------------------------------------
 
 
+# A released service's job is followed for 10 minutes after it ended
+# (services.FOLLOW_RELEASED); forgetting it must come well after that.
+MIN_RETENTION = 3600.0
+
+
 def _text(v: str) -> str:
     return v
 
@@ -116,6 +121,17 @@ def _seconds(v: str) -> float:
         raise ValueError("expected a number of seconds") from None
     if not 0 < f <= 86400:
         raise ValueError("expected a number of seconds between 0 and 86400")
+    return f
+
+
+def _retention(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not MIN_RETENTION <= f <= 10 * 365 * 86400:
+        raise ValueError(f"expected a number of seconds from {MIN_RETENTION:.0f} (1 hour) "
+                         "to 315360000 (10 years)")
     return f
 
 
@@ -189,6 +205,10 @@ SETTINGS: dict[str, Setting] = {
         "the head has waited less than this many seconds"
     ),
     "reconcile_interval": Setting("2", _seconds, "seconds between two polls of slurmrestd"),
+    "released_retention": Setting(
+        "604800", _retention, "seconds a released reservation stays listed (STOPPED) before "
+        "it is forgotten: removed from memory, the status lists and the state database"
+    ),
     "teardown_grace": Setting(
         "60", _seconds, "seconds the burst-buffer teardown has, after a service job ended, to "
         "delete its reservation before the orchestrator frees it itself"

@@ -91,6 +91,9 @@ _UPSERT = (
 )
 
 
+_FORGET = "DELETE FROM reservation WHERE name = ? AND seq = ?"
+
+
 def _row(rec: Reservation) -> Statement:
     cached = rec._json
     if cached is None or cached[0] is not rec.request or cached[1] is not rec.placement:
@@ -326,6 +329,33 @@ class ResourceManager:
                 self._notify(r)
         self._commit(ticket)
         return rec
+
+    # --- history ------------------------------------------------------------
+
+    def forget_released(self, keep: Callable[[str], bool] = lambda name: False
+                        ) -> list[tuple[str, int]]:
+        """Forget the reservations released more than ``released_retention`` ago.
+
+        Their records leave memory (and so the status lists) and their rows the
+        state database: without this, every reservation ever made stayed in both,
+        and memory, status lists, start-up and garbage collections grew without
+        bound. A forgotten name may be reserved again like any new one.
+        ``keep(name)`` vetoes one (a service whose job is still followed). The
+        newest reservation is always kept: after a restart, new reservations
+        continue its sequence number. Returns the (name, seq) forgotten.
+        """
+        cutoff = self.clock() - self.config.released_retention
+        with self._lock:
+            old = [rec for rec in self._records.values()
+                   if rec.state == State.RELEASED and rec.updated < cutoff
+                   and rec.seq != self._seq and not keep(rec.name)]
+            if not old:
+                return []
+            for rec in old:
+                del self._records[rec.name]
+            ticket = self.store.write([(_FORGET, (rec.name, rec.seq)) for rec in old])
+        self._commit(ticket)
+        return [(rec.name, rec.seq) for rec in old]
 
     def _live(self, name: str) -> Reservation:
         rec = self._records.get(name)

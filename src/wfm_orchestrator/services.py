@@ -48,6 +48,7 @@ TERMINAL = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED
                       "GONE"})
 
 
+HOUSEKEEPING_INTERVAL = 600.0  # s between two looks for released services to forget
 FOLLOW_RELEASED = 600.0  # s: Slurm keeps an ended job MinJobAge (300 s by default)
 
 
@@ -91,6 +92,9 @@ _UPSERT = (
     " exit_code=excluded.exit_code, error=excluded.error,"
     " release_requested=excluded.release_requested, updated=excluded.updated"
 )
+
+
+_FORGET = "DELETE FROM service_job WHERE name = ? AND seq = ?"
 
 
 def _row(job: ServiceJob) -> tuple[str, tuple[Any, ...]]:
@@ -164,6 +168,9 @@ class ServiceManager:
         self._jobs: dict[str, ServiceJob] = {}
         self.worker = Worker("service-worker", self.reconcile, config.reconcile_interval,
                              config.slurm_timeout * 3)
+        # Forgets old released services; runs with or without Slurm.
+        self.housekeeping = Worker("housekeeping", self.forget_released, HOUSEKEEPING_INTERVAL,
+                                   30.0)
         self._slurm_problem = ""
         self._cancelled: dict[str, float] = {}  # name -> when the cancel was sent (this run)
         self._load()
@@ -271,9 +278,34 @@ class ServiceManager:
     def start(self) -> None:
         if self.slurm is not None:
             self.worker.start()
+        self.housekeeping.start()
 
     def stop(self) -> None:
+        self.housekeeping.stop()
         self.worker.stop()
+
+    def forget_released(self) -> list[str]:
+        """Forget released services older than ``released_retention`` (rows and records).
+
+        A released service whose Slurm job has not ended (a cancel that did not
+        take) is kept: it is still followed and its job still cancelled.
+        """
+        with self._lock:
+            followed = {job.name for job in self._jobs.values()
+                        if job.job_id is not None and not job.ended}
+        forgotten = self.rm.forget_released(keep=followed.__contains__)
+        if not forgotten:
+            return []
+        with self._lock:
+            jobs = [self._jobs.pop(name) for name, seq in forgotten
+                    if name in self._jobs and self._jobs[name].seq == seq]
+            for name, _ in forgotten:
+                self._cancelled.pop(name, None)
+            ticket = self.store.write([(_FORGET, (job.name, job.seq)) for job in jobs])
+        ticket.wait()
+        log.info("forgot %d service(s) released more than %.0f s ago (released_retention)",
+                 len(forgotten), self.config.released_retention)
+        return [name for name, _ in forgotten]
 
     def _live_jobs(self) -> list[tuple[Reservation, ServiceJob]]:
         out = []

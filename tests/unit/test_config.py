@@ -112,6 +112,13 @@ def test_auth_none_needs_a_loopback_listener():
     assert "only on a loopback listener" in found[0]
 
 
+def test_released_retention_is_at_least_an_hour():
+    """Forgetting released services must come well after their jobs stop being followed."""
+    found = problems(BASE + "released_retention = 60\n")
+    assert "released_retention" in found[0] and "from 3600" in found[0]
+    assert parse_config(BASE + "released_retention = 3600\n").released_retention == 3600
+
+
 def test_auth_keycloak_needs_server_and_realm():
     """The default auth = keycloak needs keycloak_server and keycloak_realm."""
     found = problems(BASE.replace("auth = none\n", ""))

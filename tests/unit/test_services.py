@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -359,3 +360,88 @@ def test_released_service_followed_after_teardown_is_not_freed_again(world, capl
         world.sm.reconcile()
     assert "freed by the orchestrator" not in caplog.text
     assert "reservation deleted" in world.status()["detail"]
+
+
+# --- forgetting released services (released_retention) --------------------------------
+
+def gbf(name):
+    return {"name": name, "user": "alice", "user_slurm_token": "t", "type": "GBF",
+            "attributes": {"gssize": 10, "mountpoint": "/m"}}
+
+
+def names_in_db(world, table="reservation"):
+    return sorted(row["name"] for row in world.store.query(f"SELECT name FROM {table}"))
+
+
+def test_released_reservations_are_forgotten_after_the_retention(world):
+    """Released longer than released_retention: gone from the lists, memory and database."""
+    retention = world.config.released_retention
+    for name in ("alice_a", "alice_b", "alice_c"):
+        world.reserve(gbf(name))
+    world.rm.delete_allocation("alice_a")
+    world.rm.delete_allocation("alice_c")
+    world.clock.now += retention - 1
+    assert world.sm.forget_released() == []
+    world.clock.now += 2
+    # alice_c, the newest reservation, is kept: new ones continue its sequence number.
+    assert world.sm.forget_released() == ["alice_a"]
+    assert world.rm.get("alice_a") is None and world.status("alice_a") is None
+    assert [s["name"] for s in world.sm.statuses()] == ["alice_b", "alice_c"]
+    assert names_in_db(world) == ["alice_b", "alice_c"]
+    seq_c = world.rm.get("alice_c").seq
+
+    world.restart()
+    assert world.rm.get("alice_a") is None
+    again = world.reserve(gbf("alice_a"))  # a forgotten name is a new reservation
+    assert again.state == RS.FREE and again.seq > seq_c
+
+
+def test_a_released_service_whose_job_still_runs_is_kept(world):
+    """Its job is still followed (and cancelled): forgotten only once the job ended."""
+    world.reserve()
+    world.sm.reconcile()
+    world.slurm.set(100, SBB["name"], job_tag(SBB["name"], 1), "RUNNING")
+    world.sm.reconcile()
+    world.rm.delete_allocation(SBB["name"])  # e.g. freed by the teardown, job not stopped
+    world.reserve(gbf("alice_newer"))
+    world.clock.now += world.config.released_retention + 1
+    world.sm.reconcile()
+    assert world.sm.forget_released() == []
+    assert names_in_db(world, "service_job") == [SBB["name"]]
+
+    world.slurm.set(100, SBB["name"], job_tag(SBB["name"], 1), "COMPLETED")
+    world.sm.reconcile()
+    assert world.sm.job(SBB["name"]).ended
+    assert world.sm.forget_released() == [SBB["name"]]
+    assert world.sm.job(SBB["name"]) is None
+    assert names_in_db(world, "service_job") == []
+    assert names_in_db(world) == ["alice_newer"]
+
+
+def test_housekeeping_forgets_without_slurm(make_config):
+    """Resource Manager only: the housekeeping thread still runs (at start, then every 10 min)."""
+    from wfm_orchestrator.model import parse_reserve
+    from wfm_orchestrator.resource_manager import ResourceManager
+    from wfm_orchestrator.services import ServiceManager
+    from wfm_orchestrator.store import Store
+
+    config = make_config(SMALL_CONF)
+    clock = Clock()
+    store = Store(config.state_db)
+    try:
+        rm = ResourceManager(config, store, clock=clock)
+        sm = ServiceManager(config, rm, store, None, clock=clock)
+        for name in ("alice_old", "alice_new"):
+            rm.reserve(parse_reserve(gbf(name), config))
+        rm.delete_allocation("alice_old")
+        clock.now += config.released_retention + 1
+        sm.start()
+        try:
+            deadline = time.monotonic() + 5
+            while rm.get("alice_old") is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            sm.stop()
+        assert rm.get("alice_old") is None and rm.get("alice_new") is not None
+    finally:
+        store.close()
