@@ -114,21 +114,22 @@ def _csv(v: str) -> tuple[str, ...]:
     return items
 
 
-def _seconds(v: str) -> float:
+def _number_of_seconds(v: str) -> float:
     try:
-        f = float(v)
+        return float(v)
     except ValueError:
         raise ValueError("expected a number of seconds") from None
+
+
+def _seconds(v: str) -> float:
+    f = _number_of_seconds(v)
     if not 0 < f <= 86400:
         raise ValueError("expected a number of seconds between 0 and 86400")
     return f
 
 
 def _retention(v: str) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
+    f = _number_of_seconds(v)
     if not MIN_RETENTION <= f <= 10 * 365 * 86400:
         raise ValueError(f"expected a number of seconds from {MIN_RETENTION:.0f} (1 hour) "
                          "to 315360000 (10 years)")

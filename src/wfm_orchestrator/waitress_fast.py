@@ -134,11 +134,9 @@ class FastRequestParser(HTTPRequestParser):
         for coding in codings:
             if coding != "chunked":
                 raise TransferEncodingNotImplemented(_NOT_SUPPORTED)
-        if codings and codings[-1] == "chunked":
+        if codings:  # every one is "chunked" (any other was refused above)
             self.chunked = True
             self.body_rcv = ChunkedReceiver(OverflowableBuffer(self.adj.inbuf_overflow))
-        elif codings:  # pragma: no cover - "chunked" not last was refused above
-            raise TransferEncodingNotImplemented(_NOT_SUPPORTED)
 
 
 class FastWSGITask(WSGITask):

@@ -13,7 +13,7 @@ with Transfer-Encoding both get 400 and a closed connection.
 
 from __future__ import annotations
 
-import os
+import json
 import random
 import re
 import signal
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ROOT, SMALL_CONF, server_env
+from tests.conftest import SMALL_CONF, server_env
 
 pytestmark = pytest.mark.integration
 
@@ -454,16 +454,16 @@ def test_sigterm_under_durable_load_stops_the_server(tmp_path):
         srv = start_server(home)
         stop = threading.Event()
 
-        def load(worker: int, port: int = srv.port) -> None:
+        def load(worker: int, port: int = srv.port, stop: threading.Event = stop) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             n = 0
             try:
                 while not stop.is_set():
                     n += 1
                     name = f"sig{worker}x{n}"
-                    body = ('{"name": "%s", "user": "alice", "user_slurm_token": "t", '
-                            '"type": "GBF", "attributes": {"cores": 1, "gssize": 16, '
-                            '"mountpoint": "/m"}}' % name)
+                    body = json.dumps({"name": name, "user": "alice", "user_slurm_token": "t",
+                                       "type": "GBF", "attributes": {
+                                           "cores": 1, "gssize": 16, "mountpoint": "/m"}})
                     conn.request("POST", "/v1.0.0/ephemeralservice/reserve", body,
                                  {"Content-Type": "application/json"})
                     conn.getresponse().read()

@@ -102,8 +102,11 @@ def status(orch, name: str) -> dict:
 
 
 def wait_status(orch, name: str, wanted: str | tuple[str, ...], timeout: float = 120.0,
-                extra=None) -> dict:
-    """Poll the service's status until it is ``wanted`` (and ``extra(st)`` holds)."""
+                extra=None, required: bool = True) -> dict | None:
+    """Poll the service's status until it is ``wanted`` (and ``extra(st)`` holds).
+
+    On timeout: fail, or (``required=False``) return the last status seen (None if none).
+    """
     wanted = (wanted,) if isinstance(wanted, str) else wanted
     deadline = time.monotonic() + timeout
     st = None
@@ -115,6 +118,8 @@ def wait_status(orch, name: str, wanted: str | tuple[str, ...], timeout: float =
         except OSError:
             pass
         if time.monotonic() >= deadline:
+            if not required:
+                return st
             pytest.fail(f"service {name}: expected {'/'.join(wanted)}, still {st} after "
                         f"{timeout:g} s\n{orch.log()[-3000:]}")
         time.sleep(0.3)

@@ -114,17 +114,9 @@ WEDGED_AFTER = 180.0
 
 def started_or_wedged(orch, client, name: str) -> dict | None:
     """ALLOCATED or STOPPED, as usual; None if Slurm wedged the job (see the module doc)."""
-    deadline = time.monotonic() + WEDGED_AFTER
-    while True:
-        try:
-            st = status(orch, name)
-            if st["status"] in ("ALLOCATED", "STOPPED"):
-                return st
-        except OSError:
-            st = None
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.3)
+    st = wait_status(orch, name, ("ALLOCATED", "STOPPED"), WEDGED_AFTER, required=False)
+    if st is not None and st["status"] in ("ALLOCATED", "STOPPED"):
+        return st
     pending = [j for j in tagged_jobs(client, name) if j.state == "PENDING"]
     if (st is not None and st["status"] == "STAGEDIN" and "pending" in st["detail"]
             and len(pending) == 1 and "GET 200" in access_lines(orch, name)):

@@ -55,6 +55,15 @@ def manager(tmp_path, name: str, policy: str, clock: Clock) -> ResourceManager:
     return ResourceManager(config, Store(str(tmp_path / f"{name}.db")), clock=clock)
 
 
+@pytest.fixture
+def backfill(tmp_path):
+    """A resource manager with queue_policy = backfill (window 10 s) and its clock."""
+    clock = Clock()
+    rm = manager(tmp_path, "rm", "backfill", clock)
+    yield rm, clock
+    rm.store.close()
+
+
 def request(rm: ResourceManager, name: str, cores: int, gb: int, servers: int,
             storage_gb: int = 1):
     return parse_reserve({"name": name, "user": "alice", "user_slurm_token": "t", "type": "GBF",
@@ -95,7 +104,8 @@ operations = st.lists(st.one_of(
 
 
 @pytest.mark.parametrize("policy", ["fifo", "backfill"])
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_admission_matches_trying_every_queued_reservation(tmp_path_factory, policy, ops):
     tmp_path = tmp_path_factory.mktemp("admit")
@@ -111,73 +121,58 @@ def test_admission_matches_trying_every_queued_reservation(tmp_path_factory, pol
         plain.store.close()
 
 
-def test_backfill_release_tries_each_distinct_demand_once(tmp_path):
+def test_backfill_release_tries_each_distinct_demand_once(backfill):
     """2,000 queued copies of a demand that does not fit: one allocator call for them all."""
-    clock = Clock()
-    rm = manager(tmp_path, "rm", "backfill", clock)
-    try:
-        for i in range(4):
-            rm.reserve(request(rm, f"full{i}", 8, 16, 1))
-        for i in range(2000):
-            rm.reserve(request(rm, f"big{i}", 8, 16, 2))  # two whole datanodes: never now
-        rm.reserve(request(rm, "small", 1, 1, 1))
-        assert rm.snapshot("small")[0].state == State.QUEUED
-        calls = []
-        reserve = rm.allocator.reserve
+    rm, _ = backfill
+    for i in range(4):
+        rm.reserve(request(rm, f"full{i}", 8, 16, 1))
+    for i in range(2000):
+        rm.reserve(request(rm, f"big{i}", 8, 16, 2))  # two whole datanodes: never now
+    rm.reserve(request(rm, "small", 1, 1, 1))
+    assert rm.snapshot("small")[0].state == State.QUEUED
+    calls = []
+    take = rm._take
 
-        def counted(*args, **kwargs):
-            calls.append(args)
-            return reserve(*args, **kwargs)
+    def counted(rec, now):
+        calls.append(rec.name)
+        return take(rec, now)
 
-        rm.allocator = types.SimpleNamespace(**{
-            name: getattr(rm.allocator, name) for name in dir(rm.allocator)
-            if not name.startswith("_")})
-        rm.allocator.reserve = counted
-        rm.delete_allocation("full0")  # one datanode free: big still cannot fit, small can
-        assert rm.snapshot("small")[0].state == State.FREE
-        assert len(calls) == 2  # big (once, not 2,000 times) and small
-        assert [r.name for r in rm._queue][:2] == ["big0", "big1"]
-        assert len(rm._queue) == 2000
-    finally:
-        rm.store.close()
+    rm._take = counted
+    rm.delete_allocation("full0")  # one datanode free: big still cannot fit, small can
+    assert rm.snapshot("small")[0].state == State.FREE
+    assert calls == ["big0", "small"]  # big tried once, not 2,000 times
+    assert [r.name for r in rm._queue][:2] == ["big0", "big1"]
+    assert len(rm._queue) == 2000
 
 
-def test_backfill_window_counts_from_the_new_head_once_the_old_one_is_admitted(tmp_path):
+def test_backfill_window_counts_from_the_new_head_once_the_old_one_is_admitted(backfill):
     """Old head admitted, next one young: a later reservation that fits still passes it."""
-    clock = Clock()
-    rm = manager(tmp_path, "rm", "backfill", clock)
-    try:
-        for i in range(4):
-            rm.reserve(request(rm, f"full{i}", 6, 8, 1))  # 2 cores, 8 GB left on each
-        rm.reserve(request(rm, "old", 8, 8, 1))  # needs a whole datanode's cores
-        clock.now += 11  # old waited longer than the window (10 s)
-        rm.reserve(request(rm, "young", 8, 8, 2))  # two whole datanodes
-        rm.reserve(request(rm, "late", 2, 1, 1))  # fits the 2 cores left... behind old
-        assert rm.snapshot("late")[0].state == State.QUEUED  # old blocks: waited > window
-        rm.delete_allocation("full0")  # dn freed: old takes it; young cannot fit
-        assert rm.snapshot("old")[0].state == State.FREE
-        assert rm.snapshot("young")[0].state == State.QUEUED
-        # young is the head now, and has waited 0 s: late may pass it
-        assert rm.snapshot("late")[0].state == State.FREE
-    finally:
-        rm.store.close()
+    rm, clock = backfill
+    for i in range(4):
+        rm.reserve(request(rm, f"full{i}", 6, 8, 1))  # 2 cores, 8 GB left on each
+    rm.reserve(request(rm, "old", 8, 8, 1))  # needs a whole datanode's cores
+    clock.now += 11  # old waited longer than the window (10 s)
+    rm.reserve(request(rm, "young", 8, 8, 2))  # two whole datanodes
+    rm.reserve(request(rm, "late", 2, 1, 1))  # fits the 2 cores left... behind old
+    assert rm.snapshot("late")[0].state == State.QUEUED  # old blocks: waited > window
+    rm.delete_allocation("full0")  # dn freed: old takes it; young cannot fit
+    assert rm.snapshot("old")[0].state == State.FREE
+    assert rm.snapshot("young")[0].state == State.QUEUED
+    # young is the head now, and has waited 0 s: late may pass it
+    assert rm.snapshot("late")[0].state == State.FREE
 
 
-def test_demands_that_differ_only_in_storage_are_tried_separately(tmp_path):
+def test_demands_that_differ_only_in_storage_are_tried_separately(backfill):
     """The memo is per whole demand: a smaller ssize behind a failed larger one still fits."""
-    clock = Clock()
-    rm = manager(tmp_path, "rm", "backfill", clock)
-    try:
-        for i in range(4):
-            rm.reserve(request(rm, f"full{i}", 7, 1, 1, storage_gb=600))  # 1 core left each
-        node = rm.reserve(request(rm, "store", 1, 1, 1, storage_gb=400)).placement[0].server
-        rm.reserve(request(rm, "wide", 2, 1, 1, storage_gb=900))
-        rm.reserve(request(rm, "narrow", 2, 1, 1, storage_gb=300))
-        assert {rm.snapshot(n)[0].state for n in ("wide", "narrow")} == {State.QUEUED}
-        on_node = next(r.name for r in rm.live()
-                       if r.name.startswith("full") and r.placement[0].server == node)
-        rm.delete_allocation(on_node)  # that node: 7 cores, 600 GB free
-        assert rm.snapshot("wide")[0].state == State.QUEUED
-        assert rm.snapshot("narrow")[0].state == State.FREE
-    finally:
-        rm.store.close()
+    rm, _ = backfill
+    for i in range(4):
+        rm.reserve(request(rm, f"full{i}", 7, 1, 1, storage_gb=600))  # 1 core left each
+    node = rm.reserve(request(rm, "store", 1, 1, 1, storage_gb=400)).placement[0].server
+    rm.reserve(request(rm, "wide", 2, 1, 1, storage_gb=900))
+    rm.reserve(request(rm, "narrow", 2, 1, 1, storage_gb=300))
+    assert {rm.snapshot(n)[0].state for n in ("wide", "narrow")} == {State.QUEUED}
+    on_node = next(r.name for r in rm.live()
+                   if r.name.startswith("full") and r.placement[0].server == node)
+    rm.delete_allocation(on_node)  # that node: 7 cores, 600 GB free
+    assert rm.snapshot("wide")[0].state == State.QUEUED
+    assert rm.snapshot("narrow")[0].state == State.FREE

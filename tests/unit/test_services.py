@@ -369,8 +369,12 @@ def gbf(name):
             "attributes": {"gssize": 10, "mountpoint": "/m"}}
 
 
+NAMES_IN = {"reservation": "SELECT name FROM reservation",
+            "service_job": "SELECT name FROM service_job"}
+
+
 def names_in_db(world, table="reservation"):
-    return sorted(row["name"] for row in world.store.query(f"SELECT name FROM {table}"))
+    return sorted(row["name"] for row in world.store.query(NAMES_IN[table]))
 
 
 def test_released_reservations_are_forgotten_after_the_retention(world):
