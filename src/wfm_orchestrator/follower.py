@@ -119,7 +119,12 @@ class Follower:
         return self.outage.problem
 
     def add(self, tracker: Tracker) -> None:
+        """Follow this tracker's records too (after those added before it, in each cycle)."""
         self._trackers.append(tracker)
+
+    @property
+    def trackers(self) -> tuple[Tracker, ...]:
+        return tuple(self._trackers)
 
     def wake(self) -> None:
         self.worker.wake()
