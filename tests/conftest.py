@@ -85,6 +85,113 @@ def client(app_factory):
     return c
 
 
+# --- worlds on the fake Slurm (tests/fake_slurm.py) ------------------------------------
+
+SERVICE_CONF = SMALL_CONF.replace("slurmrestd_url =", "slurmrestd_url = http://127.0.0.1:1\n"
+                          "slurm_token_file = /dev/null\nteardown_grace = 30\n"
+                          "release_timeout = 100") + \
+    'EphemeralService=SBB Command="/usr/local/libexec/wfm/sbb-service --root /x"\n'
+SBB = {"name": "alice_s_sbb", "user": "alice", "user_slurm_token": "alice-token", "type": "SBB",
+       "attributes": {"flavor": "small", "targets": ["/a/*", "/b/*"]}}
+
+
+@pytest.fixture
+def world(make_config, tmp_path):
+    """A resource manager + service manager on a real store, with a fake Slurm and clock."""
+    from tests.fake_slurm import FakeSlurm
+    from tests.jwks_fixture import FakeClock
+    from wfm_orchestrator.model import parse_reserve
+    from wfm_orchestrator.resource_manager import ResourceManager
+    from wfm_orchestrator.services import ServiceManager
+    from wfm_orchestrator.store import Store
+
+    stores = []
+
+    class World:
+        def __init__(self):
+            self.slurm = FakeSlurm()
+            self.clock = FakeClock(1_000_000.0)
+            self.open()
+
+        def open(self):
+            self.config = make_config(SERVICE_CONF)
+            self.store = Store(self.config.state_db)
+            stores.append(self.store)
+            self.rm = ResourceManager(self.config, self.store, clock=self.clock)
+            self.sm = ServiceManager(self.config, self.rm, self.store, self.slurm,
+                                     clock=self.clock)
+
+        def restart(self):
+            self.store.close()
+            self.open()
+
+        def reserve(self, body=SBB):
+            return self.rm.reserve(parse_reserve(body, self.config))
+
+        def status(self, name=SBB["name"]):
+            return self.sm.status(name)
+
+    yield World()
+    for store in stores:
+        try:
+            store.close()
+        except Exception:  # noqa: S110 - closed already by a restart
+            pass
+
+
+STEP_CONF = """
+listen = 127.0.0.1:8080
+auth = none
+state_db = {state_db}
+slurmrestd_url =
+queue_policy = {queue_policy}
+compute_partition = compute
+Location=loc1 ComputeNodes=cn[1-2] Datanodes=dn1 NeighborLocation=loc2
+Location=loc2 ComputeNodes=cn[3-4] Datanodes=dn2 NeighborLocation=loc1
+Datanode=dn[1-2] Cores=8 MemorySize=16GB StorageSize=1TB
+Tier=NVMe Root=/tiers/nvme
+Tier=HDD Root=/tiers/hdd
+"""
+STEP_BODY = {
+    "name": "alice_s1_step_0", "user": "alice", "location": ["loc1"],
+    "command_env": "IN=data", "command": "sbatch -n 2 job.sh $IN",
+    "services": [{"name": "alice_s1_sbb", "hint": "RO", "datamovers": [
+        {"name": "in1", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+         "elements": ["HDD:data/*.h5"]},
+        {"name": "in2", "trigger": "step_start", "target": "NVMe", "operation": "copy",
+         "elements": ["ref/*"]},
+        {"name": "out", "trigger": "step_stop", "target": "HDD", "operation": "move",
+         "elements": ["NVMe:results/**"]},
+    ]}],
+}
+
+
+@pytest.fixture
+def env(make_config, tmp_path):
+    """(config, make): make(slurm, services) builds a step manager on the same state
+    database (a restart when called again), with a fake Slurm and fake services."""
+    from tests.fake_slurm import FakeServices, FakeSlurm
+    from wfm_orchestrator.steps import StepManager
+    from wfm_orchestrator.store import Store
+
+    config = make_config(STEP_CONF)
+    stores = []
+
+    def make(slurm=None, services=None):
+        store = Store(config.state_db)
+        stores.append(store)
+        return StepManager(config, store, services or FakeServices(),
+                           slurm or FakeSlurm(cancel_ends_jobs=True),
+                           home=lambda u: f"/home/{u}")
+
+    yield config, make
+    for s in stores:
+        try:
+            s.close()
+        except OSError:
+            pass  # closed by the test (a restart)
+
+
 # The mini-cluster fixtures are registered here, once for the whole session: a
 # session-scoped fixture imported into several modules is several fixtures, and
 # the second orchestrator would wait for the first one's port lock (a hang).

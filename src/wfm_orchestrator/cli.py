@@ -46,6 +46,7 @@ def build_all(config: Config):
     """(app, nonblocking, rm, services, steps, store): build() plus the step manager and
     which requests the server may serve on its event loop."""
     from .api import build_api
+    from .follower import Follower
     from .resource_manager import ResourceManager
     from .services import ServiceManager
     from .slurm import SlurmClient
@@ -56,8 +57,10 @@ def build_all(config: Config):
     try:
         rm = ResourceManager(config, store)
         slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
-        services = ServiceManager(config, rm, store, slurm)
-        steps = StepManager(config, store, services, slurm)
+        # One follower for both: one read of Slurm's jobs per cycle, services first.
+        follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3)
+        services = ServiceManager(config, rm, store, slurm, follower=follower)
+        steps = StepManager(config, store, services, slurm, follower=follower)
     except BaseException:
         store.close()
         raise

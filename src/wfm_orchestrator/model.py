@@ -41,6 +41,15 @@ class ReservationState(enum.StrEnum):
     RELEASED = "RELEASED"  # DELETE server/allocation or release: resources returned
 
 
+class StepPhase(enum.StrEnum):
+    """Where the orchestrator is with a step (stored as these strings in ``step.phase``)."""
+
+    WAITING = "WAITING"  # accepted, waiting for its services, then submitting its jobs
+    SUBMITTED = "SUBMITTED"  # every job submitted: Slurm runs them
+    FAILED = "FAILED"  # failed by the orchestrator: its jobs are cancelled
+    DONE = "DONE"  # every job ended (or was aborted): nothing left to follow
+
+
 class ServiceStatus(enum.StrEnum):
     """The specification's ephemeral service statuses."""
 

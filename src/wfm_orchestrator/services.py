@@ -10,10 +10,11 @@ server/allocation).
 Work is driven from durable records (the ``service_job`` table): a service
 whose job is not known yet is submitted by the worker, after looking for a
 job carrying its tag (``comment``) in case an earlier run submitted it and
-crashed before storing the id. One worker thread does all Slurm I/O: one
-``GET /jobs`` per cycle follows every job, submits what is pending, cancels
-what was released, and frees the resources of services whose job ended
-without a teardown. Slurm being down only delays it.
+crashed before storing the id. The follower (follower.py) does all Slurm I/O
+on its worker thread: on its one ``GET /jobs`` per cycle this manager follows
+every job, submits what is pending, cancels what was released, and frees the
+resources of services whose job ended without a teardown. Slurm being down
+only delays it. The SQL of ``service_job`` is in repositories/service_jobs.py.
 
 Lock order: the resource manager's lock, then this one. Nothing here calls
 the resource manager while holding its own lock.
@@ -26,26 +27,27 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import ujson
 
 from .config import Config
-from .errors import NoSlurm, NotFound, SlurmAuthError, SlurmError, SlurmUnavailable, WfmError
+from .errors import NoSlurm, NotFound, SlurmAuthError, SlurmUnavailable, WfmError
+from .follower import Advance, Cancels, Follower, JobIndex
 from .model import ReservationState, ServiceStatus
+from .repositories import service_jobs
 from .resource_manager import Reservation, ResourceManager, iso_time
-from .slurm import JobSpec, JobState, SlurmClient, service_directive
+from .service_job import ServiceJob, job_tag
+from .slurm import GONE, JobSpec, exit_status_text, gone_reason, service_directive
+from .slurm.api import SlurmApi
 from .store import Store
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 State = ReservationState
-TAG_PREFIX = "wfm-orchestrator:service:"
-TERMINAL = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
-                      "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED",
-                      "GONE"})
 
 
 HOUSEKEEPING_INTERVAL = 600.0  # s between two looks for released services to forget
@@ -57,49 +59,6 @@ def fault(point: str) -> None:
     if os.environ.get("WFM_FAULT") == point:
         log.critical("WFM_FAULT=%s: exiting with status 137 (fault injection)", point)
         os._exit(137)
-
-
-def job_tag(name: str, seq: int) -> str:
-    """The comment that identifies a service's job, also after a restart."""
-    return f"{TAG_PREFIX}{name}:{seq}"
-
-
-@dataclass(frozen=True)
-class ServiceJob:
-    """What the orchestrator knows of one service's Slurm job (a row of ``service_job``)."""
-
-    name: str
-    seq: int
-    job_id: int | None = None
-    state: str = ""  # Slurm's job state, "GONE" once Slurm forgot an unfinished job
-    reason: str = ""
-    nodes: str = ""
-    exit_code: int | None = None
-    error: str = ""  # why the job could not be submitted
-    release_requested: float | None = None
-    updated: float = 0.0
-
-    @property
-    def ended(self) -> bool:
-        return self.state in TERMINAL
-
-
-_UPSERT = (
-    "INSERT INTO service_job (name, seq, job_id, state, reason, nodes, exit_code, error,"
-    " release_requested, updated) VALUES (?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT(name) DO UPDATE SET seq=excluded.seq, job_id=excluded.job_id,"
-    " state=excluded.state, reason=excluded.reason, nodes=excluded.nodes,"
-    " exit_code=excluded.exit_code, error=excluded.error,"
-    " release_requested=excluded.release_requested, updated=excluded.updated"
-)
-
-
-_FORGET = "DELETE FROM service_job WHERE name = ? AND seq = ?"
-
-
-def _row(job: ServiceJob) -> tuple[str, tuple[Any, ...]]:
-    return (_UPSERT, (job.name, job.seq, job.job_id, job.state, job.reason, job.nodes,
-                      job.exit_code, job.error, job.release_requested, job.updated))
 
 
 # --- the status (pure) -------------------------------------------------------
@@ -137,9 +96,7 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
                     f"burst-buffer teardown to free {servers}", when)
         return S.STAGINGOUT, f"stopping: Slurm job {jid} {job.state or 'submitted'}", when
     if job.ended:
-        how = f" ({job.reason})" if job.reason else ""
-        if job.exit_code:
-            how += f", exit status {job.exit_code >> 8 if job.exit_code > 255 else job.exit_code}"
+        how = (f" ({job.reason})" if job.reason else "") + exit_status_text(job.exit_code)
         return (S.TEARDOWN, f"Slurm job {jid} ended {job.state}{how}; freeing {servers}", when)
     if job.state in ("", "PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"):
         if bound:
@@ -157,8 +114,11 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
 
 
 class ServiceManager:
+    noun = "service"  # for the follower's logs
+
     def __init__(self, config: Config, rm: ResourceManager, store: Store,
-                 slurm: SlurmClient | None, clock: Callable[[], float] = time.time):
+                 slurm: SlurmApi | None, clock: Callable[[], float] = time.time,
+                 follower: Follower | None = None):
         self.config = config
         self.rm = rm
         self.store = store
@@ -166,24 +126,22 @@ class ServiceManager:
         self.clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[str, ServiceJob] = {}
-        self.worker = Worker("service-worker", self.reconcile, config.reconcile_interval,
-                             config.slurm_timeout * 3)
+        # Shared with the step manager in the server (one read of Slurm per cycle).
+        self.follower = follower or Follower(slurm, config.reconcile_interval,
+                                             config.slurm_timeout * 3)
+        self.follower.add(self)
         # Forgets old released services; runs with or without Slurm.
         self.housekeeping = Worker("housekeeping", self.forget_released, HOUSEKEEPING_INTERVAL,
                                    30.0)
-        self._slurm_problem = ""
-        self._cancelled: dict[str, float] = {}  # name -> when the cancel was sent (this run)
+        self._cancels = Cancels(config.release_timeout)  # keyed by service name
         self._load()
         rm.listeners.append(self._on_reservation)
 
     # --- state --------------------------------------------------------------
 
     def _load(self) -> None:
-        for row in self.store.query("SELECT * FROM service_job"):
-            self._jobs[row["name"]] = ServiceJob(
-                row["name"], row["seq"], row["job_id"], row["state"], row["reason"],
-                row["nodes"], row["exit_code"], row["error"], row["release_requested"],
-                row["updated"])
+        for job in service_jobs.load_all(self.store):
+            self._jobs[job.name] = job
         for rec in self.rm.live():
             if rec.state != State.QUEUED:
                 self._on_reservation(rec)
@@ -194,7 +152,7 @@ class ServiceManager:
     def _save(self, job: ServiceJob) -> None:
         """Record a new version of a job (caller holds self._lock)."""
         self._jobs[job.name] = job
-        self.store.write([_row(job)])
+        self.store.write([service_jobs.save(job)])
 
     def _on_reservation(self, rec: Reservation) -> None:
         """Called by the resource manager, under its lock, when a reservation changed."""
@@ -204,11 +162,11 @@ class ServiceManager:
             job = self._jobs.get(rec.name)
             if job is None or job.seq != rec.seq:
                 self._save(ServiceJob(rec.name, rec.seq, updated=self.clock()))
-                self.worker.wake()
+                self.follower.wake()
             elif job.job_id is None and job.error:
                 # A retry of the reserve (perhaps with a renewed token): try again.
                 self._save(replace(job, error="", updated=self.clock()))
-                self.worker.wake()
+                self.follower.wake()
 
     def job(self, name: str) -> ServiceJob | None:
         with self._lock:
@@ -223,8 +181,8 @@ class ServiceManager:
         status, detail, when = derive_status(rec, position, job, slurm=self.slurm is not None,
                                              launch=rec.request.type in
                                              self.config.service_types)
-        if self._slurm_problem and status not in (ServiceStatus.STOPPED,):
-            detail += f" [Slurm unreachable: {self._slurm_problem}]"
+        if self.follower.problem and status not in (ServiceStatus.STOPPED,):
+            detail += f" [Slurm unreachable: {self.follower.problem}]"
         return {"user": rec.request.user, "name": rec.name, "status": status.value,
                 "detail": detail, "time": iso_time(when)}
 
@@ -256,7 +214,7 @@ class ServiceManager:
                     self._save(replace(job, release_requested=now, updated=now))
             elif not job.release_requested:
                 self._save(replace(job, release_requested=now, updated=now))
-                self.worker.wake()
+                self.follower.wake()
         if free_now:
             detail = ("released while queued" if rec.state == State.QUEUED
                       else "released before its service job started" if job is None
@@ -276,13 +234,12 @@ class ServiceManager:
     # --- the worker ---------------------------------------------------------------
 
     def start(self) -> None:
-        if self.slurm is not None:
-            self.worker.start()
+        self.follower.start()
         self.housekeeping.start()
 
     def stop(self) -> None:
         self.housekeeping.stop()
-        self.worker.stop()
+        self.follower.stop()
 
     def forget_released(self) -> list[str]:
         """Forget released services older than ``released_retention`` (rows and records).
@@ -300,8 +257,8 @@ class ServiceManager:
             jobs = [self._jobs.pop(name) for name, seq in forgotten
                     if name in self._jobs and self._jobs[name].seq == seq]
             for name, _ in forgotten:
-                self._cancelled.pop(name, None)
-            ticket = self.store.write([(_FORGET, (job.name, job.seq)) for job in jobs])
+                self._cancels.forget(name)
+            ticket = self.store.write([service_jobs.forget(job) for job in jobs])
         ticket.wait()
         log.info("forgot %d service(s) released more than %.0f s ago (released_retention)",
                  len(forgotten), self.config.released_retention)
@@ -319,46 +276,27 @@ class ServiceManager:
         since = self.clock() - FOLLOW_RELEASED
         with self._lock:
             unfinished = [j for j in self._jobs.values() if j.job_id is not None
-                          and (not j.ended or (j.state != "GONE" and j.updated > since))]
+                          and (not j.ended or (j.state != GONE and j.updated > since))]
         for job in unfinished:
-            rec = self.rm.get(job.name)
-            if rec is not None and rec.state == State.RELEASED and rec.seq == job.seq:
-                out.append((rec, job))
+            released = self.rm.get(job.name)
+            if released is not None and released.state == State.RELEASED \
+                    and released.seq == job.seq:
+                out.append((released, job))
         return out
 
-    def reconcile(self) -> None:
-        """One cycle: read every job in one call, then move each service forward."""
-        assert self.slurm is not None
-        live = self._live_jobs()
-        if not live:
-            return
-        try:
-            jobs = self.slurm.jobs()
-        except (SlurmUnavailable, SlurmError) as e:
-            if self._slurm_problem != str(e):
-                log.warning("cannot read Slurm jobs (services wait): %s", e)
-            self._slurm_problem = str(e)
-            return
-        if self._slurm_problem:
-            log.info("Slurm is reachable again")
-        self._slurm_problem = ""
-        by_id = {j.job_id: j for j in jobs}
-        by_tag = {j.comment: j for j in jobs if j.comment.startswith(TAG_PREFIX)}
-        for rec, job in live:
-            try:
-                self._advance(rec, job, by_id, by_tag)
-            except SlurmUnavailable as e:
-                self._slurm_problem = str(e)
-                log.warning("Slurm unreachable while handling service %s: %s", rec.name, e)
-                return
-            except WfmError as e:
-                log.error("service %s: %s", rec.name, e)
+    def live(self) -> list[tuple[str, Advance]]:
+        """The follower's view: each followed service and how to move it forward."""
+        return [(rec.name, partial(self._advance, rec, job)) for rec, job in self._live_jobs()]
 
-    def _advance(self, rec: Reservation, job: ServiceJob, by_id: dict[int, JobState],
-                 by_tag: dict[str, JobState]) -> None:
+    def reconcile(self) -> None:
+        """One cycle of the follower for the services alone (one read of Slurm's jobs)."""
+        self.follower.cycle([self])
+
+    def _advance(self, rec: Reservation, job: ServiceJob, jobs: JobIndex) -> None:
+        assert self.slurm is not None
         now = self.clock()
         if job.job_id is None:
-            found = by_tag.get(job_tag(rec.name, rec.seq))
+            found = jobs.by_tag.get(job_tag(rec.name, rec.seq))
             if found is not None:
                 log.info("service %s: adopting Slurm job %d (submitted before a restart)",
                          rec.name, found.job_id)
@@ -369,7 +307,7 @@ class ServiceManager:
                 # The job list was read before this submission: look at it next cycle.
                 self._submit(rec, job)
                 return
-        seen = by_id.get(job.job_id)  # type: ignore[arg-type]
+        seen = jobs.by_id.get(job.job_id)  # type: ignore[arg-type]
         if seen is not None and (seen.name != rec.name or
                                  seen.comment not in ("", job_tag(rec.name, rec.seq))):
             seen = None  # Slurm gave the id of a job it lost to another job: not ours
@@ -380,31 +318,28 @@ class ServiceManager:
             log.warning("service %s: Slurm lost job %d before it started; submitting again",
                         rec.name, job.job_id)
             self._update(job, job_id=None, state="", reason="", nodes="", exit_code=None)
-            self.worker.wake()
+            self.follower.wake()
             return
         if seen is not None:
             job = self._update(job, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
-        elif job.state and not job.ended:
-            job = self._update(job, state="GONE", reason="no longer known to Slurm")
-        elif not job.state and job.updated < now - 60:
-            job = self._update(job, state="GONE", reason="never seen in Slurm")
+        elif gone := gone_reason(job.state, job.updated, now):
+            job = self._update(job, state=GONE, reason=gone)
         # PENDING without its reservation: its setup can only fail (the job held forever).
         orphan = rec.state == State.RELEASED and job.state == "PENDING"
         if (job.release_requested or orphan) and not job.ended:
-            sent = self._cancelled.get(rec.name)
+            sent = self._cancels.sent(rec.name)
             # PENDING after the cancel: Slurm requeued it (a slurmctld restart during the
             # cancel runs the job again): cancel again now, not after release_timeout.
-            requeued = sent is not None and job.state == "PENDING"
-            if sent is None or requeued or now - sent > self.config.release_timeout:
+            if self._cancels.due(rec.name, now, again=job.state == "PENDING"):
                 # Slurm's cancel (signal SIGKILL through slurmrestd, as scancel does)
                 # sends SIGTERM to every task, waits KillWait, then kills: the
                 # service stages out on SIGTERM. A bare SIGTERM would reach srun
                 # first, which then kills the tasks outright (checked on 22.05).
                 log.info("service %s: cancelling Slurm job %d (release%s)", rec.name,
                          job.job_id, ", again" if sent else "")
-                self.slurm.cancel(job.job_id, signal="SIGKILL")  # type: ignore[union-attr,arg-type]
-                self._cancelled[rec.name] = now
+                self.slurm.cancel(job.job_id, signal="SIGKILL")  # type: ignore[arg-type]
+                self._cancels.record(rec.name, now)
         if (job.ended and rec.state != State.RELEASED
                 and now - job.updated >= self.config.teardown_grace):
             detail = (f"Slurm job {job.job_id} ended {job.state}; resources freed by the "
@@ -457,7 +392,7 @@ class ServiceManager:
         with self._lock:
             released = self._jobs[job.name].release_requested
         if released:
-            self.worker.wake()
+            self.follower.wake()
         return job
 
 

@@ -1,7 +1,8 @@
 """A background loop: ``step()`` every interval, or at once when woken.
 
-The service and step managers each run one: all their Slurm I/O happens on
-it, so a slow or absent slurmrestd never blocks a request thread.
+The Slurm job follower runs one (all Slurm I/O of services and steps happens
+on it, so a slow or absent slurmrestd never blocks a request thread), and the
+service manager's housekeeping another.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, name: str, step: Callable[[], None], interval: float,
+    def __init__(self, name: str, step: Callable[[], object], interval: float,
                  stop_timeout: float):
         self.name = name
         self._step = step

@@ -22,7 +22,8 @@ import pytest
 
 from tests.conftest import server_env
 from tests.integration.orchestrator import REPO
-from wfm_orchestrator.services import TAG_PREFIX, TERMINAL
+from wfm_orchestrator.service_job import TAG_PREFIX
+from wfm_orchestrator.slurm import ENDED_STATES as TERMINAL
 from wfm_orchestrator.slurm import SlurmClient
 
 RUN_DIR = "/run/wfm-devcluster"

@@ -191,7 +191,9 @@ def test_step_lists_never_show_another_users_steps(make_config, keycloak):
     from wfm_orchestrator.steps import StepManager
     from wfm_orchestrator.store import Store
 
-    from .test_steps_manager import BODY, CONF, FakeServices, FakeSlurm
+    from ..conftest import STEP_BODY as BODY
+    from ..conftest import STEP_CONF as CONF
+    from ..fake_slurm import FakeServices, FakeSlurm
 
     conf = CONF.replace("auth = none", f"auth = keycloak\nkeycloak_server = {keycloak.base_url}"
                         f"\nkeycloak_realm = {REALM}\nkeycloak_audience = {AUDIENCE}")

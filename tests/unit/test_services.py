@@ -2,111 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-import time
-
 import pytest
 
-from wfm_orchestrator.errors import SlurmAuthError, SlurmUnavailable
 from wfm_orchestrator.model import ReservationState as RS
 from wfm_orchestrator.model import ServiceStatus as S
 from wfm_orchestrator.resource_manager import Reservation
 from wfm_orchestrator.services import ServiceJob, build_service_job, derive_status, job_tag
-from wfm_orchestrator.slurm import JobState
 
-from ..conftest import SMALL_CONF
-
-CONF = SMALL_CONF.replace("slurmrestd_url =", "slurmrestd_url = http://127.0.0.1:1\n"
-                          "slurm_token_file = /dev/null\nteardown_grace = 30\n"
-                          "release_timeout = 100") + \
-    'EphemeralService=SBB Command="/usr/local/libexec/wfm/sbb-service --root /x"\n'
-SBB = {"name": "alice_s_sbb", "user": "alice", "user_slurm_token": "alice-token", "type": "SBB",
-       "attributes": {"flavor": "small", "targets": ["/a/*", "/b/*"]}}
-
-
-class FakeSlurm:
-    """Records submissions and cancels; jobs() answers the jobs it holds."""
-
-    def __init__(self):
-        self.jobs_by_id: dict[int, JobState] = {}
-        self.submitted = []
-        self.cancelled = []
-        self.ids = itertools.count(100)
-        self.down = False
-        self.refuse_user_tokens = False
-
-    def submit(self, spec, user, user_token=None):
-        if self.down:
-            raise SlurmUnavailable("connection refused")
-        if self.refuse_user_tokens and user_token:
-            raise SlurmAuthError("token refused")
-        job_id = next(self.ids)
-        self.submitted.append((spec, user, user_token))
-        self.set(job_id, spec.name, spec.comment, "PENDING", "Resources")
-        return job_id
-
-    def set(self, job_id, name, comment, state, reason=""):
-        self.jobs_by_id[job_id] = JobState(job_id, name, comment, state, reason, ("dn1",),
-                                           None, "alice")
-
-    def jobs(self):
-        if self.down:
-            raise SlurmUnavailable("connection refused")
-        return list(self.jobs_by_id.values())
-
-    def cancel(self, job_id, signal="SIGTERM", user=None):
-        self.cancelled.append((job_id, signal))
-        return True
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def world(make_config, tmp_path):
-    """A resource manager + service manager on a real store, with a fake Slurm and clock."""
-    from wfm_orchestrator.model import parse_reserve
-    from wfm_orchestrator.resource_manager import ResourceManager
-    from wfm_orchestrator.services import ServiceManager
-    from wfm_orchestrator.store import Store
-
-    stores = []
-
-    class World:
-        def __init__(self):
-            self.slurm = FakeSlurm()
-            self.clock = Clock()
-            self.open()
-
-        def open(self):
-            self.config = make_config(CONF)
-            self.store = Store(self.config.state_db)
-            stores.append(self.store)
-            self.rm = ResourceManager(self.config, self.store, clock=self.clock)
-            self.sm = ServiceManager(self.config, self.rm, self.store, self.slurm,
-                                     clock=self.clock)
-
-        def restart(self):
-            self.store.close()
-            self.open()
-
-        def reserve(self, body=SBB):
-            return self.rm.reserve(parse_reserve(body, self.config))
-
-        def status(self, name=SBB["name"]):
-            return self.sm.status(name)
-
-    yield World()
-    for store in stores:
-        try:
-            store.close()
-        except Exception:  # noqa: S110 - closed already by a restart
-            pass
+from ..conftest import SBB, SMALL_CONF
+from ..jwks_fixture import FakeClock
+from ..poll import poll_until
 
 
 def test_service_job_is_submitted_as_the_user_pinned_to_its_datanodes(world):
@@ -137,7 +42,7 @@ def test_status_follows_the_job_through_its_life(world):
     world.rm.get_allocation(SBB["name"])  # the plugin's setup
     st = world.status()
     assert st["status"] == "STAGEDIN" and "burst buffer set up on dn1" in st["detail"]
-    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
     world.sm.reconcile()
     assert world.status() | {"time": ""} == {
         "user": "alice", "name": "alice_s_sbb", "status": "ALLOCATED",
@@ -146,7 +51,7 @@ def test_status_follows_the_job_through_its_life(world):
     assert answer["status"] == "STAGINGOUT"
     world.sm.reconcile()
     assert world.slurm.cancelled == [(100, "SIGKILL")]  # Slurm's graceful cancel
-    world.slurm.set(100, "alice_s_sbb", "", "CANCELLED")
+    world.slurm.put(100, "alice_s_sbb", "", "CANCELLED")
     world.sm.reconcile()
     st = world.status()
     assert st["status"] == "STAGEDOUT" and "waiting for the burst-buffer teardown" in st["detail"]
@@ -172,7 +77,7 @@ def test_job_failing_outside_the_orchestrator_frees_resources_after_the_grace(wo
     world.reserve()
     world.sm.reconcile()
     world.rm.get_allocation(SBB["name"])
-    world.slurm.set(100, "alice_s_sbb", "", "FAILED", "NonZeroExitCode")
+    world.slurm.put(100, "alice_s_sbb", "", "FAILED", "NonZeroExitCode")
     world.sm.reconcile()
     st = world.status()
     assert st["status"] == "TEARDOWN" and "Slurm job 100 ended FAILED (NonZeroExitCode)" in st[
@@ -189,7 +94,7 @@ def test_job_forgotten_by_slurm_counts_as_ended(world):
     """A job Slurm no longer knows (MinJobAge) is GONE, then freed after the grace."""
     world.reserve()
     world.sm.reconcile()
-    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
     world.sm.reconcile()
     del world.slurm.jobs_by_id[100]
     world.sm.reconcile()
@@ -203,7 +108,7 @@ def test_restart_adopts_the_job_submitted_before_the_crash(world):
     """A job whose id was never stored is found by its tag: no second submission."""
     rec = world.reserve()
     # As if an earlier run submitted it and died before storing the id:
-    world.slurm.set(555, "alice_s_sbb", job_tag(rec.name, rec.seq), "RUNNING")
+    world.slurm.put(555, "alice_s_sbb", job_tag(rec.name, rec.seq), "RUNNING")
     world.restart()
     world.sm.reconcile()
     assert world.slurm.submitted == []
@@ -260,7 +165,7 @@ def test_release_is_retried_with_sigkill_after_the_timeout(world):
     """A service that does not stop within release_timeout is cancelled again."""
     world.reserve()
     world.sm.reconcile()
-    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
     world.sm.release(SBB["name"])
     world.sm.reconcile()
     world.sm.reconcile()
@@ -274,7 +179,7 @@ def test_release_intent_survives_a_restart(world):
     """The release is durable: after a restart the job is still cancelled."""
     world.reserve()
     world.sm.reconcile()
-    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
     world.sm.release(SBB["name"])
     world.restart()
     world.sm.reconcile()
@@ -348,10 +253,10 @@ def test_released_service_followed_after_teardown_is_not_freed_again(world, capl
     """A service whose teardown already freed it is not 'freed by the orchestrator' again."""
     world.reserve()
     world.sm.reconcile()
-    world.slurm.set(100, "alice_s_sbb", "", "RUNNING")
+    world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
     world.sm.release(SBB["name"])
     world.sm.reconcile()
-    world.slurm.set(100, "alice_s_sbb", "", "CANCELLED")
+    world.slurm.put(100, "alice_s_sbb", "", "CANCELLED")
     world.sm.reconcile()
     world.rm.delete_allocation(SBB["name"])  # the plugin's teardown
     world.clock.now += 31
@@ -404,7 +309,7 @@ def test_a_released_service_whose_job_still_runs_is_kept(world):
     """Its job is still followed (and cancelled): forgotten only once the job ended."""
     world.reserve()
     world.sm.reconcile()
-    world.slurm.set(100, SBB["name"], job_tag(SBB["name"], 1), "RUNNING")
+    world.slurm.put(100, SBB["name"], job_tag(SBB["name"], 1), "RUNNING")
     world.sm.reconcile()
     world.rm.delete_allocation(SBB["name"])  # e.g. freed by the teardown, job not stopped
     world.reserve(gbf("alice_newer"))
@@ -413,7 +318,7 @@ def test_a_released_service_whose_job_still_runs_is_kept(world):
     assert world.sm.forget_released() == []
     assert names_in_db(world, "service_job") == [SBB["name"]]
 
-    world.slurm.set(100, SBB["name"], job_tag(SBB["name"], 1), "COMPLETED")
+    world.slurm.put(100, SBB["name"], job_tag(SBB["name"], 1), "COMPLETED")
     world.sm.reconcile()
     assert world.sm.job(SBB["name"]).ended
     assert world.sm.forget_released() == [SBB["name"]]
@@ -430,7 +335,7 @@ def test_housekeeping_forgets_without_slurm(make_config):
     from wfm_orchestrator.store import Store
 
     config = make_config(SMALL_CONF)
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     store = Store(config.state_db)
     try:
         rm = ResourceManager(config, store, clock=clock)
@@ -441,11 +346,10 @@ def test_housekeeping_forgets_without_slurm(make_config):
         clock.now += config.released_retention + 1
         sm.start()
         try:
-            deadline = time.monotonic() + 5
-            while rm.get("alice_old") is not None and time.monotonic() < deadline:
-                time.sleep(0.02)
+            poll_until(lambda: rm.get("alice_old") is None, "housekeeping forgets alice_old",
+                       timeout=5, interval=0.02, last=lambda: rm.get("alice_old"))
         finally:
             sm.stop()
-        assert rm.get("alice_old") is None and rm.get("alice_new") is not None
+        assert rm.get("alice_new") is not None
     finally:
         store.close()

@@ -170,3 +170,38 @@ def test_non_json_error_keeps_the_text():
     """A non-JSON body is quoted in the error."""
     with pytest.raises(SlurmError, match="Bad Gateway"):
         parse_jobs(502, None, text="Bad Gateway")
+
+
+# --- following a job: ended, gone, exit status (shared by services and steps) ----------
+
+
+def test_gone_is_ended_but_not_a_slurm_state():
+    from wfm_orchestrator.slurm.states import ACTIVE_STATES, GONE, TERMINAL_STATES, has_ended
+
+    assert has_ended(GONE) and has_ended("COMPLETED") and not has_ended("RUNNING")
+    assert GONE not in TERMINAL_STATES | ACTIVE_STATES
+    assert not any(has_ended(s) for s in ACTIVE_STATES)
+
+
+@pytest.mark.parametrize("state, updated, why", [
+    ("RUNNING", 999.0, "no longer known to Slurm"),  # seen before, missing now
+    ("PENDING", 0.0, "no longer known to Slurm"),
+    ("", 939.0, "never seen in Slurm"),  # submitted more than 60 s ago, never listed
+    ("", 941.0, ""),  # submitted just now: Slurm may list it at the next read
+    ("COMPLETED", 0.0, ""),  # ended: Slurm forgetting it after MinJobAge changes nothing
+    ("GONE", 0.0, ""),
+])
+def test_gone_reason_of_a_job_missing_from_slurms_list(state, updated, why):
+    from wfm_orchestrator.slurm.states import gone_reason
+
+    assert gone_reason(state, updated, now=1000.0) == why
+
+
+@pytest.mark.parametrize("code, text", [
+    (None, ""), (0, ""), (3, ", exit status 3"), (768, ", exit status 3"),
+    (137, ", exit status 137"),
+])
+def test_exit_status_text(code, text):
+    from wfm_orchestrator.slurm.states import exit_status_text
+
+    assert exit_status_text(code) == text

@@ -10,7 +10,9 @@ from wfm_orchestrator.services import ServiceManager
 from wfm_orchestrator.steps import StepManager
 from wfm_orchestrator.store import Store
 
-from .test_steps_manager import BODY, CONF, FakeServices, FakeSlurm
+from ..conftest import STEP_BODY as BODY
+from ..conftest import STEP_CONF as CONF
+from ..fake_slurm import FakeServices, FakeSlurm
 
 
 def make_client(make_config):

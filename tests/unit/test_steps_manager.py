@@ -5,111 +5,24 @@ from __future__ import annotations
 import pytest
 
 from wfm_orchestrator.errors import InvalidRequest, NotFound, RequestFailed
-from wfm_orchestrator.slurm import JobState
-from wfm_orchestrator.steps import StepManager, derive_status, parse_launch
-from wfm_orchestrator.store import Store
+from wfm_orchestrator.steps import derive_status, parse_launch
 
-CONF = """
-listen = 127.0.0.1:8080
-auth = none
-state_db = {state_db}
-slurmrestd_url =
-queue_policy = {queue_policy}
-compute_partition = compute
-Location=loc1 ComputeNodes=cn[1-2] Datanodes=dn1 NeighborLocation=loc2
-Location=loc2 ComputeNodes=cn[3-4] Datanodes=dn2 NeighborLocation=loc1
-Datanode=dn[1-2] Cores=8 MemorySize=16GB StorageSize=1TB
-Tier=NVMe Root=/tiers/nvme
-Tier=HDD Root=/tiers/hdd
-"""
-
-
-class FakeSlurm:
-    def __init__(self):
-        self.next_id = 100
-        self.jobs_: dict[int, JobState] = {}
-        self.specs: dict[int, object] = {}
-        self.cancelled: list[int] = []
-
-    def submit(self, spec, user, user_token=None):
-        self.next_id += 1
-        self.specs[self.next_id] = spec
-        self.jobs_[self.next_id] = JobState(self.next_id, spec.name, spec.comment, "PENDING",
-                                            "", (), None, user)
-        return self.next_id
-
-    def set(self, job_id, state, exit_code=None):
-        j = self.jobs_[job_id]
-        self.jobs_[job_id] = JobState(j.job_id, j.name, j.comment, state, "", ("cn1",),
-                                      exit_code, j.user)
-
-    def cancel(self, job_id, signal="SIGTERM", user=None, user_token=None):
-        self.cancelled.append(job_id)
-        if job_id in self.jobs_ and self.jobs_[job_id].state in ("PENDING", "RUNNING"):
-            self.set(job_id, "CANCELLED")
-        return job_id in self.jobs_
-
-    def jobs(self, user=None, user_token=None):
-        return list(self.jobs_.values())
-
-
-class FakeServices:
-    def __init__(self):
-        self.table = {}
-
-    def status(self, name):
-        return self.table.get(name)
-
-
-@pytest.fixture
-def env(make_config, tmp_path):
-    config = make_config(CONF)
-    stores = []
-
-    def make(slurm=None, services=None):
-        store = Store(config.state_db)
-        stores.append(store)
-        return StepManager(config, store, services or FakeServices(), slurm or FakeSlurm(),
-                           home=lambda u: f"/home/{u}")
-
-    yield config, make
-    for s in stores:
-        try:
-            s.close()
-        except OSError:
-            pass  # closed by the test (a restart)
-
-
-BODY = {
-    "name": "alice_s1_step_0", "user": "alice", "location": ["loc1"],
-    "command_env": "IN=data", "command": "sbatch -n 2 job.sh $IN",
-    "services": [{"name": "alice_s1_sbb", "hint": "RO", "datamovers": [
-        {"name": "in1", "trigger": "step_start", "target": "NVMe", "operation": "copy",
-         "elements": ["HDD:data/*.h5"]},
-        {"name": "in2", "trigger": "step_start", "target": "NVMe", "operation": "copy",
-         "elements": ["ref/*"]},
-        {"name": "out", "trigger": "step_stop", "target": "HDD", "operation": "move",
-         "elements": ["NVMe:results/**"]},
-    ]}],
-}
-
-
-def usable(services, user="alice", status="ALLOCATED", name="alice_s1_sbb"):
-    services.table[name] = {"user": user, "name": name, "status": status, "detail": "d"}
+from ..conftest import STEP_BODY as BODY
+from ..fake_slurm import FakeServices, FakeSlurm
 
 
 def test_jobs_are_submitted_in_order_with_dependencies_and_directives(env):
     """start movers, then the step job afterok on them with wfm_use, then stop movers
     afterany on the step job; all as the user, tagged, on the right partitions."""
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
     m = make(slurm, services)
     assert m.launch(dict(BODY))["status"] == "PENDING"
-    usable(services, status="STAGINGIN")
+    services.usable(status="STAGINGIN")
     m.reconcile()
     assert slurm.specs == {}
     assert "waiting for service alice_s1_sbb (STAGINGIN" in m.status(BODY["name"])["detail"]
-    usable(services)
+    services.usable()
     m.reconcile()
     (i1, s1), (i2, s2), (i3, s3), (i4, s4) = sorted(slurm.specs.items())
     assert [s.name for s in (s1, s2, s3, s4)] == [
@@ -131,50 +44,50 @@ def test_jobs_are_submitted_in_order_with_dependencies_and_directives(env):
 
 def test_status_follows_movers_progress_job_and_stage_out(env):
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
-    usable(services)
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    services.usable()
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()
     i1, i2, main, out = sorted(slurm.specs)
-    slurm.set(i1, "RUNNING")
+    slurm.set_state(i1, "RUNNING")
     m.reconcile()
     m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "40%"})
     st = m.status(BODY["name"])
     assert st["status"] == "PENDING" and "stage-in mover in1 running: 40%" in st["detail"]
     for j in (i1, i2):
-        slurm.set(j, "COMPLETED", 0)
-    slurm.set(main, "RUNNING")
+        slurm.set_state(j, "COMPLETED", 0)
+    slurm.set_state(main, "RUNNING")
     m.reconcile()
     assert m.status(BODY["name"])["status"] == "RUNNING"
-    slurm.set(main, "COMPLETED", 0)
-    slurm.set(out, "RUNNING")
+    slurm.set_state(main, "COMPLETED", 0)
+    slurm.set_state(out, "RUNNING")
     m.reconcile()
     st = m.status(BODY["name"])
     assert st["status"] == "STAGE_OUT" and "stage-out mover out running" in st["detail"]
-    slurm.set(out, "COMPLETED", 0)
+    slurm.set_state(out, "COMPLETED", 0)
     m.reconcile()
     assert m.status(BODY["name"])["status"] == "COMPLETED"
     assert m.step(BODY["name"]).phase == "DONE"
     # Slurm forgets the jobs (MinJobAge): the step stays COMPLETED.
-    slurm.jobs_.clear()
+    slurm.jobs_by_id.clear()
     m.reconcile()
     assert m.status(BODY["name"])["status"] == "COMPLETED"
 
 
 def test_failed_stage_in_cancels_the_step_job_and_stage_out(env):
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
-    usable(services)
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    services.usable()
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()
     i1, i2, main, out = sorted(slurm.specs)
     m.progress({"step_name": BODY["name"], "datamover_name": "in1",
                 "progress": "failed: no file matches"})
-    slurm.set(i1, "FAILED", 256)
+    slurm.set_state(i1, "FAILED", 256)
     m.reconcile()
-    assert set(slurm.cancelled) >= {i2, main, out}
+    assert set(slurm.cancelled_ids) >= {i2, main, out}
     m.reconcile()
     st = m.status(BODY["name"])
     assert st["status"] == "FAILED"
@@ -184,14 +97,14 @@ def test_failed_stage_in_cancels_the_step_job_and_stage_out(env):
 
 def test_stage_out_failure_fails_a_completed_step(env):
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
-    usable(services)
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    services.usable()
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()
     for j in sorted(slurm.specs)[:3]:
-        slurm.set(j, "COMPLETED", 0)
-    slurm.set(sorted(slurm.specs)[3], "FAILED", 1)
+        slurm.set_state(j, "COMPLETED", 0)
+    slurm.set_state(sorted(slurm.specs)[3], "FAILED", 1)
     m.reconcile()
     st = m.status(BODY["name"])
     assert st["status"] == "FAILED" and "stage-out mover out failed" in st["detail"]
@@ -204,9 +117,9 @@ def test_stage_out_failure_fails_a_completed_step(env):
 ])
 def test_unusable_services_fail_the_step_without_submitting(env, table, expected):
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
     if table:
-        usable(services, **table)
+        services.usable(**table)
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()
@@ -217,17 +130,17 @@ def test_unusable_services_fail_the_step_without_submitting(env, table, expected
 
 def test_abort_cancels_every_job_once_and_is_idempotent(env):
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
-    usable(services)
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    services.usable()
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()
     assert m.abort(BODY["name"])["message"] == "abort accepted"
     m.reconcile()
-    assert sorted(slurm.cancelled) == sorted(slurm.specs)
+    assert sorted(slurm.cancelled_ids) == sorted(slurm.specs)
     assert m.abort(BODY["name"])["message"] == "abort already requested"
     m.reconcile()
-    assert sorted(slurm.cancelled) == sorted(slurm.specs)  # not sent twice
+    assert sorted(slurm.cancelled_ids) == sorted(slurm.specs)  # not sent twice
     assert m.status(BODY["name"])["status"] == "CANCELLED"
     with pytest.raises(NotFound):
         m.abort("nobody_step")
@@ -235,11 +148,11 @@ def test_abort_cancels_every_job_once_and_is_idempotent(env):
 
 def test_abort_before_submission_submits_nothing(env):
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.abort(BODY["name"])
-    usable(services)
+    services.usable()
     m.reconcile()
     assert slurm.specs == {}
     assert m.status(BODY["name"])["status"] == "CANCELLED"
@@ -248,8 +161,8 @@ def test_abort_before_submission_submits_nothing(env):
 def test_restart_adopts_jobs_submitted_before_the_crash(env):
     """Jobs found by their tag are adopted, not submitted again; the record survives."""
     config, make = env
-    slurm, services = FakeSlurm(), FakeServices()
-    usable(services)
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    services.usable()
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()

@@ -25,18 +25,32 @@ from .jobs import (
     use_directive,
     validate_spec,
 )
-from .states import ACTIVE_STATES, TERMINAL_STATES, JobState
+from .states import (
+    ACTIVE_STATES,
+    ENDED_STATES,
+    GONE,
+    TERMINAL_STATES,
+    JobState,
+    exit_status_text,
+    gone_reason,
+    has_ended,
+)
 
 __all__ = [
     "ACTIVE_STATES",
     "BBDirective",
     "Dependency",
+    "ENDED_STATES",
+    "GONE",
     "JobSpec",
     "JobState",
     "SlurmClient",
     "TERMINAL_STATES",
     "build_job_script",
     "build_submit_body",
+    "exit_status_text",
+    "gone_reason",
+    "has_ended",
     "service_directive",
     "token_claims",
     "use_directive",

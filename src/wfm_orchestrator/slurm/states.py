@@ -50,6 +50,47 @@ _AUTH_SIGNATURES = {(-1, "Unspecified error"), (5005, "Zero Bytes were transmitt
 _UNREACHABLE_NUMBERS = {1001, 1002, 5004}  # connection failure / timeouts / connect error
 
 
+# Our own mark, never Slurm's: a followed job Slurm no longer knows (it forgot it
+# MinJobAge after its end, lost it in a slurmctld crash, or never had it).
+GONE = "GONE"
+# A followed job in one of these will not change any more (as far as we can know).
+ENDED_STATES = TERMINAL_STATES | {GONE}
+# A submitted job absent from Slurm's list this long after our last record of it was
+# never accepted (or lost at once): it counts as gone. Slurm lists a job it accepted
+# at once, so this only needs to cover a slow read.
+NEVER_SEEN_AFTER = 60.0
+
+
+def has_ended(state: str) -> bool:
+    """A followed job in this state will not run again (Slurm's terminal states, or gone)."""
+    return state in ENDED_STATES
+
+
+def gone_reason(state: str, updated: float, now: float) -> str:
+    """Why a followed job missing from Slurm's job list counts as gone ("" if not yet).
+
+    ``state`` is the last state recorded for it ("" before Slurm ever listed it),
+    ``updated`` when that record last changed.
+    """
+    if state in ENDED_STATES:
+        return ""
+    if state:
+        return "no longer known to Slurm"
+    if updated < now - NEVER_SEEN_AFTER:
+        return "never seen in Slurm"
+    return ""
+
+
+def exit_status_text(exit_code: int | None) -> str:
+    """``", exit status N"`` for a job that exited non-zero ("" otherwise).
+
+    A raw wait status (exit 3 -> 768) reads as the same N as a decoded one.
+    """
+    if not exit_code:
+        return ""
+    return f", exit status {exit_code >> 8 if exit_code > 255 else exit_code}"
+
+
 @dataclass(frozen=True)
 class JobState:
     """What the orchestrator needs to know of one Slurm job.

@@ -1,0 +1,38 @@
+"""The ``service_job`` table: one row per service's Slurm job (the latest reservation's)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..service_job import ServiceJob
+
+if TYPE_CHECKING:
+    from ..store import Statement, Store
+
+_UPSERT = (
+    "INSERT INTO service_job (name, seq, job_id, state, reason, nodes, exit_code, error,"
+    " release_requested, updated) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(name) DO UPDATE SET seq=excluded.seq, job_id=excluded.job_id,"
+    " state=excluded.state, reason=excluded.reason, nodes=excluded.nodes,"
+    " exit_code=excluded.exit_code, error=excluded.error,"
+    " release_requested=excluded.release_requested, updated=excluded.updated"
+)
+_FORGET = "DELETE FROM service_job WHERE name = ? AND seq = ?"
+
+
+def save(job: ServiceJob) -> Statement:
+    """Record this version of a service's job."""
+    return (_UPSERT, (job.name, job.seq, job.job_id, job.state, job.reason, job.nodes,
+                      job.exit_code, job.error, job.release_requested, job.updated))
+
+
+def forget(job: ServiceJob) -> Statement:
+    """Drop the row of a forgotten (released long ago) service's job."""
+    return (_FORGET, (job.name, job.seq))
+
+
+def load_all(store: Store) -> list[ServiceJob]:
+    return [ServiceJob(row["name"], row["seq"], row["job_id"], row["state"], row["reason"],
+                       row["nodes"], row["exit_code"], row["error"], row["release_requested"],
+                       row["updated"])
+            for row in store.query("SELECT * FROM service_job")]

@@ -1,0 +1,362 @@
+"""The step manager: launch, progress, abort and status requests, and the steps'
+part of the Slurm job follower (services first, then submission, then following).
+
+Lock order: the service manager's locks are never taken while this manager's
+lock is held.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from ..config import Config
+from ..errors import InvalidRequest, NoSlurm, NotFound, RequestFailed, SlurmUnavailable, WfmError
+from ..follower import Advance, Cancels, Follower, JobIndex
+from ..model import StepPhase, check_name
+from ..repositories import steps as step_rows
+from ..resource_manager import iso_time
+from ..sbatch import translate
+from ..services import fault
+from ..slurm import GONE, JobSpec, JobState, gone_reason
+from ..slurm.api import SlurmApi
+from ..store import Store
+from .jobs import build_mover_job, build_step_job, job_tag
+from .records import Step, StepJob
+from .request import home_of, kind_of, parse_launch
+from .status import derive_status
+
+log = logging.getLogger(__name__)
+
+Phase = StepPhase
+USABLE = ("ALLOCATED", "STAGEDIN")
+NOT_USABLE = ("STOPPED", "STAGINGOUT", "STAGEDOUT", "TEARDOWN")
+MAX_PROGRESS = 1024
+CANCEL_REPEAT = 60.0  # s before a step's job is cancelled again
+
+
+class StepManager:
+    noun = "step"  # for the follower's logs
+
+    def __init__(self, config: Config, store: Store, services: Any,
+                 slurm: SlurmApi | None, clock: Callable[[], float] = time.time,
+                 home: Callable[[str], str] = home_of, follower: Follower | None = None):
+        self.config = config
+        self.store = store
+        self.services = services  # ServiceManager: status(name) -> dict | None
+        self.slurm = slurm
+        self.clock = clock
+        self.home = home
+        self._lock = threading.Lock()
+        self._steps: dict[str, Step] = {}
+        self._jobs: dict[str, dict[str, StepJob]] = {}
+        self._waiting: dict[str, str] = {}  # name -> what it waits for (not durable)
+        self._cancels = Cancels(CANCEL_REPEAT)  # keyed by (step, job key)
+        # Shared with the service manager in the server (one read of Slurm per cycle).
+        self.follower = follower or Follower(slurm, config.reconcile_interval,
+                                             config.slurm_timeout * 3)
+        self.follower.add(self)
+        self._load()
+
+    def _load(self) -> None:
+        for step in step_rows.load_steps(self.store):
+            self._steps[step.name] = step
+        for job in step_rows.load_jobs(self.store):
+            self._jobs.setdefault(job.step, {})[job.key] = job
+
+    # --- requests ---------------------------------------------------------------
+
+    def launch(self, body: Any) -> dict[str, str]:
+        req, _ = parse_launch(body, self.config, self.home)
+        if self.slurm is None:
+            raise NoSlurm()
+        now = self.clock()
+        with self._lock:
+            old = self._steps.get(req.name)
+            if old is not None:
+                if old.request.canonical() != req.canonical():
+                    raise RequestFailed(f"step {req.name} already exists with another request "
+                                        "(step names are unique)")
+                ticket = self.store.write([])  # the first launch's commit precedes this
+                created = False
+            else:
+                step = Step(req.name, req.user, req, uuid.uuid4().hex[:12], Phase.WAITING, "",
+                            None, now, now)
+                self._steps[req.name] = step
+                self._jobs[req.name] = {}
+                ticket = self.store.write([step_rows.save_step(step)])
+                created = True
+        ticket.wait()
+        if created:
+            log.info("step %s accepted for %s", req.name, req.user)
+            self.follower.wake()
+        return {"name": req.name, "status": "PENDING",
+                "message": "step launch accepted" if created else "step already launched"}
+
+    def progress(self, body: Any) -> dict[str, str]:
+        if not isinstance(body, dict):
+            raise InvalidRequest("body", f"expected a JSON object, got {kind_of(body)}")
+        for key in ("step_name", "datamover_name", "progress"):
+            if key not in body:
+                raise InvalidRequest(key, "is required")
+        step_name = check_name(body["step_name"], "step_name")
+        dm_name = check_name(body["datamover_name"], "datamover_name")
+        text = body["progress"]
+        if not isinstance(text, str):
+            raise InvalidRequest("progress", f"expected a string, got {kind_of(text)}")
+        text = "".join(c if c.isprintable() else " " for c in text)[:MAX_PROGRESS]
+        now = self.clock()
+        with self._lock:
+            step = self._steps.get(step_name)
+            if step is None:
+                raise NotFound("step", step_name)
+            if not any(dm.name == dm_name for dm in step.request.movers):
+                raise NotFound("data mover", f"{dm_name} of step {step_name}")
+            key = f"dm:{dm_name}"
+            job = self._jobs[step_name].get(key) or StepJob(step_name, key, updated=now)
+            job = replace(job, progress=text, progress_time=now)
+            self._jobs[step_name][key] = job
+            ticket = self.store.write([step_rows.save_job(job)])
+        ticket.wait()
+        return {"step_name": step_name, "datamover_name": dm_name,
+                "message": "progress recorded"}
+
+    def abort(self, name: str) -> dict[str, str]:
+        now = self.clock()
+        with self._lock:
+            step = self._steps.get(name)
+            if step is None:
+                raise NotFound("step", name)
+            if step.abort_requested is None:
+                step = replace(step, abort_requested=now, updated=now)
+                self._steps[name] = step
+                ticket = self.store.write([step_rows.save_step(step)])
+                first = True
+            else:
+                ticket = self.store.write([])
+                first = False
+        ticket.wait()
+        if first:
+            log.info("step %s: abort requested", name)
+            self.follower.wake()
+        status = self.status(name) or {}
+        return {"name": name, "status": status.get("status", ""),
+                "detail": status.get("detail", ""),
+                "message": "abort accepted" if first else "abort already requested"}
+
+    # --- status -------------------------------------------------------------------
+
+    def _status(self, step: Step) -> dict[str, str]:
+        jobs = dict(self._jobs.get(step.name, {}))
+        status, detail, when = derive_status(step, jobs, self._waiting.get(step.name, ""))
+        if self.follower.problem and step.phase != Phase.DONE:
+            detail += f" [Slurm unreachable: {self.follower.problem}]"
+        return {"user": step.user, "name": step.name, "status": status, "detail": detail,
+                "time": iso_time(when)}
+
+    def status(self, name: str) -> dict[str, str] | None:
+        with self._lock:
+            step = self._steps.get(name)
+            return self._status(step) if step is not None else None
+
+    def statuses(self, user: str | None = None) -> list[dict[str, str]]:
+        with self._lock:
+            return [self._status(s) for s in sorted(self._steps.values(),
+                                                    key=lambda s: (s.created, s.name))
+                    if user is None or s.user == user]
+
+    def step(self, name: str) -> Step | None:
+        with self._lock:
+            return self._steps.get(name)
+
+    def jobs(self, name: str) -> dict[str, StepJob]:
+        with self._lock:
+            return dict(self._jobs.get(name, {}))
+
+    # --- the worker -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.follower.start()
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+    def _settled(self, step: Step) -> bool:
+        jobs = self._jobs.get(step.name, {})
+        return all(j.job_id is None or j.ended for j in jobs.values())
+
+    def _live(self) -> list[Step]:
+        with self._lock:
+            return [s for s in self._steps.values()
+                    if s.phase in (Phase.WAITING, Phase.SUBMITTED)
+                    or (s.phase == Phase.FAILED and not self._settled(s))]
+
+    def live(self) -> list[tuple[str, Advance]]:
+        """The follower's view: each live step and how to move it forward."""
+        return [(step.name, partial(self._advance, step)) for step in self._live()]
+
+    def reconcile(self) -> None:
+        """One cycle of the follower for the steps alone (one read of Slurm's jobs)."""
+        self.follower.cycle([self])
+
+    # --- one step ---------------------------------------------------------------------
+
+    def _save_step(self, step: Step, **changes: Any) -> Step:
+        with self._lock:
+            current = self._steps[step.name]
+            new = replace(current, **changes, updated=self.clock())
+            self._steps[step.name] = new
+            self.store.write([step_rows.save_step(new)])
+        return new
+
+    def _save_job(self, step: str, key: str, **changes: Any) -> StepJob:
+        with self._lock:
+            current = self._jobs.setdefault(step, {}).get(key) or StepJob(step, key)
+            if current.updated and all(getattr(current, k) == v for k, v in changes.items()):
+                return current
+            new = replace(current, **changes, updated=self.clock())
+            self._jobs[step][key] = new
+            self.store.write([step_rows.save_job(new)])
+        if "state" in changes and changes["state"] != current.state:
+            log.info("step %s: %s Slurm job %s %s%s", step, key, new.job_id, new.state,
+                     f" ({new.reason})" if new.reason else "")
+        return new
+
+    def _refresh(self, step: Step, by_id: dict[int, JobState]) -> None:
+        now = self.clock()
+        for key, job in self.jobs(step.name).items():
+            if job.job_id is None or job.ended:
+                continue
+            seen = by_id.get(job.job_id)
+            if seen is not None and seen.comment != job_tag(step.launch_id, key):
+                seen = None  # Slurm gave the id of a job it lost to another job: not ours
+            if seen is not None:
+                self._save_job(step.name, key, state=seen.state, reason=seen.reason,
+                               nodes=",".join(seen.nodes), exit_code=seen.exit_code)
+            elif gone := gone_reason(job.state, job.updated, now):
+                self._save_job(step.name, key, state=GONE, reason=gone)
+
+    def _cancel_all(self, step: Step, why: str) -> None:
+        assert self.slurm is not None
+        now = self.clock()
+        for key, job in self.jobs(step.name).items():
+            if job.job_id is None or job.ended:
+                continue
+            if not self._cancels.due((step.name, key), now):
+                continue
+            log.info("step %s: cancelling %s Slurm job %d (%s)", step.name, key, job.job_id, why)
+            self._cancels.record((step.name, key), now)
+            # SIGKILL through slurmrestd is scancel: SIGTERM to the tasks, then KILL.
+            if not self.slurm.cancel(job.job_id, signal="SIGKILL"):
+                self._save_job(step.name, key, state="CANCELLED", reason="cancelled (already "
+                               "gone from Slurm)")
+
+    def _advance(self, step: Step, jobs: JobIndex) -> None:
+        by_tag = jobs.by_tag
+        self._refresh(step, jobs.by_id)
+        if step.abort_requested is not None:
+            self._cancel_all(step, "abort")
+            if self._settled(self._steps[step.name]):
+                self._save_step(step, phase=Phase.DONE)
+                self._waiting.pop(step.name, None)
+            return
+        if step.phase == Phase.FAILED:
+            self._cancel_all(step, step.detail)
+            return
+        if step.phase == Phase.WAITING:
+            failure, waiting = self._check_services(step)
+            if failure:
+                self._fail(step, failure)
+                return
+            if waiting:
+                self._waiting[step.name] = waiting
+                return
+            self._waiting[step.name] = "submitting the step's jobs"
+            try:
+                self._submit_all(step, by_tag)
+            except SlurmUnavailable:
+                raise
+            except WfmError as e:
+                self._fail(step, f"cannot submit the step's jobs: {e}")
+                return
+            step = self._save_step(step, phase=Phase.SUBMITTED, detail="")
+            self._waiting.pop(step.name, None)
+            return
+        # SUBMITTED
+        req = step.request
+        records = self.jobs(step.name)
+        for dm in req.movers:
+            job = records.get(dm.key)
+            if dm.trigger == "step_start" and job and job.ended and job.state != "COMPLETED":
+                # The step's job can never start (afterok): cancel it and the stage-out.
+                self._cancel_all(step, f"stage-in mover {dm.name} ended {job.state}")
+                break
+        if self._settled(self._steps[step.name]):
+            self._save_step(step, phase=Phase.DONE)
+
+    def _check_services(self, step: Step) -> tuple[str, str]:
+        """(failure, waiting): what makes the step fail, or what it waits for."""
+        waiting = []
+        for use in step.request.services:
+            st = self.services.status(use.name) if self.services is not None else None
+            if st is None:
+                return f"service {use.name} is unknown (not reserved, or released long ago)", ""
+            if st.get("user") != step.user:
+                return (f"service {use.name} belongs to another user; step {step.name} runs "
+                        f"as {step.user}"), ""
+            status = st.get("status", "")
+            if status in USABLE:
+                continue
+            if status in NOT_USABLE:
+                return f"service {use.name} is not usable ({status}: {st.get('detail', '')})", ""
+            waiting.append(f"waiting for service {use.name} ({status}: {st.get('detail', '')})")
+        return "", "; ".join(waiting)
+
+    def _fail(self, step: Step, detail: str) -> None:
+        log.warning("step %s failed: %s", step.name, detail)
+        self._waiting.pop(step.name, None)
+        step = self._save_step(step, phase=Phase.FAILED, detail=detail)
+        self._cancel_all(step, "the step failed")
+
+    def _submit_one(self, step: Step, key: str, spec: JobSpec,
+                    by_tag: dict[str, JobState]) -> int:
+        assert self.slurm is not None
+        job = self.jobs(step.name).get(key)
+        if job is not None and job.job_id is not None:
+            return job.job_id
+        found = by_tag.get(job_tag(step.launch_id, key))
+        if found is not None:
+            log.info("step %s: adopting %s Slurm job %d (submitted before a restart)",
+                     step.name, key, found.job_id)
+            self._save_job(step.name, key, job_id=found.job_id, state=found.state)
+            return found.job_id
+        fault("step_before_submit")
+        job_id = self.slurm.submit(spec, user=step.user)
+        fault("step_after_submit")
+        self._save_job(step.name, key, job_id=job_id, state="PENDING")
+        log.info("step %s: %s submitted as Slurm job %d for %s", step.name, key, job_id,
+                 step.user)
+        return job_id
+
+    def _submit_all(self, step: Step, by_tag: dict[str, JobState]) -> None:
+        req = step.request
+        cmd = translate(req.command, req.command_env, partition=self.config.compute_partition,
+                        home=req.home)
+        start_ids = []
+        for dm in req.movers:
+            if dm.trigger == "step_start":
+                spec = build_mover_job(self.config, req, dm, step.launch_id, ())
+                start_ids.append(self._submit_one(step, dm.key, spec, by_tag))
+        spec = build_step_job(self.config, req, cmd, step.launch_id, tuple(start_ids))
+        main_id = self._submit_one(step, "main", spec, by_tag)
+        for dm in req.movers:
+            if dm.trigger == "step_stop":
+                spec = build_mover_job(self.config, req, dm, step.launch_id, (main_id,))
+                self._submit_one(step, dm.key, spec, by_tag)
+
