@@ -330,3 +330,39 @@ def test_sigterm_while_the_loop_sends_held_answers_still_stops_it():
         assert ended.wait(5), "the loop swallowed SystemExit"
     finally:
         server.close()
+
+
+def test_with_the_fast_path_off_stock_waitress_serves_the_api(make_config):
+    """fast_path = off: waitress' own dispatcher, parser and task; same answers, same refusals."""
+    from wfm_orchestrator.cli import build_all
+    from wfm_orchestrator.http.channel import StockChannel
+
+    app, nonblocking, rm, services, steps, store = build_all(make_config())
+    server = create_server(app, "127.0.0.1", 0, threads=2, nonblocking=nonblocking,
+                           fast_path=False, turn_end=(store.flush,))
+    assert server.channel_class is StockChannel
+    thread = threading.Thread(target=server.run, name="loop", daemon=True)
+    thread.start()
+    body = json.dumps({"name": "alice_s1_sbb", "user": "alice", "user_slurm_token": "tok",
+                       "type": "SBB", "attributes": {"flavor": "small",
+                                                      "targets": "/scratch/*.h5"}})
+    try:
+        with connect(server.effective_port) as sock:
+            sock.sendall((f"POST /v1.0.0/ephemeralservice/reserve HTTP/1.1\r\nHost: x\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+                          f"\r\n\r\n{body}").encode())
+            reply = read_for(sock, 1.0)
+            assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+            assert b'"status":"FREE"' in reply
+            # Answered only once committed: the row is there.
+            assert store.query("SELECT state FROM reservation")[0]["state"] == "FREE"
+            sock.sendall(request("GET", "/v1.0.0/location/list"))
+            assert read_for(sock, 0.5).startswith(b"HTTP/1.1 200 OK")
+        with connect(server.effective_port) as sock:
+            sock.sendall(b"GET /v1.0.0/location/list HTTP/1.1\nHost: x\n\n")
+            reply = read_for(sock, 1.0)
+        assert b" 400 Bad Request\r\n" in reply and b"bare LF" in reply
+    finally:
+        server.close()
+        thread.join(5)
+        store.close()
