@@ -91,26 +91,34 @@ def create_server(app: Any, host: str, port: int, threads: int,
     pull_trigger = server.pull_trigger
     poll = wasyncore.poll2 if server.adj.asyncore_use_poll else wasyncore.poll
 
-    def run_loop() -> None:
+    def enter_loop() -> None:
+        """Make the calling thread the loop's (run_loop does; so may a benchmark)."""
         server.loop_thread = threading.get_ident()
         if dispatcher is not None:
             dispatcher.loop_thread = server.loop_thread
         refuse_waits()  # a wait here would stall every connection
+
+    def turn(timeout: float) -> None:
+        """One turn of the loop: steps 1 to 4 of the module's docstring."""
+        poll(timeout, server._map)
+        server.mailbox.run()
+        if held:
+            now = time.monotonic()
+            while held and held[0][0] <= now:
+                _, channel, answer = held.popleft()
+                channel.expire(answer)
+        while ending:
+            ending.pop(0)()
+        for callback in every_turn:
+            callback()
+
+    def run_loop() -> None:
+        enter_loop()
         collections_ = FullCollections()
         collections_.start()
         try:
             while server._map:
-                poll(server.adj.asyncore_loop_timeout, server._map)
-                server.mailbox.run()
-                if held:
-                    now = time.monotonic()
-                    while held and held[0][0] <= now:
-                        _, channel, answer = held.popleft()
-                        channel.expire(answer)
-                while ending:
-                    ending.pop(0)()
-                for callback in every_turn:
-                    callback()
+                turn(server.adj.asyncore_loop_timeout)
                 collections_.tick()
         except (SystemExit, KeyboardInterrupt):
             server.task_dispatcher.shutdown()
@@ -123,5 +131,6 @@ def create_server(app: Any, host: str, port: int, threads: int,
         if threading.get_ident() != server.loop_thread:
             pull_trigger()
 
+    server.enter_loop, server.turn = enter_loop, turn
     server.run, server.pull_trigger = run_loop, wake_loop
     return server
