@@ -105,7 +105,9 @@ class LoopChannel(HTTPChannel):
             try:
                 self.service()
             except HandToWorker as e:
-                # Raised before anything changed and before any output.
+                # Raised before anything changed and before any output. Off the loop
+                # before the hand-off: the worker must not see this request as the loop's.
+                self.loop_request = None
                 log.debug("%s: handed to a worker thread (%s)", path, e)
                 self._append(self._output)
                 self._flush()

@@ -84,7 +84,8 @@ def create_server(app: Any, host: str, port: int, threads: int,
     held: collections.deque[tuple[float, Any, Held]] = collections.deque()
 
     def hold(channel: Any, answer: Held) -> None:
-        # One timeout for all: the deque stays in deadline order.
+        # One timeout for all: the deque stays in deadline order. Entries leave
+        # at the next turn once answered, so it stays as short as the commits pending.
         held.append((answer.deadline, channel, answer))
 
     server.hold = hold
@@ -104,9 +105,14 @@ def create_server(app: Any, host: str, port: int, threads: int,
         server.mailbox.run()
         if held:
             now = time.monotonic()
-            while held and held[0][0] <= now:
-                _, channel, answer = held.popleft()
-                channel.expire(answer)
+            while held:
+                deadline, channel, answer = held[0]
+                pending = channel.held is answer
+                if pending and deadline > now:
+                    break
+                held.popleft()  # answered (most, in order), or out of time
+                if pending:
+                    channel.expire(answer)
         while ending:
             ending.pop(0)()
         for callback in every_turn:
