@@ -413,7 +413,7 @@ class Store:
     @staticmethod
     def _run_all(conn: sqlite3.Connection, batch: list[tuple[list[Statement], Ticket]]) -> None:
         """Every statement in order; runs of the same statement go in one executemany."""
-        sql_run: str | None = None
+        sql_run = ""
         params_run: list[Sequence[Any]] = []
         for statements, _ in batch:
             for sql, params in statements:

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import falcon
 
@@ -143,7 +144,7 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
               ) -> tuple[falcon.App, Callable[[str, str], bool]]:
     """The application, and which of its requests the server may serve on its event loop."""
     verifier = build_verifier(config)
-    middleware: list[object] = [AccessLog()]
+    middleware: list[Any] = [AccessLog()]
     if verifier is not None:
         # With auth = none every request is the anonymous admin, who may do
         # everything (identity_of's default): there is nothing to check.

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from waitress.buffers import OverflowableBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
@@ -59,6 +60,11 @@ class StockChannel(HTTPChannel):
 
 
 class LoopChannel(HTTPChannel):
+    # Set by waitress' __init__ (untyped): declared for mypy.
+    requests: list[Any]
+    current_outbuf_count: int
+    close_when_flushed: bool
+
     parser_class = StrictRequestParser
     task_class = FastWSGITask
     _environ_base: dict | None = None  # FastWSGITask's, built at the first request

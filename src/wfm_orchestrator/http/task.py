@@ -49,6 +49,10 @@ def _response_name(name: str) -> str:
 
 
 class FastWSGITask(WSGITask):
+    # Set by waitress' __init__ (untyped): declared for mypy.
+    environ: dict[str, Any] | None
+    response_headers: list[tuple[str, str]]
+
     def get_environment(self) -> dict[str, Any]:
         environ = self.environ
         if environ is not None:
