@@ -120,17 +120,17 @@ def create_server(app: Any, host: str, port: int, threads: int,
 
     def run_loop() -> None:
         enter_loop()
-        collections_ = FullCollections()
-        collections_.start()
+        full_collections = FullCollections()
+        full_collections.start()
         try:
             while server._map:
                 turn(server.adj.asyncore_loop_timeout)
-                collections_.tick()
+                full_collections.tick()
         except (SystemExit, KeyboardInterrupt):
             server.task_dispatcher.shutdown()
             raise
         finally:
-            collections_.stop()
+            full_collections.stop()
 
     def wake_loop() -> None:
         # Channels call this after each answer; the loop itself needs no waking.
