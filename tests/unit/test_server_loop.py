@@ -136,6 +136,18 @@ def test_nonblocking_request_is_answered_on_the_loop_thread(served):
     assert b'"thread":"loop"' in reply
 
 
+def test_a_request_waitress_refuses_is_answered_on_the_loop_and_closed(served):
+    """Garbage and bare-LF headers: 400 from the loop thread, then the connection closes."""
+    port, *_ = served
+    for data in (b"\x00\x01\x02 garbage\r\n\r\n" + request("GET", "/fast"),
+                 b"GET /fast HTTP/1.1\r\nHost: x\nX-Smuggle: 1\r\n\r\n"):
+        with connect(port) as sock:
+            sock.sendall(data)
+            reply = read_for(sock, 1.0)
+        assert reply.startswith(b"HTTP/1.0 400 Bad Request"), reply
+        assert reply.count(b"HTTP/1.") == 1  # what was pipelined behind it is not run
+
+
 def test_answer_is_held_until_its_commit(served):
     """The 200 of a durable write leaves only once its ticket is committed."""
     port, commit, *_ = served

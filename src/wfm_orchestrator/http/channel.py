@@ -107,7 +107,8 @@ class LoopChannel(HTTPChannel):
             request = self.loop_request = LoopRequest(server.at_turn_end)
             self._output = []
             head = self.requests[0]
-            method, path = head.command, head.path
+            # A request waitress refused (400, 431, ...) has neither: it is answered here.
+            method, path = getattr(head, "command", ""), getattr(head, "path", "")
             try:
                 self.service()
             except HandToWorker as e:
