@@ -1,13 +1,15 @@
 """CPU per request through the whole server, in one process: for A/B comparisons.
 
     PYTHONPATH=src /opt/wfm-orchestrator/bin/python benchmarks/server_path.py [--requests 20000]
+        [--fast-path on|off]
 
 `benchmarks/api.py` measures throughput with wrk, which this VM's ±5-10% drift between
 periods blurs. This script measures what a change costs or saves instead: a real server
-(server.create_server with the orchestrator's application and store, Resource Manager
-only, auth = none) and 16 keep-alive client connections share one thread and one CPU;
-the loop is turned by hand and the process CPU time (server, store writer, client) is
-divided by the requests answered. Run it before and after a change, a few times each.
+(http.server.create_server with the orchestrator's application and store, Resource
+Manager only, auth = none) and 16 keep-alive client connections share one CPU; the loop
+is turned by hand and the process CPU time (server, store writer, client; with
+``--fast-path off``, stock waitress' worker threads too) is divided by the requests
+answered. Run it before and after a change, a few times each.
 
 1. POST ephemeralservice/reserve, every one a new name (durable: each answer waits for
    its group commit; after ~6,400 the pool is full and the rest queue);
@@ -18,19 +20,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import socket
 import statistics
 import tempfile
-import threading
 import time
 
-from waitress import wasyncore
-
-from wfm_orchestrator import loop
 from wfm_orchestrator.cli import build_all
 from wfm_orchestrator.config import parse_config
-from wfm_orchestrator.server import create_server
+from wfm_orchestrator.http.server import create_server
 
 CONF = """listen = 127.0.0.1:9
 auth = none
@@ -47,24 +46,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000, help="per measure and run")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fast-path", choices=("on", "off"), default="on",
+                        help="as wfm.conf's fast_path (off: stock waitress)")
     args = parser.parse_args()
     os.sched_setaffinity(0, {0})
+    # As cli.main: waitress warns for every request queued behind a busy worker.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     tmp = tempfile.mkdtemp()
     app, nonblocking, _rm, _services, _steps, store = build_all(
         parse_config(CONF.format(db=os.path.join(tmp, "state.db"))))
-    server = create_server(app, "127.0.0.1", 0, 2, nonblocking)
+    server = create_server(app, "127.0.0.1", 0, 2, nonblocking,
+                           fast_path=args.fast_path == "on", turn_end=(store.flush,))
     port = server.socket.getsockname()[1]
-    loop.become_loop_thread()
-    server.task_dispatcher.loop_thread = threading.get_ident()
+    server.enter_loop()
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
     for client in clients:
         client.setblocking(False)
 
-    def turn() -> None:  # one iteration of the server's loop (server.create_server.run_loop)
-        wasyncore.poll(0.01, server._map)
-        server.mailbox.run()
-        loop.iteration_end()
+    def turn() -> None:  # one iteration of the server's loop (http/server.py run_loop)
+        server.turn(0.01)
 
     names = itertools.count()
 
@@ -91,10 +92,12 @@ def main() -> int:
                     data = client.recv(65536)
                 except BlockingIOError:
                     continue
-                if b" 200 " not in data:
+                heads = data.count(b"HTTP/1.1 ")
+                if heads != data.count(b"HTTP/1.1 200 "):
                     raise SystemExit(f"unexpected answer: {data[:300]!r}")
-                answered += data.count(b"HTTP/1.1 ")
-                client.send(make())
+                if heads:  # a worker thread may send the head and the body apart
+                    answered += heads
+                    client.send(make())
         return (time.process_time() - started) / answered * 1e6
 
     for _ in range(5):
@@ -103,6 +106,7 @@ def main() -> int:
     for _ in range(args.repeat):
         results["reserve"].append(measure(reserve))
         results["status"].append(measure(status))
+    print(f"fast_path = {args.fast_path}")
     print(f"{'measure':10} {'median':>8}  runs (µs of CPU per request)")
     for name, runs in results.items():
         print(f"{name:10} {statistics.median(runs):8.1f}  " + " ".join(f"{r:.1f}" for r in runs))

@@ -126,7 +126,9 @@ def world(make_config, tmp_path):
             self.open()
 
         def reserve(self, body=SBB):
-            return self.rm.reserve(parse_reserve(body, self.config))
+            rec, ticket = self.rm.reserve(parse_reserve(body, self.config))
+            ticket.wait()
+            return rec
 
         def status(self, name=SBB["name"]):
             return self.sm.status(name)

@@ -31,9 +31,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from . import loop
 from .errors import WfmError
-from .loop import must_not_block
 
 log = logging.getLogger("wfm_orchestrator.auth")
 
@@ -103,6 +101,14 @@ class KeysUnavailable(AuthError):
     """No signing key was ever obtained from Keycloak (HTTP 503, not the client's fault)."""
 
     status = 503
+
+
+class KeysNotCached(WfmError):
+    """Verifying needs a fetch of the signing keys, and the caller asked not to fetch.
+
+    Raised before anything changed: the caller may verify again where
+    blocking is allowed (api/auth.py hands the request to a worker thread).
+    """
 
 
 class InvalidKeycloakServer(WfmError, ValueError):
@@ -258,8 +264,11 @@ class JWKSCache:
     def _may_fetch(self, now: float) -> bool:
         return self._attempted_at is None or now - self._attempted_at >= self.min_refresh_interval
 
-    def get(self, kid: str) -> jwt.PyJWK:
-        """The key ``kid``; AuthError if Keycloak does not (or no longer) publish it."""
+    def get(self, kid: str, fetch: bool = True) -> jwt.PyJWK:
+        """The key ``kid``; AuthError if Keycloak does not (or no longer) publish it.
+
+        With ``fetch=False``, KeysNotCached instead of fetching (or refreshing).
+        """
         with self._lock:
             key = self._keys.get(kid)
             if key is not None and not self._stale(self._clock()):
@@ -268,11 +277,12 @@ class JWKSCache:
             # Known key, old set: refresh unless someone already is; never wait for it.
             if not self._fetch_lock.acquire(blocking=False):
                 return key
-            if loop.current() is not None:
+            if not fetch:
                 self._fetch_lock.release()
-                must_not_block("refresh of the identity provider's keys")
+                raise KeysNotCached("refresh of the identity provider's keys")
         else:
-            must_not_block("fetch of the identity provider's keys")
+            if not fetch:
+                raise KeysNotCached("fetch of the identity provider's keys")
             self._fetch_lock.acquire()
         try:
             with self._lock:
@@ -395,7 +405,8 @@ class TokenVerifier:
         self._clock = clock
         self.jwks = jwks if jwks is not None else JWKSCache(jwks_url(self.issuer), fetch)
 
-    def verify(self, authorization: str | None) -> Identity:
+    def verify(self, authorization: str | None, fetch: bool = True) -> Identity:
+        """The identity of a bearer token; ``fetch=False``: KeysNotCached rather than fetch."""
         token = _bearer_token(authorization)
         header = _token_header(token)
         alg = header.get("alg")
@@ -408,7 +419,7 @@ class TokenVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
             raise AuthError("bad_kid", "the token's key id (kid) is missing or invalid")
-        key = self.jwks.get(kid)
+        key = self.jwks.get(kid, fetch)
         if key.algorithm_name != alg:
             raise AuthError("bad_algorithm", "the token's algorithm does not match its key")
         claims = self._decode(token, key, alg)

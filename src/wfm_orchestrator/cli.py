@@ -68,7 +68,7 @@ def build_all(config: Config):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import create_server
+    from .http.server import create_server
 
     try:
         config = load_config(args.config)
@@ -88,7 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_STORE
 
     host, _, port = config.listen.rpartition(":")
-    server = create_server(app, host.strip("[]"), int(port), config.threads, nonblocking)
+    server = create_server(app, host.strip("[]"), int(port), config.threads, nonblocking,
+                           fast_path=config.fast_path == "on", turn_end=(store.flush,))
 
     def stop(signum, frame):
         raise SystemExit(0)

@@ -172,6 +172,10 @@ SETTINGS: dict[str, Setting] = {
         "spread over several cores), all = no pinning, or a CPU list",
     ),
     "threads": Setting("8", lambda v: _int_range(v, 1, 256), "waitress worker threads"),
+    "fast_path": Setting(
+        "on", _choice("on", "off"),
+        "on = non-blocking endpoints served on the server's event loop; off = stock waitress",
+    ),
     "slurmrestd_url": Setting(
         "", _url, "slurmrestd base URL; empty = pure Resource Manager (no Slurm)"
     ),

@@ -158,6 +158,30 @@ class StoreError(WfmError):
     """The state database is unusable (corrupt, foreign, locked by another process)."""
 
 
+class CommitRefused(StoreError):
+    """The state database refused a write (its batch was rolled back)."""
+
+    def __init__(self, cause: BaseException):
+        self.cause = cause
+        super().__init__(f"the state database refused a write: {cause}")
+
+
+class CommitTimeout(StoreError):
+    """A write was not committed within the time an answer may wait for it."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout = timeout
+        super().__init__(f"the state database did not commit within {timeout} s")
+
+
+class WaitOnEventLoop(RuntimeError):
+    """A commit was waited for on a thread that must never block (the server's event loop).
+
+    A programming error: code served on the loop hands its ticket to the API
+    layer (api/serving.py), which holds the answer instead of waiting.
+    """
+
+
 class SlurmError(WfmError):
     """slurmrestd refused a call; carries Slurm's own error text."""
 

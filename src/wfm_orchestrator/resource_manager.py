@@ -2,11 +2,12 @@
 
 One lock serialises every decision on the allocator and the in-memory
 records (a placement costs microseconds); the durable write is queued under
-the same lock, so commit order is decision order, and waited for outside it
-(group commit) or, for a request served on the HTTP event loop, registered
-with it: the server holds the response until the commit (loop.py). Nothing
-is acknowledged before its commit. The in-memory records are the
-authoritative copy while running; at start they are rebuilt from the store.
+the same lock, so commit order is decision order. Each use case returns its
+result and the write's commit ticket without waiting: the caller (the API
+layer, api/serving.py) answers only once the ticket is committed. If the
+commit fails, the store calls ``_resync`` (on its writer thread), which
+reloads the durable state. The in-memory records are the authoritative copy
+while running; at start they are rebuilt from the store.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from .errors import (
     StoreError,
     UnknownDatanode,
 )
-from .loop import defer_commit
 from .model import ReservationState, ReserveRequest
 from .store import DONE, Statement, Store, Ticket
 
@@ -62,7 +62,6 @@ class Reservation:
     updated: float
     placement: list[Placement] | None = None
     detail: str = ""
-    ticket: Ticket = field(default=DONE, repr=False)
     # (request, placement, their JSON): a reservation is written several times
     # (reserve, allocation, release) and both rarely change in between.
     _json: tuple | None = field(default=None, repr=False, compare=False)
@@ -112,6 +111,9 @@ def _seq(rec: Reservation) -> int:
     return rec.seq
 
 
+_SWEEP_MIN = 1024
+
+
 class ResourceManager:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
         self.config = config
@@ -121,6 +123,11 @@ class ResourceManager:
         # Called (under the lock) with each reservation that changed, so the
         # service layer can react (start a service once its resources are held).
         self.listeners: list[Callable[[Reservation], None]] = []
+        # name -> the commit ticket of its last write, while it may be pending: an
+        # idempotent retry of a reserve is not answered before the first one's commit.
+        # Committed ones are swept when the table has doubled (amortised: O(1) a write).
+        self._tickets: dict[str, Ticket] = {}
+        self._sweep_at = _SWEEP_MIN
         self._load()
 
     # --- start -------------------------------------------------------------
@@ -175,18 +182,29 @@ class ResourceManager:
             log.error("reloading the resource manager state from %s", self.store.path)
             self._load()
 
-    def _commit(self, ticket: Ticket) -> None:
-        if defer_commit(ticket, self._resync):
-            return  # served on the event loop: the response is held until the commit
-        try:
-            ticket.wait()
-        except StoreError:
-            self._resync()
-            raise
+    def _write(self, recs: list[Reservation]) -> Ticket:
+        """Queue the rows of ``recs`` (caller holds the lock); their commit ticket."""
+        ticket = self.store.write([_row(rec) for rec in recs], on_failure=self._resync)
+        tickets = self._tickets
+        for rec in recs:
+            tickets[rec.name] = ticket
+        if len(tickets) >= self._sweep_at:
+            self._tickets = {name: t for name, t in tickets.items() if not t.done}
+            self._sweep_at = max(_SWEEP_MIN, 2 * len(self._tickets))
+        return ticket
+
+    def _pending(self, name: str) -> Ticket:
+        ticket = self._tickets.get(name)
+        return DONE if ticket is None else ticket
 
     # --- reserve -----------------------------------------------------------
 
-    def reserve(self, req: ReserveRequest) -> Reservation:
+    def reserve(self, req: ReserveRequest) -> tuple[Reservation, Ticket]:
+        """Place or queue ``req``; the reservation and the ticket to answer after.
+
+        A retry of a reservation that exists with the same request is answered
+        with it, after the commit of its last write (which may still be pending).
+        """
         with self._lock:
             rec = self._records.get(req.name)
             if rec is not None and rec.state != State.RELEASED:
@@ -194,16 +212,14 @@ class ResourceManager:
                     raise RequestFailed(
                         f"reservation {req.name!r} already exists with a different request; "
                         "release it first or choose another name")
-                ticket = rec.ticket
+                ticket = self._pending(req.name)
                 if rec.request.user_slurm_token != req.user_slurm_token:
                     # A retry may carry a renewed token: the newest one is kept.
                     rec.request = req
-                    rec.ticket = ticket = self.store.write([_row(rec)])
+                    ticket = self._write([rec])
                     self._notify(rec)
-            else:
-                rec, ticket = self._place_new(req)
-        self._commit(ticket)
-        return rec
+                return rec, ticket
+            return self._place_new(req)
 
     def _place_new(self, req: ReserveRequest) -> tuple[Reservation, Ticket]:
         if not self.allocator.can_fit_ever(req.servers, req.cores, req.msize, req.ssize,
@@ -222,7 +238,7 @@ class ResourceManager:
             self._queue.append(rec)
             rec.detail = "waiting for resources"
         self._records[req.name] = rec
-        rec.ticket = ticket = self.store.write([_row(rec)])
+        ticket = self._write([rec])
         self._notify(rec)
         return rec, ticket
 
@@ -294,7 +310,8 @@ class ResourceManager:
 
     # --- server/allocation --------------------------------------------------
 
-    def get_allocation(self, name: str) -> dict[str, Any]:
+    def allocate(self, name: str) -> tuple[dict[str, Any], Ticket]:
+        """GET server/allocation: FREE -> ALLOCATED; the allocation and its commit ticket."""
         with self._lock:
             rec = self._live(name)
             if rec.state == State.QUEUED:
@@ -304,13 +321,13 @@ class ResourceManager:
                 raise AlreadyAllocated(f"reservation {name!r} is already ALLOCATED")
             rec.state = State.ALLOCATED
             rec.updated = self.clock()
-            rec.ticket = ticket = self.store.write([_row(rec)])
+            ticket = self._write([rec])
             self._notify(rec)
-            body = rec.allocation()
-        self._commit(ticket)
-        return body
+            return rec.allocation(), ticket
 
-    def delete_allocation(self, name: str, detail: str = "reservation deleted") -> Reservation:
+    def release(self, name: str, detail: str = "reservation deleted"
+                ) -> tuple[Reservation, Ticket]:
+        """Free (or unqueue) ``name`` and admit what now fits; the record and its ticket."""
         with self._lock:
             rec = self._live(name)
             now = self.clock()
@@ -323,11 +340,22 @@ class ResourceManager:
             rec.updated = now
             rec.detail = detail
             changed = [rec, *self._admit_queued(now)]
-            ticket = self.store.write([_row(r) for r in changed])
+            ticket = self._write(changed)
             for r in changed:
-                r.ticket = ticket
                 self._notify(r)
-        self._commit(ticket)
+            return rec, ticket
+
+    # Waiting forms, for callers that may block (the service manager's
+    # threads, tests). They go once services.py returns tickets too.
+
+    def get_allocation(self, name: str) -> dict[str, Any]:
+        body, ticket = self.allocate(name)
+        ticket.wait()
+        return body
+
+    def delete_allocation(self, name: str, detail: str = "reservation deleted") -> Reservation:
+        rec, ticket = self.release(name, detail)
+        ticket.wait()
         return rec
 
     # --- history ------------------------------------------------------------
@@ -353,8 +381,10 @@ class ResourceManager:
                 return []
             for rec in old:
                 del self._records[rec.name]
-            ticket = self.store.write([(_FORGET, (rec.name, rec.seq)) for rec in old])
-        self._commit(ticket)
+                self._tickets.pop(rec.name, None)
+            ticket = self.store.write([(_FORGET, (rec.name, rec.seq)) for rec in old],
+                                      on_failure=self._resync)
+        ticket.wait()  # housekeeping runs on a background thread
         return [(rec.name, rec.seq) for rec in old]
 
     def _live(self, name: str) -> Reservation:

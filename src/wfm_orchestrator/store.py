@@ -3,8 +3,15 @@
 * WAL + ``synchronous=FULL``: a commit survives a crash or power loss.
 * One writer thread owns the write connection and commits whatever the
   request threads have queued meanwhile in one transaction (group commit):
-  one fsync for many requests. ``Store.write`` returns a ticket; the caller
-  answers its client only after ``ticket.wait()`` (the commit) returns.
+  one fsync for many requests. ``Store.write`` queues the statements and
+  returns a ticket; ``Store.flush`` hands what is queued to the writer. The
+  caller answers its client only once the ticket is committed: it waits
+  (``ticket.wait()`` flushes first, so a waiter never waits for a flush that
+  nobody will do) or, on the HTTP event loop, the server holds the answer and
+  flushes once per loop turn: one commit for all the connections it served.
+* A failed batch calls each distinct ``on_failure`` of its writes once,
+  on the writer thread, before their tickets finish: the owner of the
+  in-memory state reloads it whichever thread served the request.
 * A batch runs as one transaction, runs of the same statement through one
   ``executemany``. If any statement fails, the batch is rolled back and run
   again with each request's statements inside a SAVEPOINT, so that one
@@ -27,8 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import loop
-from .errors import StoreError
+from .errors import CommitRefused, CommitTimeout, StoreError, WaitOnEventLoop
 
 log = logging.getLogger(__name__)
 
@@ -106,34 +112,53 @@ MIGRATIONS: list[str] = [
 class Ticket:
     """Completion of one queued write: ``wait()`` returns once it is committed.
 
-    ``add_done_callback`` is for the HTTP event loop, which must not wait: it
-    holds the response and is called back (from the writer thread) instead.
+    ``add_done_callback`` is for code that must not wait (the HTTP event
+    loop): it is called back from the writer thread instead.
     """
 
-    __slots__ = ("_done", "_finished", "_error", "_callbacks")
+    __slots__ = ("_done", "_finished", "_error", "_callbacks", "_flush", "_on_failure")
 
-    def __init__(self) -> None:
+    def __init__(self, flush: Callable[[], None] | None = None,
+                 on_failure: Callable[[], None] | None = None) -> None:
         # A lock held until the commit: cheaper to make than an Event (one per request).
         self._done = threading.Lock()
         self._done.acquire()
         self._finished = False
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Ticket], None]] | None = None
+        self._flush = flush
+        self._on_failure = on_failure
 
     def wait(self, timeout: float | None = 30.0) -> None:
+        """Hand what is still queued to the writer, then wait for this write's commit.
+
+        Raises ``WaitOnEventLoop`` on a thread that declared it must never
+        block (``refuse_waits``), ``CommitTimeout`` or ``CommitRefused``.
+        """
         if not self._finished:
-            if loop.on_loop_thread():
-                loop.iteration_end()  # our write may still be in the loop's batch
+            if getattr(_thread, "refuses_waits", False):
+                raise WaitOnEventLoop("a commit was waited for on the server's event loop")
+            if self._flush is not None:
+                self._flush()  # our write may still be queued: nobody else may flush it
             if not self._done.acquire(timeout=-1 if timeout is None else timeout):
-                raise StoreError(f"the state database did not commit within {timeout} s")
+                raise CommitTimeout(timeout)
             self._done.release()  # for the next waiter
         if self._error is not None:
-            raise StoreError(f"the state database refused a write: {self._error}")
+            raise CommitRefused(self._error)
+
+    @property
+    def done(self) -> bool:
+        """Committed or refused."""
+        return self._finished
 
     @property
     def error(self) -> BaseException | None:
         """Why the write was refused (None while pending or once committed)."""
         return self._error
+
+    def failure(self) -> CommitRefused | None:
+        """What ``wait()`` raises for a refused write (None while pending or once committed)."""
+        return None if self._error is None else CommitRefused(self._error)
 
     def add_done_callback(self, callback: Callable[[Ticket], None]) -> None:
         """Call ``callback(ticket)`` once committed or refused (now, if already done)."""
@@ -160,9 +185,20 @@ class Ticket:
 
 # Guards the done flag against a callback registered while the writer finishes.
 _CALLBACKS = threading.Lock()
+_thread = threading.local()
 
 DONE = Ticket()
 DONE._finish()
+
+
+def refuse_waits() -> None:
+    """Declare the calling thread one that must never block: ``Ticket.wait`` raises there.
+
+    Called by the HTTP server on its event-loop thread (http/server.py): a
+    wait there would stall every connection, and could never end if the
+    write were still queued for the end of the loop's turn.
+    """
+    _thread.refuses_waits = True
 
 
 class Store:
@@ -179,7 +215,7 @@ class Store:
             raise
         self._queue: queue.SimpleQueue[list[tuple[list[Statement], Ticket]] | None] = \
             queue.SimpleQueue()
-        # Writes not yet handed to the writer: the event loop's, until its iteration ends.
+        # Writes not yet handed to the writer (flush, or a wait on any ticket).
         self._pending: list[tuple[list[Statement], Ticket]] = []
         self._pending_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
@@ -287,25 +323,25 @@ class Store:
 
     # --- writing -------------------------------------------------------------
 
-    def write(self, statements: Iterable[Statement]) -> Ticket:
-        """Queue statements to run in one savepoint; commit order = call order."""
-        ticket = Ticket()
+    def write(self, statements: Iterable[Statement],
+              on_failure: Callable[[], None] | None = None) -> Ticket:
+        """Queue statements to run in one savepoint; commit order = call order.
+
+        Nothing reaches the writer before ``flush()`` or a ``wait()`` on any
+        ticket. ``on_failure`` is called (on the writer thread, once per batch)
+        if the batch holding these statements is refused.
+        """
+        ticket = Ticket(self.flush, on_failure)
         with self._pending_lock:
             self._pending.append((list(statements), ticket))
-            if loop.on_loop_thread():
-                # Hand the loop's writes over once it has served every ready
-                # connection: one commit for all of them.
-                if len(self._pending) == 1:
-                    loop.at_iteration_end(self.flush)
-                return ticket
-            # Under the lock: writes reach the writer in call order.
-            self._queue.put(self._pending)
-            self._pending = []
         return ticket
 
     def flush(self) -> None:
-        """Hand the pending writes to the writer."""
+        """Hand the queued writes to the writer."""
+        if not self._pending:
+            return  # most loop turns: nothing written
         with self._pending_lock:
+            # Under the lock: writes reach the writer in call order.
             if self._pending:
                 self._queue.put(self._pending)
                 self._pending = []
@@ -357,13 +393,27 @@ class Store:
             # Every response of the batch waited this long: the first thing to
             # look at when clients see slow answers (disk, fsync, filesystem).
             log.warning("state database: a commit of %d write(s) took %.1f s", len(batch), took)
+        cls._recover(batch, results)
         for (_, ticket), error in zip(batch, results, strict=True):
             ticket._finish(error)
 
     @staticmethod
+    def _recover(batch: list[tuple[list[Statement], Ticket]],
+                 results: list[BaseException | None]) -> None:
+        """Each distinct on_failure of the refused writes, once, before any answer leaves."""
+        callbacks = dict.fromkeys(ticket._on_failure for (_, ticket), error
+                                  in zip(batch, results, strict=True)
+                                  if error is not None and ticket._on_failure is not None)
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the writer must finish the batch's tickets
+                log.exception("state database: recovering from a refused write failed")
+
+    @staticmethod
     def _run_all(conn: sqlite3.Connection, batch: list[tuple[list[Statement], Ticket]]) -> None:
         """Every statement in order; runs of the same statement go in one executemany."""
-        sql_run: str | None = None
+        sql_run = ""
         params_run: list[Sequence[Any]] = []
         for statements, _ in batch:
             for sql, params in statements:

@@ -7,7 +7,7 @@ next request must get exactly its own response; a request hidden in a body
 must never reach the application (the access log proves what did).
 
 Two framings waitress 3.0.2 accepts are refused by our parser
-(wfm_orchestrator/server.py): bare-LF requests and Content-Length together
+(wfm_orchestrator/http/parser.py): bare-LF requests and Content-Length together
 with Transfer-Encoding both get 400 and a closed connection.
 """
 

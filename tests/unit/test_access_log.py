@@ -21,11 +21,12 @@ def test_one_access_line_per_request(client, capsys):
 
 
 def test_on_the_event_loop_lines_are_written_once_per_turn(client):
-    """The server's loop thread writes a turn's lines together, when the turn ends."""
+    """Requests served on the server's loop write a turn's lines together, when the turn ends."""
     import io
     import threading
 
-    from wfm_orchestrator import loop
+    from wfm_orchestrator.api.serving import LOOP
+    from wfm_orchestrator.http.channel import LoopRequest
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -36,11 +37,17 @@ def test_on_the_event_loop_lines_are_written_once_per_turn(client):
     seen = {}
 
     def turn():
-        loop.become_loop_thread()
-        client.simulate_get("/v1.0.0/location/list")
-        client.simulate_get("/v1.0.0/ephemeralservice/flavors")
+        ending: list = []  # as the server's loop (http/server.py) collects them
+
+        def on_loop():
+            return {LOOP: LoopRequest(ending.append)}
+
+        client.simulate_get("/v1.0.0/location/list", extras=on_loop())
+        client.simulate_get("/v1.0.0/ephemeralservice/flavors", extras=on_loop())
         seen["before"] = stream.getvalue()
-        loop.iteration_end()
+        assert len(ending) == 1  # one write for the turn
+        while ending:
+            ending.pop(0)()
         seen["after"] = stream.getvalue()
 
     try:

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.poll import poll_until
+
 SBB = {"name": "alice_s1_sbb", "user": "alice", "user_slurm_token": "tok", "type": "SBB",
        "attributes": {"flavor": "small", "targets": "/scratch/*.h5"}}
 
@@ -348,3 +350,59 @@ def test_user_slurm_token_is_forgotten_once_released(app_factory):
     assert store.query("SELECT token FROM reservation")[0]["token"] == "tok"  # noqa: S105
     client.simulate_delete("/v2.0.0/server/allocation/alice_s1_sbb")
     assert store.query("SELECT token FROM reservation")[0]["token"] is None
+
+
+# --- commits: the answer leaves after the commit, whichever thread serves ----------
+
+
+def on_the_loop():
+    """The environ the server gives a request it serves on its event loop."""
+    from wfm_orchestrator.api.serving import LOOP
+    from wfm_orchestrator.http.channel import LoopRequest
+
+    request = LoopRequest(lambda callback: None)
+    return request, {LOOP: request}
+
+
+REFUSE_INSERTS = ("CREATE TRIGGER refuse BEFORE INSERT ON reservation "
+                  "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+
+
+def test_a_refused_commit_is_a_500_and_the_state_is_reloaded(app_factory):
+    """The resource manager forgets what the database refused, on a worker..."""
+    client, rm, store = app_factory()
+    store.write([(REFUSE_INSERTS, ())]).wait()
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
+    assert r.status_code == 500
+    assert r.json["title"] == "State database unavailable" and "disk full" in r.json["message"]
+    assert rm.get(SBB["name"]) is None  # reloaded from the database: never reserved
+    assert free(client, "dn1")["free_cores"] == 8
+
+
+def test_a_refused_commit_on_the_loop_reloads_the_state_the_same_way(app_factory):
+    """...and on the loop, where the answer is held: the store's writer reloads, not the server."""
+    client, rm, store = app_factory()
+    store.write([(REFUSE_INSERTS, ())]).wait()
+    request, environ = on_the_loop()
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB, extras=environ)
+    assert r.status_code == 200  # held by the server until its commit...
+    [ticket] = request.tickets
+    store.flush()  # ...which the server's loop asks for at the end of its turn
+    poll_until(lambda: ticket.done, "the refused commit reported", timeout=5)
+    assert ticket.failure() is not None and "disk full" in str(ticket.failure())
+    assert rm.get(SBB["name"]) is None
+    assert free(client, "dn1")["free_cores"] == 8
+
+
+def test_a_retried_reserve_waits_for_the_first_ones_commit(app_factory):
+    """An idempotent retry is not answered before the first reserve's write is committed."""
+    client, rm, store = app_factory()
+    first, environ = on_the_loop()
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB, extras=environ)
+    retry, environ = on_the_loop()
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB, extras=environ)
+    assert retry.tickets == first.tickets and not first.tickets[0].done  # still queued
+    first.tickets[0].wait()
+    again, environ = on_the_loop()
+    client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB, extras=environ)
+    assert again.tickets[0].done  # committed: nothing left to wait for

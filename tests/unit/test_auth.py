@@ -35,6 +35,7 @@ from wfm_orchestrator.auth import (
     Identity,
     InvalidKeycloakServer,
     JWKSCache,
+    KeysNotCached,
     KeysUnavailable,
     TokenVerifier,
     authorize,
@@ -608,30 +609,20 @@ def test_unknown_action_is_a_programming_error():
         authorize(ANONYMOUS_ADMIN, "service.raed")
 
 
-def test_on_the_event_loop_a_key_fetch_is_left_to_a_worker_thread(jwks_server, tokens):
-    """A fetch would block the server's loop: MustNotBlock, before any fetch; cached keys work."""
-    from wfm_orchestrator import loop
-
+def test_asked_not_to_fetch_the_verifier_raises_keys_not_cached(jwks_server, tokens):
+    """fetch=False (the event loop): KeysNotCached, before any fetch; cached keys work."""
     clock = FakeClock()
     v = cached_verifier(jwks_server, clock)
     token = "Bearer " + tokens.make(RSA)
-    loop.enter()
-    try:
-        with pytest.raises(loop.MustNotBlock):
-            v.verify(token)  # no key yet
-        assert jwks_server.fetches == 0
-    finally:
-        loop.leave()
+    with pytest.raises(KeysNotCached):
+        v.verify(token, fetch=False)  # no key yet
+    assert jwks_server.fetches == 0
     v.verify(token)  # a worker thread fetches
     assert jwks_server.fetches == 1
-    loop.enter()
-    try:
-        assert v.verify(token).user == "alice"  # cached: served on the loop
-        clock.now += 301  # the set is stale: refreshing it is a fetch
-        with pytest.raises(loop.MustNotBlock):
-            v.verify(token)
-    finally:
-        loop.leave()
+    assert v.verify(token, fetch=False).user == "alice"  # cached: served on the loop
+    clock.now += 301  # the set is stale: refreshing it is a fetch
+    with pytest.raises(KeysNotCached):
+        v.verify(token, fetch=False)
     assert jwks_server.fetches == 1
     assert v.verify(token).user == "alice"  # the worker refreshes
     assert jwks_server.fetches == 2

@@ -229,3 +229,21 @@ def test_step_lists_never_show_another_users_steps(make_config, keycloak):
         assert names("owner", "/v1.0.0/step/status/alice_s1_step_0") == ["alice_s1_step_0"]
     finally:
         store.close()
+
+
+def test_on_the_event_loop_a_key_fetch_is_handed_to_a_worker(secured, keycloak):
+    """api/auth.py: on the loop a fetch would block: HandToWorker, before any fetch."""
+    from wfm_orchestrator.api.serving import LOOP, HandToWorker
+    from wfm_orchestrator.http.channel import LoopRequest
+
+    client, tokens = secured
+    on_loop = {LOOP: LoopRequest(lambda callback: None)}
+    fetches = keycloak.fetches
+    with pytest.raises(HandToWorker):
+        client.simulate_get("/v1.0.0/location/list", extras=on_loop,
+                            headers={"Authorization": f"Bearer {tokens['sm']}"})
+    assert keycloak.fetches == fetches
+    assert call(client, "GET", "/v1.0.0/location/list", None, tokens["sm"]).status_code == 200
+    result = client.simulate_get("/v1.0.0/location/list", extras=on_loop,
+                                 headers={"Authorization": f"Bearer {tokens['sm']}"})
+    assert result.status_code == 200  # cached now: served on the loop

@@ -11,7 +11,7 @@ import falcon
 
 from wfm_orchestrator import collector
 from wfm_orchestrator.collector import FullCollections
-from wfm_orchestrator.server import create_server
+from wfm_orchestrator.http.server import create_server
 
 
 class Clock:

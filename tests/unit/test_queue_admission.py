@@ -86,7 +86,9 @@ def apply(rm: ResourceManager, op: tuple) -> str:
     try:
         if op[0] == "reserve":
             _, n, cores, gb, servers, storage_gb = op
-            return rm.reserve(request(rm, f"r{n}", cores, gb, servers, storage_gb)).state.value
+            rec, ticket = rm.reserve(request(rm, f"r{n}", cores, gb, servers, storage_gb))
+            ticket.wait()
+            return rec.state.value
         if op[0] == "delete":
             return rm.delete_allocation(f"r{op[1]}").state.value
         rm.clock.now += op[1]
@@ -167,7 +169,7 @@ def test_demands_that_differ_only_in_storage_are_tried_separately(backfill):
     rm, _ = backfill
     for i in range(4):
         rm.reserve(request(rm, f"full{i}", 7, 1, 1, storage_gb=600))  # 1 core left each
-    node = rm.reserve(request(rm, "store", 1, 1, 1, storage_gb=400)).placement[0].server
+    node = rm.reserve(request(rm, "store", 1, 1, 1, storage_gb=400))[0].placement[0].server
     rm.reserve(request(rm, "wide", 2, 1, 1, storage_gb=900))
     rm.reserve(request(rm, "narrow", 2, 1, 1, storage_gb=300))
     assert {rm.snapshot(n)[0].state for n in ("wide", "narrow")} == {State.QUEUED}

@@ -1,4 +1,4 @@
-"""The server's event-loop fast path (server.py, loop.py) with a real waitress server.
+"""The server's event-loop fast path (http/, api/serving.py) with a real waitress server.
 
 A small Falcon app stands in for the orchestrator: its tickets are finished
 by the test, so a held answer can be observed before and after its commit.
@@ -6,6 +6,7 @@ by the test, so a held answer can be observed before and after its commit.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,9 +14,11 @@ import time
 import falcon
 import pytest
 
-from wfm_orchestrator import loop
+from wfm_orchestrator.api import errors, serving
 from wfm_orchestrator.api.media import json_handler
-from wfm_orchestrator.server import create_server
+from wfm_orchestrator.api.serving import HandToWorker, answer_after, loop_request
+from wfm_orchestrator.http import channel
+from wfm_orchestrator.http.server import create_server
 from wfm_orchestrator.store import Ticket
 
 NONBLOCKING = {"/fast", "/commit", "/keys"}
@@ -31,15 +34,13 @@ class Commit:
 
     def __init__(self):
         self.tickets: list[Ticket] = []
-        self.failures: list[str] = []
         self.arrived = threading.Event()
 
     def on_post(self, req, resp):
         ticket = Ticket()
         self.tickets.append(ticket)
-        if not loop.defer_commit(ticket, lambda: self.failures.append(req.path)):
-            ticket.wait()
         self.arrived.set()
+        answer_after(req, ticket)
         resp.media = {"committed": "yes"}
 
 
@@ -51,7 +52,8 @@ class Keys:
 
     def on_get(self, req, resp):
         self.calls += 1
-        loop.must_not_block("a key fetch")
+        if loop_request(req) is not None:
+            raise HandToWorker("a key fetch")
         resp.media = {"thread": threading.current_thread().name}
 
 
@@ -70,9 +72,11 @@ class Slow:
 def served():
     app = falcon.App()
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler()
+    errors.install(app)  # the one mapping of errors to answers
     commit, keys, slow = Commit(), Keys(), Slow()
     app.add_route("/fast", Fast())
     app.add_route("/commit", commit)
+    app.add_route("/commit-in-worker", commit)
     app.add_route("/keys", keys)
     app.add_route("/slow", slow)
     server = create_server(app, "127.0.0.1", 0, threads=2,
@@ -132,6 +136,18 @@ def test_nonblocking_request_is_answered_on_the_loop_thread(served):
     assert b'"thread":"loop"' in reply
 
 
+def test_a_request_waitress_refuses_is_answered_on_the_loop_and_closed(served):
+    """Garbage and bare-LF headers: 400 from the loop thread, then the connection closes."""
+    port, *_ = served
+    for data in (b"\x00\x01\x02 garbage\r\n\r\n" + request("GET", "/fast"),
+                 b"GET /fast HTTP/1.1\r\nHost: x\nX-Smuggle: 1\r\n\r\n"):
+        with connect(port) as sock:
+            sock.sendall(data)
+            reply = read_for(sock, 1.0)
+        assert reply.startswith(b"HTTP/1.0 400 Bad Request"), reply
+        assert reply.count(b"HTTP/1.") == 1  # what was pipelined behind it is not run
+
+
 def test_answer_is_held_until_its_commit(served):
     """The 200 of a durable write leaves only once its ticket is committed."""
     port, commit, *_ = served
@@ -153,10 +169,57 @@ def test_failed_commit_answers_500_and_closes(served):
         commit.tickets[0]._finish(OSError("disk I/O error"))
         reply = read_for(sock, 1.0)
     assert reply.startswith(b"HTTP/1.1 500 Internal Server Error")
-    assert b"State database unavailable" in reply and b"disk I/O error" in reply
+    body = json.loads(reply.partition(b"\r\n\r\n")[2].split(b"HTTP/1.1")[0])
+    assert body["title"] == "State database unavailable" and "disk I/O error" in body["message"]
     assert b"Connection: close" in reply
     assert reply.count(b"HTTP/1.1") == 1  # the pipelined GET was not run
-    assert commit.failures == ["/commit"]  # the owner was told (to resynchronise)
+    # (The owner of the state is told by the store's writer: test_store.py, and
+    # test_api_reservations.py for the resource manager's resync.)
+
+
+def body_of(reply: bytes) -> bytes:
+    return reply.partition(b"\r\n\r\n")[2]
+
+
+def test_a_failed_commit_gives_the_same_answer_on_the_loop_and_on_a_worker(served):
+    """One mapping of errors to answers (api/errors.py), whichever thread served."""
+    port, commit, *_ = served
+    replies = []
+    for path in ("/commit", "/commit-in-worker"):
+        commit.arrived.clear()
+        with connect(port) as sock:
+            sock.sendall(request("POST", path))
+            assert commit.arrived.wait(5)
+            time.sleep(0.1)  # the worker is waiting in answer_after
+            commit.tickets[-1]._finish(OSError("disk I/O error"))
+            replies.append(read_for(sock, 1.0))
+    on_loop, on_worker = replies
+    assert on_loop.startswith(b"HTTP/1.1 500 Internal Server Error")
+    assert on_worker.startswith(b"HTTP/1.1 500 Internal Server Error")
+    assert body_of(on_loop) == body_of(on_worker)
+    assert json.loads(body_of(on_loop)) == {
+        "title": "State database unavailable",
+        "description": "the state database refused a write: disk I/O error",
+        "message": "the state database refused a write: disk I/O error"}
+
+
+def test_a_held_answer_not_committed_in_time_gets_the_workers_500(served, monkeypatch):
+    """One commit timeout (serving.COMMIT_TIMEOUT) for held answers and waiting workers."""
+    monkeypatch.setattr(serving, "COMMIT_TIMEOUT", 0.3)
+    monkeypatch.setattr(channel, "COMMIT_TIMEOUT", 0.3)
+    port, commit, *_ = served
+    replies = []
+    for path in ("/commit", "/commit-in-worker"):
+        with connect(port) as sock:
+            sock.sendall(request("POST", path))
+            replies.append(read_for(sock, 2.5))  # the loop checks deadlines every second
+    on_loop, on_worker = replies
+    for reply in replies:
+        assert reply.startswith(b"HTTP/1.1 500 Internal Server Error"), reply
+        assert b"did not commit within 0.3 s" in reply
+    assert body_of(on_loop) == body_of(on_worker)
+    commit.tickets[0]._finish()  # a late commit after the 500 changes nothing
+    time.sleep(0.1)
 
 
 def test_pipelined_answers_keep_their_order_behind_a_held_one(served):
@@ -279,3 +342,39 @@ def test_sigterm_while_the_loop_sends_held_answers_still_stops_it():
         assert ended.wait(5), "the loop swallowed SystemExit"
     finally:
         server.close()
+
+
+def test_with_the_fast_path_off_stock_waitress_serves_the_api(make_config):
+    """fast_path = off: waitress' own dispatcher, parser and task; same answers, same refusals."""
+    from wfm_orchestrator.cli import build_all
+    from wfm_orchestrator.http.channel import StockChannel
+
+    app, nonblocking, rm, services, steps, store = build_all(make_config())
+    server = create_server(app, "127.0.0.1", 0, threads=2, nonblocking=nonblocking,
+                           fast_path=False, turn_end=(store.flush,))
+    assert server.channel_class is StockChannel
+    thread = threading.Thread(target=server.run, name="loop", daemon=True)
+    thread.start()
+    body = json.dumps({"name": "alice_s1_sbb", "user": "alice", "user_slurm_token": "tok",
+                       "type": "SBB", "attributes": {"flavor": "small",
+                                                      "targets": "/scratch/*.h5"}})
+    try:
+        with connect(server.effective_port) as sock:
+            sock.sendall((f"POST /v1.0.0/ephemeralservice/reserve HTTP/1.1\r\nHost: x\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+                          f"\r\n\r\n{body}").encode())
+            reply = read_for(sock, 1.0)
+            assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+            assert b'"status":"FREE"' in reply
+            # Answered only once committed: the row is there.
+            assert store.query("SELECT state FROM reservation")[0]["state"] == "FREE"
+            sock.sendall(request("GET", "/v1.0.0/location/list"))
+            assert read_for(sock, 0.5).startswith(b"HTTP/1.1 200 OK")
+        with connect(server.effective_port) as sock:
+            sock.sendall(b"GET /v1.0.0/location/list HTTP/1.1\nHost: x\n\n")
+            reply = read_for(sock, 1.0)
+        assert b" 400 Bad Request\r\n" in reply and b"bare LF" in reply
+    finally:
+        server.close()
+        thread.join(5)
+        store.close()

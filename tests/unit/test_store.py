@@ -1,10 +1,11 @@
 import sqlite3
 import threading
+import time
 
 import pytest
 
-from wfm_orchestrator.errors import StoreError
-from wfm_orchestrator.store import APPLICATION_ID, MIGRATIONS, Store
+from wfm_orchestrator.errors import CommitRefused, StoreError, WaitOnEventLoop
+from wfm_orchestrator.store import APPLICATION_ID, DONE, MIGRATIONS, Store, refuse_waits
 
 INSERT = ("INSERT INTO reservation (name, user, type, request, state, seq, created, updated)"
           " VALUES (?, 'alice', 'SBB', '{}', 'FREE', ?, 0, 0)")
@@ -116,17 +117,15 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
         Store(str(blocker / "sub" / "s.db"))
 
 
-# --- the event loop's batches (loop.py) ---------------------------------------------
+# --- batching: writes queue until a flush or a wait -----------------------------------
 
 
 def on_loop_thread(fn):
-    """Run ``fn`` on a thread marked as the server's event loop; its result or exception."""
-    from wfm_orchestrator import loop
-
+    """Run ``fn`` on a thread declared as the server's event loop; its result or exception."""
     out: dict = {}
 
     def run():
-        loop.become_loop_thread()
+        refuse_waits()
         try:
             out["result"] = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the test
@@ -141,47 +140,81 @@ def on_loop_thread(fn):
     return out["result"]
 
 
-def test_loop_writes_reach_the_writer_when_the_iteration_ends(tmp_path):
-    """On the loop thread, writes wait in the store until the loop turn ends: one commit."""
-    from wfm_orchestrator import loop
-
+def test_writes_reach_the_writer_at_the_flush(tmp_path):
+    """Writes wait in the store until flush() (the server's, once a loop turn): one commit."""
     store = Store(str(tmp_path / "s.db"))
-
-    def turn():
-        tickets = [store.write([(INSERT, (f"r{i}", i))]) for i in range(5)]
-        held = not any(t._finished for t in tickets) and len(store._pending) == 5
-        loop.iteration_end()
-        for t in tickets:
-            t.wait()
-        return held
-
-    assert on_loop_thread(turn)
+    tickets = [store.write([(INSERT, (f"r{i}", i))]) for i in range(5)]
+    time.sleep(0.1)
+    assert not any(t.done for t in tickets) and len(store._pending) == 5
+    store.flush()
+    assert store._pending == []
+    for t in tickets:
+        t.wait()
     assert store.query("SELECT count(*) AS n FROM reservation")[0]["n"] == 5
     store.close()
 
 
-def test_waiting_on_the_loop_thread_hands_the_batch_over_first(tmp_path):
-    """ticket.wait() on the loop thread does not wait for a turn that cannot end."""
+def test_a_wait_flushes_what_is_queued(tmp_path):
+    """A worker that waits never waits for a flush nobody will do."""
     store = Store(str(tmp_path / "s.db"))
-    on_loop_thread(lambda: store.write([(INSERT, ("a", 1))]).wait(timeout=5))
+    store.write([(INSERT, ("a", 1))]).wait(timeout=5)
     assert store.query("SELECT name FROM reservation")[0]["name"] == "a"
     store.close()
 
 
+def test_waiting_on_the_loop_thread_raises_instead_of_blocking(tmp_path):
+    """On a thread that refuses waits (the event loop) wait() raises; elsewhere it waits."""
+    store = Store(str(tmp_path / "s.db"))
+    ticket = store.write([(INSERT, ("a", 1))])
+    started = time.monotonic()
+    with pytest.raises(WaitOnEventLoop):
+        on_loop_thread(lambda: ticket.wait(timeout=5))
+    assert time.monotonic() - started < 1
+    assert not ticket.done  # nothing was flushed by the refused wait
+    on_loop_thread(lambda: DONE.wait())  # a finished ticket is no wait at all
+    ticket.wait()
+    store.close()
+
+
 def test_a_worker_write_is_committed_after_the_loop_writes_before_it(tmp_path):
-    """Commit order is call order, across the loop thread's batch and a worker thread."""
+    """Commit order is call order, across the loop thread's queued writes and a worker's."""
     store = Store(str(tmp_path / "s.db"))
     update = ("UPDATE reservation SET state = 'RELEASED' WHERE name = ?", ("a",))
 
     def turn():
-        first = store.write([(INSERT, ("a", 1))])  # pending until the turn ends...
+        first = store.write([(INSERT, ("a", 1))])  # queued until the turn ends...
         worker = threading.Thread(target=lambda: store.write([update]).wait())
         worker.start()
-        worker.join(10)  # ...but the worker's write takes it along, in order
-        return first._finished
+        worker.join(10)  # ...but the worker's wait takes it along, in order
+        return first.done
 
     assert on_loop_thread(turn)
     assert store.query("SELECT state FROM reservation")[0]["state"] == "RELEASED"
+    store.close()
+
+
+def test_a_refused_batch_calls_each_recovery_once_before_its_tickets_finish(tmp_path):
+    """on_failure runs on the writer, once per distinct callback, before any waiter resumes."""
+    store = Store(str(tmp_path / "s.db"))
+    store.write([(INSERT, ("a", 1))]).wait()
+    calls: list[str] = []
+    seen_done: list[bool] = []
+    tickets: list = []
+
+    def resync():
+        calls.append("resync")
+        seen_done.append(any(t.done for t in tickets))
+
+    def other():
+        calls.append("other")
+
+    tickets += [store.write([(INSERT, ("a", 2))], on_failure=resync),  # duplicate name
+                store.write([(INSERT, ("a", 3))], on_failure=resync),  # duplicate name
+                store.write([(INSERT, ("b", 4))], on_failure=other)]   # fine
+    with pytest.raises(CommitRefused, match="refused a write"):
+        tickets[1].wait()
+    assert calls == ["resync"] and seen_done == [False]
+    tickets[2].wait()  # committed: its callback is not called
     store.close()
 
 

@@ -1,4 +1,4 @@
-"""waitress_fast gives exactly what waitress' own methods give.
+"""http/parser.py and http/task.py give exactly what waitress' own methods give.
 
 Each test runs waitress' original method and ours on the same generated
 input (valid and invalid) and compares everything they leave behind: the
@@ -16,8 +16,9 @@ from waitress.adjustments import Adjustments
 from waitress.parser import HTTPRequestParser
 from waitress.task import WSGITask
 
-from wfm_orchestrator import server
-from wfm_orchestrator.waitress_fast import FastRequestParser, FastWSGITask
+from wfm_orchestrator.http.channel import LoopChannel
+from wfm_orchestrator.http.parser import FastRequestParser
+from wfm_orchestrator.http.task import FastWSGITask
 
 ADJ = Adjustments()
 
@@ -166,5 +167,5 @@ def test_response_header_matches_waitress(version, connection, status, headers, 
 
 
 def test_the_server_uses_them():
-    assert issubclass(server.LoopChannel.parser_class, FastRequestParser)
-    assert server.LoopChannel.task_class is FastWSGITask
+    assert issubclass(LoopChannel.parser_class, FastRequestParser)
+    assert LoopChannel.task_class is FastWSGITask

@@ -8,10 +8,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import falcon
 
-from .. import loop
 from ..config import Config
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
@@ -19,6 +19,7 @@ from ..steps import StepManager
 from . import errors, info, openapi, reservations, service_status, steps
 from .auth import Authorization, build_verifier
 from .media import MAX_BODY, json_handler
+from .serving import loop_request
 
 log = logging.getLogger("wfm_orchestrator.access")
 
@@ -40,7 +41,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
         self._lock = threading.Lock()
-        self._batch: list[str] = []  # lines of this loop turn (loop thread only)
+        self._batch: list[str] = []  # lines of the event loop's turn (its thread only)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -61,12 +62,13 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         line = (f"{self._stamp},{int((now - second) * 1000):03d} INFO {log.name}: "
                 f"{req.method} {req.path} {resp.status_code} {ms:.1f}ms\n")
-        if loop.on_loop_thread():
+        loop = loop_request(req)
+        if loop is not None:
             # The server's event loop writes its lines once per turn: one system
             # call for all the requests it served (a write per line cost ~10%).
             self._batch.append(line)
             if len(self._batch) == 1:
-                loop.at_iteration_end(self._write_batch)
+                loop.at_turn_end(self._write_batch)
             return
         self._write(line)
 
@@ -117,8 +119,8 @@ def nonblocking_requests(table: list[tuple[str, object]]) -> Callable[[str, str]
     """(method, path) -> True when the endpoint never blocks (served on the event loop).
 
     A resource says so with ``nonblocking = True``: its handlers only take
-    short locks, and register their commits with ``loop.defer_commit``
-    instead of waiting for them (server.py, loop.py).
+    short locks, and leave their commits to ``serving.answer_after`` instead
+    of waiting for them (api/serving.py).
     """
     templates = [path for path, resource in table if getattr(resource, "nonblocking", False)]
     alternatives = "|".join(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(t)) for t in templates)
@@ -142,7 +144,7 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
               ) -> tuple[falcon.App, Callable[[str, str], bool]]:
     """The application, and which of its requests the server may serve on its event loop."""
     verifier = build_verifier(config)
-    middleware: list[object] = [AccessLog()]
+    middleware: list[Any] = [AccessLog()]
     if verifier is not None:
         # With auth = none every request is the anonymous admin, who may do
         # everything (identity_of's default): there is nothing to check.

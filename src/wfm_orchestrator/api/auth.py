@@ -14,9 +14,10 @@ import logging
 
 import falcon
 
-from ..auth import ANONYMOUS_ADMIN, AuthError, Identity, TokenVerifier, authorize
+from ..auth import ANONYMOUS_ADMIN, AuthError, Identity, KeysNotCached, TokenVerifier, authorize
 from ..config import Config
 from .errors import APIError
+from .serving import HandToWorker, loop_request
 
 log = logging.getLogger("wfm_orchestrator.auth")
 
@@ -73,8 +74,12 @@ class Authorization:
     def _authenticate(self, req: falcon.Request) -> Identity:
         if self.verifier is None:
             return ANONYMOUS_ADMIN
+        on_loop = loop_request(req) is not None
         try:
-            return self.verifier.verify(req.get_header("Authorization"))
+            # The event loop must not wait for the identity provider.
+            return self.verifier.verify(req.get_header("Authorization"), fetch=not on_loop)
+        except KeysNotCached as e:
+            raise HandToWorker(str(e)) from None
         except AuthError as e:
             log.info("%s %s: authentication refused: %s", req.method, req.path, e.reason)
             raise APIError(e.status, "Unauthorized" if e.status == 401 else

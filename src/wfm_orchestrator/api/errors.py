@@ -53,14 +53,29 @@ def failed(status: int, title: str, message: str) -> APIError:
     return APIError(status, title, message)
 
 
-def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
-    """Every error as JSON with a ``message``, whatever the client accepts."""
+def error_body(exc: falcon.HTTPError) -> str:
+    """The JSON body of an error: ``title``, ``description``, ``message`` (and ``field``)."""
     body = exc.to_dict()
     if "message" not in body:
         body["message"] = body.get("description") or body.get("title", "")
+    return ujson.dumps(body, ensure_ascii=False)
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Every error as JSON with a ``message``, whatever the client accepts."""
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = ujson.dumps(body, ensure_ascii=False)
+    resp.text = error_body(exc)
     resp.append_header("Vary", "Accept")
+
+
+def store_unavailable(method: str, path: str, error: StoreError) -> APIError:
+    """The 500 of a write the state database refused or did not commit in time.
+
+    One answer whichever thread served the request: raised through Falcon on
+    a worker, rendered by api/serving.py for an answer held on the event loop.
+    """
+    log.error("%s %s: state database error: %s", method, path, error)
+    return APIError(500, "State database unavailable", str(error))
 
 
 def install(app: falcon.App) -> None:
@@ -87,8 +102,7 @@ def install(app: falcon.App) -> None:
         raise APIError(500, "No Slurm configured", str(ex))
 
     def store_error(req, resp, ex: StoreError, params):
-        log.error("%s %s: state database error: %s", req.method, req.path, ex)
-        raise APIError(500, "State database unavailable", str(ex))
+        raise store_unavailable(req.method, req.path, ex)
 
     def domain_error(req, resp, ex: WfmError, params):
         log.error("%s %s: %s: %s", req.method, req.path, type(ex).__name__, ex)

@@ -8,7 +8,7 @@ from ..config import Config
 
 
 class Locations:
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "config.read"}
 
     def __init__(self, config: Config):
@@ -19,7 +19,7 @@ class Locations:
 
 
 class Flavors:
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "config.read"}
 
     def __init__(self, config: Config):

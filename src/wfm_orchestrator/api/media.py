@@ -7,8 +7,9 @@ from typing import Any
 import falcon
 import ujson
 
-from ..server import MAX_BODY  # also enforced by waitress before the application runs
 from .errors import APIError
+
+MAX_BODY = 1024 * 1024  # bytes; also enforced by the server before the application runs
 
 # Bodies are JSON whatever these say: curl -d sends form-urlencoded by default,
 # and "CONSUMES at least application/json" is all the spec asks.

@@ -9,6 +9,7 @@ from ..model import check_name, parse_reserve
 from ..resource_manager import ResourceManager
 from .errors import APIError
 from .media import read_json
+from .serving import answer_after
 
 DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown or Session Manager)"
 
@@ -16,7 +17,7 @@ DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown 
 class Reserve:
     """POST ephemeralservice/reserve."""
 
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"POST": "reserve"}
 
     def __init__(self, rm: ResourceManager):
@@ -24,7 +25,8 @@ class Reserve:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         request = parse_reserve(read_json(req), self.rm.config)
-        rec = self.rm.reserve(request)
+        rec, ticket = self.rm.reserve(request)
+        answer_after(req, ticket)
         body = {"name": rec.name, "status": rec.state.value, "message": "reserved"}
         if rec.state.value == "QUEUED":
             found = self.rm.snapshot(rec.name)
@@ -36,7 +38,7 @@ class Reserve:
 class Allocation:
     """GET / DELETE server/allocation/{service_name} (used by the burst-buffer plugin)."""
 
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "allocation", "DELETE": "allocation"}
 
     def __init__(self, rm: ResourceManager):
@@ -45,23 +47,26 @@ class Allocation:
     def on_get(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
         try:
-            resp.media = self.rm.get_allocation(service_name)
+            body, ticket = self.rm.allocate(service_name)
         except NotFound as e:
             raise APIError(500, "Reservation missing", str(e)) from None
+        answer_after(req, ticket)
+        resp.media = body
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
         try:
-            self.rm.delete_allocation(service_name, detail=DELETED)
+            _, ticket = self.rm.release(service_name, detail=DELETED)
         except NotFound as e:
             raise APIError(502, "Allocation not found", str(e)) from None
+        answer_after(req, ticket)
         resp.media = {"name": service_name, "message": "allocation released"}
 
 
 class ServerResources:
     """GET server/resources/{server_name} and server/resources/all."""
 
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "resources"}
 
     def __init__(self, rm: ResourceManager):
@@ -77,7 +82,7 @@ class ServerResources:
 
 
 class AllServerResources:
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "resources"}
 
     def __init__(self, rm: ResourceManager):

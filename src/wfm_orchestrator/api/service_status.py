@@ -13,7 +13,7 @@ from .errors import APIError
 
 
 class AllServiceStatus:
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "service.read"}
 
     def __init__(self, services: ServiceManager):
@@ -48,7 +48,7 @@ class ServiceStatus:
     existence is not revealed).
     """
 
-    nonblocking = True  # served on the server's event loop (server.py)
+    nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "service.read"}
 
     def __init__(self, services: ServiceManager):
