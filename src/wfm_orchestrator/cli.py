@@ -58,7 +58,8 @@ def build_all(config: Config):
         rm = ResourceManager(config, store)
         slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
         # One follower for both: one read of Slurm's jobs per cycle, services first.
-        follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3)
+        follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
+                            flush=store.flush)
         services = ServiceManager(config, rm, store, slurm, follower=follower)
         steps = StepManager(config, store, services, slurm, follower=follower)
     except BaseException:

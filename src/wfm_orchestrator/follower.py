@@ -107,8 +107,13 @@ class Outage:
 class Follower:
     """One worker thread following every tracker's Slurm jobs (see the module's text)."""
 
-    def __init__(self, slurm: SlurmJobs | None, interval: float, stop_timeout: float):
+    def __init__(self, slurm: SlurmJobs | None, interval: float, stop_timeout: float,
+                 flush: Callable[[], None] = lambda: None):
         self.slurm = slurm
+        # The store's flush: the trackers record what they did (a job id, a state)
+        # without waiting for the commit; handing it to the writer after each item
+        # keeps it from waiting for some other thread's next commit.
+        self._flush = flush
         self.outage = Outage()
         self._trackers: list[Tracker] = []
         self.worker = Worker("slurm-follower", self.cycle, interval, stop_timeout)
@@ -158,3 +163,5 @@ class Follower:
                     return
                 except WfmError as e:
                     log.error("%s %s: %s", tracker.noun, name, e)
+                finally:
+                    self._flush()

@@ -128,7 +128,7 @@ class ServiceManager:
         self._jobs: dict[str, ServiceJob] = {}
         # Shared with the step manager in the server (one read of Slurm per cycle).
         self.follower = follower or Follower(slurm, config.reconcile_interval,
-                                             config.slurm_timeout * 3)
+                                             config.slurm_timeout * 3, flush=store.flush)
         self.follower.add(self)
         # Forgets old released services; runs with or without Slurm.
         self.housekeeping = Worker("housekeeping", self.forget_released, HOUSEKEEPING_INTERVAL,

@@ -1,4 +1,4 @@
-"""Full garbage collections on the event loop's schedule (collector.py)."""
+"""Full garbage collections on the event loop's schedule (http/collector.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import weakref
 
 import falcon
 
-from wfm_orchestrator import collector
-from wfm_orchestrator.collector import FullCollections
+from wfm_orchestrator.http import collector
+from wfm_orchestrator.http.collector import FullCollections
 from wfm_orchestrator.http.server import create_server
 
 

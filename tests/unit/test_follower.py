@@ -10,6 +10,7 @@ from wfm_orchestrator.follower import Cancels, Follower, JobIndex
 from wfm_orchestrator.slurm import JobState
 
 from ..fake_slurm import FakeSlurm
+from ..poll import poll_until
 
 
 class Tracker:
@@ -148,3 +149,27 @@ def test_the_server_gives_services_and_steps_one_follower(make_config):
         assert [t.noun for t in services.follower.trackers] == ["service", "step"]
     finally:
         store.close()
+
+
+def test_each_item_s_writes_are_handed_to_the_writer_after_it(world):
+    """A tracker records what it did without waiting for the commit: the follower hands
+    those writes to the store's writer after each item, so they never wait for another
+    thread's next commit (the server's loop turn or someone's wait)."""
+    world.reserve()
+    world.sm.follower.cycle()  # submits the service's job and records its id, unwaited
+    assert world.sm.job("alice_s_sbb").job_id is not None
+    rows = poll_until(lambda: world.store.query(
+        "SELECT job_id FROM service_job WHERE job_id IS NOT NULL"),
+        "the job id committed without anyone waiting", timeout=5, interval=0.02)
+    assert rows[0]["job_id"] == world.sm.job("alice_s_sbb").job_id
+
+
+def test_without_the_flush_the_write_would_stay_queued(world, make_config):
+    """The check above could fail: a Follower without the store's flush leaves it queued."""
+    from wfm_orchestrator.follower import Follower
+
+    bare = Follower(world.slurm, interval=1.0, stop_timeout=1.0)
+    world.reserve()
+    bare.cycle([world.sm])
+    assert world.sm.job("alice_s_sbb").job_id is not None
+    assert world.store.query("SELECT job_id FROM service_job")[0]["job_id"] is None

@@ -33,7 +33,7 @@ import waitress
 from waitress import wasyncore
 
 from ..api.media import MAX_BODY
-from ..collector import FullCollections
+from .collector import FullCollections
 from ..store import refuse_waits
 from .channel import Held, LoopChannel, StockChannel
 from .dispatcher import LoopDispatcher, Mailbox, Nonblocking

@@ -60,7 +60,7 @@ class StepManager:
         self._cancels = Cancels(CANCEL_REPEAT)  # keyed by (step, job key)
         # Shared with the service manager in the server (one read of Slurm per cycle).
         self.follower = follower or Follower(slurm, config.reconcile_interval,
-                                             config.slurm_timeout * 3)
+                                             config.slurm_timeout * 3, flush=store.flush)
         self.follower.add(self)
         self._load()
 
