@@ -20,7 +20,7 @@ from tests.unit.test_steps_manager import env  # noqa: F401 - the fixture
 pytestmark = pytest.mark.reliability
 
 
-def running_service(world):
+def running_service(world):  # noqa: F811 - the fixture's value, passed on
     """A reservation bound by its service's job (job 100), which runs."""
     rec = world.reserve()
     world.sm.reconcile()
@@ -30,7 +30,7 @@ def running_service(world):
     return rec
 
 
-def release(world, rec) -> None:
+def release(world, rec) -> None:  # noqa: F811
     world.sm.release(rec.name)
     world.sm.reconcile()
 
