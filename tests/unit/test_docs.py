@@ -35,3 +35,40 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     ci = read(".ci", "run")
     test_cmd = test.removeprefix("sudo ").strip()
     assert test_cmd in [line.strip() for line in ci.splitlines()], (test_cmd, ci)
+
+
+def script_steps(text: str) -> list[str]:
+    """The commands a bash script runs, in order: no comments, no shell set-up (set, cd,
+    export, variable assignments), "$REPO/" dropped from paths."""
+    steps = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or re.match(r"(set|cd|export)\b|\w+=", line):
+            continue
+        steps.append(line.replace('"$REPO/', "").replace('"', ""))
+    return steps
+
+
+def test_ci_runs_the_readme_commands():
+    """.ci/run = the set-up of the README's first command (deploy/run-dev, without starting
+    the service) then the README's second command, exactly."""
+    head = read("README.md").splitlines()[:12]
+    setup, test = [line.strip() for line in head if line.startswith("    ")][:2]
+    assert setup == "sudo deploy/run-dev", setup
+    run_dev = script_steps(read("deploy", "run-dev"))
+    assert run_dev[-1].startswith("exec ") and "wfm-orchestrator" in run_dev[-1] and \
+        "serve" in run_dev[-1], run_dev
+    ci = script_steps(read(".ci", "run"))
+    assert ci == [*run_dev[:-1], test.removeprefix("sudo ")], (ci, run_dev, test)
+
+
+def test_ci_names_tests_that_exist():
+    """Every test .ci/run's comments name (path, or path::function) exists."""
+    ci = read(".ci", "run")
+    named = re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", ci)
+    assert named, "the comment of .ci/run names the test that keeps it equal to the README"
+    for path, function in named:
+        assert os.path.isfile(os.path.join(ROOT, path)), f".ci/run names {path}: no such file"
+        if function:
+            assert re.search(rf"^def {function}\(", read(path), re.M), \
+                f".ci/run names {path}::{function}: no such test"
