@@ -1,4 +1,5 @@
-"""The test suite's own rules: fixtures only in conftest.py, markers by what a test needs."""
+"""The test suite's own rules: fixtures only in conftest.py, waits through tests/poll.py,
+markers by what a test needs."""
 
 from __future__ import annotations
 
@@ -135,6 +136,54 @@ def test_the_rule_sees_a_fixture_defined_imported_or_aliased(tmp_path):
     (tmp_path / "__init__.py").write_text("")
     defined = {tmp_path / "helpers.py": {"shared"}, module: set()}
     assert fixture_registrations(module, defined) == {"plain", "later", "shared", "alias"}
+
+
+# Loops on time.monotonic() that are not waits for a condition: they run for a set time.
+TIMED_RUNS = {
+    "tests/reliability/test_concurrency.py": 1,  # each client's traffic until the run ends
+    "tests/reliability/test_slurm_faults.py": 1,  # requests during a slurmrestd outage
+}
+# Hand-written waits in the parallel branches' modules, for poll_until after the merge
+# (test_server_loop.py: wait_for; its read_for reads for a set time and stays).
+WAITS_AWAITING_POLL_UNTIL = {
+    "tests/unit/test_collector.py": 1,
+    "tests/unit/test_server_loop.py": 2,
+    "tests/unit/test_services.py": 1,
+}
+
+
+def deadline_loops(tree: ast.Module) -> int:
+    """How many ``while`` loops read time.monotonic(): each is a hand-written deadline."""
+    def reads_the_clock(loop: ast.While) -> bool:
+        return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                   and n.func.attr == "monotonic" for n in ast.walk(loop))
+
+    return sum(isinstance(n, ast.While) and reads_the_clock(n) for n in ast.walk(tree))
+
+
+def test_waits_go_through_poll_until():
+    """No module of the suite but tests/poll.py loops on a deadline of its own."""
+    found = {}
+    for path in suite_modules():
+        module = path.relative_to(ROOT).as_posix()
+        loops = deadline_loops(ast.parse(path.read_text(encoding="utf-8")))
+        if loops and module != "tests/poll.py":
+            found[module] = loops
+    expected = {**TIMED_RUNS, **WAITS_AWAITING_POLL_UNTIL}
+    assert found == expected, (
+        "a loop on time.monotonic() outside tests/poll.py: wait with poll_until(probe, what, "
+        f"timeout, interval, last) (or poll) instead; found {found}, allowed {expected}")
+
+
+def test_the_deadline_loop_detector_sees_both_shapes():
+    tree = ast.parse(
+        "import time\n"
+        "def a():\n    deadline = time.monotonic() + 5\n"
+        "    while time.monotonic() < deadline:\n        time.sleep(1)\n"
+        "def b():\n    deadline = time.monotonic() + 5\n    while True:\n"
+        "        if time.monotonic() >= deadline:\n            raise AssertionError\n"
+        "def c():\n    while True:\n        break\n")
+    assert deadline_loops(tree) == 2
 
 
 class Item:
