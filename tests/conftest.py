@@ -8,6 +8,8 @@ import pytest
 
 import wfm_orchestrator
 
+from .integration.minicluster import WFM_CONF, cluster_up
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -109,8 +111,6 @@ def wfm_config():
     """The repository's wfm.conf (the mini-cluster's configuration)."""
     from wfm_orchestrator.config import load_config
 
-    from .integration.minicluster import WFM_CONF
-
     return load_config(WFM_CONF)
 
 
@@ -120,10 +120,8 @@ def slurm_cluster(wfm_config):
 
     Tests skip only when the mini-cluster is truly absent (``scontrol ping`` does not report
     UP); anything else wrong with it is a failure. Every test using it is marked
-    ``integration`` (pytest_collection_modifyitems below).
+    ``integration`` (pytest_collection_modifyitems above).
     """
-    from .integration.minicluster import cluster_up
-
     up, reason = cluster_up()
     if not up:
         pytest.skip(f"no Slurm mini-cluster: {reason}")
@@ -138,6 +136,7 @@ def slurm_cluster(wfm_config):
 def orchestrator(slurm_cluster):
     """A real orchestrator on 127.0.0.1:8080 (the burst-buffer plugin's orchestrator_url)
     with a temporary state database; see tests/integration/orchestrator.py."""
+    # Imported here: orchestrator.py imports server_env from this module.
     from .integration.orchestrator import session_orchestrator
 
     with session_orchestrator() as server:
