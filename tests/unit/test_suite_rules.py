@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,16 @@ def test_markers_are_registered_and_documented(marker):
         assert f'"{marker}: ' in fh.read()
     with open(os.path.join(ROOT, "docs", "testing.md"), encoding="utf-8") as fh:
         assert f"`{marker}`" in fh.read()
+
+
+def test_an_unregistered_marker_is_an_error(tmp_path):
+    """With the project's pytest settings a misspelt marker stops the run (it does not just
+    warn, and select nothing under -m)."""
+    test = tmp_path / "test_typo.py"
+    test.write_text("import pytest\n\npytestmark = pytest.mark.integratoin\n\n"
+                    "def test_x():\n    pass\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", str(tmp_path),
+                          str(test)], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode != 0, out.stdout
+    assert "'integratoin' not found in `markers`" in out.stdout, out.stdout
