@@ -8,6 +8,8 @@ import pytest
 
 import wfm_orchestrator
 
+from .integration.minicluster import WFM_CONF, cluster_up
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -194,8 +196,58 @@ def env(make_config, tmp_path):
             pass  # closed by the test (a restart)
 
 
-# The mini-cluster fixtures are registered here, once for the whole session: a
-# session-scoped fixture imported into several modules is several fixtures, and
-# the second orchestrator would wait for the first one's port lock (a hang).
-from tests.integration.conftest import slurm_cluster, wfm_config  # noqa: E402, F401
-from tests.integration.orchestrator import orchestrator  # noqa: E402, F401
+
+def pytest_collection_modifyitems(items):
+    """``integration`` means "needs the Slurm mini-cluster": every test that uses the
+    slurm_cluster fixture (directly or through another fixture) gets it, so that
+    ``-m "not integration"`` never selects a test that needs Slurm."""
+    mark_slurm_users(items)
+
+
+def mark_slurm_users(items) -> None:
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+# The mini-cluster's session fixtures are defined here, once for the whole session, for
+# tests/integration and tests/reliability alike: a session-scoped fixture imported into
+# several modules is several fixtures, and the second orchestrator would wait for the first
+# one's port lock (a hang).
+
+
+@pytest.fixture(scope="session")
+def wfm_config():
+    """The repository's wfm.conf (the mini-cluster's configuration)."""
+    from wfm_orchestrator.config import load_config
+
+    return load_config(WFM_CONF)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(wfm_config):
+    """The mini-cluster is UP, else the test is skipped with the reason.
+
+    Tests skip only when the mini-cluster is truly absent (``scontrol ping`` does not report
+    UP); anything else wrong with it is a failure. Every test using it is marked
+    ``integration`` (pytest_collection_modifyitems above).
+    """
+    up, reason = cluster_up()
+    if not up:
+        pytest.skip(f"no Slurm mini-cluster: {reason}")
+    assert wfm_config.slurmrestd_url, "wfm.conf has no slurmrestd_url"
+    assert os.path.exists(wfm_config.slurm_token_file), (
+        f"the mini-cluster is up but {wfm_config.slurm_token_file} is missing: "
+        "run deploy/devcluster up")
+    return wfm_config
+
+
+@pytest.fixture(scope="session")
+def orchestrator(slurm_cluster):
+    """A real orchestrator on 127.0.0.1:8080 (the burst-buffer plugin's orchestrator_url)
+    with a temporary state database; see tests/integration/orchestrator.py."""
+    # Imported here: orchestrator.py imports server_env from this module.
+    from .integration.orchestrator import session_orchestrator
+
+    with session_orchestrator() as server:
+        yield server

@@ -219,8 +219,9 @@ SETTINGS: dict[str, Setting] = {
         "delete its reservation before the orchestrator frees it itself"
     ),
     "release_timeout": Setting(
-        "120", _seconds, "seconds a released service has to stop (stage-out) after SIGTERM "
-        "before it is killed"
+        "120", _seconds, "seconds after a released service's cancel before it is sent again if "
+        "the job has not ended (the stage-out grace between SIGTERM and SIGKILL is Slurm's "
+        "KillWait)"
     ),
     "service_output": Setting(
         "/tmp/wfm-%x-%j.out",  # noqa: S108 - a path on the datanode, written by the user's job

@@ -1,78 +1,36 @@
-"""Fixtures for tests against the real Slurm mini-cluster (deploy/devcluster up).
+"""Fixtures for tests against the real Slurm mini-cluster (deploy/devcluster up) and real
+server processes.
 
-Tests skip only when the mini-cluster is truly absent (``scontrol ping`` does
-not report UP); anything else wrong with it is a failure. Waiting is polling
-against a ``time.monotonic()`` deadline, never a fixed sleep.
+The session-wide ones (``wfm_config``, ``slurm_cluster``, ``orchestrator``) are in
+tests/conftest.py; the mini-cluster's helpers in minicluster.py, the raw server's in
+raw_server.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import pytest
 
-from wfm_orchestrator.config import load_config
-from wfm_orchestrator.slurm import JobSpec, JobState, SlurmClient
+from tests.poll import poll_until
+from wfm_orchestrator.slurm import JobSpec, SlurmClient
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WFM_CONF = os.path.join(REPO, "wfm.conf")
-DEVCLUSTER = os.path.join(REPO, "deploy", "devcluster")
-RUN_DIR = "/run/wfm-devcluster"
-
-
-def _cluster_up() -> tuple[bool, str]:
-    if not shutil.which("scontrol"):
-        return False, "scontrol is not installed (run deploy/devcluster up as root)"
-    try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return False, f"scontrol ping failed: {e}"
-    if "is UP" not in out.stdout:
-        return False, f"scontrol ping: {(out.stdout + out.stderr).strip()} (deploy/devcluster up)"
-    return True, ""
-
-
-@pytest.fixture(scope="session")
-def wfm_config():
-    return load_config(WFM_CONF)
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(wfm_config):
-    """The mini-cluster is UP, else the test is skipped with the reason."""
-    up, reason = _cluster_up()
-    if not up:
-        pytest.skip(f"no Slurm mini-cluster: {reason}")
-    assert wfm_config.slurmrestd_url, "wfm.conf has no slurmrestd_url"
-    assert os.path.exists(wfm_config.slurm_token_file), (
-        f"the mini-cluster is up but {wfm_config.slurm_token_file} is missing: "
-        "run deploy/devcluster up")
-    return wfm_config
+from .minicluster import user_token as make_token
+from .raw_server import start_server, stop_server
 
 
 @pytest.fixture
 def client(slurm_cluster):
+    """A SlurmClient on the mini-cluster's slurmrestd (closed after the test)."""
     c = SlurmClient.from_config(slurm_cluster)
     yield c
     c.close()
 
 
-def make_token(user: str, lifespan: int = 600) -> str:
-    """A Slurm JWT for ``user`` (scontrol token: root or SlurmUser only)."""
-    out = subprocess.run(["scontrol", "token", f"username={user}", f"lifespan={lifespan}"],
-                         capture_output=True, text=True, timeout=20)
-    if out.returncode != 0:
-        pytest.fail(f"scontrol token username={user}: {out.stderr.strip()}")
-    return out.stdout.strip().split("=", 1)[1]
-
-
 @pytest.fixture
 def user_token() -> Callable[..., str]:
+    """user_token(user, lifespan=3600): a Slurm JWT for ``user``."""
     return make_token
 
 
@@ -99,37 +57,30 @@ def job_factory(client):
             print(f"cleanup: cancel {job_id}: {e}")
 
 
-def wait_for_state(client: SlurmClient, job_id: int, states: Iterable[str],
-                   timeout: float = 30.0) -> JobState:
-    """Poll until job ``job_id`` is in one of ``states``; fail with what it was in."""
-    wanted = set(states)
-    deadline = time.monotonic() + timeout
-    last: JobState | None = None
-    while True:
-        last = client.job_states([job_id]).get(job_id)
-        if last is not None and last.state in wanted:
-            return last
-        if time.monotonic() >= deadline:
-            seen = f"still {last.state} ({last.reason or 'no reason'})" if last else "unknown"
-            pytest.fail(f"job {job_id}: expected {'/'.join(sorted(wanted))}, "
-                        f"{seen} after {timeout:g} s")
-        time.sleep(0.3)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ``wfm-orchestrator serve`` (auth = none, no Slurm) on a free loopback port,
+    for the raw-HTTP tests of a module."""
+    s = start_server(tmp_path_factory.mktemp("raw-http"))
+    yield s
+    stop_server(s)
 
 
-def wait_for_file(path: str, timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-            if text.endswith("\n"):
-                return text
-        except FileNotFoundError:
-            pass
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{path}: not written after {timeout:g} s")
-        time.sleep(0.2)
+@pytest.fixture(scope="module")
+def sbb(orchestrator):
+    """An SBB service of alice, ALLOCATED; released at the end."""
+    name = f"alice_sbb_{uuid.uuid4().hex[:8]}"
+    body = {"name": name, "user": "alice", "user_slurm_token": make_token("alice"),
+            "type": "SBB", "attributes": {"flavor": "small", "targets": ["/nonexistent/*"]}}
+    code, answer = orchestrator.post("/ephemeralservice/reserve", body)
+    assert code == 200, answer
+    seen: list[object] = [None]
 
+    def allocated() -> bool:
+        seen[0] = orchestrator.get(f"/ephemeralservice/status/{name}")[1]
+        return seen[0]["status"] == "ALLOCATED"
 
-def devcluster(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([DEVCLUSTER, *args], capture_output=True, text=True, timeout=timeout)
+    poll_until(allocated, f"service {name} ALLOCATED", 120, interval=0.5,
+               last=lambda: f"{seen[0]}\n{orchestrator.log()[-3000:]}")
+    yield name
+    orchestrator.delete(f"/ephemeralservice/release/{name}")

@@ -1,10 +1,11 @@
 """A real orchestrator process on 127.0.0.1:8080, shared by the end-to-end tests.
 
-The fixture is registered once for the whole session by tests/conftest.py
-(never import it into a test module: that would make a second fixture, which
-would wait for the first one's port lock); import ``user_token`` where needed.
+The ``orchestrator`` fixture (session scope) is defined once for the whole session in
+tests/conftest.py (a session fixture imported into several modules would be several
+fixtures, and the second one would wait for the first one's port lock: a hang); it
+holds ``session_orchestrator()`` below open.
 
-``orchestrator`` (session scope) runs ``python3 -m wfm_orchestrator.cli serve``
+``session_orchestrator()`` runs ``python3 -m wfm_orchestrator.cli serve``
 from this checkout with a copy of the repository's ``wfm.conf`` whose
 ``state_db`` is a temporary file (and whose relative paths are made absolute),
 waits until it answers, and stops it with SIGTERM at the end of the session.
@@ -12,16 +13,12 @@ It must listen on 127.0.0.1:8080 because that is the ``orchestrator_url`` of
 the burst-buffer plugin installed in the mini-cluster: a step job's
 ``wfm_use`` directive is checked against this very process.
 
-Two pytest sessions (two engineers) cannot both own port 8080: the fixture
-takes an exclusive lock (``/tmp/wfm-test-orchestrator-8080.lock``) for the
-session, waiting up to ``WFM_TEST_LOCK_WAIT`` seconds (default 600) for the
-other session to finish. If the port is still held by a process that is not
-a test session (e.g. ``deploy/run-dev``), the fixture fails and names it
-rather than stop someone else's process.
-
-``user_token(user)`` returns a Slurm JWT for ``user`` (``scontrol token
-username=<user> lifespan=3600``), as the Session Manager passes it in
-``user_slurm_token``.
+Two pytest sessions (two engineers) cannot both own port 8080: it takes an
+exclusive lock (``/tmp/wfm-test-orchestrator-8080.lock``) for the session,
+waiting up to ``WFM_TEST_LOCK_WAIT`` seconds (default 600) for the other
+session to finish. If the port is still held by a process that is not a test
+session (e.g. ``deploy/run-dev``), it fails and names it rather than stop
+someone else's process.
 """
 
 from __future__ import annotations
@@ -35,30 +32,24 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 import ujson
 
-from ..conftest import server_env
+from tests.poll import poll_until
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WFM_CONF = os.path.join(REPO, "wfm.conf")
+from ..conftest import server_env
+from .minicluster import REPO, WFM_CONF
+
 HOST, PORT = "127.0.0.1", 8080
 URL = f"http://{HOST}:{PORT}"
-LOCK_PATH = f"/tmp/wfm-test-orchestrator-{PORT}.lock"
-
-
-def user_token(user: str, lifespan: int = 3600) -> str:
-    """A Slurm JWT for ``user`` (scontrol token: root or SlurmUser only)."""
-    out = subprocess.run(["scontrol", "token", f"username={user}", f"lifespan={lifespan}"],
-                         capture_output=True, text=True, timeout=20)
-    if out.returncode != 0:
-        pytest.fail(f"scontrol token username={user}: {out.stderr.strip()}")
-    return out.stdout.strip().split("=", 1)[1]
+# Shared by every test session on the machine, whoever runs it: a fixed path on purpose.
+LOCK_PATH = f"/tmp/wfm-test-orchestrator-{PORT}.lock"  # noqa: S108
 
 
 @dataclass
@@ -79,10 +70,11 @@ class Orchestrator:
                 timeout: float = 30.0) -> tuple[int, object]:
         """(status, decoded JSON body or text) of ``method /v1.0.0<path>``."""
         data = None if body is None else ujson.dumps(body).encode()
-        req = urllib.request.Request(f"{self.url}/v1.0.0{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(  # noqa: S310 - always http://127.0.0.1:8080
+            f"{self.url}/v1.0.0{path}", data=data, method=method,
+            headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
@@ -158,21 +150,21 @@ def start(directory: str, timeout: float = 30.0) -> Orchestrator:
             [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config", config_path],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Orchestrator(proc, URL, config_path, state_db, log_path)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"the orchestrator exited with {proc.returncode}:\n{server.log()}")
         try:
-            status, _ = server.get("/location/list")
-            if status == 200:
-                return server
+            return server.get("/location/list")[0] == 200
         except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            stop(server)
-            pytest.fail(f"the orchestrator does not answer on {URL} after {timeout:g} s:\n"
-                        f"{server.log()}")
-        time.sleep(0.2)
+            return False
+
+    try:
+        poll_until(answers, f"the orchestrator answers on {URL}", timeout, last=server.log)
+    except AssertionError:
+        stop(server)
+        raise
+    return server
 
 
 def stop(server: Orchestrator, timeout: float = 30.0) -> None:
@@ -185,31 +177,33 @@ def stop(server: Orchestrator, timeout: float = 30.0) -> None:
             server.proc.wait(10)
 
 
-@pytest.fixture(scope="session")
-def orchestrator(slurm_cluster):
-    """A real orchestrator on 127.0.0.1:8080 with a temporary state database."""
+def _locked(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def session_orchestrator() -> Iterator[Orchestrator]:
+    """A real orchestrator on 127.0.0.1:8080 with a temporary state database, for as long
+    as the ``with`` lasts (the session), under the port's lock."""
     lock = open(LOCK_PATH, "a+")  # noqa: SIM115 - held for the whole session
     wait = float(os.environ.get("WFM_TEST_LOCK_WAIT", "600"))
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                lock.close()
-                pytest.fail(f"another test session holds {LOCK_PATH} after {wait:g} s")
-            time.sleep(1)
     try:
-        deadline = time.monotonic() + 15
-        while not _port_free(PORT):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"{HOST}:{PORT} is held by {_port_holder(PORT)}; the end-to-end "
-                            "tests need that port (the burst-buffer plugin's orchestrator_url)."
-                            " Stop that orchestrator first.")
-            time.sleep(0.5)
+        poll_until(lambda: _locked(lock), f"take {LOCK_PATH} (another test session holds it)",
+                   wait, interval=1)
+    except AssertionError:
+        lock.close()
+        raise
+    try:
+        poll_until(lambda: _port_free(PORT), f"{HOST}:{PORT} free", 15, interval=0.5,
+                   last=lambda: (f"held by {_port_holder(PORT)}; the end-to-end tests need "
+                                 "that port (the burst-buffer plugin's orchestrator_url). "
+                                 "Stop that orchestrator first."))
         directory = tempfile.mkdtemp(prefix="wfm-e2e-")
-        os.chmod(directory, 0o755)
+        os.chmod(directory, 0o755)  # noqa: S103 - as before: readable by the cluster's users
         server = start(directory)
         try:
             yield server

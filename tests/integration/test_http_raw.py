@@ -18,96 +18,23 @@ import random
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import SMALL_CONF, server_env
+from .raw_server import Server, start_server, stop_server
 
-pytestmark = pytest.mark.integration
+# A real server process, no Slurm: runs without the mini-cluster (-m "not integration").
+pytestmark = pytest.mark.server
 
 MIB = 1024 * 1024
 HEADER_LIMIT = 64 * 1024
 QUIET = 1.5  # seconds of silence that count as "no response"
 
 
-# --- the server -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    port: int
-    log_path: str
-
-    def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-
-    def logged(self, path: str, timeout: float = 5.0) -> bool:
-        """True once the access log has a line for ``path`` (polled until ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if re.search(rf" {re.escape(path)} \d{{3}} ", self.log()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-
-
-def start_server(tmp_path) -> Server:
-    port = free_port()
-    conf = SMALL_CONF.format(state_db=tmp_path / "state.db", queue_policy="fifo")
-    conf = conf.replace("listen = 127.0.0.1:8080", f"listen = 127.0.0.1:{port}")
-    (tmp_path / "wfm.conf").write_text(conf)
-    log_path = str(tmp_path / "server.log")
-    env = server_env()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config",
-             str(tmp_path / "wfm.conf")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path))
-    server = Server(proc, port, log_path)
-    deadline = time.monotonic() + 20
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode} before listening:\n{server.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server
-        except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            proc.kill()
-            pytest.fail(f"server not listening on 127.0.0.1:{port} after 20 s:\n{server.log()}")
-        time.sleep(0.05)
-
-
-def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("raw-http"))
-    yield s
-    stop_server(s)
+# --- the server: the module-scoped ``server`` fixture (conftest.py, raw_server.py) ---
 
 
 # --- raw exchanges ----------------------------------------------------------

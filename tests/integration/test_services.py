@@ -14,12 +14,13 @@ import uuid
 
 import pytest
 
+from tests.poll import poll_until
 from wfm_orchestrator.slurm import JobSpec, use_directive
 
-from .orchestrator import user_token
+from .minicluster import user_token
 
 pytestmark = pytest.mark.integration
-SERVICES_ROOT = "/var/tmp/wfm-services"
+SERVICES_ROOT = "/var/tmp/wfm-services"  # noqa: S108 - the mini-cluster's service areas
 
 
 def unique(prefix: str) -> str:
@@ -27,26 +28,16 @@ def unique(prefix: str) -> str:
 
 
 def wait_status(orch, name: str, wanted: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        code, last = orch.get(f"/ephemeralservice/status/{name}")
-        assert code == 200, last
-        if last["status"] == wanted:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"service {name}: expected {wanted}, still {last} after {timeout:g} s\n"
-                f"{orch.log()[-3000:]}")
+    """The service's status once it is ``wanted``; fails with the last one and the log."""
+    seen: list[dict | None] = [None]
 
+    def reached() -> dict | None:
+        code, seen[0] = orch.get(f"/ephemeralservice/status/{name}")
+        assert code == 200, seen[0]
+        return seen[0] if seen[0]["status"] == wanted else None
 
-def wait_until(predicate, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"{what}: still not true after {timeout:g} s")
+    return poll_until(reached, f"service {name}: expected {wanted}", timeout, 0.5,
+                      last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
 
 
 def reserve(orch, name: str, user: str = "alice", flavor: str = "small", targets=None,
@@ -88,8 +79,9 @@ def test_service_runs_as_the_user_on_its_datanodes_then_stops(orchestrator, slur
     code, alloc = orchestrator.get(f"/ephemeralservice/status/{name}")
     area = os.path.join(SERVICES_ROOT, name, "dn1")
     env_file = os.path.join(area, "allocation.env")
-    wait_until(lambda: os.path.exists(os.path.join(area, "state")) and
-               open(os.path.join(area, "state")).read().strip() == "ready", "service ready")
+    poll_until(lambda: os.path.exists(os.path.join(area, "state")) and
+               open(os.path.join(area, "state")).read().strip() == "ready", "service ready",
+               60, 0.5)
     assert os.stat(env_file).st_uid == pwd.getpwnam("alice").pw_uid  # ran as alice
     env = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line)
     assert env["WFM_SERVICE_NAME"] == name
@@ -123,8 +115,8 @@ def test_two_services_on_one_datanode_get_disjoint_core_lists(orchestrator, slur
     for name in names:
         wait_status(orchestrator, name, "ALLOCATED")
         env_file = os.path.join(SERVICES_ROOT, name, "dn1", "allocation.env")
-        wait_until(lambda f=env_file: os.path.exists(f) and os.path.getsize(f) > 0,
-                   f"{env_file} written")
+        poll_until(lambda f=env_file: os.path.exists(f) and os.path.getsize(f) > 0,
+                   f"{env_file} written", 60, 0.5)
         env = dict(line.strip().split("=", 1) for line in open(env_file) if "=" in line)
         core_sets.append(set(env["WFM_SERVER_0_CORE_LIST"].split(",")))
     assert core_sets[0].isdisjoint(core_sets[1]) and all(len(c) == 2 for c in core_sets)
@@ -161,8 +153,8 @@ def test_step_job_naming_a_service_sees_its_access_details(orchestrator, slurm_c
     spec = JobSpec(name=f"step_{uuid.uuid4().hex[:6]}", command=["/usr/bin/env"],
                    partition="compute", stdout=out, bb=[use_directive(name, "RO")], cwd=home)
     job_id = job_factory(spec, user="alice")
-    wait_until(lambda: (j := client.job(job_id)) is not None and j.is_terminal,
-               f"step job {job_id} ended", timeout=90)
+    poll_until(lambda: (j := client.job(job_id)) is not None and j.is_terminal,
+               f"step job {job_id} ended", 90, 0.5, last=lambda: client.job(job_id))
     assert client.job(job_id).state == "COMPLETED"
     env = dict(line.strip().split("=", 1) for line in open(out) if "=" in line)
     assert env["WFM_SERVICE_0_NAME"] == name

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import time
 import uuid
 
 import pytest
 
-from .orchestrator import user_token
+from tests.poll import poll_until
 
 pytestmark = pytest.mark.integration
-NVME = "/var/tmp/wfm-tiers/nvme"
-HDD = "/var/tmp/wfm-tiers/hdd"
+NVME = "/var/tmp/wfm-tiers/nvme"  # noqa: S108 - the mini-cluster's tier roots
+HDD = "/var/tmp/wfm-tiers/hdd"  # noqa: S108
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
          "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -29,17 +28,18 @@ def unique(prefix: str, user: str = "alice") -> str:
     return f"{user}_{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def wait_step(orch, name: str, wanted: set[str], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        code, last = orch.get(f"/step/status/{name}")
-        assert code == 200, last
-        if last["status"] in wanted:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"step {name}: expected {'/'.join(sorted(wanted))}, still {last} after "
-                f"{timeout:g} s\n{orch.log()[-4000:]}")
+def wait_step(orch, name: str, wanted: set[str], timeout: float = 120,
+              interval: float = 0.5) -> dict:
+    """The step's status once it is one of ``wanted``; fails with the last one and the log."""
+    seen: list[dict | None] = [None]
+
+    def reached() -> dict | None:
+        code, seen[0] = orch.get(f"/step/status/{name}")
+        assert code == 200, seen[0]
+        return seen[0] if seen[0]["status"] in wanted else None
+
+    return poll_until(reached, f"step {name}: expected {'/'.join(sorted(wanted))}", timeout,
+                      interval, last=lambda: f"{seen[0]}\n{orch.log()[-4000:]}")
 
 
 def launch(orch, body: dict) -> None:
@@ -58,25 +58,7 @@ def make_dir(path: str, user: str) -> None:
     as_user(path, user, 0o755)
 
 
-@pytest.fixture(scope="module")
-def sbb(orchestrator):
-    """An SBB service of alice, ALLOCATED; released at the end."""
-    name = unique("sbb")
-    body = {"name": name, "user": "alice", "user_slurm_token": user_token("alice"),
-            "type": "SBB", "attributes": {"flavor": "small", "targets": ["/nonexistent/*"]}}
-    code, answer = orchestrator.post("/ephemeralservice/reserve", body)
-    assert code == 200, answer
-    deadline = time.monotonic() + 120
-    last = None
-    while time.monotonic() < deadline:
-        code, last = orchestrator.get(f"/ephemeralservice/status/{name}")
-        if last["status"] == "ALLOCATED":
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"service {name} not ALLOCATED: {last}\n{orchestrator.log()[-3000:]}")
-    yield name
-    orchestrator.delete(f"/ephemeralservice/release/{name}")
+# sbb: an ALLOCATED SBB service of alice for the module (conftest.py).
 
 
 def test_step_with_service_stages_in_runs_as_user_and_stages_out(orchestrator, sbb):
@@ -102,15 +84,7 @@ def test_step_with_service_stages_in_runs_as_user_and_stages_out(orchestrator, s
              "elements": [f"NVMe:{area}/*"]},
         ]}],
     })
-    seen = set()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        code, st = orchestrator.get(f"/step/status/{step}")
-        assert code == 200
-        seen.add(st["status"])
-        if st["status"] in FINAL:
-            break
-        time.sleep(0.3)
+    st = wait_step(orchestrator, step, FINAL, 180, interval=0.3)
     assert st["status"] == "COMPLETED", f"{st}\n{orchestrator.log()[-4000:]}"
     assert "stage-out mover dm_out done: done: move 2/2 files, 100%" in st["detail"], st
     # The files ended where they should: the input back on HDD, the result moved there.
@@ -132,7 +106,7 @@ def test_failed_stage_in_fails_the_step_and_its_job_never_runs(orchestrator, sbb
     """A stage-in element that does not exist: the mover fails, the step FAILS with the
     mover's reason, and the step's job is cancelled before it runs."""
     step = unique("badin")
-    marker = f"/tmp/{step}.ran"
+    marker = f"/tmp/{step}.ran"  # noqa: S108 - written by alice's job on a node
     launch(orchestrator, {
         "name": step, "user": "alice",
         "command": f"--wrap 'touch {marker}'",
@@ -148,10 +122,14 @@ def test_failed_stage_in_fails_the_step_and_its_job_never_runs(orchestrator, sbb
     assert "stage-in mover dm_in failed" in st["detail"], st
     assert "no file matches" in st["detail"], st
     # Every job settled (cancelled), then the step job never ran.
-    deadline = time.monotonic() + 30
-    while "cancelling" in st["detail"] and time.monotonic() < deadline:
-        time.sleep(0.5)
-        st = orchestrator.get(f"/step/status/{step}")[1]
+    seen = [st]
+
+    def settled() -> dict | None:
+        if "cancelling" in seen[0]["detail"]:
+            seen[0] = orchestrator.get(f"/step/status/{step}")[1]
+        return seen[0] if "cancelling" not in seen[0]["detail"] else None
+
+    st = poll_until(settled, f"step {step}: its jobs cancelled", 30, 0.5, last=lambda: seen[0])
     assert "not run" in st["detail"], st
     assert not os.path.exists(marker)
 
@@ -219,7 +197,7 @@ def test_a_user_cannot_make_the_orchestrator_read_what_he_cannot_read(orchestrat
     try:
         for script in ("/etc/shadow", secret):
             step = unique("steal")
-            out = f"/tmp/{step}.out"
+            out = f"/tmp/{step}.out"  # noqa: S108 - the job's output, as alice
             launch(orchestrator, {"name": step, "user": "alice",
                                   "command": f"sbatch -o {out} {script}"})
             st = wait_step(orchestrator, step, FINAL, 90)

@@ -15,19 +15,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from tests.conftest import server_env
-from tests.integration.orchestrator import REPO
+from tests.integration.minicluster import DEVCLUSTER, REPO, RUN_DIR
+from tests.poll import poll, poll_until
 from wfm_orchestrator.service_job import TAG_PREFIX
 from wfm_orchestrator.slurm import ENDED_STATES as TERMINAL
 from wfm_orchestrator.slurm import SlurmClient
-
-RUN_DIR = "/run/wfm-devcluster"
-DEVCLUSTER = os.path.join(REPO, "deploy", "devcluster")
 
 
 def unique(prefix: str) -> str:
@@ -61,22 +58,19 @@ def launch(orch, fault: str = "") -> None:
 
 def wait_answering(orch, timeout: float = 30.0, may_exit: bool = False) -> bool:
     """True once it answers; False if it exited (allowed only with ``may_exit``)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def answers() -> str | None:
         if orch.proc.poll() is not None:
             if may_exit:
-                return False
+                return "exited"
             pytest.fail(f"the orchestrator exited with {orch.proc.returncode}:\n"
                         f"{orch.log()[-3000:]}")
         try:
-            if orch.get("/location/list")[0] == 200:
-                return True
+            return "answers" if orch.get("/location/list")[0] == 200 else None
         except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            pytest.fail(f"the orchestrator does not answer after {timeout:g} s:\n"
-                        f"{orch.log()[-3000:]}")
-        time.sleep(0.1)
+            return None
+
+    return poll_until(answers, "the orchestrator answers", timeout, 0.1,
+                      last=lambda: orch.log()[-3000:]) == "answers"
 
 
 def restart(orch, fault: str = "") -> None:
@@ -109,21 +103,20 @@ def wait_status(orch, name: str, wanted: str | tuple[str, ...], timeout: float =
     On timeout: fail, or (``required=False``) return the last status seen (None if none).
     """
     wanted = (wanted,) if isinstance(wanted, str) else wanted
-    deadline = time.monotonic() + timeout
-    st = None
-    while True:
+    seen: list[dict | None] = [None]
+
+    def reached() -> dict | None:
         try:
-            st = status(orch, name)
-            if st["status"] in wanted and (extra is None or extra(st)):
-                return st
+            seen[0] = status(orch, name)
         except OSError:
-            pass
-        if time.monotonic() >= deadline:
-            if not required:
-                return st
-            pytest.fail(f"service {name}: expected {'/'.join(wanted)}, still {st} after "
-                        f"{timeout:g} s\n{orch.log()[-3000:]}")
-        time.sleep(0.3)
+            return None
+        st = seen[0]
+        return st if st["status"] in wanted and (extra is None or extra(st)) else None
+
+    if not required:
+        return poll(reached, timeout, 0.3) or seen[0]
+    return poll_until(reached, f"service {name}: expected {'/'.join(wanted)}", timeout, 0.3,
+                      last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
 
 
 def reserve_body(name: str, token: str, flavor: str = "small", location=None) -> dict:
@@ -150,17 +143,13 @@ def all_free(orch) -> list[str]:
 
 
 def wait_all_free(orch, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        held = all_free(orch)
-        if not held:
-            return
-        if time.monotonic() >= deadline:
-            code, live = orch.get("/ephemeralservice/status")
-            live = [s for s in live if s["status"] != "STOPPED"]
-            pytest.fail(f"resources still held after {timeout:g} s: {held}; live services: "
-                        f"{live}")
-        time.sleep(0.5)
+    def live_services() -> str:
+        _, live = orch.get("/ephemeralservice/status")
+        return (f"held: {all_free(orch)}; live services: "
+                f"{[s for s in live if s['status'] != 'STOPPED']}")
+
+    poll_until(lambda: not all_free(orch), "every resource free", timeout, 0.5,
+               last=live_services)
 
 
 # --- Slurm ------------------------------------------------------------------------
@@ -180,15 +169,16 @@ def active(jobs) -> list:
 
 
 def wait_jobs_ended(client: SlurmClient, name: str, timeout: float = 90.0) -> list:
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = tagged_jobs(client, name)
-        if not active(jobs):
-            return jobs
-        if time.monotonic() >= deadline:
-            pytest.fail(f"jobs of {name} still active after {timeout:g} s: "
-                        f"{[(j.job_id, j.state, j.reason) for j in jobs]}")
-        time.sleep(0.5)
+    """The service's jobs once none is active (a list, maybe empty)."""
+    seen: list[list] = [[]]
+
+    def ended() -> tuple[list] | None:
+        seen[0] = tagged_jobs(client, name)
+        # In a tuple: no job at all is an answer too, and an empty list is falsy.
+        return None if active(seen[0]) else (seen[0],)
+
+    return poll_until(ended, f"jobs of {name} ended", timeout, 0.5,
+                      last=lambda: [(j.job_id, j.state, j.reason) for j in seen[0]])[0]
 
 
 def daemon_pid(name: str) -> int:
@@ -200,17 +190,16 @@ def kill_daemon(name: str, sig: int = signal.SIGKILL, timeout: float = 30.0) -> 
     """Kill a mini-cluster daemon by the pid in its pid file; wait until it is gone."""
     pid = daemon_pid(name)
     os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def gone() -> bool:
         try:
             with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return pid
+                return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
         except FileNotFoundError:
-            return pid
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{name} (pid {pid}) still alive {timeout:g} s after signal {sig}")
-        time.sleep(0.1)
+            return True
+
+    poll_until(gone, f"{name} (pid {pid}) gone after signal {sig}", timeout, 0.1)
+    return pid
 
 
 def devcluster_up(timeout: float = 240) -> str:
@@ -239,15 +228,15 @@ def clean_up(orch, client: SlurmClient, services: list[str], steps: list[str]) -
             orch.delete(f"/step/abort/{step}")
             done.append(f"aborted {step}")
     names = tuple(services) + tuple(steps)
-    deadline = time.monotonic() + 60
-    while names:
-        left = active(j for j in client.jobs() if j.name.startswith(names))
-        if not left:
-            break
-        if time.monotonic() >= deadline:
-            for j in left:
-                client.cancel(j.job_id, signal="SIGKILL")
-                done.append(f"cancelled job {j.job_id} ({j.name})")
-            break
-        time.sleep(0.5)
+    left: list[list] = [[]]
+
+    def settled() -> bool:
+        left[0] = active(j for j in client.jobs() if j.name.startswith(names))
+        return not left[0]
+
+    # Jobs still active after a minute are cancelled here: the next test needs the nodes.
+    if names and not poll(settled, 60, 0.5):
+        for j in left[0]:
+            client.cancel(j.job_id, signal="SIGKILL")
+            done.append(f"cancelled job {j.job_id} ({j.name})")
     return done

@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,10 @@ import pytest
 from tests.conftest import SMALL_CONF
 from tests.conftest import server_env as conftest_server_env
 
+# One free-port helper for every suite that starts a server: tests/integration's.
+from tests.integration.raw_server import free_port  # noqa: F401 - used by the suites
+from tests.poll import poll_until
+
 # SMALL_CONF's inventory: dn[1-4] Cores=8 MemorySize=16GB StorageSize=1TB.
 SMALL_CAPACITY = {f"dn{i}": (frozenset(range(8)), 16 * 1024, 1024 * 1024) for i in range(1, 5)}
 
@@ -34,12 +37,6 @@ def env_int(name: str, default: int) -> int:
     """A figure of a suite: ``default`` (the CI scale) unless the environment says otherwise."""
     value = os.environ.get(name, "")
     return int(value) if value.strip() else default
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def small_config(directory: str, port: int, queue_policy: str = "fifo", extra: str = "") -> str:
@@ -99,22 +96,25 @@ class Orchestrator:
         self.wait_listening(timeout)
 
     def wait_listening(self, timeout: float) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"orchestrator exited with {self.proc.returncode} before "
+        proc = self.proc
+        assert proc is not None
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"orchestrator exited with {proc.returncode} before "
                             f"listening on {self.port}:\n{self.log_tail()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
             except OSError:
-                pass
-            if time.monotonic() >= deadline:
-                self.kill()
-                pytest.fail(f"orchestrator not listening on 127.0.0.1:{self.port} after "
-                            f"{timeout:g} s:\n{self.log_tail()}")
-            time.sleep(0.05)
+                return False
+            return True
+
+        try:
+            poll_until(listening, f"orchestrator listening on 127.0.0.1:{self.port}", timeout,
+                       0.05, last=self.log_tail)
+        except AssertionError:
+            self.kill()
+            raise
 
     @property
     def running(self) -> bool:

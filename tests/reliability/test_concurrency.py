@@ -63,7 +63,8 @@ from .harness import (
     small_config,
 )
 
-pytestmark = pytest.mark.reliability
+# Real server processes, no Slurm: runs without the mini-cluster.
+pytestmark = [pytest.mark.reliability, pytest.mark.server]
 
 SECONDS = env_int("WFM_RELIABILITY_SECONDS", 15)
 CLIENTS = env_int("WFM_RELIABILITY_CLIENTS", 50)

@@ -57,7 +57,8 @@ from .harness import (
     small_config,
 )
 
-pytestmark = pytest.mark.reliability
+# Real server processes, no Slurm: runs without the mini-cluster.
+pytestmark = [pytest.mark.reliability, pytest.mark.server]
 
 KILLS = env_int("WFM_RELIABILITY_KILLS", 20)
 CLIENTS = 4

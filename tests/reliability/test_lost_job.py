@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.reliability
 
 
-def running_service(world):
+def running_service(world):  # noqa: F811 - the fixture's value, passed on
     """A reservation bound by its service's job (job 100), which runs."""
     rec = world.reserve()
     world.sm.reconcile()
@@ -27,7 +27,7 @@ def running_service(world):
     return rec
 
 
-def release(world, rec) -> None:
+def release(world, rec) -> None:  # noqa: F811
     world.sm.release(rec.name)
     world.sm.reconcile()
 

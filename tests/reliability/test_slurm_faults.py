@@ -46,7 +46,8 @@ import time
 
 import pytest
 
-from tests.integration.orchestrator import user_token
+from tests.integration.minicluster import user_token
+from tests.poll import poll, poll_until
 
 from .cluster import (
     active,
@@ -84,15 +85,15 @@ def scontrol_state(job_id: int) -> str:
 
 def wait_job_id(orch, name: str, timeout: float = 60.0) -> int:
     """The service's Slurm job id, as soon as the orchestrator reports one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(orch, name)
-        m = re.search(r"Slurm job (\d+)", st["detail"])
-        if m:
-            return int(m.group(1))
-        if time.monotonic() >= deadline:
-            pytest.fail(f"service {name}: no Slurm job after {timeout:g} s: {st}")
-        time.sleep(0.05)
+    seen: list[dict | None] = [None]
+
+    def job_id() -> re.Match | None:
+        seen[0] = status(orch, name)
+        return re.search(r"Slurm job (\d+)", seen[0]["detail"])
+
+    found = poll_until(job_id, f"service {name}: a Slurm job", timeout, 0.05,
+                       last=lambda: seen[0])
+    return int(found.group(1))
 
 
 def access_lines(orch, name: str) -> list[str]:
@@ -212,11 +213,10 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
             wait_status(orchestrator, name, "ALLOCATED")
             job_id = wait_job_id(orchestrator, name)
             release(orchestrator, name)
-            # The moment the job leaves RUNNING (Slurm's teardown), kill slurmctld.
-            deadline = time.monotonic() + 60
-            while (state := scontrol_state(job_id)) in ("RUNNING", "") and \
-                    time.monotonic() < deadline:
-                time.sleep(0.05)
+            # The moment the job leaves RUNNING (Slurm's teardown), kill slurmctld; after a
+            # minute, kill it anyway (the attempt then does not count as a hit).
+            state = poll(lambda j=job_id: (s := scontrol_state(j)) not in ("RUNNING", "") and s,
+                         60, 0.05) or "RUNNING"
             held = status(orchestrator, name)["status"] != "STOPPED"
             kill_daemon("slurmctld")
             hits += held and state not in ("RUNNING", "")

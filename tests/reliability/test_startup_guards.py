@@ -31,41 +31,19 @@ from .harness import (
     figures,
     free_port,
     gbf,
-    integrity,
     read_rows,
     run_cli,
     small_config,
 )
 
-pytestmark = pytest.mark.reliability
+# Real server processes, no Slurm: runs without the mini-cluster.
+pytestmark = [pytest.mark.reliability, pytest.mark.server]
 
 EXIT_STORE = 3
 PAGE = 4096
 
 
-@pytest.fixture(scope="module")
-def populated(tmp_path_factory):
-    """A state database written by a real server: 300 reservations, half deleted."""
-    d = tmp_path_factory.mktemp("populated")
-    port = free_port()
-    server = Orchestrator(small_config(str(d), port), port, str(d / "server.log"))
-    server.start()
-    http = Http(port)
-    try:
-        for i in range(300):
-            status, answer = http.request("POST", "/v1.0.0/ephemeralservice/reserve",
-                                          gbf(f"r{i}", 1, 10))
-            assert status == 200, answer
-        for i in range(0, 300, 2):
-            assert http.request("DELETE", f"/v2.0.0/server/allocation/r{i}")[0] == 200
-    finally:
-        http.close()
-        server.stop()
-    db = str(d / "state.db")
-    assert integrity(db) == "ok"
-    assert not os.path.exists(db + "-wal"), "a clean stop leaves no WAL behind"
-    with open(db, "rb") as fh:
-        return fh.read()
+# populated: the bytes of a state database a real server wrote (conftest.py).
 
 
 CORRUPT = "not an SQLite database|is corrupt|unusable: database disk image is malformed|" \

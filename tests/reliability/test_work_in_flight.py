@@ -38,7 +38,8 @@ import uuid
 
 import pytest
 
-from tests.integration.orchestrator import user_token
+from tests.integration.minicluster import user_token
+from tests.poll import poll_until
 
 from .cluster import (
     active,
@@ -133,21 +134,7 @@ STEP_FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "N
               "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
-@pytest.fixture(scope="module")
-def service(orchestrator):
-    """An SBB service of alice, ALLOCATED, for the steps' data movers; released at the end."""
-    name = unique("stepsvc")
-    code, answer = orchestrator.post("/ephemeralservice/reserve",
-                                     reserve_body(name, user_token("alice")))
-    assert code == 200, answer
-    wait_status(orchestrator, name, "ALLOCATED")
-    yield name
-    if orchestrator.proc.poll() is not None:
-        launch(orchestrator)
-        wait_answering(orchestrator)
-    release(orchestrator, name)
-    wait_status(orchestrator, name, "STOPPED")
-    wait_all_free(orchestrator)
+# service: an ALLOCATED SBB service of alice for the module (conftest.py).
 
 
 def step_body(step: str, svc: str, area: str) -> dict:
@@ -176,16 +163,16 @@ def step_launch_id(state_db: str, step: str) -> str:
 
 
 def wait_step(orch, step: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    st = None
-    while True:
-        code, st = orch.get(f"/step/status/{step}")
-        assert code == 200, st
-        if st["status"] in STEP_FINAL:
-            return st
-        if time.monotonic() >= deadline:
-            pytest.fail(f"step {step}: still {st} after {timeout:g} s\n{orch.log()[-3000:]}")
-        time.sleep(0.5)
+    """The step's status once it is final; fails with the last one and the log."""
+    seen: list[dict | None] = [None]
+
+    def final() -> dict | None:
+        code, seen[0] = orch.get(f"/step/status/{step}")
+        assert code == 200, seen[0]
+        return seen[0] if seen[0]["status"] in STEP_FINAL else None
+
+    return poll_until(final, f"step {step}: final", timeout, 0.5,
+                      last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
 
 
 @pytest.mark.parametrize("point", ["step_before_submit", "step_after_submit"])

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import wfm_orchestrator.allocator as allocator_pkg
-from wfm_orchestrator.allocator import Datanode, Free, Placement, _compiled, reference
+from wfm_orchestrator.allocator import Datanode, Free, Placement, _compiled
 from wfm_orchestrator.errors import (
     DuplicateReservation,
     InvalidDemand,
@@ -18,12 +18,7 @@ from wfm_orchestrator.errors import (
     UnknownReservation,
 )
 
-IMPLEMENTATIONS = {"compiled": _compiled.Allocator, "reference": reference.Allocator}
-
-
-@pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def Allocator(request):  # noqa: N802 - stands for the class under test
-    return IMPLEMENTATIONS[request.param]
+# The `Allocator` fixture (tests/unit/conftest.py) is each implementation in turn.
 
 
 def dn(name, cores=16, msize=1000, ssize=10_000, location=None):

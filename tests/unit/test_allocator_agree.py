@@ -15,7 +15,8 @@ from tests.strategies import allocator_operations, clusters
 from wfm_orchestrator.allocator import Datanode, Placement, _compiled, reference
 from wfm_orchestrator.errors import WfmError
 
-# The `scan` fixture switches a process-wide setting once per test, not per example.
+# The `scan` fixture (tests/unit/conftest.py: both block scans of the C index) switches a
+# process-wide setting once per test, not per example.
 SETTINGS = settings(
     max_examples=250,
     deadline=None,
@@ -72,17 +73,6 @@ def check_never_over_committed(alloc, datanodes):
 # Blocks of the C index: the default size, and tiny ones so that small
 # clusters exercise block splits, merges and groups of blocks.
 BLOCKS = [None, 4]
-
-
-@pytest.fixture(params=["avx2", "plain"])
-def scan(request):
-    """Both block scans of the C index: AVX2 (skipped without it) and the plain loop."""
-    if request.param == "avx2" and not _compiled._use_avx2(True):
-        pytest.skip("this CPU has no AVX2")
-    if request.param == "plain":
-        _compiled._use_avx2(False)
-    yield request.param
-    _compiled._use_avx2(True)
 
 
 def compiled(datanodes, policy, neighbours, block):

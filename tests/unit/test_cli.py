@@ -1,8 +1,13 @@
-"""`wfm-orchestrator serve` refuses to start, with a clear message, on bad configuration or state."""
+"""The `wfm-orchestrator` command: installed as a console script; `serve` refuses to start,
+with a clear message, on bad configuration or state."""
+
+import os
+import shutil
+import subprocess
 
 from wfm_orchestrator.cli import main
 
-from ..conftest import SMALL_CONF
+from ..conftest import ROOT, SMALL_CONF, server_env
 
 
 def write(tmp_path, text):
@@ -39,3 +44,17 @@ def test_release_without_slurm_is_500_no_slurm_configured(client):
         "attributes": {"gssize": 1, "mountpoint": "/m"}})
     r = client.simulate_delete("/v1.0.0/ephemeralservice/release/a_b_c")
     assert r.status_code == 500 and "no Slurm configured" in r.json["message"]
+
+
+def test_console_script_is_installed_and_runs():
+    """The `wfm-orchestrator` found on PATH (what pip installed, not `python -m`) runs
+    check-config on the repository's wfm.conf and prints its summary."""
+    script = shutil.which("wfm-orchestrator")
+    assert script, ("the wfm-orchestrator console script is not on PATH: install the "
+                    "package (pip install .) in the environment that runs the tests")
+    # server_env: the script's entry point imports the package this test run imported.
+    out = subprocess.run([script, "check-config", os.path.join(ROOT, "wfm.conf")],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env=server_env())
+    assert out.returncode == 0, out.stderr
+    assert "loc1: compute cn1, datanodes dn1, neighbours loc2" in out.stdout, out.stdout

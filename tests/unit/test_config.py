@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -142,10 +140,3 @@ def test_check_config_exits_non_zero_with_every_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 error(s)" in err and f"{bad}:6:" in err and f"{bad}:7:" in err
 
-
-def test_console_script_is_installed():
-    """`wfm-orchestrator` runs as an installed console script."""
-    out = subprocess.run([sys.executable, "-m", "wfm_orchestrator.cli", "check-config",
-                          os.path.join(ROOT, "wfm.conf")], capture_output=True, text=True,
-                         timeout=60, check=False)
-    assert out.returncode == 0, out.stderr

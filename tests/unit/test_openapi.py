@@ -50,12 +50,7 @@ def test_every_path_is_served_under_every_version(client, version):
     assert client.simulate_get(f"/{version}/server/allocation/none_x").status_code == 500
 
 
-@pytest.fixture
-def web_schema(app_factory):
-    client, _, _ = app_factory()
-    return schemathesis.openapi.from_wsgi("/openapi.json", client.app)
-
-
+# web_schema: the served document over the in-process application (tests/unit/conftest.py).
 schema = schemathesis.pytest.from_fixture("web_schema")
 
 
