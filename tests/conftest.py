@@ -132,6 +132,12 @@ def world(make_config, tmp_path):
             ticket.wait()
             return rec
 
+        def release(self, name=SBB["name"]):
+            """DELETE ephemeralservice/release, answered once durable (as the API does)."""
+            answer, ticket = self.sm.release(name)
+            ticket.wait()
+            return answer
+
         def status(self, name=SBB["name"]):
             return self.sm.status(name)
 

@@ -18,13 +18,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import ujson
-
-from .allocator import Allocator, Datanode, NoCapacity, Placement
+from .allocator import Allocator, Datanode, NoCapacity
 from .config import Config
 from .errors import (
     AlreadyAllocated,
@@ -35,7 +32,9 @@ from .errors import (
     UnknownDatanode,
 )
 from .model import ReservationState, ReserveRequest
-from .store import DONE, Statement, Store, Ticket
+from .repositories import reservations
+from .reservation import Reservation
+from .store import DONE, Store, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -51,60 +50,6 @@ def iso_time(ts: float) -> str:
 def _iso_second(second: int) -> str:
     # Statuses are read far more often than they change: format each second once.
     return datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class Reservation:
-    request: ReserveRequest
-    state: ReservationState
-    seq: int
-    created: float
-    updated: float
-    placement: list[Placement] | None = None
-    detail: str = ""
-    # (request, placement, their JSON): a reservation is written several times
-    # (reserve, allocation, release) and both rarely change in between.
-    _json: tuple | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.request.name
-
-    def allocation(self) -> dict[str, Any]:
-        """The spec's v2.0.0_server_allocation_response."""
-        props = [
-            {"server_name": p.server, "cores": len(p.core_list), "core_list": list(p.core_list),
-             "msize": p.msize, "ssize": p.ssize}
-            for p in self.placement or ()
-        ]
-        return {"name": self.name, "servers": len(props), "properties": props}
-
-
-_UPSERT = (
-    "INSERT INTO reservation (name, user, type, request, token, state, seq, placement, detail,"
-    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT(name) DO UPDATE SET user=excluded.user, type=excluded.type,"
-    " request=excluded.request, token=excluded.token, state=excluded.state, seq=excluded.seq,"
-    " placement=excluded.placement, detail=excluded.detail, created=excluded.created,"
-    " updated=excluded.updated"
-)
-
-
-_FORGET = "DELETE FROM reservation WHERE name = ? AND seq = ?"
-
-
-def _row(rec: Reservation) -> Statement:
-    cached = rec._json
-    if cached is None or cached[0] is not rec.request or cached[1] is not rec.placement:
-        placement = (
-            ujson.dumps([[p.server, list(p.core_list), p.msize, p.ssize] for p in rec.placement])
-            if rec.placement is not None else None
-        )
-        request = ujson.dumps(rec.request.canonical(), sort_keys=True)
-        cached = rec._json = (rec.request, rec.placement, request, placement)
-    token = rec.request.user_slurm_token if rec.state != State.RELEASED else None
-    return (_UPSERT, (rec.name, rec.request.user, rec.request.type, cached[2], token,
-                      rec.state.value, rec.seq, cached[3], rec.detail, rec.created, rec.updated))
 
 
 def _seq(rec: Reservation) -> int:
@@ -143,22 +88,8 @@ class ResourceManager:
         self._records: dict[str, Reservation] = {}
         self._queue: list[Reservation] = []
         self._seq = 0
-        rows = self.store.query("SELECT * FROM reservation ORDER BY seq")
-        for row in rows:
-            canonical = ujson.loads(row["request"])
-            req = ReserveRequest(
-                name=canonical["name"], user=canonical["user"],
-                user_slurm_token=row["token"] or "", type=canonical["type"],
-                servers=canonical["servers"], cores=canonical["cores"],
-                msize=canonical["msize"], ssize=canonical["ssize"],
-                locations=tuple(canonical["locations"]), flavor=canonical["flavor"],
-                targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"])
-            rec = Reservation(req, State(row["state"]), row["seq"], row["created"],
-                              row["updated"], detail=row["detail"])
+        for rec in reservations.load_all(self.store):
             self._seq = max(self._seq, rec.seq)
-            if row["placement"] is not None:
-                rec.placement = [Placement(s, list(c), m, z)
-                                 for s, c, m, z in ujson.loads(row["placement"])]
             if rec.state in (State.FREE, State.ALLOCATED):
                 if rec.placement is None:
                     raise StoreError(f"reservation {rec.name} is {rec.state} without placement")
@@ -184,7 +115,7 @@ class ResourceManager:
 
     def _write(self, recs: list[Reservation]) -> Ticket:
         """Queue the rows of ``recs`` (caller holds the lock); their commit ticket."""
-        ticket = self.store.write([_row(rec) for rec in recs], on_failure=self._resync)
+        ticket = self.store.write([reservations.save(rec) for rec in recs], on_failure=self._resync)
         tickets = self._tickets
         for rec in recs:
             tickets[rec.name] = ticket
@@ -345,23 +276,10 @@ class ResourceManager:
                 self._notify(r)
             return rec, ticket
 
-    # Waiting forms, for callers that may block (the service manager's
-    # threads, tests). They go once services.py returns tickets too.
-
-    def get_allocation(self, name: str) -> dict[str, Any]:
-        body, ticket = self.allocate(name)
-        ticket.wait()
-        return body
-
-    def delete_allocation(self, name: str, detail: str = "reservation deleted") -> Reservation:
-        rec, ticket = self.release(name, detail)
-        ticket.wait()
-        return rec
-
     # --- history ------------------------------------------------------------
 
     def forget_released(self, keep: Callable[[str], bool] = lambda name: False
-                        ) -> list[tuple[str, int]]:
+                        ) -> tuple[list[tuple[str, int]], Ticket]:
         """Forget the reservations released more than ``released_retention`` ago.
 
         Their records leave memory (and so the status lists) and their rows the
@@ -370,7 +288,8 @@ class ResourceManager:
         bound. A forgotten name may be reserved again like any new one.
         ``keep(name)`` vetoes one (a service whose job is still followed). The
         newest reservation is always kept: after a restart, new reservations
-        continue its sequence number. Returns the (name, seq) forgotten.
+        continue its sequence number. Returns the (name, seq) forgotten and the ticket of
+        their rows' deletion.
         """
         cutoff = self.clock() - self.config.released_retention
         with self._lock:
@@ -378,14 +297,13 @@ class ResourceManager:
                    if rec.state == State.RELEASED and rec.updated < cutoff
                    and rec.seq != self._seq and not keep(rec.name)]
             if not old:
-                return []
+                return [], DONE
             for rec in old:
                 del self._records[rec.name]
                 self._tickets.pop(rec.name, None)
-            ticket = self.store.write([(_FORGET, (rec.name, rec.seq)) for rec in old],
+            ticket = self.store.write([reservations.forget(rec) for rec in old],
                                       on_failure=self._resync)
-        ticket.wait()  # housekeeping runs on a background thread
-        return [(rec.name, rec.seq) for rec in old]
+        return [(rec.name, rec.seq) for rec in old], ticket
 
     def _live(self, name: str) -> Reservation:
         rec = self._records.get(name)

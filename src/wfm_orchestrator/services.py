@@ -42,7 +42,7 @@ from .resource_manager import Reservation, ResourceManager, iso_time
 from .service_job import ServiceJob, job_tag
 from .slurm import GONE, JobSpec, exit_status_text, gone_reason, service_directive
 from .slurm.api import SlurmApi
-from .store import Store
+from .store import Store, Ticket
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,12 @@ class ServiceManager:
 
     # --- release ----------------------------------------------------------------
 
-    def release(self, name: str) -> dict[str, str]:
-        """DELETE ephemeralservice/release/{name}: stop the service, then free its resources."""
+    def release(self, name: str) -> tuple[dict[str, str], Ticket]:
+        """DELETE ephemeralservice/release/{name}: stop the service, then free its resources.
+
+        The answer, and the ticket to answer it after: the release is durable once
+        that commit is done (the intent to cancel, or the freed resources).
+        """
         if self.slurm is None:
             raise NoSlurm()
         rec = self.rm.get(name)
@@ -204,6 +208,7 @@ class ServiceManager:
             raise NotFound("service", name)
         now = self.clock()
         free_now = False
+        ticket: Ticket | None = None
         with self._lock:
             job = self._jobs.get(name)
             if job is not None and job.seq != rec.seq:
@@ -221,15 +226,16 @@ class ServiceManager:
                       or job.job_id is None else f"released (Slurm job {job.job_id} had "
                       f"ended {job.state})")
             try:
-                self.rm.delete_allocation(name, detail=detail)
+                ticket = self.rm.release(name, detail=detail)[1]  # commits after our write
             except NotFound:
-                pass  # freed meanwhile by the plugin's teardown
-        else:
-            # The intent is durable: wait for it like any acknowledged write.
-            self.store.write([]).wait()
+                ticket = None  # freed meanwhile by the plugin's teardown
+        if ticket is None:
+            # Commits after every earlier write, this release's intent (or a repeated
+            # release's first one) included: the release is answered once it is durable.
+            ticket = self.store.write([])
         return {"name": name, **{k: v for k, v in (self.status(name) or {}).items()
                                  if k in ("status", "detail")},
-                "message": "release accepted"}
+                "message": "release accepted"}, ticket
 
     # --- the worker ---------------------------------------------------------------
 
@@ -250,7 +256,8 @@ class ServiceManager:
         with self._lock:
             followed = {job.name for job in self._jobs.values()
                         if job.job_id is not None and not job.ended}
-        forgotten = self.rm.forget_released(keep=followed.__contains__)
+        forgotten, forgot_rows = self.rm.forget_released(keep=followed.__contains__)
+        forgot_rows.wait()  # housekeeping runs on its own thread
         if not forgotten:
             return []
         with self._lock:
@@ -349,7 +356,7 @@ class ServiceManager:
                 detail = f"released; {detail}"
             log.warning("service %s: %s", rec.name, detail)
             try:
-                self.rm.delete_allocation(rec.name, detail=detail)
+                self.rm.release(rec.name, detail=detail)  # the follower flushes after the item
             except NotFound:
                 pass
 

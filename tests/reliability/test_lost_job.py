@@ -21,14 +21,14 @@ def running_service(world):  # noqa: F811 - the fixture's value, passed on
     """A reservation bound by its service's job (job 100), which runs."""
     rec = world.reserve()
     world.sm.reconcile()
-    world.rm.get_allocation(rec.name)
+    world.rm.allocate(rec.name)
     world.slurm.put(100, rec.name, "", "RUNNING")
     world.sm.reconcile()
     return rec
 
 
 def release(world, rec) -> None:  # noqa: F811
-    world.sm.release(rec.name)
+    world.release(rec.name)
     world.sm.reconcile()
 
 
@@ -51,7 +51,7 @@ def test_job_lost_after_it_was_bound_is_not_submitted_again(world):
     """Once the plugin bound the reservation the job ran: it is GONE, then freed."""
     rec = world.reserve()
     world.sm.reconcile()
-    world.rm.get_allocation(rec.name)
+    world.rm.allocate(rec.name)
     del world.slurm.jobs_by_id[100]
     world.sm.reconcile()
     world.sm.reconcile()
@@ -114,7 +114,7 @@ def test_job_requeued_after_its_teardown_is_cancelled(world):
     queue forever. The orchestrator follows a released service's job until it ends."""
     rec = running_service(world)
     release(world, rec)
-    world.rm.delete_allocation(rec.name)  # the plugin's teardown
+    world.rm.release(rec.name)  # the plugin's teardown
     assert world.status()["status"] == "STOPPED"
     world.slurm.put(100, rec.name, "", "PENDING", "BurstBufferOperation")  # requeued, held
     world.clock.now += 2
@@ -133,7 +133,7 @@ def test_ended_job_that_comes_back_after_release_is_cancelled(world):
     (RUNNING again, on resources already given back). It is cancelled again."""
     rec = running_service(world)
     release(world, rec)
-    world.rm.delete_allocation(rec.name)  # the plugin's teardown
+    world.rm.release(rec.name)  # the plugin's teardown
     world.slurm.put(100, rec.name, "", "CANCELLED")
     world.sm.reconcile()
     assert world.sm.job(rec.name).state == "CANCELLED"

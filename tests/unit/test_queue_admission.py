@@ -90,7 +90,7 @@ def apply(rm: ResourceManager, op: tuple) -> str:
             ticket.wait()
             return rec.state.value
         if op[0] == "delete":
-            return rm.delete_allocation(f"r{op[1]}").state.value
+            return rm.release(f"r{op[1]}")[0].state.value
         rm.clock.now += op[1]
         return "tick"
     except (RequestFailed, NotFound) as e:
@@ -140,7 +140,7 @@ def test_backfill_release_tries_each_distinct_demand_once(backfill):
         return take(rec, now)
 
     rm._take = counted
-    rm.delete_allocation("full0")  # one datanode free: big still cannot fit, small can
+    rm.release("full0")  # one datanode free: big still cannot fit, small can
     assert rm.snapshot("small")[0].state == State.FREE
     assert calls == ["big0", "small"]  # big tried once, not 2,000 times
     assert [r.name for r in rm._queue][:2] == ["big0", "big1"]
@@ -157,7 +157,7 @@ def test_backfill_window_counts_from_the_new_head_once_the_old_one_is_admitted(b
     rm.reserve(request(rm, "young", 8, 8, 2))  # two whole datanodes
     rm.reserve(request(rm, "late", 2, 1, 1))  # fits the 2 cores left... behind old
     assert rm.snapshot("late")[0].state == State.QUEUED  # old blocks: waited > window
-    rm.delete_allocation("full0")  # dn freed: old takes it; young cannot fit
+    rm.release("full0")  # dn freed: old takes it; young cannot fit
     assert rm.snapshot("old")[0].state == State.FREE
     assert rm.snapshot("young")[0].state == State.QUEUED
     # young is the head now, and has waited 0 s: late may pass it
@@ -175,6 +175,6 @@ def test_demands_that_differ_only_in_storage_are_tried_separately(backfill):
     assert {rm.snapshot(n)[0].state for n in ("wide", "narrow")} == {State.QUEUED}
     on_node = next(r.name for r in rm.live()
                    if r.name.startswith("full") and r.placement[0].server == node)
-    rm.delete_allocation(on_node)  # that node: 7 cores, 600 GB free
+    rm.release(on_node)  # that node: 7 cores, 600 GB free
     assert rm.snapshot("wide")[0].state == State.QUEUED
     assert rm.snapshot("narrow")[0].state == State.FREE

@@ -39,7 +39,7 @@ def test_status_follows_the_job_through_its_life(world):
     world.sm.reconcile()
     st = world.status()
     assert st["status"] == "STAGINGIN" and st["detail"] == "Slurm job 100 pending: Resources"
-    world.rm.get_allocation(SBB["name"])  # the plugin's setup
+    world.rm.allocate(SBB["name"])  # the plugin's setup
     st = world.status()
     assert st["status"] == "STAGEDIN" and "burst buffer set up on dn1" in st["detail"]
     world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
@@ -47,7 +47,7 @@ def test_status_follows_the_job_through_its_life(world):
     assert world.status() | {"time": ""} == {
         "user": "alice", "name": "alice_s_sbb", "status": "ALLOCATED",
         "detail": "Slurm job 100 running on dn1", "time": ""}
-    answer = world.sm.release(SBB["name"])
+    answer = world.release(SBB["name"])
     assert answer["status"] == "STAGINGOUT"
     world.sm.reconcile()
     assert world.slurm.cancelled == [(100, "SIGKILL")]  # Slurm's graceful cancel
@@ -55,7 +55,7 @@ def test_status_follows_the_job_through_its_life(world):
     world.sm.reconcile()
     st = world.status()
     assert st["status"] == "STAGEDOUT" and "waiting for the burst-buffer teardown" in st["detail"]
-    world.rm.delete_allocation(SBB["name"])  # the plugin's teardown
+    world.rm.release(SBB["name"])  # the plugin's teardown
     assert world.status()["status"] == "STOPPED"
     assert world.rm.resources("dn1")["free_cores"] == 8
 
@@ -76,7 +76,7 @@ def test_job_failing_outside_the_orchestrator_frees_resources_after_the_grace(wo
     """A job that ends on its own: TEARDOWN; freed by the orchestrator after teardown_grace."""
     world.reserve()
     world.sm.reconcile()
-    world.rm.get_allocation(SBB["name"])
+    world.rm.allocate(SBB["name"])
     world.slurm.put(100, "alice_s_sbb", "", "FAILED", "NonZeroExitCode")
     world.sm.reconcile()
     st = world.status()
@@ -142,7 +142,7 @@ def test_refused_user_token_falls_back_to_the_slurmuser_token(world):
 def test_release_of_a_queued_or_unstarted_service_frees_at_once(world):
     """Release before any job exists: the reservation is deleted at once (STOPPED)."""
     world.reserve()
-    world.sm.release(SBB["name"])
+    world.release(SBB["name"])
     assert world.status()["status"] == "STOPPED"
     assert "before its service job started" in world.status()["detail"]
     world.sm.reconcile()
@@ -154,11 +154,11 @@ def test_release_of_unknown_or_released_service_is_not_found(world):
     from wfm_orchestrator.errors import NotFound
 
     with pytest.raises(NotFound):
-        world.sm.release("nobody")
+        world.release("nobody")
     world.reserve()
-    world.sm.release(SBB["name"])
+    world.release(SBB["name"])
     with pytest.raises(NotFound):
-        world.sm.release(SBB["name"])
+        world.release(SBB["name"])
 
 
 def test_release_is_retried_with_sigkill_after_the_timeout(world):
@@ -166,7 +166,7 @@ def test_release_is_retried_with_sigkill_after_the_timeout(world):
     world.reserve()
     world.sm.reconcile()
     world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
-    world.sm.release(SBB["name"])
+    world.release(SBB["name"])
     world.sm.reconcile()
     world.sm.reconcile()
     assert len(world.slurm.cancelled) == 1
@@ -180,7 +180,7 @@ def test_release_intent_survives_a_restart(world):
     world.reserve()
     world.sm.reconcile()
     world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
-    world.sm.release(SBB["name"])
+    world.release(SBB["name"])
     world.restart()
     world.sm.reconcile()
     assert world.slurm.cancelled == [(100, "SIGKILL")]
@@ -254,11 +254,11 @@ def test_released_service_followed_after_teardown_is_not_freed_again(world, capl
     world.reserve()
     world.sm.reconcile()
     world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
-    world.sm.release(SBB["name"])
+    world.release(SBB["name"])
     world.sm.reconcile()
     world.slurm.put(100, "alice_s_sbb", "", "CANCELLED")
     world.sm.reconcile()
-    world.rm.delete_allocation(SBB["name"])  # the plugin's teardown
+    world.rm.release(SBB["name"])  # the plugin's teardown
     world.clock.now += 31
     caplog.clear()
     for _ in range(3):
@@ -287,8 +287,8 @@ def test_released_reservations_are_forgotten_after_the_retention(world):
     retention = world.config.released_retention
     for name in ("alice_a", "alice_b", "alice_c"):
         world.reserve(gbf(name))
-    world.rm.delete_allocation("alice_a")
-    world.rm.delete_allocation("alice_c")
+    world.rm.release("alice_a")
+    world.rm.release("alice_c")
     world.clock.now += retention - 1
     assert world.sm.forget_released() == []
     world.clock.now += 2
@@ -311,7 +311,7 @@ def test_a_released_service_whose_job_still_runs_is_kept(world):
     world.sm.reconcile()
     world.slurm.put(100, SBB["name"], job_tag(SBB["name"], 1), "RUNNING")
     world.sm.reconcile()
-    world.rm.delete_allocation(SBB["name"])  # e.g. freed by the teardown, job not stopped
+    world.rm.release(SBB["name"])  # e.g. freed by the teardown, job not stopped
     world.reserve(gbf("alice_newer"))
     world.clock.now += world.config.released_retention + 1
     world.sm.reconcile()
@@ -342,7 +342,7 @@ def test_housekeeping_forgets_without_slurm(make_config):
         sm = ServiceManager(config, rm, store, None, clock=clock)
         for name in ("alice_old", "alice_new"):
             rm.reserve(parse_reserve(gbf(name), config))
-        rm.delete_allocation("alice_old")
+        rm.release("alice_old")
         clock.now += config.released_retention + 1
         sm.start()
         try:

@@ -10,6 +10,7 @@ from ..model import check_name, check_user
 from ..services import ServiceManager
 from .auth import identity_of
 from .errors import APIError
+from .serving import answer_after
 
 
 class AllServiceStatus:
@@ -35,10 +36,12 @@ class Release:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
         try:
-            resp.media = self.services.release(service_name)
+            body, ticket = self.services.release(service_name)
         except NotFound as e:
             raise APIError(500, "Release failed", f"{e}: not found or already released") \
                 from None
+        answer_after(req, ticket)
+        resp.media = body
 
 
 class ServiceStatus:

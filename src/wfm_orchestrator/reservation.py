@@ -1,0 +1,36 @@
+"""One reservation of datanode resources, as the resource manager holds it in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .allocator import Placement
+from .model import ReservationState, ReserveRequest
+
+
+@dataclass
+class Reservation:
+    request: ReserveRequest
+    state: ReservationState
+    seq: int
+    created: float
+    updated: float
+    placement: list[Placement] | None = None
+    detail: str = ""
+    # (request, placement, their JSON): a reservation is written several times
+    # (reserve, allocation, release) and both rarely change in between.
+    _json: tuple | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.request.name
+
+    def allocation(self) -> dict[str, Any]:
+        """The spec's v2.0.0_server_allocation_response."""
+        props = [
+            {"server_name": p.server, "cores": len(p.core_list), "core_list": list(p.core_list),
+             "msize": p.msize, "ssize": p.ssize}
+            for p in self.placement or ()
+        ]
+        return {"name": self.name, "servers": len(props), "properties": props}
