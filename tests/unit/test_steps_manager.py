@@ -17,7 +17,7 @@ def test_jobs_are_submitted_in_order_with_dependencies_and_directives(env):
     config, make = env
     slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
     m = make(slurm, services)
-    assert m.launch(dict(BODY))["status"] == "PENDING"
+    assert m.launch(dict(BODY))[0]["status"] == "PENDING"
     services.usable(status="STAGINGIN")
     m.reconcile()
     assert slurm.specs == {}
@@ -135,10 +135,10 @@ def test_abort_cancels_every_job_once_and_is_idempotent(env):
     m = make(slurm, services)
     m.launch(dict(BODY))
     m.reconcile()
-    assert m.abort(BODY["name"])["message"] == "abort accepted"
+    assert m.abort(BODY["name"])[0]["message"] == "abort accepted"
     m.reconcile()
     assert sorted(slurm.cancelled_ids) == sorted(slurm.specs)
-    assert m.abort(BODY["name"])["message"] == "abort already requested"
+    assert m.abort(BODY["name"])[0]["message"] == "abort already requested"
     m.reconcile()
     assert sorted(slurm.cancelled_ids) == sorted(slurm.specs)  # not sent twice
     assert m.status(BODY["name"])["status"] == "CANCELLED"
@@ -187,8 +187,8 @@ def test_restart_adopts_jobs_submitted_before_the_crash(env):
 def test_launch_is_idempotent_per_name_and_refuses_another_request(env):
     config, make = env
     m = make()
-    assert m.launch(dict(BODY))["message"] == "step launch accepted"
-    assert m.launch(dict(BODY))["message"] == "step already launched"
+    assert m.launch(dict(BODY))[0]["message"] == "step launch accepted"
+    assert m.launch(dict(BODY))[0]["message"] == "step already launched"
     with pytest.raises(RequestFailed):
         m.launch({**BODY, "command": "--wrap true"})
 
@@ -284,3 +284,17 @@ def test_derive_status_is_pending_before_submission(env):
     step = m.step(BODY["name"])
     assert derive_status(step, {}, "waiting for service x (STAGINGIN: q)")[:2] == (
         "PENDING", "waiting for service x (STAGINGIN: q)")
+
+
+def test_launch_wakes_the_follower_only_once_the_step_is_committed(env):
+    """The follower acts on durable steps only: it is woken by the commit, not before."""
+    from tests.poll import poll_until
+
+    _, make = env
+    m = make()
+    woken = []
+    m.follower.wake = lambda: woken.append(True)
+    _, ticket = m.launch(dict(BODY))
+    assert woken == []  # queued, not yet handed to the writer
+    ticket.wait()
+    poll_until(lambda: woken, "the follower woken by the commit", timeout=5, interval=0.01)

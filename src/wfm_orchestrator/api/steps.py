@@ -11,6 +11,7 @@ from ..steps import StepManager
 from .auth import identity_of
 from .errors import APIError
 from .media import read_json
+from .serving import answer_after
 
 
 def _manager(steps: StepManager | None) -> StepManager:
@@ -28,7 +29,9 @@ class Launch:
         self.steps = steps
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = _manager(self.steps).launch(read_json(req))
+        body, ticket = _manager(self.steps).launch(read_json(req))
+        answer_after(req, ticket)
+        resp.media = body
 
 
 class Progress:
@@ -41,9 +44,11 @@ class Progress:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            resp.media = _manager(self.steps).progress(read_json(req))
+            body, ticket = _manager(self.steps).progress(read_json(req))
         except NotFound as e:
             raise APIError(500, "Step progress failed", f"{e}") from None
+        answer_after(req, ticket)
+        resp.media = body
 
 
 class AllStepStatus:
@@ -97,6 +102,8 @@ class Abort:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, step_id: str) -> None:
         check_name(step_id, "step_id")
         try:
-            resp.media = _manager(self.steps).abort(step_id)
+            body, ticket = _manager(self.steps).abort(step_id)
         except NotFound as e:
             raise APIError(500, "Abort failed", f"{e}: no such step") from None
+        answer_after(req, ticket)
+        resp.media = body

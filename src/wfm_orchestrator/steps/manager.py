@@ -26,7 +26,7 @@ from ..sbatch import translate
 from ..services import fault
 from ..slurm import GONE, JobSpec, JobState, gone_reason
 from ..slurm.api import SlurmApi
-from ..store import Store
+from ..store import Store, Ticket
 from .jobs import build_mover_job, build_step_job, job_tag
 from .records import Step, StepJob
 from .request import home_of, kind_of, parse_launch
@@ -72,7 +72,8 @@ class StepManager:
 
     # --- requests ---------------------------------------------------------------
 
-    def launch(self, body: Any) -> dict[str, str]:
+    def launch(self, body: Any) -> tuple[dict[str, str], Ticket]:
+        """step/launch: the answer, and the ticket to send it after (the step's record)."""
         req, _ = parse_launch(body, self.config, self.home)
         if self.slurm is None:
             raise NoSlurm()
@@ -92,14 +93,19 @@ class StepManager:
                 self._jobs[req.name] = {}
                 ticket = self.store.write([step_rows.save_step(step)])
                 created = True
-        ticket.wait()
         if created:
             log.info("step %s accepted for %s", req.name, req.user)
-            self.follower.wake()
+            ticket.add_done_callback(self._wake_once_committed)
         return {"name": req.name, "status": "PENDING",
-                "message": "step launch accepted" if created else "step already launched"}
+                "message": "step launch accepted" if created else "step already launched"
+                }, ticket
 
-    def progress(self, body: Any) -> dict[str, str]:
+    def _wake_once_committed(self, ticket: Ticket) -> None:
+        # The follower acts on durable intents only: a refused write wakes nothing.
+        if ticket.error is None:
+            self.follower.wake()
+
+    def progress(self, body: Any) -> tuple[dict[str, str], Ticket]:
         if not isinstance(body, dict):
             raise InvalidRequest("body", f"expected a JSON object, got {kind_of(body)}")
         for key in ("step_name", "datamover_name", "progress"):
@@ -123,11 +129,10 @@ class StepManager:
             job = replace(job, progress=text, progress_time=now)
             self._jobs[step_name][key] = job
             ticket = self.store.write([step_rows.save_job(job)])
-        ticket.wait()
         return {"step_name": step_name, "datamover_name": dm_name,
-                "message": "progress recorded"}
+                "message": "progress recorded"}, ticket
 
-    def abort(self, name: str) -> dict[str, str]:
+    def abort(self, name: str) -> tuple[dict[str, str], Ticket]:
         now = self.clock()
         with self._lock:
             step = self._steps.get(name)
@@ -141,14 +146,13 @@ class StepManager:
             else:
                 ticket = self.store.write([])
                 first = False
-        ticket.wait()
         if first:
             log.info("step %s: abort requested", name)
-            self.follower.wake()
+            ticket.add_done_callback(self._wake_once_committed)
         status = self.status(name) or {}
         return {"name": name, "status": status.get("status", ""),
                 "detail": status.get("detail", ""),
-                "message": "abort accepted" if first else "abort already requested"}
+                "message": "abort accepted" if first else "abort already requested"}, ticket
 
     # --- status -------------------------------------------------------------------
 
