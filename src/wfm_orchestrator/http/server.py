@@ -33,9 +33,9 @@ import waitress
 from waitress import wasyncore
 
 from ..api.media import MAX_BODY
-from .collector import FullCollections
 from ..store import refuse_waits
 from .channel import Held, LoopChannel, StockChannel
+from .collector import FullCollections
 from .dispatcher import LoopDispatcher, Mailbox, Nonblocking
 
 # waitress refuses a body whose length is >= its limit; the API accepts exactly 1 MiB.
