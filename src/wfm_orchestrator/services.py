@@ -23,7 +23,6 @@ the resource manager while holding its own lock.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import ujson
 
 from .config import Config
 from .errors import NoSlurm, NotFound, SlurmAuthError, SlurmUnavailable, WfmError
+from .fault import fault
 from .follower import Advance, Cancels, Follower, JobIndex
 from .model import ReservationState, ServiceStatus
 from .repositories import service_jobs
@@ -52,13 +52,6 @@ State = ReservationState
 
 HOUSEKEEPING_INTERVAL = 600.0  # s between two looks for released services to forget
 FOLLOW_RELEASED = 600.0  # s: Slurm keeps an ended job MinJobAge (300 s by default)
-
-
-def fault(point: str) -> None:
-    """Die here, as kill -9 would, when WFM_FAULT names this point (docs/reliability.md)."""
-    if os.environ.get("WFM_FAULT") == point:
-        log.critical("WFM_FAULT=%s: exiting with status 137 (fault injection)", point)
-        os._exit(137)
 
 
 # --- the status (pure) -------------------------------------------------------

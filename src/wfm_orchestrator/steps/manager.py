@@ -18,12 +18,12 @@ from typing import Any
 
 from ..config import Config
 from ..errors import InvalidRequest, NoSlurm, NotFound, RequestFailed, SlurmUnavailable, WfmError
+from ..fault import fault
 from ..follower import Advance, Cancels, Follower, JobIndex
 from ..model import StepPhase, check_name
 from ..repositories import steps as step_rows
 from ..resource_manager import iso_time
 from ..sbatch import translate
-from ..services import fault
 from ..slurm import GONE, JobSpec, JobState, gone_reason
 from ..slurm.api import SlurmApi
 from ..store import Store, Ticket
