@@ -25,11 +25,7 @@ AWAITING_MOVE = {
     "tests/unit/test_datamover.py": {"tiers"},
     "tests/unit/test_queue_admission.py": {"backfill"},
     "tests/unit/test_server_loop.py": {"served"},
-    "tests/unit/test_services.py": {"world"},
     "tests/unit/test_slurm_client.py": {"token_file"},
-    "tests/unit/test_steps_manager.py": {"env"},
-    # Imports world and env from the two modules above: moved with them (tests/conftest.py).
-    "tests/reliability/test_lost_job.py": {"world", "env"},
 }
 
 
@@ -150,7 +146,6 @@ TIMED_RUNS = {
 WAITS_AWAITING_POLL_UNTIL = {
     "tests/unit/test_collector.py": 1,
     "tests/unit/test_server_loop.py": 2,
-    "tests/unit/test_services.py": 1,
 }
 
 
