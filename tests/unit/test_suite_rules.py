@@ -19,9 +19,6 @@ TESTS = Path(ROOT) / "tests"
 # conftest.py after the merge (the lead's list). Each entry must still break the rule
 # (else it is stale and must go): this list only shrinks.
 AWAITING_MOVE = {
-    "tests/jwks_fixture.py": {"jwks_server", "tokens"},
-    "tests/unit/test_auth.py": {"verifier", "jwks_server", "tokens"},
-    "tests/unit/test_authorization.py": {"keycloak", "secured"},
     "tests/unit/test_datamover.py": {"tiers"},
     "tests/unit/test_queue_admission.py": {"backfill"},
     "tests/unit/test_server_loop.py": {"served"},
