@@ -104,3 +104,40 @@ def secured(make_config, jwks_server):
     yield testing.TestClient(app), caller_tokens(jwks_server)
     store.close()
 
+
+# --- test_datamover.py ---
+
+@pytest.fixture
+def tiers(tmp_path):
+    """(source, target, outside) tier roots; outside holds a file no operation may reach."""
+    src, dst, outside = tmp_path / "hdd", tmp_path / "nvme", tmp_path / "outside"
+    for d in (src, dst, outside):
+        d.mkdir()
+    (outside / "secret").write_text("SECRET")
+    return src, dst, outside
+
+
+# --- test_queue_admission.py ---
+
+@pytest.fixture
+def backfill(tmp_path):
+    """A resource manager with queue_policy = backfill (window 10 s) and its clock."""
+    from .test_queue_admission import Clock, manager
+
+    clock = Clock()
+    rm = manager(tmp_path, "rm", "backfill", clock)
+    yield rm, clock
+    rm.store.close()
+
+
+# --- test_slurm_client.py ---
+
+@pytest.fixture
+def token_file(tmp_path):
+    """A Slurm JWT for user slurm in a file, as slurm_token_file names it."""
+    from .test_slurm_client import jwt
+
+    p = tmp_path / "slurm.jwt"
+    p.write_text(jwt("slurm") + "\n")
+    return str(p)
+
