@@ -6,6 +6,8 @@ that needs one declares it as a parameter and finds it here.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from wfm_orchestrator.allocator import _compiled, reference
@@ -141,3 +143,26 @@ def token_file(tmp_path):
     p.write_text(jwt("slurm") + "\n")
     return str(p)
 
+
+# --- test_server_loop.py ---
+
+@pytest.fixture()
+def served():
+    """tests/unit/loop_app.py on a real server (loop thread "loop", two workers):
+    (port, commit, keys, slow)."""
+    from wfm_orchestrator.http.server import create_server
+
+    from .loop_app import NONBLOCKING, loop_app
+
+    app, commit, keys, slow = loop_app()
+    server = create_server(app, "127.0.0.1", 0, threads=2,
+                           nonblocking=lambda method, path: path in NONBLOCKING)
+    thread = threading.Thread(target=server.run, name="loop", daemon=True)
+    thread.start()
+    yield server.effective_port, commit, keys, slow
+    slow.release.set()
+    for ticket in commit.tickets:
+        if not ticket._finished:
+            ticket._finish()
+    server.close()
+    thread.join(5)
