@@ -15,13 +15,6 @@ from ..conftest import ROOT, mark_slurm_users
 
 TESTS = Path(ROOT) / "tests"
 
-# Modules owned by the parallel branches of issue #14 whose fixtures move into their
-# conftest.py after the merge (the lead's list). Each entry must still break the rule
-# (else it is stale and must go): this list only shrinks.
-AWAITING_MOVE = {
-}
-
-
 def is_fixture(decorator: ast.expr) -> bool:
     """@pytest.fixture, @pytest.fixture(...), @fixture, @fixture(...)."""
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
@@ -96,19 +89,10 @@ def violations() -> dict[str, set[str]]:
 def test_fixtures_are_defined_only_in_conftest_files():
     """A fixture lives in the conftest.py of its directory, never in a test or helper module
     (defined, imported or aliased there)."""
-    found = {m: f for m, f in violations().items() if m not in AWAITING_MOVE}
+    found = violations()
     assert not found, (
         "fixtures outside conftest.py (move each into the conftest.py of its directory: "
         f"tests/, tests/unit/, tests/integration/ or tests/reliability/): {found}")
-
-
-def test_the_list_of_modules_awaiting_the_move_only_shrinks():
-    """Each module still listed in AWAITING_MOVE still has exactly those fixtures: once
-    they move, its entry goes."""
-    found = violations()
-    stale = {m: (want, found.get(m, set())) for m, want in AWAITING_MOVE.items()
-             if found.get(m, set()) != want}
-    assert not stale, f"AWAITING_MOVE is out of date (listed, found): {stale}"
 
 
 def test_the_rule_sees_a_fixture_defined_imported_or_aliased(tmp_path):
@@ -135,10 +119,6 @@ TIMED_RUNS = {
     "tests/reliability/test_slurm_faults.py": 1,  # requests during a slurmrestd outage
     "tests/unit/test_server_loop.py": 1,  # read_for: what a socket sends in a set time
 }
-# Hand-written waits for poll_until.
-WAITS_AWAITING_POLL_UNTIL = {
-    "tests/unit/test_collector.py": 1,
-}
 
 
 def deadline_loops(tree: ast.Module) -> int:
@@ -158,10 +138,9 @@ def test_waits_go_through_poll_until():
         loops = deadline_loops(ast.parse(path.read_text(encoding="utf-8")))
         if loops and module != "tests/poll.py":
             found[module] = loops
-    expected = {**TIMED_RUNS, **WAITS_AWAITING_POLL_UNTIL}
-    assert found == expected, (
+    assert found == TIMED_RUNS, (
         "a loop on time.monotonic() outside tests/poll.py: wait with poll_until(probe, what, "
-        f"timeout, interval, last) (or poll) instead; found {found}, allowed {expected}")
+        f"timeout, interval, last) (or poll) instead; found {found}, allowed {TIMED_RUNS}")
 
 
 def test_the_deadline_loop_detector_sees_both_shapes():
