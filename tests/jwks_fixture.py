@@ -7,7 +7,8 @@
 * ``TokenFactory``: Keycloak-shaped access tokens, plus raw tokens with any
   header and signature for the hostile cases.
 
-Fixtures: ``jwks_server`` (started, stopped after the test) and ``tokens``.
+Its fixtures (``jwks_server``, started and stopped after the test, and ``tokens``) are in
+tests/unit/conftest.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -187,17 +187,3 @@ class TokenFactory:
         """HS256 with ``secret`` as the HMAC key (the key-confusion attack)."""
         return self.raw({"alg": "HS256", "typ": "JWT", "kid": kid}, self.claims(**overrides),
                         lambda data: hmac.new(secret, data, hashlib.sha256).digest())
-
-
-@pytest.fixture
-def jwks_server():
-    """A running stand-in Keycloak publishing the RSA and EC test keys."""
-    server = JWKSServer()
-    server.add(*keys())
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def tokens(jwks_server) -> TokenFactory:
-    return TokenFactory(jwks_server.issuer)

@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.reliability
 
 
-def running_service(world):  # noqa: F811 - the fixture's value, passed on
+def running_service(world):
     """A reservation bound by its service's job (job 100), which runs."""
     rec = world.reserve()
     world.sm.reconcile()
@@ -27,7 +27,7 @@ def running_service(world):  # noqa: F811 - the fixture's value, passed on
     return rec
 
 
-def release(world, rec) -> None:  # noqa: F811
+def release(world, rec) -> None:
     world.release(rec.name)
     world.sm.reconcile()
 

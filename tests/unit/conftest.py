@@ -1,14 +1,20 @@
 """Fixtures of the unit tests (the shared ones, on a real SQLite store, are in tests/conftest.py).
 
-Fixtures live in conftest.py files only (test_fixtures_only_in_conftest.py checks it): a
-test module that needs one declares it as a parameter and finds it here.
+Fixtures live in conftest.py files only (test_suite_rules.py checks it): a test module
+that needs one declares it as a parameter and finds it here.
 """
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from wfm_orchestrator.allocator import _compiled, reference
+from wfm_orchestrator.auth import TokenVerifier
+
+from ..conftest import SMALL_CONF
+from ..jwks_fixture import AUDIENCE, REALM, JWKSServer, TokenFactory, keys
 
 # The allocator's two implementations, driven by the same rules (test_allocator.py).
 ALLOCATORS = {"compiled": _compiled.Allocator, "reference": reference.Allocator}
@@ -38,3 +44,125 @@ def web_schema(app_factory):
 
     client, _, _ = app_factory()
     return schemathesis.openapi.from_wsgi("/openapi.json", client.app)
+
+
+# --- a stand-in Keycloak (tests/jwks_fixture.py): test_auth.py, test_authorization.py ---
+
+@pytest.fixture
+def jwks_server():
+    """A running stand-in Keycloak publishing the RSA and EC test keys."""
+    server = JWKSServer()
+    server.add(*keys())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tokens(jwks_server) -> TokenFactory:
+    return TokenFactory(jwks_server.issuer)
+
+
+@pytest.fixture
+def verifier(jwks_server):
+    return TokenVerifier(jwks_server.base_url, REALM, AUDIENCE)
+
+
+# The callers of the authorization matrix (test_authorization.py).
+CALLERS = {
+    # name: (preferred_username, realm roles)
+    "owner": ("alice", []),
+    "other": ("bob", []),
+    "norole": ("carol", ["offline_access"]),
+    "sm": ("session-manager-svc", ["session-manager"]),
+    "bb": ("slurm-plugin", ["burst-buffer"]),
+    "dm": ("datamover-svc", ["datamover"]),
+    "admin": ("root-admin", ["admin"]),
+}
+
+
+def keycloak_conf(conf: str, server: JWKSServer) -> str:
+    """``conf`` (auth = none) with auth = keycloak against the stand-in realm."""
+    return conf.replace("auth = none", f"auth = keycloak\nkeycloak_server = "
+                        f"{server.base_url}\nkeycloak_realm = {REALM}\n"
+                        f"keycloak_audience = {AUDIENCE}")
+
+
+def caller_tokens(server: JWKSServer) -> dict[str, str]:
+    """A token signed by the realm's RSA key for each of CALLERS."""
+    factory = TokenFactory(server.issuer)
+    rsa, _ = keys()
+    return {name: factory.make(rsa, preferred_username=user, realm_access={"roles": roles})
+            for name, (user, roles) in CALLERS.items()}
+
+
+@pytest.fixture
+def secured(make_config, jwks_server):
+    """An application with auth = keycloak against the stand-in realm, and a token per caller."""
+    from falcon import testing
+
+    from wfm_orchestrator.cli import build
+
+    app, _, _, store = build(make_config(keycloak_conf(SMALL_CONF, jwks_server)))
+    yield testing.TestClient(app), caller_tokens(jwks_server)
+    store.close()
+
+
+# --- test_datamover.py ---
+
+@pytest.fixture
+def tiers(tmp_path):
+    """(source, target, outside) tier roots; outside holds a file no operation may reach."""
+    src, dst, outside = tmp_path / "hdd", tmp_path / "nvme", tmp_path / "outside"
+    for d in (src, dst, outside):
+        d.mkdir()
+    (outside / "secret").write_text("SECRET")
+    return src, dst, outside
+
+
+# --- test_queue_admission.py ---
+
+@pytest.fixture
+def backfill(tmp_path):
+    """A resource manager with queue_policy = backfill (window 10 s) and its clock."""
+    from .test_queue_admission import Clock, manager
+
+    clock = Clock()
+    rm = manager(tmp_path, "rm", "backfill", clock)
+    yield rm, clock
+    rm.store.close()
+
+
+# --- test_slurm_client.py ---
+
+@pytest.fixture
+def token_file(tmp_path):
+    """A Slurm JWT for user slurm in a file, as slurm_token_file names it."""
+    from .test_slurm_client import jwt
+
+    p = tmp_path / "slurm.jwt"
+    p.write_text(jwt("slurm") + "\n")
+    return str(p)
+
+
+# --- test_server_loop.py ---
+
+@pytest.fixture()
+def served():
+    """tests/unit/loop_app.py on a real server (loop thread "loop", two workers):
+    (port, commit, keys, slow)."""
+    from wfm_orchestrator.http.server import create_server
+
+    from .loop_app import NONBLOCKING, loop_app
+
+    app, commit, keys, slow = loop_app()
+    server = create_server(app, "127.0.0.1", 0, threads=2,
+                           nonblocking=lambda method, path: path in NONBLOCKING)
+    thread = threading.Thread(target=server.run, name="loop", daemon=True)
+    thread.start()
+    yield server.effective_port, commit, keys, slow
+    slow.release.set()
+    for ticket in commit.tickets:
+        if not ticket._finished:
+            ticket._finish()
+    server.close()
+    thread.join(5)

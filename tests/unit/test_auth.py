@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import jwt
 import pytest
 
-from tests import jwks_fixture
 from tests.jwks_fixture import (
     AUDIENCE,
     DROP,
@@ -45,16 +44,7 @@ from wfm_orchestrator.auth import (
 )
 from wfm_orchestrator.errors import WfmError
 
-# The stand-in Keycloak's fixtures, used by name below.
-jwks_server = jwks_fixture.jwks_server
-tokens = jwks_fixture.tokens
-
 RSA, EC = keys()
-
-
-@pytest.fixture
-def verifier(jwks_server):
-    return TokenVerifier(jwks_server.base_url, REALM, AUDIENCE)
 
 
 def refused(verifier: TokenVerifier, token: str, scheme: str = "Bearer ") -> AuthError:

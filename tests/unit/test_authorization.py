@@ -6,19 +6,8 @@ real HTTP; the application verifies each token against them.
 
 import pytest
 
-from ..conftest import SMALL_CONF
-from ..jwks_fixture import AUDIENCE, REALM, JWKSServer, TokenFactory, keys
+from .conftest import CALLERS, caller_tokens, keycloak_conf
 
-CALLERS = {
-    # name: (preferred_username, realm roles)
-    "owner": ("alice", []),
-    "other": ("bob", []),
-    "norole": ("carol", ["offline_access"]),
-    "sm": ("session-manager-svc", ["session-manager"]),
-    "bb": ("slurm-plugin", ["burst-buffer"]),
-    "dm": ("datamover-svc", ["datamover"]),
-    "admin": ("root-admin", ["admin"]),
-}
 RESERVE = {"name": "alice_s_x", "user": "alice", "user_slurm_token": "secret-slurm-token",
            "type": "GBF", "attributes": {"gssize": 10, "mountpoint": "/m"}}
 
@@ -43,33 +32,6 @@ MATRIX = [
     ("GET", "/v1.0.0/step/status/alice_s_st_1", None, set(CALLERS)),
     ("DELETE", "/v1.0.0/step/abort/alice_s_st_1", None, {"sm", "admin"}),
 ]
-
-
-@pytest.fixture
-def keycloak():
-    server = JWKSServer()
-    server.add(*keys())
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def secured(make_config, keycloak):
-    """An application with auth = keycloak against the stand-in realm, and a token per caller."""
-    from falcon import testing
-
-    from wfm_orchestrator.cli import build
-
-    conf = SMALL_CONF.replace("auth = none", f"auth = keycloak\nkeycloak_server = "
-                              f"{keycloak.base_url}\nkeycloak_realm = {REALM}\n"
-                              f"keycloak_audience = {AUDIENCE}")
-    app, _, _, store = build(make_config(conf))
-    factory = TokenFactory(keycloak.issuer)
-    rsa, _ = keys()
-    tokens = {name: factory.make(rsa, preferred_username=user, realm_access={"roles": roles})
-              for name, (user, roles) in CALLERS.items()}
-    yield testing.TestClient(app), tokens
-    store.close()
 
 
 def call(client, method, path, body, token):
@@ -181,7 +143,7 @@ def test_user_slurm_token_never_appears_in_answers_or_logs(secured, caplog):
     assert "secret-slurm-token" not in caplog.text
 
 
-def test_step_lists_never_show_another_users_steps(make_config, keycloak):
+def test_step_lists_never_show_another_users_steps(make_config, jwks_server):
     """Step status lists and lookups are filtered per owner like services."""
     from falcon import testing
 
@@ -195,9 +157,7 @@ def test_step_lists_never_show_another_users_steps(make_config, keycloak):
     from ..conftest import STEP_CONF as CONF
     from ..fake_slurm import FakeServices, FakeSlurm
 
-    conf = CONF.replace("auth = none", f"auth = keycloak\nkeycloak_server = {keycloak.base_url}"
-                        f"\nkeycloak_realm = {REALM}\nkeycloak_audience = {AUDIENCE}")
-    config = make_config(conf)
+    config = make_config(keycloak_conf(CONF, jwks_server))
     store = Store(config.state_db)
     try:
         rm = ResourceManager(config, store)
@@ -205,10 +165,7 @@ def test_step_lists_never_show_another_users_steps(make_config, keycloak):
                             home=lambda u: "/home/" + u)
         client = testing.TestClient(create_app(config, rm, ServiceManager(config, rm, store,
                                                                           None), steps))
-        factory = TokenFactory(keycloak.issuer)
-        rsa, _ = keys()
-        tokens = {name: factory.make(rsa, preferred_username=user, realm_access={"roles": roles})
-                  for name, (user, roles) in CALLERS.items()}
+        tokens = caller_tokens(jwks_server)
         for user in ("alice", "bob"):
             body = {**BODY, "name": f"{user}_s1_step_0", "user": user, "services": []}
             r = call(client, "POST", "/v1.0.0/step/launch", body, tokens["sm"])
@@ -231,18 +188,18 @@ def test_step_lists_never_show_another_users_steps(make_config, keycloak):
         store.close()
 
 
-def test_on_the_event_loop_a_key_fetch_is_handed_to_a_worker(secured, keycloak):
+def test_on_the_event_loop_a_key_fetch_is_handed_to_a_worker(secured, jwks_server):
     """api/auth.py: on the loop a fetch would block: HandToWorker, before any fetch."""
     from wfm_orchestrator.api.serving import LOOP, HandToWorker
     from wfm_orchestrator.http.channel import LoopRequest
 
     client, tokens = secured
     on_loop = {LOOP: LoopRequest(lambda callback: None)}
-    fetches = keycloak.fetches
+    fetches = jwks_server.fetches
     with pytest.raises(HandToWorker):
         client.simulate_get("/v1.0.0/location/list", extras=on_loop,
                             headers={"Authorization": f"Bearer {tokens['sm']}"})
-    assert keycloak.fetches == fetches
+    assert jwks_server.fetches == fetches
     assert call(client, "GET", "/v1.0.0/location/list", None, tokens["sm"]).status_code == 200
     result = client.simulate_get("/v1.0.0/location/list", extras=on_loop,
                                  headers={"Authorization": f"Bearer {tokens['sm']}"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 import weakref
 
 import falcon
@@ -12,6 +11,8 @@ import falcon
 from wfm_orchestrator.http import collector
 from wfm_orchestrator.http.collector import FullCollections
 from wfm_orchestrator.http.server import create_server
+
+from ..poll import poll
 
 
 class Clock:
@@ -80,7 +81,6 @@ def test_tick_collects_everything_once_the_interval_has_passed(monkeypatch):
 def test_the_server_loop_runs_full_collections_itself():
     before = gc.get_threshold()
     server = create_server(falcon.App(), "127.0.0.1", 0, threads=1)
-    during = []
 
     def run():
         try:
@@ -91,14 +91,15 @@ def test_the_server_loop_runs_full_collections_itself():
     def stop():
         raise SystemExit(0)
 
+    def set_by_the_loop():
+        now = gc.get_threshold()
+        return [now] if now[2] != before[2] else None
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not during:
-            if gc.get_threshold()[2] != before[2]:
-                during.append(gc.get_threshold())
-            time.sleep(0.01)
+        # poll, not poll_until: the assertions below decide, after the loop is stopped.
+        during = poll(set_by_the_loop, 5, 0.01)
     finally:
         server.mailbox.post(stop)
         thread.join(5)

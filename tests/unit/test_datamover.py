@@ -12,15 +12,6 @@ import pytest
 from wfm_orchestrator import datamover as dm
 
 
-@pytest.fixture
-def tiers(tmp_path):
-    src, dst, outside = tmp_path / "hdd", tmp_path / "nvme", tmp_path / "outside"
-    for d in (src, dst, outside):
-        d.mkdir()
-    (outside / "secret").write_text("SECRET")
-    return src, dst, outside
-
-
 def run(op, src, dst, *patterns, **kw):
     return dm.main([op, "HDD", "NVMe", "--source-root", str(src), "--target-root", str(dst),
                     "--progress-url", "", "--", *patterns])

@@ -55,15 +55,6 @@ def manager(tmp_path, name: str, policy: str, clock: Clock) -> ResourceManager:
     return ResourceManager(config, Store(str(tmp_path / f"{name}.db")), clock=clock)
 
 
-@pytest.fixture
-def backfill(tmp_path):
-    """A resource manager with queue_policy = backfill (window 10 s) and its clock."""
-    clock = Clock()
-    rm = manager(tmp_path, "rm", "backfill", clock)
-    yield rm, clock
-    rm.store.close()
-
-
 def request(rm: ResourceManager, name: str, cores: int, gb: int, servers: int,
             storage_gb: int = 1):
     return parse_reserve({"name": name, "user": "alice", "user_slurm_token": "t", "type": "GBF",

@@ -38,7 +38,8 @@ TRANSLATED = [
     ("--time=02:00:00 job.sh", dict(time_limit=120)),
     ("-t 1-0 job.sh", dict(time_limit=1440)),
     ("-t UNLIMITED job.sh", dict(time_limit=None)),
-    ("-o out.%j -e /tmp/err job.sh", dict(stdout=f"{HOME}/out.%j", stderr="/tmp/err")),
+    ("-o out.%j -e /tmp/err job.sh",
+     dict(stdout=f"{HOME}/out.%j", stderr="/tmp/err")),  # noqa: S108 - parsed, never opened
     ("-D work -o out job.sh", dict(cwd=f"{HOME}/work", stdout=f"{HOME}/work/out")),
     ("--exclusive job.sh", dict(exclusive=True)),
     ("-p compute -A proj -q normal job.sh", dict(account="proj", qos="normal")),

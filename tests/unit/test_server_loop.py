@@ -1,7 +1,8 @@
 """The server's event-loop fast path (http/, api/serving.py) with a real waitress server.
 
-A small Falcon app stands in for the orchestrator: its tickets are finished
-by the test, so a held answer can be observed before and after its commit.
+A small Falcon app (tests/unit/loop_app.py, served by the ``served`` fixture) stands in
+for the orchestrator: its tickets are finished by the test, so a held answer can be
+observed before and after its commit.
 """
 
 from __future__ import annotations
@@ -12,84 +13,12 @@ import threading
 import time
 
 import falcon
-import pytest
 
-from wfm_orchestrator.api import errors, serving
-from wfm_orchestrator.api.media import json_handler
-from wfm_orchestrator.api.serving import HandToWorker, answer_after, loop_request
+from wfm_orchestrator.api import serving
 from wfm_orchestrator.http import channel
 from wfm_orchestrator.http.server import create_server
-from wfm_orchestrator.store import Ticket
 
-NONBLOCKING = {"/fast", "/commit", "/keys"}
-
-
-class Fast:
-    def on_get(self, req, resp):
-        resp.media = {"thread": threading.current_thread().name}
-
-
-class Commit:
-    """Registers a ticket the test finishes (as a durable write on the loop would)."""
-
-    def __init__(self):
-        self.tickets: list[Ticket] = []
-        self.arrived = threading.Event()
-
-    def on_post(self, req, resp):
-        ticket = Ticket()
-        self.tickets.append(ticket)
-        self.arrived.set()
-        answer_after(req, ticket)
-        resp.media = {"committed": "yes"}
-
-
-class Keys:
-    """Would block (a key fetch): must leave the loop before doing anything."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def on_get(self, req, resp):
-        self.calls += 1
-        if loop_request(req) is not None:
-            raise HandToWorker("a key fetch")
-        resp.media = {"thread": threading.current_thread().name}
-
-
-class Slow:
-    """A blocking endpoint (not declared nonblocking): served by a worker thread."""
-
-    def __init__(self):
-        self.release = threading.Event()
-
-    def on_get(self, req, resp):
-        self.release.wait(10)
-        resp.media = {"thread": threading.current_thread().name}
-
-
-@pytest.fixture()
-def served():
-    app = falcon.App()
-    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler()
-    errors.install(app)  # the one mapping of errors to answers
-    commit, keys, slow = Commit(), Keys(), Slow()
-    app.add_route("/fast", Fast())
-    app.add_route("/commit", commit)
-    app.add_route("/commit-in-worker", commit)
-    app.add_route("/keys", keys)
-    app.add_route("/slow", slow)
-    server = create_server(app, "127.0.0.1", 0, threads=2,
-                           nonblocking=lambda method, path: path in NONBLOCKING)
-    thread = threading.Thread(target=server.run, name="loop", daemon=True)
-    thread.start()
-    yield server.effective_port, commit, keys, slow
-    slow.release.set()
-    for ticket in commit.tickets:
-        if not ticket._finished:
-            ticket._finish()
-    server.close()
-    thread.join(5)
+from ..poll import poll_until
 
 
 def connect(port: int) -> socket.socket:
@@ -118,13 +47,6 @@ def read_for(sock: socket.socket, seconds: float) -> bytes:
             break
         data += chunk
     return data
-
-
-def wait_for(predicate, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_nonblocking_request_is_answered_on_the_loop_thread(served):
@@ -280,7 +202,8 @@ def test_commits_of_many_connections_are_answered_together(served):
     try:
         for sock in socks:
             sock.sendall(request("POST", "/commit"))
-        wait_for(lambda: len(commit.tickets) == 5)
+        poll_until(lambda: len(commit.tickets) == 5, "the five POSTs registered their "
+                   "tickets", 5.0, 0.01)
         for ticket in commit.tickets:
             ticket._finish()
         for sock in socks:

@@ -65,13 +65,6 @@ class FakeSession:
         return a
 
 
-@pytest.fixture
-def token_file(tmp_path):
-    p = tmp_path / "slurm.jwt"
-    p.write_text(jwt("slurm") + "\n")
-    return str(p)
-
-
 def client(token_file, *answers, timeout=2.0):
     s = FakeSession(*answers)
     return SlurmClient("http://127.0.0.1:6820", token_file=token_file, timeout=timeout,

@@ -19,8 +19,9 @@ from wfm_orchestrator.slurm.jobs import (
     validate_spec,
 )
 
+from ..golden import assert_golden
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-UPDATE = os.environ.get("WFM_UPDATE_GOLDEN") == "1"
 
 SERVICE = JobSpec(
     name="alice_s1_nfs",
@@ -52,22 +53,13 @@ STEP = JobSpec(
 MINIMAL = JobSpec(name="mover", command=["wfm-datamover"], partition="compute")
 
 
-def golden(name: str, text: str) -> None:
-    path = os.path.join(GOLDEN, name)
-    if UPDATE or not os.path.exists(path):
-        os.makedirs(GOLDEN, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    with open(path, encoding="utf-8") as fh:
-        assert text == fh.read(), f"{name} differs from the golden file (WFM_UPDATE_GOLDEN=1)"
-
-
 @pytest.mark.parametrize("name,spec", [("service", SERVICE), ("step", STEP), ("minimal", MINIMAL)])
 def test_submit_body_matches_golden_files(name, spec):
     """The script and the job description of each kind of job are exactly the golden ones."""
     body = build_submit_body(spec)
-    golden(f"{name}.sh", body["script"])
-    golden(f"{name}.job.json", json.dumps(body["job"], indent=1, sort_keys=True) + "\n")
+    assert_golden(os.path.join(GOLDEN, f"{name}.sh"), body["script"])
+    assert_golden(os.path.join(GOLDEN, f"{name}.job.json"),
+                  json.dumps(body["job"], indent=1, sort_keys=True) + "\n")
 
 
 def test_command_travels_as_environment_data_not_script_text():

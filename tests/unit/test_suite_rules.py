@@ -15,24 +15,6 @@ from ..conftest import ROOT, mark_slurm_users
 
 TESTS = Path(ROOT) / "tests"
 
-# Modules owned by the parallel branches of issue #14 whose fixtures move into their
-# conftest.py after the merge (the lead's list). Each entry must still break the rule
-# (else it is stale and must go): this list only shrinks.
-AWAITING_MOVE = {
-    "tests/jwks_fixture.py": {"jwks_server", "tokens"},
-    "tests/unit/test_auth.py": {"verifier", "jwks_server", "tokens"},
-    "tests/unit/test_authorization.py": {"keycloak", "secured"},
-    "tests/unit/test_datamover.py": {"tiers"},
-    "tests/unit/test_queue_admission.py": {"backfill"},
-    "tests/unit/test_server_loop.py": {"served"},
-    "tests/unit/test_services.py": {"world"},
-    "tests/unit/test_slurm_client.py": {"token_file"},
-    "tests/unit/test_steps_manager.py": {"env"},
-    # Imports world and env from the two modules above: moved with them (tests/conftest.py).
-    "tests/reliability/test_lost_job.py": {"world", "env"},
-}
-
-
 def is_fixture(decorator: ast.expr) -> bool:
     """@pytest.fixture, @pytest.fixture(...), @fixture, @fixture(...)."""
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
@@ -107,19 +89,10 @@ def violations() -> dict[str, set[str]]:
 def test_fixtures_are_defined_only_in_conftest_files():
     """A fixture lives in the conftest.py of its directory, never in a test or helper module
     (defined, imported or aliased there)."""
-    found = {m: f for m, f in violations().items() if m not in AWAITING_MOVE}
+    found = violations()
     assert not found, (
         "fixtures outside conftest.py (move each into the conftest.py of its directory: "
         f"tests/, tests/unit/, tests/integration/ or tests/reliability/): {found}")
-
-
-def test_the_list_of_modules_awaiting_the_move_only_shrinks():
-    """Each module still listed in AWAITING_MOVE still has exactly those fixtures: once
-    they move, its entry goes."""
-    found = violations()
-    stale = {m: (want, found.get(m, set())) for m, want in AWAITING_MOVE.items()
-             if found.get(m, set()) != want}
-    assert not stale, f"AWAITING_MOVE is out of date (listed, found): {stale}"
 
 
 def test_the_rule_sees_a_fixture_defined_imported_or_aliased(tmp_path):
@@ -144,13 +117,7 @@ def test_the_rule_sees_a_fixture_defined_imported_or_aliased(tmp_path):
 TIMED_RUNS = {
     "tests/reliability/test_concurrency.py": 1,  # each client's traffic until the run ends
     "tests/reliability/test_slurm_faults.py": 1,  # requests during a slurmrestd outage
-}
-# Hand-written waits in the parallel branches' modules, for poll_until after the merge
-# (test_server_loop.py: wait_for; its read_for reads for a set time and stays).
-WAITS_AWAITING_POLL_UNTIL = {
-    "tests/unit/test_collector.py": 1,
-    "tests/unit/test_server_loop.py": 2,
-    "tests/unit/test_services.py": 1,
+    "tests/unit/test_server_loop.py": 1,  # read_for: what a socket sends in a set time
 }
 
 
@@ -171,10 +138,9 @@ def test_waits_go_through_poll_until():
         loops = deadline_loops(ast.parse(path.read_text(encoding="utf-8")))
         if loops and module != "tests/poll.py":
             found[module] = loops
-    expected = {**TIMED_RUNS, **WAITS_AWAITING_POLL_UNTIL}
-    assert found == expected, (
+    assert found == TIMED_RUNS, (
         "a loop on time.monotonic() outside tests/poll.py: wait with poll_until(probe, what, "
-        f"timeout, interval, last) (or poll) instead; found {found}, allowed {expected}")
+        f"timeout, interval, last) (or poll) instead; found {found}, allowed {TIMED_RUNS}")
 
 
 def test_the_deadline_loop_detector_sees_both_shapes():
