@@ -6,6 +6,7 @@ that needs one declares it as a parameter and finds it here.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -166,3 +167,23 @@ def served():
             ticket._finish()
     server.close()
     thread.join(5)
+
+
+# Whatever the script would call to act: privileges, mounts, chroot, packages,
+# and the commands a caller tries to smuggle in.
+STUBBED = ["id", "chroot", "setpriv", "mount", "umount", "debootstrap", "apt-get", "su",
+           "sudo", "env", "touch", "rm", "sbatch", "squeue", "scontrol", "useradd"]
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A PATH whose first directory holds recording stand-ins for STUBBED."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for name in STUBBED:
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >>"{calls}"\n')
+        stub.chmod(0o755)
+    path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return path, calls, tmp_path

@@ -14,26 +14,6 @@ from ..conftest import ROOT
 
 DEVCLUSTER = os.path.join(ROOT, "deploy", "devcluster")
 RENDER = os.path.join(ROOT, "deploy", "devcluster_conf.py")
-# Whatever the script would call to act: privileges, mounts, chroot, packages,
-# and the commands a caller tries to smuggle in.
-STUBBED = ["id", "chroot", "setpriv", "mount", "umount", "debootstrap", "apt-get", "su",
-           "sudo", "env", "touch", "rm", "sbatch", "squeue", "scontrol", "useradd"]
-
-
-@pytest.fixture
-def stubs(tmp_path):
-    """A PATH whose first directory holds recording stand-ins for STUBBED."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    for name in STUBBED:
-        stub = bin_dir / name
-        stub.write_text(f'#!/bin/sh\necho "{name} $*" >>"{calls}"\n')
-        stub.chmod(0o755)
-    path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    return path, calls, tmp_path
-
-
 def devcluster(path, *args):
     return subprocess.run(["/bin/bash", DEVCLUSTER, *args], capture_output=True, text=True,
                           timeout=30, env={**os.environ, "PATH": path})
