@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
 from .errors import WfmError
 
@@ -449,6 +450,11 @@ class TokenVerifier:
             raise AuthError("bad_algorithm", "the token's algorithm is not accepted") from None
         except jwt.DecodeError:
             raise AuthError("malformed", "the token is not a well-formed JWT") from None
+        # PyJWT >= 2.10 checks that sub and jti are strings (pyproject.toml pins it).
+        except InvalidSubjectError:
+            raise AuthError("malformed", "the token's 'sub' claim is not a string") from None
+        except InvalidJTIError:
+            raise AuthError("malformed", "the token's 'jti' claim is not a string") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise AuthError("invalid", "the token is invalid") from None
 
@@ -474,9 +480,7 @@ class TokenVerifier:
         user = claims.get("preferred_username")
         if not isinstance(user, str) or not _USER_RE.fullmatch(user):
             raise AuthError("bad_user", "the token has no valid 'preferred_username' claim")
-        sub = claims.get("sub", "")
-        if not isinstance(sub, str):
-            raise AuthError("malformed", "the token's 'sub' claim is not a string")
+        sub = claims.get("sub", "")  # a string: checked by jwt.decode
         granted = _token_roles(claims, self.audience)
         roles = frozenset(role for role, name in self.role_names.items() if name in granted)
         return Identity(user, roles, sub)

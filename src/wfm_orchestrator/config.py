@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from ClusterShell.NodeSet import NodeSet, NodeSetException
 from ClusterShell.RangeSet import RangeSet, RangeSetException
@@ -178,6 +179,10 @@ SETTINGS: dict[str, Setting] = {
     ),
     "slurmrestd_url": Setting(
         "", _url, "slurmrestd base URL; empty = pure Resource Manager (no Slurm)"
+    ),
+    "slurmrestd_insecure": Setting(
+        "no", _choice("no", "yes"), "yes = accept an http:// slurmrestd_url on a host that is "
+        "not loopback, though the SlurmUser token then crosses the network in clear"
     ),
     "slurm_api_version": Setting("v0.0.38", _choice("v0.0.38"), "slurmrestd OpenAPI version"),
     "slurm_token_file": Setting(
@@ -520,6 +525,13 @@ def _check_settings(settings, raw, out: _Collector) -> None:
         lineno, line, _ = raw.get("slurmrestd_url", (0, "", ""))
         out.add(lineno, line, "slurmrestd_url needs slurm_token_file (a SlurmUser token, "
                               "from 'scontrol token username=slurm'), to follow every job")
+    url = settings.get("slurmrestd_url", "")
+    if (url.startswith("http://") and settings.get("slurmrestd_insecure") != "yes"
+            and not _is_loopback(_url_host(url))):
+        lineno, line, _ = raw.get("slurmrestd_url", (0, "", ""))
+        out.add(lineno, line, f"slurmrestd_url {url} would send the SlurmUser token, in every "
+                              "request, in clear to a host that is not loopback: use https://, "
+                              "or slurmrestd_insecure = yes to accept it knowingly")
     if settings.get("auth") == "none" and "listen" in settings:
         host = settings["listen"].rpartition(":")[0].strip("[]")
         if not _is_loopback(host):
@@ -532,6 +544,13 @@ def _check_settings(settings, raw, out: _Collector) -> None:
                 lineno, line, _ = raw.get("auth", (0, "", ""))
                 out.add(lineno, line, f"auth = keycloak needs {key} "
                                       "(or auth = none on a loopback listener)")
+
+
+def _url_host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # "http://[::1" and the like: no host we could call loopback
+        return ""
 
 
 def _is_loopback(host: str) -> bool:

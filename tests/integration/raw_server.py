@@ -42,10 +42,11 @@ class Server:
         return bool(poll(lambda: pattern.search(self.log()), timeout, interval=0.05))
 
 
-def start_server(tmp_path) -> Server:
+def start_server(tmp_path, fast_path: str = "on") -> Server:
     port = free_port()
     conf = SMALL_CONF.format(state_db=tmp_path / "state.db", queue_policy="fifo")
-    conf = conf.replace("listen = 127.0.0.1:8080", f"listen = 127.0.0.1:{port}")
+    conf = conf.replace("listen = 127.0.0.1:8080",
+                        f"listen = 127.0.0.1:{port}\nfast_path = {fast_path}")
     (tmp_path / "wfm.conf").write_text(conf)
     log_path = str(tmp_path / "server.log")
     env = server_env()

@@ -6,9 +6,10 @@ sockets. After every bad request the connection must be closed, or the
 next request must get exactly its own response; a request hidden in a body
 must never reach the application (the access log proves what did).
 
-Two framings waitress 3.0.2 accepts are refused by our parser
-(wfm_orchestrator/http/parser.py): bare-LF requests and Content-Length together
-with Transfer-Encoding both get 400 and a closed connection.
+Three framings waitress 3.0.2 accepts are refused by our parser
+(wfm_orchestrator/http/parser.py): bare-LF requests, Content-Length together
+with Transfer-Encoding, and Transfer-Encoding in an HTTP/1.0 request all get 400
+and a closed connection.
 """
 
 from __future__ import annotations
@@ -328,6 +329,27 @@ def test_content_length_with_transfer_encoding_is_400_and_closes(server):
     assert [r.status for r in responses] == [400] and reply.closed
     assert not server.logged(hidden, timeout=0.3)
     assert_server_healthy(server)
+
+
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+def test_http_1_0_with_transfer_encoding_is_400_and_closes(tmp_path, fast_path):
+    """HTTP/1.0 + Transfer-Encoding -> 400 and the connection closed (RFC 9112 §6.1), with
+    either parser; neither it nor the request pipelined behind it reaches the application.
+
+    waitress 3.0.2 alone ignores Transfer-Encoding on HTTP/1.0 and frames the body by
+    Content-Length (none: empty), so the chunks would be read as the next request.
+    """
+    srv = start_server(tmp_path, fast_path=fast_path)
+    try:
+        refused, follow = unique("te-1-0"), unique("te-1-0-follow")
+        data = (f"POST {refused} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+                f"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode() + get(follow)
+        resp = assert_refused(srv, exchange(srv.port, data), 400)
+        assert b"Transfer-Encoding" in resp.body and b"HTTP/1.1" in resp.body
+        assert not srv.logged(refused, timeout=0.3)
+        assert not srv.logged(follow, timeout=0.3)
+    finally:
+        stop_server(srv)
 
 
 # --- shutdown -----------------------------------------------------------------

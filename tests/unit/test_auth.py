@@ -273,6 +273,14 @@ def test_payload_that_is_not_json_is_refused(verifier):
     assert refused(verifier, signed).reason == "malformed"
 
 
+@pytest.mark.parametrize("claim", ["sub", "jti"])
+@pytest.mark.parametrize("value", [12345, ["alice"], None])
+def test_sub_or_jti_that_is_not_a_string_is_refused(verifier, tokens, claim, value):
+    """A signed token whose sub or jti is not a string: malformed, the claim named."""
+    err = refused(verifier, tokens.make(RSA, **{claim: value}))
+    assert err.reason == "malformed" and f"'{claim}'" in str(err)
+
+
 def test_token_over_16_kib_is_refused_before_parsing(verifier, tokens, jwks_server):
     """A token larger than 16 KiB is refused without decoding or fetching keys."""
     token = tokens.make(RSA, padding="x" * MAX_TOKEN_BYTES)

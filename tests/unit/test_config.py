@@ -110,6 +110,49 @@ def test_auth_none_needs_a_loopback_listener():
     assert "only on a loopback listener" in found[0]
 
 
+SLURM = "slurm_token_file = /etc/wfm/slurm.jwt\n"
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:6820", "http://127.0.0.1", "http://[::1]:6820", "http://localhost:6820",
+    "http://LOCALHOST:6820/", "http://127.0.0.2:6820/slurm",
+])
+def test_http_slurmrestd_on_loopback_is_accepted(url):
+    """http:// to slurmrestd on this host: the SlurmUser token never leaves it."""
+    config = parse_config(BASE + SLURM + f"slurmrestd_url = {url}\n")
+    assert config.slurmrestd_url == url.rstrip("/")
+    assert config.slurmrestd_insecure == "no"
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:6820", "http://slurmctld:6820", "http://192.168.1.20",
+    "http://[fe80::1]:6820", "http://0.0.0.0:6820", "http://localhost.example.org:6820",
+    "http://127.0.0.1.nip.io:6820", "http://[::1:6820",
+])
+def test_http_slurmrestd_on_a_cluster_address_is_refused(url):
+    """The SlurmUser token travels in every request: not in clear over the network."""
+    text = BASE + SLURM + f"slurmrestd_url = {url}\n"
+    [found] = problems(text)
+    line = text.splitlines().index(f"slurmrestd_url = {url}") + 1
+    assert found.startswith(f"/etc/wfm.conf:{line}: slurmrestd_url {url} ")
+    assert "use https://" in found and "slurmrestd_insecure = yes" in found
+
+
+@pytest.mark.parametrize("url", ["https://10.0.0.5:6820", "https://slurmctld", "https://[::1]"])
+def test_https_slurmrestd_is_accepted_anywhere(url):
+    assert parse_config(BASE + SLURM + f"slurmrestd_url = {url}\n").slurmrestd_url == url
+
+
+def test_slurmrestd_insecure_accepts_http_on_a_cluster_address():
+    """slurmrestd_insecure = yes: the operator accepts the clear-text token knowingly."""
+    config = parse_config(BASE + SLURM + "slurmrestd_url = http://10.0.0.5:6820\n"
+                          "slurmrestd_insecure = yes\n")
+    assert (config.slurmrestd_url, config.slurmrestd_insecure) == ("http://10.0.0.5:6820", "yes")
+    found = problems(BASE + SLURM + "slurmrestd_url = http://10.0.0.5:6820\n"
+                     "slurmrestd_insecure = true\n")
+    assert any("slurmrestd_insecure: invalid value 'true'" in p for p in found)
+
+
 def test_released_retention_is_at_least_an_hour():
     """Forgetting released services must come well after their jobs stop being followed."""
     found = problems(BASE + "released_retention = 60\n")

@@ -114,7 +114,8 @@ CLASS_ATTRIBUTES = [
 
 # Instance attributes, checked on real objects (where, as "what: used where").
 PARSER_ATTRIBUTES = {
-    "first_line": "http/parser.py", "headers": "http/parser.py, http/task.py",
+    "first_line": "http/parser.py",
+    "headers": "http/parser.py (_Strict: Transfer-Encoding kept outside HTTP/1.1), task.py",
     "request_uri": "http/parser.py, http/task.py", "command": "http/parser.py, dispatcher.py",
     "version": "http/parser.py", "proxy_scheme": "http/parser.py",
     "proxy_netloc": "http/parser.py", "path": "http/parser.py, dispatcher.py, task.py",

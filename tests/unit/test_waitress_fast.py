@@ -3,6 +3,10 @@
 Each test runs waitress' original method and ours on the same generated
 input (valid and invalid) and compares everything they leave behind: the
 error raised, the parser's attributes, the environ, the response bytes.
+
+The strict parsers (``StrictRequestParser``, ``StrictStockParser``) differ from
+waitress on purpose, by their refusals of smuggling framings only: the last
+tests check that every difference is one of them and that each is made.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from waitress.adjustments import Adjustments
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import WSGITask
 
 from wfm_orchestrator.http.channel import LoopChannel
-from wfm_orchestrator.http.parser import FastRequestParser
+from wfm_orchestrator.http.parser import (
+    FastRequestParser,
+    StrictRequestParser,
+    StrictStockParser,
+)
 from wfm_orchestrator.http.task import FastWSGITask
 
 ADJ = Adjustments()
@@ -169,3 +177,71 @@ def test_response_header_matches_waitress(version, connection, status, headers, 
 def test_the_server_uses_them():
     assert issubclass(LoopChannel.parser_class, FastRequestParser)
     assert LoopChannel.task_class is FastWSGITask
+
+
+# --- the strict parsers: waitress' results but for the deliberate refusals -------------
+
+STRICT = (StrictRequestParser, StrictStockParser)
+CL_TE = "both Content-Length and Transfer-Encoding"
+TE_NOT_1_1 = ("Transfer-Encoding in a request that is not HTTP/1.1: "
+              "send HTTP/1.1 for a chunked body, or Content-Length alone")
+
+
+def _te_framing_ignored(waitress_result) -> bool:
+    """waitress accepted the header but framed the body without its Transfer-Encoding."""
+    error, state = waitress_result
+    return error is None and "TRANSFER_ENCODING" in state["headers"]
+
+
+@settings(max_examples=800, deadline=None)
+@given(header_block)
+def test_strict_parsers_differ_from_waitress_only_by_their_refusals(header_plus):
+    expected = _parse(HTTPRequestParser, header_plus)[:2]
+    lowered = b"\r\n" + header_plus.lower()
+    both = b"\r\ncontent-length:" in lowered and b"\r\ntransfer-encoding:" in lowered
+    for cls in STRICT:
+        error, state, _ = _parse(cls, header_plus)
+        if both:
+            assert error == (ParsingError, (CL_TE,))
+        elif _te_framing_ignored(expected):
+            assert expected[1]["version"] != "1.1"
+            assert error == (ParsingError, (TE_NOT_1_1,))
+        else:
+            assert (error, state) == expected
+
+
+@pytest.mark.parametrize("cls", STRICT)
+@pytest.mark.parametrize("header_plus", [
+    b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked",
+    b"POST / HTTP/1.0\r\nConnection: keep-alive\r\ntransfer-encoding: chunked",
+    b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip",
+    b"POST / HTTP/1.0\r\nTransfer-Encoding:",
+    b"POST / HTTP/2.0\r\nTransfer-Encoding: chunked",
+    b"POST /\r\nTransfer-Encoding: chunked",
+])
+def test_transfer_encoding_outside_http_1_1_is_refused(cls, header_plus):
+    """RFC 9112 6.1: waitress frames these by Content-Length, ignoring the field; we refuse."""
+    assert _parse(HTTPRequestParser, header_plus)[0] is None  # the deliberate difference
+    error, _, _ = _parse(cls, header_plus)
+    assert error == (ParsingError, (TE_NOT_1_1,))
+
+
+@pytest.mark.parametrize("cls", STRICT)
+def test_the_refusal_answers_400_and_closes(cls):
+    """Through received(), as the channel feeds it: a completed request with a 400 error."""
+    parser = cls(ADJ)
+    data = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    parser.received(data)
+    assert parser.completed
+    assert parser.error is not None and parser.error.code == 400
+    assert "HTTP/1.1" in parser.error.body
+
+
+@pytest.mark.parametrize("cls", STRICT)
+@pytest.mark.parametrize("header_plus", [
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked",
+    b"POST / HTTP/1.0\r\nContent-Length: 2",
+    b"GET / HTTP/1.0\r\nX-Transfer-Encoding: chunked",
+])
+def test_requests_we_serve_are_not_refused(cls, header_plus):
+    assert _parse(cls, header_plus)[:2] == _parse(HTTPRequestParser, header_plus)[:2]

@@ -9,16 +9,22 @@ is computed once and kept in a small table; the request line's tail
 (Transfer-Encoding, Expect, Content-Length) is decided with the same rules
 but without building lists for the common case of no Transfer-Encoding.
 
-Strict. waitress 3.0 accepts two framings that RFC 9112 says a server must
-refuse, both request-smuggling vectors behind a proxy:
+Strict. waitress 3.0 accepts three framings that RFC 9112 says a server must
+refuse, all request-smuggling vectors behind a proxy:
 
 * a request with both ``Content-Length`` and ``Transfer-Encoding`` (waitress
   frames it by Transfer-Encoding and keeps the connection open);
+* an HTTP/1.0 request carrying ``Transfer-Encoding`` (RFC 9112 6.1: the
+  framing is faulty). waitress honours Transfer-Encoding on HTTP/1.1 only
+  and frames any other version by Content-Length, so a proxy that de-chunks
+  it would disagree with us on where the request ends; every version but
+  1.1 is refused for the same reason;
 * a header block ended by bare LF line endings (waitress waits for CRLF CRLF
   until the header limit or the channel timeout).
 
 ``StrictRequestParser`` (fast) and ``StrictStockParser`` (waitress' own
-parser, for ``fast_path = off``) answer both with 400 and close the connection.
+parser, for ``fast_path = off``) answer all three with 400 and close the
+connection.
 
 Written for waitress 3.0 (pyproject.toml pins it); the tests fail when a
 new waitress behaves differently (tests/unit/test_waitress_contract.py).
@@ -44,6 +50,8 @@ _TABLE_SIZE = 512
 _NAME_CACHED_UP_TO = 64  # bytes; longer names are not kept
 _request_keys: dict[bytes, str] = {}
 _NOT_SUPPORTED = "Transfer-Encoding requested is not supported."
+_TE_NOT_1_1 = ("Transfer-Encoding in a request that is not HTTP/1.1: "
+               "send HTTP/1.1 for a chunked body, or Content-Length alone")
 
 
 def _request_key(name: bytes) -> str:
@@ -143,6 +151,9 @@ class _Strict:
         if b"\r\ncontent-length:" in lowered and b"\r\ntransfer-encoding:" in lowered:
             raise ParsingError("both Content-Length and Transfer-Encoding")
         super().parse_header(header_plus)  # type: ignore[misc]
+        # Only HTTP/1.1 pops the field (it framed the body): left here, it was ignored.
+        if "TRANSFER_ENCODING" in self.headers:  # type: ignore[attr-defined]
+            raise ParsingError(_TE_NOT_1_1)
 
     def _refuse(self, reason: str) -> None:
         # As waitress does for over-long headers: a minimal request line for
