@@ -34,8 +34,8 @@ def submit_as_user(slurm: SlurmApi, config: Config, spec: JobSpec, user: str,
             "(impersonate_users = no): give the user's own Slurm token, or set "
             "impersonate_users = yes in wfm.conf")
     job_id = slurm.submit(spec, user=user, user_token=None)
-    log.warning("%s: %s; Slurm job %d submitted for %s with the SlurmUser token "
-                "(impersonate_users = yes)", item, why, job_id, user)
+    log.info("%s: %s; Slurm job %d submitted for %s with the SlurmUser token "
+             "(impersonate_users = yes)", item, why, job_id, user)
     return job_id
 
 

@@ -163,7 +163,7 @@ def test_each_impersonation_is_logged_with_the_user_and_the_job(make_config, cap
     try:
         slurm.refuse_user_tokens = True
         rm.reserve(parse_reserve(SBB, config))[1].wait()
-        with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.impersonation"):
+        with caplog.at_level(logging.INFO, logger="wfm_orchestrator.impersonation"):
             sm.reconcile()
         [(_, user, token)] = slurm.submitted
         assert (user, token) == ("alice", None)
@@ -200,7 +200,7 @@ def test_a_step_job_with_impersonation_is_logged_with_the_user_and_the_job(env, 
     services.usable()
     steps = make(slurm, services)
     steps.launch({**STEP_BODY, "services": []})
-    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.impersonation"):
+    with caplog.at_level(logging.INFO, logger="wfm_orchestrator.impersonation"):
         steps.reconcile()
     [job_id] = slurm.specs
     [message] = [r.getMessage() for r in caplog.records
