@@ -91,6 +91,7 @@ def client(app_factory):
 
 SERVICE_CONF = SMALL_CONF.replace("slurmrestd_url =", "slurmrestd_url = http://127.0.0.1:1\n"
                           "slurm_token_file = /dev/null\nteardown_grace = 30\n"
+                          "impersonate_users = yes\n"
                           "release_timeout = 100") + \
     'EphemeralService=SBB Command="/usr/local/libexec/wfm/sbb-service --root /x"\n'
 SBB = {"name": "alice_s_sbb", "user": "alice", "user_slurm_token": "alice-token", "type": "SBB",
@@ -156,6 +157,7 @@ state_db = {state_db}
 slurmrestd_url =
 queue_policy = {queue_policy}
 compute_partition = compute
+impersonate_users = yes
 Location=loc1 ComputeNodes=cn[1-2] Datanodes=dn1 NeighborLocation=loc2
 Location=loc2 ComputeNodes=cn[3-4] Datanodes=dn2 NeighborLocation=loc1
 Datanode=dn[1-2] Cores=8 MemorySize=16GB StorageSize=1TB

@@ -189,6 +189,14 @@ SETTINGS: dict[str, Setting] = {
         "", _text, "file holding the SlurmUser JWT (scontrol token)", path=True
     ),
     "slurm_user": Setting("slurm", _text, "user name the slurm_token_file token belongs to"),
+    "impersonate_users": Setting(
+        "no", lambda v: _choice("yes", "no")(v) == "yes",
+        "yes = submit a user's job with the SlurmUser token when the user's own token is "
+        "missing, a placeholder or refused (each use logged); no = such a submission fails"),
+    "min_user_uid": Setting(
+        "1000", lambda v: _int_range(v, 1, 2**32 - 2),
+        "smallest uid of an account that may own a reservation or a step (root, the "
+        "SlurmUser and system accounts are refused)"),
     "slurm_timeout": Setting("10", _seconds, "timeout of every slurmrestd call, seconds"),
     "datanode_partition": Setting("data", _text, "Slurm partition of the datanodes"),
     "compute_partition": Setting("compute", _text, "Slurm partition of the compute nodes"),

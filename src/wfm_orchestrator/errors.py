@@ -199,6 +199,10 @@ class SlurmAuthError(SlurmError):
     """slurmrestd refused the token (bad, expired, or for another user)."""
 
 
+class ImpersonationRefused(WfmError):
+    """A user's job would need the SlurmUser token and impersonate_users is no."""
+
+
 class NoSlurm(WfmError):
     """The orchestrator runs as a pure Resource Manager (no slurmrestd_url)."""
 

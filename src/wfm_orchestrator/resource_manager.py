@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from .accounts import Accounts
 from .allocator import Allocator, Datanode, NoCapacity
 from .config import Config
 from .errors import (
@@ -60,10 +61,12 @@ _SWEEP_MIN = 1024
 
 
 class ResourceManager:
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
+                 accounts: Accounts | None = None):
         self.config = config
         self.store = store
         self.clock = clock
+        self.accounts = accounts or Accounts(config)
         self._lock = threading.Lock()
         # Called (under the lock) with each reservation that changed, so the
         # service layer can react (start a service once its resources are held).
@@ -135,7 +138,9 @@ class ResourceManager:
 
         A retry of a reservation that exists with the same request is answered
         with it, after the commit of its last write (which may still be pending).
+        Its user must be an existing ordinary account (accounts.py; 400 otherwise).
         """
+        self.accounts.check(req.user)
         with self._lock:
             rec = self._records.get(req.name)
             if rec is not None and rec.state != State.RELEASED:

@@ -33,9 +33,10 @@ from typing import Any
 import ujson
 
 from .config import Config
-from .errors import NoSlurm, NotFound, SlurmAuthError, SlurmUnavailable, WfmError
+from .errors import NoSlurm, NotFound, SlurmUnavailable, WfmError
 from .fault import fault
 from .follower import Advance, Cancels, Follower, JobIndex
+from .impersonation import submit_as_user
 from .model import ReservationState, ServiceStatus
 from .repositories import service_jobs
 from .resource_manager import Reservation, ResourceManager, iso_time
@@ -371,15 +372,8 @@ class ServiceManager:
         req = rec.request
         fault("service_before_submit")
         try:
-            try:
-                job_id = self.slurm.submit(spec, user=req.user,
-                                           user_token=req.user_slurm_token or None)
-            except SlurmAuthError as e:
-                if not req.user_slurm_token:
-                    raise
-                log.warning("service %s: Slurm refused %s's token (%s); submitting with the "
-                            "SlurmUser token for %s", rec.name, req.user, e, req.user)
-                job_id = self.slurm.submit(spec, user=req.user, user_token=None)
+            job_id = submit_as_user(self.slurm, self.config, spec, req.user,
+                                    req.user_slurm_token or None, f"service {rec.name}")
         except SlurmUnavailable:
             raise
         except WfmError as e:

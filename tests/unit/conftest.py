@@ -17,6 +17,23 @@ from wfm_orchestrator.auth import TokenVerifier
 from ..conftest import SMALL_CONF
 from ..jwks_fixture import AUDIENCE, REALM, JWKSServer, TokenFactory, keys
 
+# The accounts the unit tests know (accounts.py refuses any other user): the tests reserve
+# and launch as these on any machine, whatever its /etc/passwd holds. The system accounts
+# are there so that the refusals can be tested on the same table.
+ACCOUNTS = {"alice": 1001, "bob": 1002, "carol": 1003, "root": 0, "slurm": 64030,
+            "daemon": 1, "nobody": 65534}
+
+
+@pytest.fixture(autouse=True)
+def account_table(monkeypatch):
+    """Every Accounts built without a lookup (ResourceManager, StepManager) reads ACCOUNTS
+    instead of pwd. Its own tests (test_accounts.py) pass the real lookup explicitly."""
+    from wfm_orchestrator import accounts
+
+    monkeypatch.setattr(accounts, "passwd_uid", ACCOUNTS.get)
+    return ACCOUNTS
+
+
 # The allocator's two implementations, driven by the same rules (test_allocator.py).
 ALLOCATORS = {"compiled": _compiled.Allocator, "reference": reference.Allocator}
 

@@ -16,10 +16,12 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from ..accounts import Accounts
 from ..config import Config
 from ..errors import InvalidRequest, NoSlurm, NotFound, RequestFailed, SlurmUnavailable, WfmError
 from ..fault import fault
 from ..follower import Advance, Cancels, Follower, JobIndex
+from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
 from ..repositories import steps as step_rows
 from ..resource_manager import iso_time
@@ -46,8 +48,10 @@ class StepManager:
 
     def __init__(self, config: Config, store: Store, services: Any,
                  slurm: SlurmApi | None, clock: Callable[[], float] = time.time,
-                 home: Callable[[str], str] = home_of, follower: Follower | None = None):
+                 home: Callable[[str], str] = home_of, follower: Follower | None = None,
+                 accounts: Accounts | None = None):
         self.config = config
+        self.accounts = accounts or Accounts(config)
         self.store = store
         self.services = services  # ServiceManager: status(name) -> dict | None
         self.slurm = slurm
@@ -75,6 +79,7 @@ class StepManager:
     def launch(self, body: Any) -> tuple[dict[str, str], Ticket]:
         """step/launch: the answer, and the ticket to send it after (the step's record)."""
         req, _ = parse_launch(body, self.config, self.home)
+        self.accounts.check(req.user)
         if self.slurm is None:
             raise NoSlurm()
         now = self.clock()
@@ -341,7 +346,9 @@ class StepManager:
             self._save_job(step.name, key, job_id=found.job_id, state=found.state)
             return found.job_id
         fault("step_before_submit")
-        job_id = self.slurm.submit(spec, user=step.user)
+        # step/launch carries no Slurm token: the SlurmUser's, if the site allows it.
+        job_id = submit_as_user(self.slurm, self.config, spec, step.user, None,
+                                f"step {step.name} ({key})")
         fault("step_after_submit")
         self._save_job(step.name, key, job_id=job_id, state="PENDING")
         log.info("step %s: %s submitted as Slurm job %d for %s", step.name, key, job_id,
