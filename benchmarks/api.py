@@ -31,8 +31,11 @@ import sys
 import tempfile
 import time
 
+from bench_user import ordinary_user
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The service environment deploy/install makes (Debian's python3): what is deployed.
+USER = ordinary_user()  # reservations name an existing ordinary account
 SERVICE_PYTHON = os.path.join(os.environ.get("WFM_VENV", "/opt/wfm-orchestrator"), "bin", "python")
 
 CONF = """listen = 127.0.0.1:{port}
@@ -62,7 +65,8 @@ function request()
   counter = counter + 1
   local name = "bench_" .. PREFIX .. id .. "_" .. counter
   head = name
-  local body = '{"name":"' .. name .. '","user":"bench","user_slurm_token":"t","type":"GBF",' ..
+  local body = '{"name":"' .. name .. '","user":"' .. USER .. '",' ..
+    '"user_slurm_token":"t","type":"GBF",' ..
     '"attributes":{"cores":1,"msize":16,"gssize":16,"mountpoint":"/m"}}'
   return wrk.format("POST", "/v1.0.0/ephemeralservice/reserve",
                     {["Content-Type"] = "application/json"}, body)
@@ -141,7 +145,7 @@ def ms(text: str | None) -> float:
 
 
 def reserve(port: int, name: str) -> None:
-    body = json.dumps({"name": name, "user": "bench", "user_slurm_token": "t", "type": "GBF",
+    body = json.dumps({"name": name, "user": USER, "user_slurm_token": "t", "type": "GBF",
                        "attributes": {"cores": 1, "gssize": 16, "mountpoint": "/m"}})
     subprocess.run(["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json",
                     "-d", body, f"http://127.0.0.1:{port}/v1.0.0/ephemeralservice/reserve"],
@@ -169,10 +173,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         lua_pairs = os.path.join(tmp, "pairs.lua")
         with open(lua_pairs, "w") as fh:
-            fh.write('DELETE_AFTER = true\nPREFIX = "p"\n' + PAIRS_LUA)
+            fh.write(f'DELETE_AFTER = true\nPREFIX = "p"\nUSER = "{USER}"\n' + PAIRS_LUA)
         lua_reserve = os.path.join(tmp, "reserve.lua")
         with open(lua_reserve, "w") as fh:
-            fh.write('DELETE_AFTER = false\nPREFIX = "r"\n' + PAIRS_LUA)
+            fh.write(f'DELETE_AFTER = false\nPREFIX = "r"\nUSER = "{USER}"\n' + PAIRS_LUA)
         for _ in range(args.repeat):
             runs.append(run_once(args, tmp, lua_pairs, lua_reserve, client_cpu))
 

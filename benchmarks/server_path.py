@@ -27,6 +27,8 @@ import statistics
 import tempfile
 import time
 
+from bench_user import ordinary_user
+
 from wfm_orchestrator.cli import build_all
 from wfm_orchestrator.config import parse_config
 from wfm_orchestrator.http.server import create_server
@@ -68,11 +70,12 @@ def main() -> int:
         server.turn(0.01)
 
     names = itertools.count()
+    user = ordinary_user().encode()
 
     def reserve() -> bytes:
-        body = (b'{"name":"bench_%d","user":"bench","user_slurm_token":"t","type":"GBF",'
+        body = (b'{"name":"bench_%d","user":"%s","user_slurm_token":"t","type":"GBF",'
                 b'"attributes":{"cores":1,"msize":16,"gssize":16,"mountpoint":"/m"}}'
-                % next(names))
+                % (next(names), user))
         return (b"POST /v1.0.0/ephemeralservice/reserve HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
                 % len(body)) + body
