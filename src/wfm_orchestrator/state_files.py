@@ -59,20 +59,20 @@ def prepare_directory(directory: str, db: str) -> None:
     if info.st_uid not in (os.geteuid(), 0):
         # Its owner can open it to others, or swap our files, at any time.
         raise StoreError(
-            f"state_db: the directory {directory} belongs to uid {info.st_uid}, not to the "
-            f"orchestrator's user (uid {os.geteuid()}) or root: {fix}")
+            f"state_db {db}: its directory {directory} belongs to uid {info.st_uid}, not to "
+            f"the orchestrator's user (uid {os.geteuid()}) or root: {fix}")
     mode = stat.S_IMODE(info.st_mode)
     if not mode & OPEN_TO_OTHERS:
         return
     if info.st_uid != os.geteuid():
         raise StoreError(
-            f"state_db: the directory {directory} (mode {mode:04o}, owned by root) is open "
-            f"to other users: {fix}")
+            f"state_db {db}: its directory {directory} (mode {mode:04o}, owned by root) is "
+            f"open to other users: {fix}")
     shared = _entry_for_others(directory, db)
     if mode & stat.S_ISVTX or shared is not None:
         raise StoreError(
-            f"state_db: the directory {directory} (mode {mode:04o}) is open to other users "
-            f"and is shared ({shared or 'sticky bit'}): {fix}")
+            f"state_db {db}: its directory {directory} (mode {mode:04o}) is open to other "
+            f"users and is shared ({shared or 'sticky bit'}): {fix}")
     os.chmod(directory, DIRECTORY_MODE)
     log.warning("state database: directory %s was open to other users (mode %04o): "
                 "now %04o", directory, mode, DIRECTORY_MODE)

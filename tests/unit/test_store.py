@@ -198,7 +198,8 @@ def test_a_shared_directory_is_refused_untouched(tmp_path):
     with pytest.raises(StoreError) as refused:
         Store(str(directory / "state.db"))
     message = str(refused.value)
-    assert "state_db" in message and str(directory) in message and "0755" in message
+    assert f"state_db {directory / 'state.db'}: its directory {directory} (mode 0755)" in message
+    assert str(directory / "report.txt") in message  # what makes it shared
     assert f"chmod 0700 {directory}" in message and "directory of its own" in message
     assert mode(directory) == 0o755
     assert sorted(os.listdir(directory)) == ["report.txt"]  # no lock, no database
