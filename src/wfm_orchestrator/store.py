@@ -19,6 +19,8 @@
 * The file is claimed with an exclusive ``flock`` on ``<db>.lock`` so that a
   second orchestrator on the same database refuses to start; a foreign or
   corrupt file is refused and never overwritten.
+* The directory is 0700 and every file 0600 whatever the umask (they hold
+  users' tokens): state_files.py.
 * Schema migrations are versioned with ``PRAGMA user_version``.
 """
 
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from . import state_files
 from .errors import CommitRefused, CommitTimeout, StoreError, WaitOnEventLoop
 
 log = logging.getLogger(__name__)
@@ -208,6 +211,7 @@ class Store:
         self._lock_fd = self._claim(path)
         try:
             self._check_file(path)
+            self._make_private(path)
             self._conn = self._connect(path)
             self._migrate()
         except BaseException:
@@ -227,11 +231,15 @@ class Store:
     def _claim(path: str) -> int:
         # The lock sits beside the real file: a path through a symbolic link to
         # the same database must meet the same lock.
-        lock = os.path.realpath(path) + ".lock"
+        real = os.path.realpath(path)
+        lock = real + ".lock"
         directory = os.path.dirname(lock)
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            state_files.prepare_directory(directory, real)
+        except OSError as e:
+            raise StoreError(f"cannot open the state database directory {directory}: {e}") from e
+        try:
+            fd = state_files.open_private(lock, os.O_RDWR)
         except OSError as e:
             raise StoreError(f"cannot open the state database lock {lock}: {e}") from e
         try:
@@ -261,6 +269,19 @@ class Store:
                 f"{path} is not an SQLite database (refusing to overwrite it; "
                 "point state_db at another file or move this one away)"
             )
+
+    @staticmethod
+    def _make_private(path: str) -> None:
+        # Once the lock is ours (a running orchestrator's files are its own business)
+        # and before SQLite opens the file: it gives -wal and -shm the database's mode.
+        real = os.path.realpath(path)
+        try:
+            state_files.tighten(real)
+        except OSError as e:
+            raise StoreError(
+                f"state_db: cannot make {real} and its -wal/-shm private (mode 0600): {e}; "
+                "run the orchestrator as the user owning them, or chown them to it"
+            ) from e
 
     def _connect(self, path: str) -> sqlite3.Connection:
         try:

@@ -399,7 +399,7 @@ def test_sigterm_under_durable_load_stops_the_server(tmp_path):
 
     for attempt in range(3):
         home = tmp_path / f"run{attempt}"
-        home.mkdir()
+        home.mkdir(mode=0o700)  # the state directory: an open one beside wfm.conf is refused
         srv = start_server(home)
         stop = threading.Event()
 

@@ -37,6 +37,22 @@ def test_serve_refuses_an_unusable_state_database(tmp_path, capsys):
     assert db.read_bytes() == b"not a database at all" * 100
 
 
+def test_serve_refuses_a_state_directory_shared_with_others(tmp_path, capsys):
+    """Exit 3, naming state_db and the fix, when its directory is open and holds others' files."""
+    shared = tmp_path / "etc-wfm"
+    shared.mkdir()
+    os.chmod(shared, 0o755)  # noqa: S103 - the shared directory under test
+    conf = write(shared, SMALL_CONF.format(state_db=shared / "s.db", queue_policy="fifo"))
+    os.chmod(conf, 0o644)  # a configuration readable by all, beside the database
+    assert main(["serve", "--config", conf]) == 3
+    err = capsys.readouterr().err
+    assert "state database unusable, not starting" in err
+    assert f"state_db {shared / 's.db'}: its directory {shared} (mode 0755)" in err
+    assert f"chmod 0700 {shared}" in err
+    assert sorted(os.listdir(shared)) == ["wfm.conf"]  # nothing created, nothing chmodded
+    assert os.stat(shared).st_mode & 0o777 == 0o755
+
+
 def test_release_without_slurm_is_500_no_slurm_configured(client):
     """Resource-Manager-only mode: endpoints needing Slurm answer 500 "no Slurm configured"."""
     client.simulate_post("/v1.0.0/ephemeralservice/reserve", json={

@@ -1,4 +1,8 @@
+import contextlib
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 
@@ -115,6 +119,112 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open"):
         Store(str(blocker / "sub" / "s.db"))
+
+
+# --- secrets at rest: the directory 0700 and every file 0600, whatever the umask ---------
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def state_modes(db: str) -> dict[str, int]:
+    """The mode of the directory and of each file of the database while it is in use."""
+    files = [db, db + "-wal", db + "-shm", db + ".lock"]
+    return {"dir": mode(os.path.dirname(db))} | {f[len(db):] or "db": mode(f) for f in files}
+
+
+PRIVATE = {"dir": 0o700, "db": 0o600, "-wal": 0o600, "-shm": 0o600, ".lock": 0o600}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_a_new_store_is_private_whatever_the_umask(tmp_path, mask):
+    """Directory 0700, database, -wal, -shm and lock 0600, even under umask 000."""
+    db = str(tmp_path / "var" / "lib" / "wfm" / "state.db")
+    with umask(mask):
+        store = Store(db)
+        store.write([(INSERT, ("a", 1))]).wait()  # the -wal and -shm exist after a write
+        assert store.query("SELECT name FROM reservation")[0]["name"] == "a"
+    try:
+        assert state_modes(db) == PRIVATE
+    finally:
+        store.close()
+
+
+def test_an_open_database_and_directory_of_our_own_are_tightened_and_logged(tmp_path, caplog):
+    """A 0644 database (older version, restore) in a 0755 directory: 0600 and 0700 at start."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    db = str(directory / "state.db")
+    Store(db).close()
+    os.chmod(db, 0o644)
+    for leftover in (db + "-wal", db + "-shm"):  # left by a crash of an older version
+        with open(leftover, "wb"):
+            pass
+        os.chmod(leftover, 0o644)
+    os.chmod(db + ".lock", 0o644)
+    os.chmod(directory, 0o755)  # noqa: S103 - the open directory under test
+    (directory / "slurm.jwt").write_text("x")
+    os.chmod(directory / "slurm.jwt", 0o600)  # ours and closed: nothing is taken from others
+    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.state_files"):
+        store = Store(db)
+    try:
+        store.write([(INSERT, ("a", 1))]).wait()
+        assert state_modes(db) == PRIVATE
+        assert store.query("SELECT name FROM reservation")[0]["name"] == "a"  # data kept
+    finally:
+        store.close()
+    logged = caplog.text
+    for path in (str(directory), db, db + "-wal", db + "-shm", db + ".lock"):
+        assert f"{path} was open to other users" in logged
+
+
+def test_a_shared_directory_is_refused_untouched(tmp_path):
+    """Open to others and holding others' files: never chmodded; refused, with the fix."""
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    os.chmod(directory, 0o755)  # noqa: S103 - the shared directory under test
+    (directory / "report.txt").write_text("for everyone")
+    os.chmod(directory / "report.txt", 0o644)
+    with pytest.raises(StoreError) as refused:
+        Store(str(directory / "state.db"))
+    message = str(refused.value)
+    assert f"state_db {directory / 'state.db'}: its directory {directory} (mode 0755)" in message
+    assert str(directory / "report.txt") in message  # what makes it shared
+    assert f"chmod 0700 {directory}" in message and "directory of its own" in message
+    assert mode(directory) == 0o755
+    assert sorted(os.listdir(directory)) == ["report.txt"]  # no lock, no database
+
+
+def test_a_sticky_directory_like_tmp_is_refused(tmp_path):
+    """A sticky directory open to all (like /tmp): never chmodded; refused."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    os.chmod(directory, 0o1777)  # noqa: S103 - the shared directory under test
+    with pytest.raises(StoreError, match="sticky bit.*chmod 0700"):
+        Store(str(directory / "state.db"))
+    assert mode(directory) == 0o1777
+
+
+def test_a_directory_of_another_user_is_refused(tmp_path):
+    """Its owner could open it, or swap the files, at any time: refused even when 0700."""
+    assert os.geteuid() == 0, "the unit tests run as root (deploy/install, CI)"
+    directory = tmp_path / "theirs"
+    directory.mkdir()
+    os.chmod(directory, 0o700)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(StoreError, match=f"{directory} belongs to uid 65534.*chmod 0700"):
+        Store(str(directory / "state.db"))
+    assert os.listdir(directory) == []
 
 
 # --- batching: writes queue until a flush or a wait -----------------------------------
