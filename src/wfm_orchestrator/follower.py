@@ -61,10 +61,15 @@ class JobIndex:
             if job.runs_as(user, partition):
                 found = found or job
             else:
-                log.warning("%s: Slurm job %d of user %r on partition %r carries its tag but "
-                            "is not its job (expected user %r, partition %r): not adopted",
-                            what, job.job_id, job.user, job.partition, user, partition)
+                log_look_alike(what, job, user, partition)
         return found
+
+
+def log_look_alike(what: str, job: JobState, user: str, partition: str) -> None:
+    """A job that carries an item's tag or id but is someone else's: never taken as ours."""
+    log.warning("%s: Slurm job %d of user %r on partition %r carries its tag but is not its "
+                "job (expected user %r, partition %r): not adopted", what, job.job_id,
+                job.user, job.partition, user, partition)
 
 
 Advance = Callable[[JobIndex], None]

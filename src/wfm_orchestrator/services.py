@@ -36,7 +36,7 @@ import ujson
 from .config import Config
 from .errors import NoSlurm, NotFound, SlurmUnavailable, WfmError
 from .fault import fault
-from .follower import Advance, Cancels, Follower, JobIndex
+from .follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from .impersonation import submit_as_user
 from .model import ReservationState, ServiceStatus
 from .repositories import service_jobs
@@ -312,6 +312,9 @@ class ServiceManager:
                 self._submit(rec, job)
                 return
         seen = jobs.by_id.get(job.job_id)  # type: ignore[arg-type]
+        if seen is not None and seen.comment == job.tag and not seen.runs_as(user, partition) \
+                and not job.ended:
+            log_look_alike(f"service {rec.name}", seen, user, partition)
         if seen is not None and (seen.name != rec.name or seen.comment not in ("", job.tag)
                                  or not seen.runs_as(user, partition)):
             seen = None  # Slurm gave the id of a job it lost to another job: not ours

@@ -90,10 +90,12 @@ def test_service_job_id_reused_by_another_user_is_not_ours(world, caplog):
     world.reserve()
     world.sm.reconcile()
     assert world.sm.job(NAME).job_id == 100
-    world.slurm.put(100, NAME, "", "PENDING", user="mallory", partition="data")
+    world.slurm.put(100, NAME, world.sm.job(NAME).tag, "PENDING", user="mallory",
+                    partition="data")
     with caplog.at_level(logging.WARNING):
         world.sm.reconcile()
     assert world.sm.job(NAME).job_id is None
+    assert "Slurm job 100 of user 'mallory'" in caplog.text
     assert "Slurm lost job 100 before it started; submitting again" in caplog.text
     world.sm.reconcile()
     assert world.sm.job(NAME).job_id == 101
@@ -215,12 +217,14 @@ def test_step_job_of_the_right_user_and_partition_is_adopted(env, caplog):
     assert 900 in main.dependencies[0].job_ids
 
 
-def test_step_job_id_reused_by_another_user_is_not_ours(env):
+def test_step_job_id_reused_by_another_user_is_not_ours(env, caplog):
     config, make = env
     m, slurm, tag = launched(make)
     m.reconcile()
     main = m.jobs(STEP_BODY["name"])["main"].job_id
     slurm.put(main, STEP_BODY["name"], tag("main"), "RUNNING", user="mallory",
               partition="compute")
-    m.reconcile()
+    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.follower"):
+        m.reconcile()
     assert m.jobs(STEP_BODY["name"])["main"].state == "GONE"
+    assert f"Slurm job {main} of user 'mallory'" in caplog.text

@@ -20,7 +20,7 @@ from ..accounts import Accounts
 from ..config import Config
 from ..errors import InvalidRequest, NoSlurm, NotFound, RequestFailed, SlurmUnavailable, WfmError
 from ..fault import fault
-from ..follower import Advance, Cancels, Follower, JobIndex
+from ..follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
 from ..repositories import steps as step_rows
@@ -243,9 +243,12 @@ class StepManager:
             if job.job_id is None or job.ended:
                 continue
             seen = by_id.get(job.job_id)
-            if seen is not None and (seen.comment != job_tag(step.launch_id, key) or not
-                                     seen.runs_as(step.user, job_partition(self.config, key))):
+            partition = job_partition(self.config, key)
+            if seen is not None and seen.comment != job_tag(step.launch_id, key):
                 seen = None  # Slurm gave the id of a job it lost to another job: not ours
+            elif seen is not None and not seen.runs_as(step.user, partition):
+                log_look_alike(f"step {step.name} ({key})", seen, step.user, partition)
+                seen = None
             if seen is not None:
                 self._save_job(step.name, key, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
