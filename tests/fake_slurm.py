@@ -45,7 +45,8 @@ class FakeSlurm:
         job_id = next(self.ids)
         self.submitted.append((spec, user, user_token))
         self.specs[job_id] = spec
-        self.put(job_id, spec.name, spec.comment, "PENDING", "Resources", nodes=(), user=user)
+        self.put(job_id, spec.name, spec.comment, "PENDING", "Resources", nodes=(), user=user,
+                 partition=spec.partition)
         return job_id
 
     def jobs(self) -> list[JobState]:
@@ -70,16 +71,23 @@ class FakeSlurm:
 
     def put(self, job_id: int, name: str, comment: str, state: str, reason: str = "",
             nodes: tuple[str, ...] = ("dn1",), exit_code: int | None = None,
-            user: str = "alice") -> None:
-        """Make Slurm list this job (a new one, or one replacing whatever had that id)."""
+            user: str = "alice", partition: str | None = None) -> None:
+        """Make Slurm list this job (a new one, or one replacing whatever had that id).
+
+        ``partition``: by default the partition of the job listed with that id (the
+        orchestrator's own job moving on), "" for a new id.
+        """
+        if partition is None:
+            listed = self.jobs_by_id.get(job_id)
+            partition = listed.partition if listed is not None else ""
         self.jobs_by_id[job_id] = JobState(job_id, name, comment, state, reason, nodes,
-                                           exit_code, user)
+                                           exit_code, user, partition)
 
     def set_state(self, job_id: int, state: str, exit_code: int | None = None,
                   nodes: tuple[str, ...] = ("cn1",)) -> None:
         """Move a listed job to ``state`` (its reason cleared; running on ``nodes``)."""
         j = self.jobs_by_id[job_id]
-        self.put(job_id, j.name, j.comment, state, "", nodes, exit_code, j.user)
+        self.put(job_id, j.name, j.comment, state, "", nodes, exit_code, j.user, j.partition)
 
 
 class FakeServices:

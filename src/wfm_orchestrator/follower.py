@@ -39,12 +39,37 @@ class JobIndex:
     """Slurm's jobs as one cycle read them: by id, and by tag (the ``comment``) for adoption."""
 
     by_id: dict[int, JobState]
-    by_tag: dict[str, JobState]
+    by_tag: dict[str, list[JobState]]  # a tag is public (squeue): several jobs may carry it
 
     @classmethod
     def of(cls, jobs: Iterable[JobState]) -> JobIndex:
         listed = list(jobs)
-        return cls({j.job_id: j for j in listed}, {j.comment: j for j in listed if j.comment})
+        by_tag: dict[str, list[JobState]] = {}
+        for j in listed:
+            if j.comment:
+                by_tag.setdefault(j.comment, []).append(j)
+        return cls({j.job_id: j for j in listed}, by_tag)
+
+    def adoptable(self, tag: str, user: str, partition: str, what: str) -> JobState | None:
+        """The job carrying ``tag`` that runs as ``user`` on ``partition``, if any.
+
+        Any other job carrying the tag is a look-alike (someone copied the tag): it is
+        never adopted, and logged, so the caller submits its own job.
+        """
+        found = None
+        for job in self.by_tag.get(tag, ()):
+            if job.runs_as(user, partition):
+                found = found or job
+            else:
+                log_look_alike(what, job, user, partition)
+        return found
+
+
+def log_look_alike(what: str, job: JobState, user: str, partition: str) -> None:
+    """A job that carries an item's tag or id but is someone else's: never taken as ours."""
+    log.warning("%s: Slurm job %d of user %r on partition %r carries its tag but is not its "
+                "job (expected user %r, partition %r): not adopted", what, job.job_id,
+                job.user, job.partition, user, partition)
 
 
 Advance = Callable[[JobIndex], None]

@@ -9,9 +9,14 @@ from .slurm.states import has_ended
 TAG_PREFIX = "wfm-orchestrator:service:"
 
 
-def job_tag(name: str, seq: int) -> str:
-    """The comment that identifies a service's job, also after a restart."""
-    return f"{TAG_PREFIX}{name}:{seq}"
+def job_tag(name: str, seq: int, nonce: str = "") -> str:
+    """The comment that identifies a service's job, also after a restart.
+
+    The nonce makes the tag of a job not yet submitted unguessable, so nobody can
+    submit a look-alike in advance; a record stored before nonces existed has none
+    and keeps the tag its job was submitted with.
+    """
+    return f"{TAG_PREFIX}{name}:{seq}:{nonce}" if nonce else f"{TAG_PREFIX}{name}:{seq}"
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,11 @@ class ServiceJob:
     error: str = ""  # why the job could not be submitted
     release_requested: float | None = None
     updated: float = 0.0
+    nonce: str = ""  # random, created with the record: part of the tag ("" in old rows)
+
+    @property
+    def tag(self) -> str:
+        return job_tag(self.name, self.seq, self.nonce)
 
     @property
     def ended(self) -> bool:

@@ -23,6 +23,7 @@ the resource manager while holding its own lock.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -35,12 +36,12 @@ import ujson
 from .config import Config
 from .errors import NoSlurm, NotFound, SlurmUnavailable, WfmError
 from .fault import fault
-from .follower import Advance, Cancels, Follower, JobIndex
+from .follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from .impersonation import submit_as_user
 from .model import ReservationState, ServiceStatus
 from .repositories import service_jobs
 from .resource_manager import Reservation, ResourceManager, iso_time
-from .service_job import ServiceJob, job_tag
+from .service_job import ServiceJob
 from .slurm import GONE, JobSpec, exit_status_text, gone_reason, service_directive
 from .slurm.api import SlurmApi
 from .store import Store, Ticket
@@ -155,7 +156,8 @@ class ServiceManager:
         with self._lock:
             job = self._jobs.get(rec.name)
             if job is None or job.seq != rec.seq:
-                self._save(ServiceJob(rec.name, rec.seq, updated=self.clock()))
+                self._save(ServiceJob(rec.name, rec.seq, updated=self.clock(),
+                                      nonce=secrets.token_hex(8)))
                 self.follower.wake()
             elif job.job_id is None and job.error:
                 # A retry of the reserve (perhaps with a renewed token): try again.
@@ -296,8 +298,9 @@ class ServiceManager:
     def _advance(self, rec: Reservation, job: ServiceJob, jobs: JobIndex) -> None:
         assert self.slurm is not None
         now = self.clock()
+        user, partition = rec.request.user, self.config.datanode_partition
         if job.job_id is None:
-            found = jobs.by_tag.get(job_tag(rec.name, rec.seq))
+            found = jobs.adoptable(job.tag, user, partition, f"service {rec.name}")
             if found is not None:
                 log.info("service %s: adopting Slurm job %d (submitted before a restart)",
                          rec.name, found.job_id)
@@ -309,8 +312,11 @@ class ServiceManager:
                 self._submit(rec, job)
                 return
         seen = jobs.by_id.get(job.job_id)  # type: ignore[arg-type]
-        if seen is not None and (seen.name != rec.name or
-                                 seen.comment not in ("", job_tag(rec.name, rec.seq))):
+        if seen is not None and seen.comment == job.tag and not seen.runs_as(user, partition) \
+                and not job.ended:
+            log_look_alike(f"service {rec.name}", seen, user, partition)
+        if seen is not None and (seen.name != rec.name or seen.comment not in ("", job.tag)
+                                 or not seen.runs_as(user, partition)):
             seen = None  # Slurm gave the id of a job it lost to another job: not ours
         if seen is None and job.state == "PENDING" and rec.state == State.FREE \
                 and not job.release_requested:
@@ -368,7 +374,7 @@ class ServiceManager:
 
     def _submit(self, rec: Reservation, job: ServiceJob) -> ServiceJob:
         assert self.slurm is not None
-        spec = build_service_job(self.config, rec)
+        spec = build_service_job(self.config, rec, job.tag)
         req = rec.request
         fault("service_before_submit")
         try:
@@ -390,8 +396,8 @@ class ServiceManager:
         return job
 
 
-def build_service_job(config: Config, rec: Reservation) -> JobSpec:
-    """The job description of a service (pure)."""
+def build_service_job(config: Config, rec: Reservation, tag: str) -> JobSpec:
+    """The job description of a service (pure); ``tag`` is its record's (``ServiceJob.tag``)."""
     req = rec.request
     stype = config.service_types[req.type]
     servers = [p.server for p in rec.placement or ()]
@@ -413,7 +419,7 @@ def build_service_job(config: Config, rec: Reservation) -> JobSpec:
         cpus_per_node=max(req.cores, 1),
         memory_per_node=max(req.msize, 1),
         environment=env,
-        comment=job_tag(req.name, rec.seq),
+        comment=tag,
         stdout=config.service_output,
         bb=[service_directive(req.name)],
         launcher=("srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"),

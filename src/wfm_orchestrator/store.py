@@ -109,6 +109,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (step, key)
     );
     """,
+    # 4: the random nonce of a service's job tag ('' in rows stored before it: their
+    # jobs keep the tag they were submitted with)
+    """
+    ALTER TABLE service_job ADD COLUMN nonce TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 

@@ -11,7 +11,7 @@ reservation is FREE. The orchestrator is started with a fault point
 
 After a normal restart the service must proceed exactly once: it reaches
 ALLOCATED (its job runs and the burst-buffer plugin bound it), exactly one
-Slurm job carries its tag (``wfm-orchestrator:service:<name>:<seq>``), the
+Slurm job carries its tag (``wfm-orchestrator:service:<name>:<seq>:<nonce>``), the
 stored job id is that job's (adopted, in the second case, not submitted
 again), and after release it is STOPPED with its job ended and every
 resource free.
@@ -40,6 +40,7 @@ import pytest
 
 from tests.integration.minicluster import user_token
 from tests.poll import poll_until
+from wfm_orchestrator.service_job import job_tag
 
 from .cluster import (
     active,
@@ -62,15 +63,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 HITS = env_int("WFM_RELIABILITY_FAULT_HITS", 2)
 
 
-def stored_job(state_db: str, name: str) -> tuple[int | None, int]:
+def stored_job(state_db: str, name: str) -> tuple[int | None, str]:
+    """The stored job id of a service and the tag its record gives its job."""
     conn = sqlite3.connect(state_db, timeout=30)
     try:
-        row = conn.execute("SELECT job_id, seq FROM service_job WHERE name = ?",
+        row = conn.execute("SELECT job_id, seq, nonce FROM service_job WHERE name = ?",
                            (name,)).fetchone()
     finally:
         conn.close()
     assert row is not None, f"no service_job row for {name}"
-    return row[0], row[1]
+    return row[0], job_tag(name, row[1], row[2])
 
 
 @pytest.mark.parametrize("point", ["service_before_submit", "service_after_submit"])
@@ -103,10 +105,10 @@ def test_service_job_submitted_exactly_once_across_a_crash(orchestrator, client,
             assert len(jobs) == 1, (
                 f"hit {hit} ({point}): {len(jobs)} Slurm jobs carry the tag of {name}: "
                 f"{[(j.job_id, j.state, j.comment) for j in jobs]}")
-            job_id, seq = stored_job(orchestrator.state_db, name)
+            job_id, tag = stored_job(orchestrator.state_db, name)
             assert jobs[0].job_id == job_id, (
                 f"hit {hit}: the stored job id {job_id} is not the tagged job {jobs[0].job_id}")
-            assert jobs[0].comment.endswith(f":{seq}")
+            assert jobs[0].comment == tag
             if point == "service_after_submit":
                 assert f"adopting Slurm job {job_id}" in orchestrator.log()[log_before:], (
                     f"hit {hit}: job {job_id} was not adopted after the restart")

@@ -7,7 +7,8 @@ import pytest
 from wfm_orchestrator.model import ReservationState as RS
 from wfm_orchestrator.model import ServiceStatus as S
 from wfm_orchestrator.resource_manager import Reservation
-from wfm_orchestrator.services import ServiceJob, build_service_job, derive_status, job_tag
+from wfm_orchestrator.service_job import job_tag
+from wfm_orchestrator.services import ServiceJob, build_service_job, derive_status
 
 from ..conftest import SBB, SMALL_CONF
 from ..jwks_fixture import FakeClock
@@ -24,7 +25,9 @@ def test_service_job_is_submitted_as_the_user_pinned_to_its_datanodes(world):
     assert (spec.cpus_per_node, spec.memory_per_node) == (2, 5120)
     assert [b.verb for b in spec.bb] == ["wfm_service"] and dict(spec.bb[0].params) == {
         "name": "alice_s_sbb"}
-    assert spec.comment == job_tag("alice_s_sbb", rec.seq)
+    nonce = world.sm.job(rec.name).nonce
+    assert len(nonce) == 16 and int(nonce, 16) >= 0  # secrets.token_hex(8)
+    assert spec.comment == job_tag("alice_s_sbb", rec.seq, nonce) == world.sm.job(rec.name).tag
     assert spec.environment["WFM_TARGETS"] == "/a/*\n/b/*"
     assert list(spec.command) == ["/usr/local/libexec/wfm/sbb-service", "--root", "/x"]
 
@@ -108,7 +111,7 @@ def test_restart_adopts_the_job_submitted_before_the_crash(world):
     """A job whose id was never stored is found by its tag: no second submission."""
     rec = world.reserve()
     # As if an earlier run submitted it and died before storing the id:
-    world.slurm.put(555, "alice_s_sbb", job_tag(rec.name, rec.seq), "RUNNING")
+    world.slurm.put(555, "alice_s_sbb", world.sm.job(rec.name).tag, "RUNNING", partition="data")
     world.restart()
     world.sm.reconcile()
     assert world.slurm.submitted == []
@@ -245,7 +248,7 @@ def test_service_job_of_a_zero_core_zero_memory_service_asks_the_smallest_unit(w
 
     req = ReserveRequest("z", "u", "t", "SBB", 1, 0, 0, 0, (), None, ("/x",), None)
     rec = Reservation(req, RS.FREE, 1, 0, 0, placement=[Placement("dn2", [], 0, 0)])
-    spec = build_service_job(cfg, rec)
+    spec = build_service_job(cfg, rec, job_tag("z", 1, "00"))
     assert (spec.cpus_per_node, spec.memory_per_node, list(spec.nodes)) == (1, 1, ["dn2"])
 
 
@@ -309,7 +312,7 @@ def test_a_released_service_whose_job_still_runs_is_kept(world):
     """Its job is still followed (and cancelled): forgotten only once the job ended."""
     world.reserve()
     world.sm.reconcile()
-    world.slurm.put(100, SBB["name"], job_tag(SBB["name"], 1), "RUNNING")
+    world.slurm.put(100, SBB["name"], world.sm.job(SBB["name"]).tag, "RUNNING")
     world.sm.reconcile()
     world.rm.release(SBB["name"])  # e.g. freed by the teardown, job not stopped
     world.reserve(gbf("alice_newer"))
@@ -318,7 +321,7 @@ def test_a_released_service_whose_job_still_runs_is_kept(world):
     assert world.sm.forget_released() == []
     assert names_in_db(world, "service_job") == [SBB["name"]]
 
-    world.slurm.put(100, SBB["name"], job_tag(SBB["name"], 1), "COMPLETED")
+    world.slurm.put(100, SBB["name"], world.sm.job(SBB["name"]).tag, "COMPLETED")
     world.sm.reconcile()
     assert world.sm.job(SBB["name"]).ended
     assert world.sm.forget_released() == [SBB["name"]]

@@ -11,11 +11,12 @@ if TYPE_CHECKING:
 
 _UPSERT = (
     "INSERT INTO service_job (name, seq, job_id, state, reason, nodes, exit_code, error,"
-    " release_requested, updated) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " release_requested, updated, nonce) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT(name) DO UPDATE SET seq=excluded.seq, job_id=excluded.job_id,"
     " state=excluded.state, reason=excluded.reason, nodes=excluded.nodes,"
     " exit_code=excluded.exit_code, error=excluded.error,"
-    " release_requested=excluded.release_requested, updated=excluded.updated"
+    " release_requested=excluded.release_requested, updated=excluded.updated,"
+    " nonce=excluded.nonce"
 )
 _FORGET = "DELETE FROM service_job WHERE name = ? AND seq = ?"
 
@@ -23,7 +24,7 @@ _FORGET = "DELETE FROM service_job WHERE name = ? AND seq = ?"
 def save(job: ServiceJob) -> Statement:
     """Record this version of a service's job."""
     return (_UPSERT, (job.name, job.seq, job.job_id, job.state, job.reason, job.nodes,
-                      job.exit_code, job.error, job.release_requested, job.updated))
+                      job.exit_code, job.error, job.release_requested, job.updated, job.nonce))
 
 
 def forget(job: ServiceJob) -> Statement:
@@ -34,5 +35,5 @@ def forget(job: ServiceJob) -> Statement:
 def load_all(store: Store) -> list[ServiceJob]:
     return [ServiceJob(row["name"], row["seq"], row["job_id"], row["state"], row["reason"],
                        row["nodes"], row["exit_code"], row["error"], row["release_requested"],
-                       row["updated"])
+                       row["updated"], row["nonce"])
             for row in store.query("SELECT * FROM service_job")]

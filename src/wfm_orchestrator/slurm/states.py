@@ -121,6 +121,11 @@ class JobState:
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    def runs_as(self, user: str, partition: str) -> bool:
+        """Is this job the user's, on the partition the orchestrator submits to? A tag
+        (comment) can be copied by anyone who reads squeue; the owner and partition cannot."""
+        return self.user == user and self.partition == partition
+
     @property
     def is_active(self) -> bool:
         return not self.is_terminal

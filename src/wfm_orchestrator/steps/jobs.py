@@ -19,6 +19,13 @@ def job_tag(launch_id: str, key: str) -> str:
     """The comment that identifies one job of a step, also after a restart."""
     return f"{TAG_PREFIX}{launch_id}:{key}"
 
+
+def job_partition(config: Config, key: str) -> str:
+    """The partition a step's job runs on: ``main`` on the compute nodes, movers on the
+    datanodes (what adoption and the follower check a job against)."""
+    return config.compute_partition if key == "main" else config.datanode_partition
+
+
 def _job_name(text: str) -> str:
     text = text[:200]
     return text if JOB_NAME_RE.match(text) else ("s" + text)[:200]
@@ -52,7 +59,7 @@ def build_step_job(config: Config, req: StepRequest, cmd: StepCommand, launch_id
     return JobSpec(
         name=_job_name(req.name),
         command=cmd.argv,
-        partition=config.compute_partition,
+        partition=job_partition(config, "main"),
         node_count=cmd.nodes,
         memory_per_node=cmd.memory_per_node,
         environment=env,
@@ -98,7 +105,7 @@ def build_mover_job(config: Config, req: StepRequest, dm: DataMover, launch_id: 
     return JobSpec(
         name=_job_name(f"{req.name}.{dm.name}"),
         command=argv,
-        partition=config.datanode_partition,
+        partition=job_partition(config, dm.key),
         node_count=1,
         cpus_per_node=1,
         memory_per_node=MOVER_MEMORY_MB,

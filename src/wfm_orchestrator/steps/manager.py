@@ -20,7 +20,7 @@ from ..accounts import Accounts
 from ..config import Config
 from ..errors import InvalidRequest, NoSlurm, NotFound, RequestFailed, SlurmUnavailable, WfmError
 from ..fault import fault
-from ..follower import Advance, Cancels, Follower, JobIndex
+from ..follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
 from ..repositories import steps as step_rows
@@ -29,7 +29,7 @@ from ..sbatch import translate
 from ..slurm import GONE, JobSpec, JobState, gone_reason
 from ..slurm.api import SlurmApi
 from ..store import Store, Ticket
-from .jobs import build_mover_job, build_step_job, job_tag
+from .jobs import build_mover_job, build_step_job, job_partition, job_tag
 from .records import Step, StepJob
 from .request import home_of, kind_of, parse_launch
 from .status import derive_status
@@ -243,8 +243,12 @@ class StepManager:
             if job.job_id is None or job.ended:
                 continue
             seen = by_id.get(job.job_id)
+            partition = job_partition(self.config, key)
             if seen is not None and seen.comment != job_tag(step.launch_id, key):
                 seen = None  # Slurm gave the id of a job it lost to another job: not ours
+            elif seen is not None and not seen.runs_as(step.user, partition):
+                log_look_alike(f"step {step.name} ({key})", seen, step.user, partition)
+                seen = None
             if seen is not None:
                 self._save_job(step.name, key, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
@@ -267,7 +271,6 @@ class StepManager:
                                "gone from Slurm)")
 
     def _advance(self, step: Step, jobs: JobIndex) -> None:
-        by_tag = jobs.by_tag
         self._refresh(step, jobs.by_id)
         if step.abort_requested is not None:
             self._cancel_all(step, "abort")
@@ -288,7 +291,7 @@ class StepManager:
                 return
             self._waiting[step.name] = "submitting the step's jobs"
             try:
-                self._submit_all(step, by_tag)
+                self._submit_all(step, jobs)
             except SlurmUnavailable:
                 raise
             except WfmError as e:
@@ -334,12 +337,15 @@ class StepManager:
         self._cancel_all(step, "the step failed")
 
     def _submit_one(self, step: Step, key: str, spec: JobSpec,
-                    by_tag: dict[str, JobState]) -> int:
+                    jobs: JobIndex) -> int:
         assert self.slurm is not None
         job = self.jobs(step.name).get(key)
         if job is not None and job.job_id is not None:
             return job.job_id
-        found = by_tag.get(job_tag(step.launch_id, key))
+        # The launch id is random but public once the step's first job is queued: the
+        # owner and partition check keeps another user's copy of a later job's tag out.
+        found = jobs.adoptable(job_tag(step.launch_id, key), step.user, spec.partition,
+                               f"step {step.name} ({key})")
         if found is not None:
             log.info("step %s: adopting %s Slurm job %d (submitted before a restart)",
                      step.name, key, found.job_id)
@@ -355,7 +361,7 @@ class StepManager:
                  step.user)
         return job_id
 
-    def _submit_all(self, step: Step, by_tag: dict[str, JobState]) -> None:
+    def _submit_all(self, step: Step, jobs: JobIndex) -> None:
         req = step.request
         cmd = translate(req.command, req.command_env, partition=self.config.compute_partition,
                         home=req.home)
@@ -363,11 +369,11 @@ class StepManager:
         for dm in req.movers:
             if dm.trigger == "step_start":
                 spec = build_mover_job(self.config, req, dm, step.launch_id, ())
-                start_ids.append(self._submit_one(step, dm.key, spec, by_tag))
+                start_ids.append(self._submit_one(step, dm.key, spec, jobs))
         spec = build_step_job(self.config, req, cmd, step.launch_id, tuple(start_ids))
-        main_id = self._submit_one(step, "main", spec, by_tag)
+        main_id = self._submit_one(step, "main", spec, jobs)
         for dm in req.movers:
             if dm.trigger == "step_stop":
                 spec = build_mover_job(self.config, req, dm, step.launch_id, (main_id,))
-                self._submit_one(step, dm.key, spec, by_tag)
+                self._submit_one(step, dm.key, spec, jobs)
 
