@@ -4,13 +4,15 @@
     wfm-datamover OPERATION SOURCE_TIER TARGET_TIER [--] PATTERN...
 
 OPERATION is ``copy``, ``move`` or ``release``. Each PATTERN is relative to
-the user's directory of the source tier, ``<root>/<user>/`` (``*``, ``?`` and ``[...]`` match within one path
-component, ``**`` matches any number of directories; a matched directory is
-taken whole). Tier roots come from ``WFM_SOURCE_ROOT`` and
-``WFM_TARGET_ROOT`` (or ``--source-root`` / ``--target-root``).
+the user's directory of the source tier, ``<root>/<user>/`` (``*``, ``?``
+and ``[...]`` match within one path component, ``**`` matches any number
+of directories; a matched directory is taken whole). Tier roots come from
+``WFM_SOURCE_ROOT`` and ``WFM_TARGET_ROOT`` (or ``--source-root`` /
+``--target-root``).
 
 * copy    -- copy the matched files to the same relative paths under the
-             user's directory of the target tier (written to a temporary name, then renamed);
+             user's directory of the target tier (written to a temporary
+             name, then renamed);
 * move    -- copy, then remove the source file;
 * release -- remove the source file after checking that the target holds
              an identical copy (same size and bytes): the HSM "release" of
@@ -29,10 +31,11 @@ planted or shared it.
 
 Progress is posted to ``WFM_PROGRESS_URL`` (the orchestrator's
 ``POST /v1.0.0/step/progress``) as ``{step_name, datamover_name, progress,
-step_secret}`` (the secret from ``WFM_STEP_SECRET``, the step's own) at most once a second and at the end; a post that fails is reported on
-stderr and does not stop the transfer. Exit status: 0 = every element done,
-1 = some element failed (named on stderr and in the last progress),
-2 = bad usage or configuration. docs/datamovers.md has the contract.
+step_secret}`` (``WFM_STEP_SECRET``, the step's own) at most once a second
+and at the end; a post that fails is reported on stderr and does not stop
+the transfer. Exit status: 0 = every element done, 1 = some element failed
+(named on stderr and in the last progress), 2 = bad usage or configuration.
+docs/datamovers.md has the contract.
 """
 
 from __future__ import annotations
