@@ -109,6 +109,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (step, key)
     );
     """,
+    # 4: the per-step secret its data movers send with their progress ('' for the steps
+    # launched before: no mover can prove it belongs to them, so their progress is refused)
+    """
+    ALTER TABLE step ADD COLUMN mover_secret TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 
