@@ -291,6 +291,10 @@ ELEMENT_CASES = [
     ("/tiers/hdd/../../etc/passwd", "outside every tier root"),
     ("NVMe:a", "the source tier is the target"),
     ("HDD:", "names a whole tier root"),
+    ("/tiers/hdd/alice", "names a whole tier root"),
+    ("/tiers/hdd/bob/run/*.dat", "not in alice's directory of tier HDD (/tiers/hdd/alice/)"),
+    ("/tiers/hdd/run/*.dat", "not in alice's directory of tier HDD"),
+    ("/tiers/hdd/alice2/x", "not in alice's directory of tier HDD"),
     ("a\nb", "printable"),
     (5, "expected a string"),
 ]
@@ -309,10 +313,11 @@ def test_elements_outside_the_roots_are_refused(env, element, message):
 
 
 def test_absolute_element_inside_a_root_is_made_relative(env):
+    """Relative to the user's directory of the tier, where the mover resolves patterns."""
     config, _ = env
     body = {**BODY, "services": [{"name": "s", "datamovers": [
         {"name": "d", "trigger": "step_start", "target": "NVMe", "operation": "copy",
-         "elements": ["/tiers/hdd/run/*.dat"]}]}]}
+         "elements": ["/tiers/hdd/alice/run/*.dat"]}]}]}
     req, _ = parse_launch(body, config, home=lambda u: "/home/" + u)
     dm = req.movers[0]
     assert (dm.source, dm.elements) == ("HDD", ("run/*.dat",))
