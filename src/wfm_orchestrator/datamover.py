@@ -4,31 +4,38 @@
     wfm-datamover OPERATION SOURCE_TIER TARGET_TIER [--] PATTERN...
 
 OPERATION is ``copy``, ``move`` or ``release``. Each PATTERN is relative to
-the source tier's root (``*``, ``?`` and ``[...]`` match within one path
-component, ``**`` matches any number of directories; a matched directory is
-taken whole). Tier roots come from ``WFM_SOURCE_ROOT`` and
-``WFM_TARGET_ROOT`` (or ``--source-root`` / ``--target-root``).
+the user's directory of the source tier, ``<root>/<user>/`` (``*``, ``?``
+and ``[...]`` match within one path component, ``**`` matches any number
+of directories; a matched directory is taken whole). Tier roots come from
+``WFM_SOURCE_ROOT`` and ``WFM_TARGET_ROOT`` (or ``--source-root`` /
+``--target-root``).
 
 * copy    -- copy the matched files to the same relative paths under the
-             target root (written to a temporary name, then renamed);
+             user's directory of the target tier (written to a temporary
+             name, then renamed);
 * move    -- copy, then remove the source file;
 * release -- remove the source file after checking that the target holds
              an identical copy (same size and bytes): the HSM "release" of
              a cached copy. A file without an identical copy is kept and
              counted as a failure.
 
-Every path is opened component by component from the root's descriptor
-with ``O_NOFOLLOW``: a symbolic link anywhere under a root is refused, as
-is ``..``, so no byte is read or written outside the two roots, whatever
-links appear meanwhile. It runs as the user (inside a Slurm job) and only
-uses his rights.
+Every path is opened component by component from the user's directory's
+descriptor with ``O_NOFOLLOW``: a symbolic link anywhere under it (or as
+it) is refused, as is ``..``, so no byte is read or written outside the
+user's two directories, whatever links appear meanwhile. It runs as the
+user (inside a Slurm job) and only uses his rights. The target's user
+directory is created 0700 when missing; a directory is written into
+(created in, renamed in, unlinked from) only when the running user owns it
+and neither group nor others can write it, so another user cannot have
+planted or shared it.
 
 Progress is posted to ``WFM_PROGRESS_URL`` (the orchestrator's
-``POST /v1.0.0/step/progress``) as ``{step_name, datamover_name, progress}``
-at most once a second and at the end; a post that fails is reported on
-stderr and does not stop the transfer. Exit status: 0 = every element done,
-1 = some element failed (named on stderr and in the last progress),
-2 = bad usage or configuration. docs/datamovers.md has the contract.
+``POST /v1.0.0/step/progress``) as ``{step_name, datamover_name, progress,
+step_secret}`` (``WFM_STEP_SECRET``, the step's own) at most once a second
+and at the end; a post that fails is reported on stderr and does not stop
+the transfer. Exit status: 0 = every element done, 1 = some element failed
+(named on stderr and in the last progress), 2 = bad usage or configuration.
+docs/datamovers.md has the contract.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import argparse
 import fnmatch
 import json
 import os
+import pwd
 import stat
 import sys
 import time
@@ -71,11 +79,32 @@ def split_pattern(pattern: str) -> list[str]:
     return parts
 
 
-def open_dir(root_fd: int, parts: list[str] | tuple[str, ...], create: bool = False) -> int:
-    """A descriptor of root/parts (a directory), never following a link."""
+def check_writable(fd: int, name: str) -> None:
+    """Refuse to write into a directory another user owns or may write into."""
+    st = os.fstat(fd)
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise Refused(f"{name}: owned by uid {st.st_uid}, not by you (uid {uid}); refusing to "
+                      "write into it (your data lives in directories you own)")
+    if st.st_mode & 0o022:
+        raise Refused(f"{name}: writable by group or others (mode "
+                      f"{stat.S_IMODE(st.st_mode):04o}); refusing to write into it "
+                      f"(chmod go-w {name})")
+
+
+def open_dir(root_fd: int, parts: list[str] | tuple[str, ...], create: bool = False,
+             write: bool = False) -> int:
+    """A descriptor of root/parts (a directory), never following a link.
+
+    ``write``: every directory on the way, root included, must pass
+    :func:`check_writable` (the last one is written into, the others could be
+    renamed under it by whoever may write them).
+    """
     fd = os.dup(root_fd)
     try:
-        for part in parts:
+        if write:
+            check_writable(fd, "the user directory")
+        for n, part in enumerate(parts):
             if part in ("", ".", ".."):
                 raise Refused(f"{'/'.join(parts)}: bad component {part!r}")
             try:
@@ -84,7 +113,7 @@ def open_dir(root_fd: int, parts: list[str] | tuple[str, ...], create: bool = Fa
                 if not create:
                     raise
                 try:
-                    os.mkdir(part, 0o777, dir_fd=fd)
+                    os.mkdir(part, 0o755, dir_fd=fd)
                 except FileExistsError:
                     pass
                 nfd = os.open(part, DIR_FLAGS, dir_fd=fd)
@@ -95,6 +124,8 @@ def open_dir(root_fd: int, parts: list[str] | tuple[str, ...], create: bool = Fa
                 raise
             os.close(fd)
             fd = nfd
+            if write:
+                check_writable(fd, "/".join(parts[:n + 1]))
         return fd
     except BaseException:
         os.close(fd)
@@ -223,12 +254,58 @@ def open_file(root_fd: int, rel: tuple[str, ...]) -> tuple[int, os.stat_result]:
 # --- operations -------------------------------------------------------------------
 
 
+def running_user() -> str:
+    """The name of the account the mover runs as (never $USER: the environment is the
+    caller's to set)."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def open_user_dir(root: str, user: str, create: bool) -> int:
+    """A descriptor of ``root/user``, the user's directory of a tier.
+
+    Created 0700 when missing and ``create``; refused when it is a link, is
+    not owned by the running user, or others may write into it.
+    """
+    where = os.path.join(root, user)
+    rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if create:
+            try:
+                os.mkdir(user, 0o700, dir_fd=rfd)
+            except FileExistsError:
+                pass
+        try:
+            fd = os.open(user, DIR_FLAGS, dir_fd=rfd)
+        except FileNotFoundError:
+            raise Refused(f"{where}: no such directory (your files in this tier live under "
+                          f"{where}/)") from None
+        except OSError as e:
+            if e.errno in (40, 20):  # ELOOP (a link), ENOTDIR
+                raise Refused(f"{where}: a symbolic link or not a directory; refusing it as "
+                              "your directory of the tier") from None
+            raise
+    finally:
+        os.close(rfd)
+    try:
+        check_writable(fd, where)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Mover:
     def __init__(self, operation: str, source_root: str, target_root: str,
-                 report: Progress | None = None):
+                 report: Progress | None = None, user: str | None = None):
         self.operation = operation
-        self.src = os.open(source_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.dst = os.open(target_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        user = user or running_user()
+        # The source is only read by copy, but move and release unlink from it.
+        self.src = open_user_dir(source_root, user, create=False)
+        try:
+            self.dst = open_user_dir(target_root, user, create=True)
+        except BaseException:
+            os.close(self.src)
+            raise
         self.report = report or Progress(None, "", "")
         self.errors: list[str] = []
         self.total_bytes = 0
@@ -335,7 +412,7 @@ class Mover:
     def copy(self, rel: tuple[str, ...]) -> None:
         sfd, st = open_file(self.src, rel)
         try:
-            dfd = open_dir(self.dst, rel[:-1], create=True)
+            dfd = open_dir(self.dst, rel[:-1], create=True, write=True)
             try:
                 tmp = f".{rel[-1][:200]}.wfm-dm.{os.getpid()}.tmp"
                 out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -375,7 +452,7 @@ class Mover:
             os.close(sfd)
 
     def unlink(self, rel: tuple[str, ...]) -> None:
-        dfd = open_dir(self.src, rel[:-1])
+        dfd = open_dir(self.src, rel[:-1], write=True)
         try:
             os.unlink(rel[-1], dir_fd=dfd)
         finally:
@@ -404,7 +481,7 @@ class Mover:
                       key=len, reverse=True)
         for d in dirs:
             try:
-                pfd = open_dir(self.src, d[:-1])
+                pfd = open_dir(self.src, d[:-1], write=True)
             except (Refused, OSError):
                 continue
             try:
@@ -439,9 +516,10 @@ class Progress:
     """Posts progress to the orchestrator, at most once per ``interval`` unless forced."""
 
     def __init__(self, url: str | None, step: str, name: str, interval: float = 1.0,
-                 timeout: float = 5.0, token: str = ""):
+                 timeout: float = 5.0, token: str = "", secret: str = ""):
         self.url = url
         self.token = token
+        self.secret = secret
         self.step = step
         self.name = name
         self.interval = interval
@@ -458,8 +536,10 @@ class Progress:
         print(f"wfm-datamover: {text}", file=sys.stderr, flush=True)
         if not self.url:
             return
-        body = json.dumps({"step_name": self.step, "datamover_name": self.name,
-                           "progress": text}).encode()
+        fields = {"step_name": self.step, "datamover_name": self.name, "progress": text}
+        if self.secret:
+            fields["step_secret"] = self.secret
+        body = json.dumps(fields).encode()
         # http(s) only: main() checks the scheme.
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -513,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wfm-datamover: progress URL {url!r} is not http(s)", file=sys.stderr)
         url = None
     report = Progress(url, args.step, args.name, token=read_token(os.environ.get(
-        "WFM_TOKEN_FILE", "")))
+        "WFM_TOKEN_FILE", "")), secret=os.environ.get("WFM_STEP_SECRET", ""))
     problems = []
     for what, tier, root in (("source", args.source_tier, args.source_root),
                              ("target", args.target_tier, args.target_root)):
@@ -529,8 +609,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         mover = Mover(args.operation, args.source_root, args.target_root, report)
+    except Refused as e:
+        report.post(f"failed: {e}")
+        return EXIT_FAILED
     except OSError as e:
-        report.post(f"failed: cannot open a tier root: {e}")
+        report.post(f"failed: cannot open your directory of a tier: {e}")
         return EXIT_USAGE
     try:
         code = mover.run(args.patterns)

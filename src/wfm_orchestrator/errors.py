@@ -72,6 +72,15 @@ class NotFound(WfmError, KeyError):
         return self.args[0]
 
 
+class Forbidden(WfmError):
+    """The caller may not act on this item: names the field and the rule (HTTP 403)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
 class Conflict(WfmError):
     """The request is valid but contradicts the current state."""
 

@@ -114,6 +114,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE service_job ADD COLUMN nonce TEXT NOT NULL DEFAULT ''
     """,
+    # 5: the per-step secret its data movers send with their progress ('' for the steps
+    # launched before: no mover can prove it belongs to them, so their progress is refused)
+    """
+    ALTER TABLE step ADD COLUMN mover_secret TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 

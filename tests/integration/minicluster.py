@@ -35,6 +35,19 @@ def cluster_up() -> tuple[bool, str]:
     return True, ""
 
 
+def user_tier_dir(root: str, user: str) -> str:
+    """``root/user``, the user's directory of a tier (where data movers resolve patterns),
+    made as the mover would (owned by the user, 0700) when missing."""
+    import pwd
+
+    path = os.path.join(root, user)
+    if not os.path.isdir(path):
+        os.mkdir(path, 0o700)
+        pw = pwd.getpwnam(user)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
 def user_token(user: str, lifespan: int = 3600) -> str:
     """A Slurm JWT for ``user`` (scontrol token: root or SlurmUser only), as the Session
     Manager passes it in ``user_slurm_token``."""

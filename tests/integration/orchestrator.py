@@ -122,6 +122,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
+MOVER = os.path.join(REPO, "src", "wfm_orchestrator", "datamover.py")
+
+
 def write_config(directory: str) -> tuple[str, str]:
     """A copy of wfm.conf with a fresh state_db and absolute paths: (path, state_db)."""
     # A directory of its own, which the orchestrator creates 0700: ``directory`` is open
@@ -137,6 +140,12 @@ def write_config(directory: str) -> tuple[str, str]:
             elif key == "slurm_token_file":
                 value = line.split("=", 1)[1].strip()
                 line = f"slurm_token_file = {os.path.join(REPO, value)}\n"
+            elif key == "datamover_command":
+                # The mover of this tree, not whichever copy deploy/install last put in
+                # /usr/local/bin: the tests check the code they run with. Debian's python3
+                # as installed; -I keeps the script's directory off sys.path (its sibling
+                # package http/ would hide the standard library's).
+                line = f"datamover_command = /usr/bin/python3 -I {MOVER}\n"
             lines.append(line)
     path = os.path.join(directory, "wfm.conf")
     with open(path, "w", encoding="utf-8") as fh:

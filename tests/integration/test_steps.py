@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from tests.integration.minicluster import user_tier_dir
 from tests.poll import poll_until
 
 pytestmark = pytest.mark.integration
@@ -66,11 +67,13 @@ def test_step_with_service_stages_in_runs_as_user_and_stages_out(orchestrator, s
     move NVMe->HDD at stop: files end on HDD, progress shown, COMPLETED."""
     step = unique("run")
     area = uuid.uuid4().hex[:10]
-    make_dir(f"{HDD}/{area}", "alice")
-    with open(f"{HDD}/{area}/in.dat", "w") as fh:
+    # Elements are relative to alice's directory of each tier (<root>/alice/).
+    hdd = f"{user_tier_dir(HDD, 'alice')}/{area}"
+    make_dir(hdd, "alice")
+    with open(f"{hdd}/in.dat", "w") as fh:
         fh.write("input data\n" * 1000)
-    as_user(f"{HDD}/{area}/in.dat", "alice")
-    nvme = f"{NVME}/{area}"
+    as_user(f"{hdd}/in.dat", "alice")
+    nvme = f"{NVME}/alice/{area}"
     launch(orchestrator, {
         "name": step, "user": "alice", "location": ["loc1"],
         "command_env": f"AREA={nvme} GREETING='hello world'",
@@ -88,12 +91,12 @@ def test_step_with_service_stages_in_runs_as_user_and_stages_out(orchestrator, s
     assert st["status"] == "COMPLETED", f"{st}\n{orchestrator.log()[-4000:]}"
     assert "stage-out mover dm_out done: done: move 2/2 files, 100%" in st["detail"], st
     # The files ended where they should: the input back on HDD, the result moved there.
-    with open(f"{HDD}/{area}/out.txt") as fh:
+    with open(f"{hdd}/out.txt") as fh:
         lines = fh.read().splitlines()
     assert lines[0] == "alice" and lines[1] == "hello world", lines
     assert lines[2] == f"svc={sbb}", lines  # exported by the plugin for wfm_use
-    assert os.stat(f"{HDD}/{area}/out.txt").st_uid == pwd.getpwnam("alice").pw_uid
-    assert os.path.exists(f"{HDD}/{area}/in.dat")
+    assert os.stat(f"{hdd}/out.txt").st_uid == pwd.getpwnam("alice").pw_uid
+    assert os.path.exists(f"{hdd}/in.dat")
     assert not os.path.exists(f"{nvme}/in.dat") and not os.path.exists(f"{nvme}/out.txt")
     # The user list and the all-steps list hold it too.
     code, mine = orchestrator.get("/step/status/alice")
@@ -106,6 +109,7 @@ def test_failed_stage_in_fails_the_step_and_its_job_never_runs(orchestrator, sbb
     """A stage-in element that does not exist: the mover fails, the step FAILS with the
     mover's reason, and the step's job is cancelled before it runs."""
     step = unique("badin")
+    user_tier_dir(HDD, "alice")  # her directory exists: the element itself matches nothing
     marker = f"/tmp/{step}.ran"  # noqa: S108 - written by alice's job on a node
     launch(orchestrator, {
         "name": step, "user": "alice",

@@ -38,7 +38,7 @@ import uuid
 
 import pytest
 
-from tests.integration.minicluster import user_token
+from tests.integration.minicluster import user_tier_dir, user_token
 from tests.poll import poll_until
 from wfm_orchestrator.service_job import job_tag
 
@@ -144,7 +144,7 @@ def step_body(step: str, svc: str, area: str) -> dict:
     return {
         "name": step, "user": "alice", "location": ["loc1"],
         "command": f"sbatch -N 1 -n 1 --mem 100M -t 5 -o /tmp/{step}.out "
-                   f"--wrap 'cp {NVME}/{area}/in.dat {NVME}/{area}/out.dat'",
+                   f"--wrap 'cp {NVME}/alice/{area}/in.dat {NVME}/alice/{area}/out.dat'",
         "services": [{"name": svc, "hint": "RW", "datamovers": [
             {"name": "dm_in", "trigger": "step_start", "target": "NVMe", "operation": "copy",
              "elements": [f"HDD:{area}/in.dat"]},
@@ -190,11 +190,12 @@ def test_step_jobs_submitted_exactly_once_across_a_crash(orchestrator, client, s
             step = unique("crashstep")
             created["steps"].append(step)
             area = uuid.uuid4().hex[:10]
-            os.makedirs(f"{HDD}/{area}")
-            os.chown(f"{HDD}/{area}", alice.pw_uid, alice.pw_gid)
-            with open(f"{HDD}/{area}/in.dat", "w") as fh:
+            hdd = f"{user_tier_dir(HDD, 'alice')}/{area}"  # elements are relative to it
+            os.makedirs(hdd)
+            os.chown(hdd, alice.pw_uid, alice.pw_gid)
+            with open(f"{hdd}/in.dat", "w") as fh:
                 fh.write("input\n" * 100)
-            os.chown(f"{HDD}/{area}/in.dat", alice.pw_uid, alice.pw_gid)
+            os.chown(f"{hdd}/in.dat", alice.pw_uid, alice.pw_gid)
             body = step_body(step, service, area)
             restart(orchestrator, fault=point)
             try:
@@ -221,7 +222,7 @@ def test_step_jobs_submitted_exactly_once_across_a_crash(orchestrator, client, s
                 f"hit {hit} ({point}): jobs of {step} by part: {keys} "
                 f"{[(j.job_id, j.state) for j in jobs]}")
             assert not active(jobs), jobs
-            assert os.path.exists(f"{HDD}/{area}/out.dat"), "the step's output did not arrive"
+            assert os.path.exists(f"{hdd}/out.dat"), "the step's output did not arrive"
             if point == "step_after_submit":
                 assert "adopting" in orchestrator.log()[log_before:], (
                     f"hit {hit}: the job submitted before the crash was not adopted")

@@ -137,6 +137,20 @@ def tiers(tmp_path):
     return src, dst, outside
 
 
+@pytest.fixture
+def user_tiers(tiers):
+    """(source, target, outside): the running user's directories of the two tier roots of
+    ``tiers`` (``<root>/<user>/``, 0700, where a user's data lives), and ``outside``."""
+    from wfm_orchestrator.datamover import running_user
+
+    src_root, dst_root, outside = tiers
+    user = running_user()
+    src, dst = src_root / user, dst_root / user
+    for d in (src, dst):
+        d.mkdir(mode=0o700)
+    return src, dst, outside
+
+
 # --- test_queue_admission.py ---
 
 @pytest.fixture

@@ -41,6 +41,20 @@ def test_auth_none_document_asks_for_no_token(client):
                for method, op in ops.items() if method != "parameters")
 
 
+def test_step_progress_documents_the_step_secret_and_its_403():
+    """step_secret is in the request schema; its 403 stays named beside the token's one."""
+    from wfm_orchestrator.api.openapi import document
+
+    for bearer in (False, True):
+        doc = document(["/step/progress"], bearer=bearer)
+        schema = doc["components"]["schemas"]["StepProgressRequest"]
+        assert "step_secret" in schema["properties"]
+        assert "step_secret" not in schema["required"]  # additive: older clients parse
+        why = doc["paths"]["/v1.0.0/step/progress"]["post"]["responses"]["403"]["description"]
+        assert "step_secret" in why
+        assert ("roles" in why) == bearer
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_path_is_served_under_every_version(client, version):
     """/v1.0.0, /v2.0.0 and /v2.1.0 serve the same resources (no redirects)."""

@@ -37,9 +37,21 @@ def test_launch_status_progress_abort(make_config):
             BODY["name"]]
         assert client.simulate_get("/v1.0.0/step/status/nobody").json == []
         assert len(client.simulate_get("/v2.0.0/step/status").json) == 1
+        secret = steps.step(BODY["name"]).mover_secret
+        r = client.simulate_post("/v1.0.0/step/progress", json={
+            "step_name": BODY["name"], "datamover_name": "in1", "progress": "10%",
+            "step_secret": secret})
+        assert r.status_code == 200
+        # Without the step's own secret: 403 naming the field and the rule, not 500.
         r = client.simulate_post("/v1.0.0/step/progress", json={
             "step_name": BODY["name"], "datamover_name": "in1", "progress": "10%"})
-        assert r.status_code == 200
+        assert r.status_code == 403 and r.json["field"] == "step_secret", r.text
+        assert "only the step's own data movers" not in r.json["message"]
+        assert "must carry the step's secret" in r.json["message"]
+        r = client.simulate_post("/v1.0.0/step/progress", json={
+            "step_name": BODY["name"], "datamover_name": "in1", "progress": "10%",
+            "step_secret": secret[::-1]})
+        assert r.status_code == 403 and "only the step's own data movers" in r.json["message"]
         r = client.simulate_post("/v1.0.0/step/progress", json={
             "step_name": "nope", "datamover_name": "in1", "progress": "10%"})
         assert r.status_code == 500 and "not found" in r.json["message"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wfm_orchestrator.errors import InvalidRequest, NotFound, RequestFailed
+from wfm_orchestrator.errors import Forbidden, InvalidRequest, NotFound, RequestFailed
 from wfm_orchestrator.steps import derive_status, parse_launch
 
 from ..conftest import STEP_BODY as BODY
@@ -52,7 +52,9 @@ def test_status_follows_movers_progress_job_and_stage_out(env):
     i1, i2, main, out = sorted(slurm.specs)
     slurm.set_state(i1, "RUNNING")
     m.reconcile()
-    m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "40%"})
+    # The mover sends the secret its job was given.
+    m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "40%",
+                "step_secret": slurm.specs[i1].environment["WFM_STEP_SECRET"]})
     st = m.status(BODY["name"])
     assert st["status"] == "PENDING" and "stage-in mover in1 running: 40%" in st["detail"]
     for j in (i1, i2):
@@ -84,7 +86,8 @@ def test_failed_stage_in_cancels_the_step_job_and_stage_out(env):
     m.reconcile()
     i1, i2, main, out = sorted(slurm.specs)
     m.progress({"step_name": BODY["name"], "datamover_name": "in1",
-                "progress": "failed: no file matches"})
+                "progress": "failed: no file matches",
+                "step_secret": slurm.specs[i1].environment["WFM_STEP_SECRET"]})
     slurm.set_state(i1, "FAILED", 256)
     m.reconcile()
     assert set(slurm.cancelled_ids) >= {i2, main, out}
@@ -199,10 +202,78 @@ def test_progress_for_unknown_step_or_mover_is_refused(env):
     m.launch(dict(BODY))
     with pytest.raises(NotFound):
         m.progress({"step_name": "nope", "datamover_name": "in1", "progress": "1%"})
+    secret = m.step(BODY["name"]).mover_secret
     with pytest.raises(NotFound):
-        m.progress({"step_name": BODY["name"], "datamover_name": "nope", "progress": "1%"})
+        m.progress({"step_name": BODY["name"], "datamover_name": "nope", "progress": "1%",
+                    "step_secret": secret})
     with pytest.raises(InvalidRequest):
-        m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": 3})
+        m.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": 3,
+                    "step_secret": secret})
+
+
+def test_the_step_secret_is_handed_to_its_mover_jobs_only(env):
+    """Made at launch, unpredictable, in the movers' environment; never in what squeue
+    shows (name, comment, command line), in the step job, in the status or in repr."""
+    config, make = env
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    services.usable()
+    m = make(slurm, services)
+    m.launch(dict(BODY))
+    m.launch({**BODY, "name": "alice_s1_step_1"})
+    secret = m.step(BODY["name"]).mover_secret
+    assert len(secret) >= 32 and secret != m.step("alice_s1_step_1").mover_secret
+    m.reconcile()
+    mine = [s for s in slurm.specs.values() if s.name.startswith(BODY["name"])]
+    movers = [s for s in mine if s.name != BODY["name"]]
+    assert len(movers) == 3 and all(s.environment["WFM_STEP_SECRET"] == secret for s in movers)
+    for spec in mine:
+        assert secret not in f"{spec.name} {spec.comment} {' '.join(spec.command)}"
+    main = next(s for s in mine if s.name == BODY["name"])
+    assert "WFM_STEP_SECRET" not in main.environment
+    assert secret not in str(m.status(BODY["name"])) and secret not in repr(m.step(BODY["name"]))
+
+
+def test_progress_without_the_steps_own_secret_is_forbidden(env):
+    """Holding the shared mover token is not enough: no secret, a wrong one, another step's
+    or a non-string one are refused, naming step_secret; the progress is not recorded."""
+    config, make = env
+    m = make()
+    m.launch(dict(BODY))
+    m.launch({**BODY, "name": "alice_s1_step_1"})
+    other = m.step("alice_s1_step_1").mover_secret
+    base = {"step_name": BODY["name"], "datamover_name": "in1", "progress": "forged 99%"}
+    for extra in ({}, {"step_secret": ""}, {"step_secret": "guess"}, {"step_secret": other}):
+        with pytest.raises(Forbidden) as e:
+            m.progress({**base, **extra})
+        assert e.value.field == "step_secret" and BODY["name"] in e.value.message
+    with pytest.raises(InvalidRequest) as bad:
+        m.progress({**base, "step_secret": 12})
+    assert bad.value.field == "step_secret"
+    assert "forged" not in m.status(BODY["name"])["detail"]
+    assert all(not j.progress for j in m.jobs(BODY["name"]).values())
+
+
+def test_the_step_secret_survives_a_restart_and_old_steps_have_none(env):
+    """Stored with the step (a restart keeps accepting its movers); a step stored before
+    the column existed has '' and every progress for it is refused."""
+    config, make = env
+    m = make()
+    m.launch(dict(BODY))[1].wait()
+    secret = m.step(BODY["name"]).mover_secret
+    m.store.close()
+    again = make()
+    assert again.step(BODY["name"]).mover_secret == secret
+    again.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "1%",
+                    "step_secret": secret})[1].wait()
+    again.store.close()
+    import sqlite3
+    conn = sqlite3.connect(config.state_db)
+    conn.execute("UPDATE step SET mover_secret = '' WHERE name = ?", (BODY["name"],))
+    conn.commit()
+    conn.close()
+    with pytest.raises(Forbidden):
+        make().progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "1%",
+                         "step_secret": secret})
 
 
 def test_status_lists_by_user(env):
@@ -220,6 +291,10 @@ ELEMENT_CASES = [
     ("/tiers/hdd/../../etc/passwd", "outside every tier root"),
     ("NVMe:a", "the source tier is the target"),
     ("HDD:", "names a whole tier root"),
+    ("/tiers/hdd/alice", "names a whole tier root"),
+    ("/tiers/hdd/bob/run/*.dat", "not in alice's directory of tier HDD (/tiers/hdd/alice/)"),
+    ("/tiers/hdd/run/*.dat", "not in alice's directory of tier HDD"),
+    ("/tiers/hdd/alice2/x", "not in alice's directory of tier HDD"),
     ("a\nb", "printable"),
     (5, "expected a string"),
 ]
@@ -238,10 +313,11 @@ def test_elements_outside_the_roots_are_refused(env, element, message):
 
 
 def test_absolute_element_inside_a_root_is_made_relative(env):
+    """Relative to the user's directory of the tier, where the mover resolves patterns."""
     config, _ = env
     body = {**BODY, "services": [{"name": "s", "datamovers": [
         {"name": "d", "trigger": "step_start", "target": "NVMe", "operation": "copy",
-         "elements": ["/tiers/hdd/run/*.dat"]}]}]}
+         "elements": ["/tiers/hdd/alice/run/*.dat"]}]}]}
     req, _ = parse_launch(body, config, home=lambda u: "/home/" + u)
     dm = req.movers[0]
     assert (dm.source, dm.elements) == ("HDD", ("run/*.dat",))

@@ -15,6 +15,7 @@ import ujson
 
 from ..errors import (
     AlreadyAllocated,
+    Forbidden,
     InvalidRequest,
     NoSlurm,
     NotFound,
@@ -89,6 +90,10 @@ def install(app: falcon.App) -> None:
         # one (500/502); reaching here means a plain unknown item.
         raise APIError(404, "Not found", str(ex))
 
+    def forbidden(req, resp, ex: Forbidden, params):
+        log.warning("%s %s: refused: %s", req.method, req.path, ex)
+        raise APIError(403, "Forbidden", str(ex), ex.field)
+
     def request_failed(req, resp, ex: RequestFailed, params):
         raise APIError(500, "Request failed", ex.message)
 
@@ -120,6 +125,7 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(WfmError, domain_error)
     app.add_error_handler(InvalidRequest, invalid_request)
     app.add_error_handler(NotFound, not_found)
+    app.add_error_handler(Forbidden, forbidden)
     app.add_error_handler(RequestFailed, request_failed)
     app.add_error_handler(StillQueued, queued)
     app.add_error_handler(AlreadyAllocated, allocated)

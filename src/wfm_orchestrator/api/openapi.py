@@ -189,7 +189,12 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["step_name", "datamover_name", "progress"],
         "properties": {"step_name": _NAME, "datamover_name": _NAME,
-                       "progress": {"type": "string"}},
+                       "progress": {"type": "string"},
+                       "step_secret": {
+                           "type": "string",
+                           "description": "the step's secret, WFM_STEP_SECRET in the "
+                                          "environment of its data mover jobs; a progress "
+                                          "without it (or with another step's) gets 403"}},
     },
     "StepProgressResponse": {
         "type": "object",
@@ -323,7 +328,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "post": _op(
             "Record a data mover's progress (shown in the step's detail)",
             _json(_ref("StepProgressResponse"), "progress recorded"),
-            {"413": "body over 1 MiB", "415": "the body is not JSON",
+            {"403": "step_secret missing or not the step's own (field step_secret)",
+             "413": "body over 1 MiB", "415": "the body is not JSON",
              "500": "unknown step or data mover, or no Slurm configured"},
             requestBody={"required": True,
                          "content": {"application/json": {"schema": _ref("StepProgressRequest")}}},
@@ -362,6 +368,16 @@ _BEARER_ERRORS = {
 }
 
 
+def _with_bearer_errors(responses: dict[str, Any]) -> dict[str, Any]:
+    """An operation's responses plus the bearer ones; a code both define names both causes."""
+    out = dict(responses)
+    for code, answer in _BEARER_ERRORS.items():
+        if code in out:
+            answer = _error(f"{answer['description']}; or {out[code]['description']}")
+        out[code] = answer
+    return out
+
+
 def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
     """The OpenAPI document of ``paths``; ``bearer`` when the API asks for tokens."""
     out_paths = {}
@@ -370,7 +386,7 @@ def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
         operations = OPERATIONS[path]
         if bearer:
             operations = {
-                method: ({**op, "responses": {**op["responses"], **_BEARER_ERRORS}}
+                method: ({**op, "responses": _with_bearer_errors(op["responses"])}
                          if method != "parameters" else op)
                 for method, op in operations.items()}
         out_paths[f"/{version}{path}"] = operations

@@ -14,11 +14,12 @@ from ..steps.request import StepRequest
 if TYPE_CHECKING:
     from ..store import Statement, Store
 
-# The request, user and creation time of a step never change after its launch.
+# The request, user, creation time and mover secret of a step never change after its launch.
 _STEP_UPSERT = (
     "INSERT INTO step (name, user, request, launch_id, phase, detail, abort_requested, created,"
-    " updated) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET phase=excluded.phase,"
-    " detail=excluded.detail, abort_requested=excluded.abort_requested, updated=excluded.updated"
+    " updated, mover_secret) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET"
+    " phase=excluded.phase, detail=excluded.detail, abort_requested=excluded.abort_requested,"
+    " updated=excluded.updated"
 )
 _JOB_UPSERT = (
     "INSERT INTO step_job (step, key, job_id, state, reason, nodes, exit_code, progress,"
@@ -33,7 +34,7 @@ def save_step(s: Step) -> Statement:
     """Record this version of a step."""
     return (_STEP_UPSERT, (s.name, s.user, ujson.dumps(s.request.canonical(), sort_keys=True),
                            s.launch_id, str(s.phase), s.detail, s.abort_requested, s.created,
-                           s.updated))
+                           s.updated, s.mover_secret))
 
 
 def save_job(j: StepJob) -> Statement:
@@ -46,7 +47,7 @@ def load_steps(store: Store) -> list[Step]:
     return [Step(row["name"], row["user"],
                  StepRequest.from_canonical(ujson.loads(row["request"])), row["launch_id"],
                  StepPhase(row["phase"]), row["detail"], row["abort_requested"], row["created"],
-                 row["updated"])
+                 row["updated"], row["mover_secret"])
             for row in store.query("SELECT * FROM step")]
 
 

@@ -82,8 +82,12 @@ def build_step_job(config: Config, req: StepRequest, cmd: StepCommand, launch_id
 
 
 def build_mover_job(config: Config, req: StepRequest, dm: DataMover, launch_id: str,
-                    after: tuple[int, ...]) -> JobSpec:
-    """A data mover's job: ``datamover_command OP SOURCE TARGET -- PATTERN...`` as the user."""
+                    after: tuple[int, ...], secret: str) -> JobSpec:
+    """A data mover's job: ``datamover_command OP SOURCE TARGET -- PATTERN...`` as the user.
+
+    ``secret``, the step's mover secret, goes in the environment only: squeue
+    shows a job's name, comment and command line to every user.
+    """
     source = config.tiers.get(dm.source)
     target = config.tiers.get(dm.target)
     env = {
@@ -99,6 +103,7 @@ def build_mover_job(config: Config, req: StepRequest, dm: DataMover, launch_id: 
         "WFM_TARGET_ROOT": target.root if target else "",
         "WFM_PROGRESS_URL": progress_url(config),
         "WFM_TOKEN_FILE": config.datamover_token_file,
+        "WFM_STEP_SECRET": secret,
     }
     argv = [*shlex.split(config.datamover_command), dm.operation, dm.source, dm.target, "--",
             *dm.elements]

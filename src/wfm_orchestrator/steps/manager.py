@@ -7,7 +7,9 @@ lock is held.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -18,7 +20,15 @@ from typing import Any
 
 from ..accounts import Accounts
 from ..config import Config
-from ..errors import InvalidRequest, NoSlurm, NotFound, RequestFailed, SlurmUnavailable, WfmError
+from ..errors import (
+    Forbidden,
+    InvalidRequest,
+    NoSlurm,
+    NotFound,
+    RequestFailed,
+    SlurmUnavailable,
+    WfmError,
+)
 from ..fault import fault
 from ..follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from ..impersonation import submit_as_user
@@ -41,6 +51,23 @@ USABLE = ("ALLOCATED", "STAGEDIN")
 NOT_USABLE = ("STOPPED", "STAGINGOUT", "STAGEDOUT", "TEARDOWN")
 MAX_PROGRESS = 1024
 CANCEL_REPEAT = 60.0  # s before a step's job is cancelled again
+
+
+def check_mover_secret(step: Step, given: str | None) -> None:
+    """A progress for ``step`` must carry the secret its own mover jobs were given.
+
+    The shared mover token only says "some data mover": without this, any job
+    holding it could write any step's progress.
+    """
+    if not given:
+        raise Forbidden("step_secret", f"a progress for step {step.name} must carry the "
+                        "step's secret (WFM_STEP_SECRET of its data mover jobs, sent as "
+                        "step_secret)")
+    if not step.mover_secret or not hmac.compare_digest(given.encode(),
+                                                        step.mover_secret.encode()):
+        raise Forbidden("step_secret", f"not the secret of step {step.name}: only the step's "
+                        "own data movers may report its progress (send WFM_STEP_SECRET of "
+                        "the mover job as step_secret)")
 
 
 class StepManager:
@@ -93,7 +120,7 @@ class StepManager:
                 created = False
             else:
                 step = Step(req.name, req.user, req, uuid.uuid4().hex[:12], Phase.WAITING, "",
-                            None, now, now)
+                            None, now, now, mover_secret=secrets.token_urlsafe(24))
                 self._steps[req.name] = step
                 self._jobs[req.name] = {}
                 ticket = self.store.write([step_rows.save_step(step)])
@@ -121,18 +148,24 @@ class StepManager:
         text = body["progress"]
         if not isinstance(text, str):
             raise InvalidRequest("progress", f"expected a string, got {kind_of(text)}")
+        given = body.get("step_secret")
+        if given is not None and not isinstance(given, str):
+            raise InvalidRequest("step_secret", f"expected a string, got {kind_of(given)}")
         text = "".join(c if c.isprintable() else " " for c in text)[:MAX_PROGRESS]
         now = self.clock()
         with self._lock:
             step = self._steps.get(step_name)
             if step is None:
                 raise NotFound("step", step_name)
+            check_mover_secret(step, given)
             if not any(dm.name == dm_name for dm in step.request.movers):
                 raise NotFound("data mover", f"{dm_name} of step {step_name}")
             key = f"dm:{dm_name}"
-            job = self._jobs[step_name].get(key) or StepJob(step_name, key, updated=now)
+            # setdefault: after a restart, a step with no job recorded yet has no entry.
+            jobs = self._jobs.setdefault(step_name, {})
+            job = jobs.get(key) or StepJob(step_name, key, updated=now)
             job = replace(job, progress=text, progress_time=now)
-            self._jobs[step_name][key] = job
+            jobs[key] = job
             ticket = self.store.write([step_rows.save_job(job)])
         return {"step_name": step_name, "datamover_name": dm_name,
                 "message": "progress recorded"}, ticket
@@ -368,12 +401,14 @@ class StepManager:
         start_ids = []
         for dm in req.movers:
             if dm.trigger == "step_start":
-                spec = build_mover_job(self.config, req, dm, step.launch_id, ())
+                spec = build_mover_job(self.config, req, dm, step.launch_id, (),
+                                       step.mover_secret)
                 start_ids.append(self._submit_one(step, dm.key, spec, jobs))
         spec = build_step_job(self.config, req, cmd, step.launch_id, tuple(start_ids))
         main_id = self._submit_one(step, "main", spec, jobs)
         for dm in req.movers:
             if dm.trigger == "step_stop":
-                spec = build_mover_job(self.config, req, dm, step.launch_id, (main_id,))
+                spec = build_mover_job(self.config, req, dm, step.launch_id, (main_id,),
+                                       step.mover_secret)
                 self._submit_one(step, dm.key, spec, jobs)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..model import StepPhase
 from ..slurm.states import has_ended
@@ -21,6 +21,9 @@ class Step:
     abort_requested: float | None = None
     created: float = 0.0
     updated: float = 0.0
+    # Handed to the step's data mover jobs only; proves a progress comes from one of them.
+    # Kept out of repr: a Step may end up in a log line.
+    mover_secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,10 @@ def default_source(target: str, config: Config) -> str | None:
     return tiers[-1] if target == tiers[0] else tiers[0]
 
 
-def parse_element(value: Any, field: str, target: str, config: Config) -> tuple[str, str]:
-    """One element -> (source tier, pattern relative to its root)."""
+def parse_element(value: Any, field: str, target: str, config: Config,
+                  user: str) -> tuple[str, str]:
+    """One element -> (source tier, pattern relative to the user's directory of it,
+    ``<root>/<user>/``, where the mover resolves it)."""
     if not isinstance(value, str):
         raise InvalidRequest(field, f"expected a string, got {kind_of(value)}")
     if not value or len(value) > 4096 or any(ord(c) < 32 or c == "\x7f" for c in value):
@@ -131,7 +133,8 @@ def parse_element(value: Any, field: str, target: str, config: Config) -> tuple[
     if sep and head in config.target_tier_list:
         source, pattern = head, tail
     if pattern.startswith("/"):
-        # An absolute path: it must lie in a configured tier's root (textually).
+        # An absolute path: it must lie in a configured tier's root (textually), in the
+        # user's directory there (the mover reads and writes nowhere else).
         norm = posixpath.normpath(pattern)
         for tier in config.tiers.values():
             root = tier.root.rstrip("/") or "/"
@@ -139,15 +142,20 @@ def parse_element(value: Any, field: str, target: str, config: Config) -> tuple[
                 if source is not None and source != tier.name:
                     raise InvalidRequest(field, f"{value!r}: the path is in tier {tier.name}, "
                                                 f"not {source}")
-                source, pattern = tier.name, norm[len(root):].lstrip("/")
+                mine = posixpath.join(root, user)
+                if norm != mine and not norm.startswith(mine + "/"):
+                    raise InvalidRequest(field, f"{value!r} is not in {user}'s directory of "
+                                                f"tier {tier.name} ({mine}/): give the path "
+                                                f"there, or {tier.name}:path relative to it")
+                source, pattern = tier.name, norm[len(mine):].lstrip("/")
                 break
         else:
             raise InvalidRequest(field, f"{value!r} is outside every tier root (elements are "
                                         "patterns relative to a tier root: [TIER:]path/glob)")
     parts = [p for p in pattern.split("/") if p not in ("", ".")]
     if not parts:
-        raise InvalidRequest(field, f"{value!r} names a whole tier root; name files or "
-                                    "directories in it")
+        raise InvalidRequest(field, f"{value!r} names a whole tier root (or your directory "
+                                    "of it); name files or directories in it")
     if ".." in parts:
         raise InvalidRequest(field, f"{value!r}: '..' is not allowed")
     if source is None:
@@ -160,7 +168,7 @@ def parse_element(value: Any, field: str, target: str, config: Config) -> tuple[
     return source, "/".join(parts)
 
 
-def parse_datamover(d: Any, field: str, service: str, config: Config) -> DataMover:
+def parse_datamover(d: Any, field: str, service: str, config: Config, user: str) -> DataMover:
     if not isinstance(d, dict):
         raise InvalidRequest(field, f"expected an object, got {kind_of(d)}")
     unknown = set(d) - {"name", "trigger", "target", "operation", "elements"}
@@ -178,7 +186,7 @@ def parse_datamover(d: Any, field: str, service: str, config: Config) -> DataMov
         raise InvalidRequest(f"{field}.elements", "expected a non-empty list of strings")
     if len(elements) > MAX_ELEMENTS:
         raise InvalidRequest(f"{field}.elements", f"at most {MAX_ELEMENTS} elements")
-    parsed = [parse_element(e, f"{field}.elements[{i}]", target, config)
+    parsed = [parse_element(e, f"{field}.elements[{i}]", target, config, user)
               for i, e in enumerate(elements)]
     sources = {s for s, _ in parsed}
     if len(sources) > 1:
@@ -227,7 +235,7 @@ def parse_launch(body: Any, config: Config,
             raise InvalidRequest(f"{f}.datamovers", f"expected a list, got {kind_of(movers_in)}")
         movers = []
         for j, d in enumerate(movers_in):
-            dm = parse_datamover(d, f"{f}.datamovers[{j}]", sname, config)
+            dm = parse_datamover(d, f"{f}.datamovers[{j}]", sname, config, user)
             if dm.name in dm_names:
                 raise InvalidRequest(f"{f}.datamovers[{j}].name",
                                      f"data mover {dm.name} is named twice in the step")
