@@ -29,6 +29,15 @@ def passwd_uid(name: str) -> int | None:
         return None
 
 
+def home_of(user: str) -> str:
+    """The user's home directory on this host (a step's default working directory), /tmp
+    if unknown."""
+    try:
+        return pwd.getpwnam(user).pw_dir or "/tmp"  # noqa: S108 - a default working directory
+    except KeyError:
+        return "/tmp"  # noqa: S108
+
+
 class Accounts:
     """Refuses, as a 400 naming the field, a user no job may be run as."""
 
@@ -55,4 +64,4 @@ class Accounts:
                                         f"min_user_uid): {fix}")
 
 
-__all__ = ["Accounts", "Lookup", "passwd_uid"]
+__all__ = ["Accounts", "Lookup", "home_of", "passwd_uid"]

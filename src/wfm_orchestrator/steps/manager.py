@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from ..accounts import Accounts
+from ..accounts import Accounts, home_of
 from ..config import Config
 from ..errors import (
     Forbidden,
@@ -41,7 +41,7 @@ from ..slurm.api import SlurmApi
 from ..store import Store, Ticket
 from .jobs import build_mover_job, build_step_job, job_partition, job_tag
 from .records import Step, StepJob
-from .request import home_of, kind_of, parse_launch
+from .request import kind_of, parse_launch
 from .status import derive_status
 
 log = logging.getLogger(__name__)

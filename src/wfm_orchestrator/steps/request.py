@@ -7,7 +7,6 @@ valid; data mover elements are patterns relative to a tier's root.
 from __future__ import annotations
 
 import posixpath
-import pwd
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,14 +80,6 @@ class StepRequest:
                                  m["source"], m["target"], tuple(m["elements"]))
                        for m in s["datamovers"])) for s in d["services"]),
                    d["home"])
-
-
-def home_of(user: str) -> str:
-    """The user's home directory on this host, /tmp if unknown."""
-    try:
-        return pwd.getpwnam(user).pw_dir or "/tmp"  # noqa: S108 - a default working directory
-    except KeyError:
-        return "/tmp"  # noqa: S108
 
 
 def kind_of(v: Any) -> str:
@@ -198,8 +189,11 @@ def parse_datamover(d: Any, field: str, service: str, config: Config, user: str)
 
 
 def parse_launch(body: Any, config: Config,
-                 home: Callable[[str], str] = home_of) -> tuple[StepRequest, StepCommand]:
-    """Validate a step/launch body; raise InvalidRequest naming the field."""
+                 home: Callable[[str], str]) -> tuple[StepRequest, StepCommand]:
+    """Validate a step/launch body; raise InvalidRequest naming the field.
+
+    ``home(user)`` gives the user's home directory (an account lookup: I/O, passed in,
+    accounts.home_of in the service)."""
     if not isinstance(body, dict):
         raise InvalidRequest("body", f"expected a JSON object, got {kind_of(body)}")
     unknown = set(body) - {"name", "user", "location", "command_env", "command", "services"}
