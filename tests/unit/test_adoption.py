@@ -23,15 +23,22 @@ def crashed_before_storing_the_id(world):
     return rec, world.sm.job(rec.name)
 
 
+def restart_beside(world, caplog, user, partition):
+    """A job carrying the service's tag, of ``user`` on ``partition``, then a restart and a
+    follower cycle (warnings captured): the record and the job as first stored."""
+    rec, job = crashed_before_storing_the_id(world)
+    world.slurm.put(555, NAME, job.tag, "RUNNING", user=user, partition=partition)
+    world.restart()
+    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.follower"):
+        world.sm.reconcile()
+    return rec, job
+
+
 # --- services -------------------------------------------------------------------
 
 
 def test_service_look_alike_of_another_user_is_not_adopted(world, caplog):
-    rec, job = crashed_before_storing_the_id(world)
-    world.slurm.put(555, NAME, job.tag, "RUNNING", user="mallory", partition="data")
-    world.restart()
-    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.follower"):
-        world.sm.reconcile()
+    rec, job = restart_beside(world, caplog, user="mallory", partition="data")
     [(spec, user, _)] = world.slurm.submitted  # the orchestrator submitted its own job
     assert (spec.comment, user) == (job.tag, "alice")
     assert world.sm.job(NAME).job_id not in (None, 555)
@@ -43,11 +50,7 @@ def test_service_look_alike_of_another_user_is_not_adopted(world, caplog):
 
 
 def test_service_look_alike_on_another_partition_is_not_adopted(world, caplog):
-    rec, job = crashed_before_storing_the_id(world)
-    world.slurm.put(555, NAME, job.tag, "RUNNING", user="alice", partition="compute")
-    world.restart()
-    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.follower"):
-        world.sm.reconcile()
+    rec, job = restart_beside(world, caplog, user="alice", partition="compute")
     assert len(world.slurm.submitted) == 1
     assert world.sm.job(NAME).job_id not in (None, 555)
     assert "partition 'compute'" in caplog.text and "expected user 'alice', partition " \
