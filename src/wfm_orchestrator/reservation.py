@@ -18,6 +18,9 @@ class Reservation:
     updated: float
     placement: list[Placement] | None = None
     detail: str = ""
+    # The Slurm job that bound it (plugin setup with its job id): the only job whose
+    # teardown may release it. None when unbound, or bound by a call without a job id.
+    bound_job: int | None = None
     # (request, placement, their JSON): a reservation is written several times
     # (reserve, allocation, release) and both rarely change in between.
     _json: tuple | None = field(default=None, repr=False, compare=False)

@@ -26,6 +26,7 @@ from .allocator import Allocator, Datanode, NoCapacity
 from .config import Config
 from .errors import (
     AlreadyAllocated,
+    Forbidden,
     NotFound,
     RequestFailed,
     StillQueued,
@@ -246,26 +247,50 @@ class ResourceManager:
 
     # --- server/allocation --------------------------------------------------
 
-    def allocate(self, name: str) -> tuple[dict[str, Any], Ticket]:
-        """GET server/allocation: FREE -> ALLOCATED; the allocation and its commit ticket."""
+    def allocate(self, name: str, job_id: int | None = None,
+                 may_bind: Callable[[Reservation], None] | None = None
+                 ) -> tuple[dict[str, Any], Ticket]:
+        """GET server/allocation: FREE -> ALLOCATED; the allocation and its commit ticket.
+
+        ``job_id`` is the binding Slurm job, recorded: only its teardown may release the
+        reservation, and its own repeated setup (a slurmctld restart, a requeue) gets the
+        allocation again. ``may_bind(rec)`` raises to refuse the binding; it runs under
+        the lock, so what it checked cannot change before the binding is recorded.
+        """
         with self._lock:
             rec = self._live(name)
+            if may_bind is not None:
+                may_bind(rec)
             if rec.state == State.QUEUED:
                 raise StillQueued(f"reservation {name!r} is queued at position "
                                   f"{self._position(rec)}: no resources yet")
             if rec.state == State.ALLOCATED:
-                raise AlreadyAllocated(f"reservation {name!r} is already ALLOCATED")
+                if job_id is not None and rec.bound_job == job_id:
+                    return rec.allocation(), self._pending(name)
+                by = f" by job {rec.bound_job}" if rec.bound_job is not None else ""
+                raise AlreadyAllocated(f"reservation {name!r} is already ALLOCATED{by}")
             rec.state = State.ALLOCATED
+            rec.bound_job = job_id
             rec.updated = self.clock()
             ticket = self._write([rec])
             self._notify(rec)
             return rec.allocation(), ticket
 
-    def release(self, name: str, detail: str = "reservation deleted"
-                ) -> tuple[Reservation, Ticket]:
-        """Free (or unqueue) ``name`` and admit what now fits; the record and its ticket."""
+    def release(self, name: str, detail: str = "reservation deleted",
+                bound_by: int | None = None) -> tuple[Reservation, Ticket]:
+        """Free (or unqueue) ``name`` and admit what now fits; the record and its ticket.
+
+        With ``bound_by`` (a teardown's job id), only if that job bound it: the record,
+        never the job's script, proves it.
+        """
         with self._lock:
             rec = self._live(name)
+            if bound_by is not None and rec.bound_job != bound_by:
+                held = (f"it is bound by job {rec.bound_job}" if rec.bound_job is not None
+                        else f"it is {rec.state.value}, bound by no job")
+                raise Forbidden("job_id", f"job {bound_by} did not bind reservation {name!r} "
+                                f"({held}): a teardown releases only what its own job bound; "
+                                "nothing was released")
             now = self.clock()
             if rec.state == State.QUEUED:
                 self._queue.remove(rec)

@@ -141,7 +141,8 @@ class ServiceManager:
             if rec.state != State.QUEUED:
                 self._on_reservation(rec)
 
-    def _launch(self, rec: Reservation) -> bool:
+    def launches(self, rec: Reservation) -> bool:
+        """Does the orchestrator submit this reservation's service job itself?"""
         return self.slurm is not None and rec.request.type in self.config.service_types
 
     def _save(self, job: ServiceJob) -> None:
@@ -151,7 +152,7 @@ class ServiceManager:
 
     def _on_reservation(self, rec: Reservation) -> None:
         """Called by the resource manager, under its lock, when a reservation changed."""
-        if rec.state not in (State.FREE, State.ALLOCATED) or not self._launch(rec):
+        if rec.state not in (State.FREE, State.ALLOCATED) or not self.launches(rec):
             return
         with self._lock:
             job = self._jobs.get(rec.name)
@@ -167,6 +168,29 @@ class ServiceManager:
     def job(self, name: str) -> ServiceJob | None:
         with self._lock:
             return self._jobs.get(name)
+
+    def confirm_job(self, rec: Reservation, job_id: int) -> bool:
+        """Is Slurm job ``job_id`` the service job this manager submitted for ``rec``?
+
+        Asked when the plugin binds with a job id the record does not hold yet: the
+        submission's answer not yet recorded, or a restart before its adoption. Slurm
+        says: the job must carry the record's tag (its nonce is secret) and run as the
+        reservation's user on the datanode partition. A yes is recorded (adopted).
+        """
+        assert self.slurm is not None
+        job = self.job(rec.name)
+        if job is None or job.seq != rec.seq:
+            return False
+        if job.job_id is not None:
+            return job.job_id == job_id
+        seen = JobIndex.of(self.slurm.jobs()).by_id.get(job_id)
+        if seen is None or seen.comment != job.tag \
+                or not seen.runs_as(rec.request.user, self.config.datanode_partition):
+            return False
+        log.info("service %s: Slurm job %d binds it before its submission was recorded: "
+                 "adopted (tag, user and partition match)", rec.name, job_id)
+        self._update(job, job_id=job_id, state=seen.state, error="")
+        return True
 
     # --- status -------------------------------------------------------------
 

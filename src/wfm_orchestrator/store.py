@@ -119,6 +119,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE step ADD COLUMN mover_secret TEXT NOT NULL DEFAULT ''
     """,
+    # 6: the Slurm job that bound a reservation (GET server/allocation with job_id): only
+    # that job's teardown may release it (NULL in rows bound before, or without a job id)
+    """
+    ALTER TABLE reservation ADD COLUMN bound_job INTEGER
+    """,
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import falcon
 
+from ..binding import Binding
 from ..config import Config
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
@@ -97,15 +98,16 @@ def _handlers(logger: logging.Logger) -> list[logging.Handler]:
 def routes(config: Config, rm: ResourceManager, services: ServiceManager,
            step_manager: StepManager | None = None) -> list[tuple[str, object]]:
     """(path without version prefix, resource) for every endpoint."""
+    binding = Binding(rm, services, rm.accounts)
     return [
         ("/ephemeralservice/reserve", reservations.Reserve(rm)),
-        ("/server/allocation/{service_name}", reservations.Allocation(rm)),
+        ("/server/allocation/{service_name}", reservations.Allocation(binding)),
         ("/server/resources/all", reservations.AllServerResources(rm)),
         ("/server/resources/{server_name}", reservations.ServerResources(rm)),
         ("/location/list", info.Locations(config)),
         ("/ephemeralservice/flavors", info.Flavors(config)),
         ("/ephemeralservice/status", service_status.AllServiceStatus(services)),
-        ("/ephemeralservice/status/{ident}", service_status.ServiceStatus(services)),
+        ("/ephemeralservice/status/{ident}", service_status.ServiceStatus(services, binding)),
         ("/ephemeralservice/release/{service_name}", service_status.Release(services)),
         ("/step/launch", steps.Launch(step_manager)),
         ("/step/progress", steps.Progress(step_manager)),

@@ -244,6 +244,17 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
             "schema": {"type": "string"}}
 
 
+def _query_uint(name: str, description: str, minimum: int) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "integer", "minimum": minimum, "maximum": 2**32 - 1}}
+
+
+_JOB_ID = _query_uint("job_id", "the Slurm job the burst-buffer plugin acts for (an addition "
+                      "to the spec; the plugin's role must send it, an administrator may "
+                      "leave it out)", 1)
+_UID = _query_uint("uid", "the uid of that job's user (an addition to the spec; required "
+                   "from the plugin's role)", 0)
+
 _COMMON = {"400": _error("malformed request (the field and the fix are named)"),
            "404": _error("unknown route")}
 
@@ -268,13 +279,19 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "/server/allocation/{service_name}": {
         "parameters": [_path_param("service_name", "the reservation name")],
         "get": _op("Bind a reservation (FREE -> ALLOCATED) and list its resources",
-                   _json(_ref("Allocation"), "the allocation"),
-                   {"409": "the reservation is still queued",
+                   _json(_ref("Allocation"), "the allocation (again, for the job that bound "
+                         "it)"),
+                   {"403": "job_id/uid may not bind it: another user's reservation, or not "
+                           "the service job the orchestrator submitted (the rule is named)",
+                    "409": "the reservation is still queued",
                     "500": "the reservation is missing",
-                    "501": "the reservation is already ALLOCATED"}),
+                    "501": "the reservation is already ALLOCATED (by another job)"},
+                   parameters=[_JOB_ID, _UID]),
         "delete": _op("Delete a reservation (its resources return to the pool)",
                       _json(_ref("Released"), "released"),
-                      {"500": "the release failed", "502": "allocation not found"}),
+                      {"403": "job_id did not bind this reservation: nothing released",
+                       "500": "the release failed", "502": "allocation not found"},
+                      parameters=[_JOB_ID]),
     },
     "/server/resources/all": {
         "get": _op("Resources of every datanode",
@@ -311,7 +328,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                    _json({"oneOf": [_ref("ServiceStatus"),
                                     {"type": "array", "items": _ref("ServiceStatus")}]},
                          "one status (service name) or a list (user id)"),
-                   {}),
+                   {"500": "with uid: no such service of that uid's user (a job may use "
+                           "only its own user's services)"},
+                   parameters=[_query_uint("uid", "the uid of the step job the burst-buffer "
+                                           "plugin checks for (an addition to the spec): the "
+                                           "segment is then a service name, answered only "
+                                           "if it is that user's; required from the "
+                                           "plugin's role", 0)]),
     },
     "/step/launch": {
         "post": _op(

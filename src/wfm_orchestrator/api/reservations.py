@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import falcon
 
+from ..binding import Binding, MustAskSlurm
 from ..errors import NotFound
 from ..model import check_name, parse_reserve
 from ..resource_manager import ResourceManager
 from .errors import APIError
 from .media import read_json
-from .serving import answer_after
-
-DELETED = "reservation deleted (DELETE server/allocation: burst-buffer teardown or Session Manager)"
+from .plugin_identity import acting_for
+from .serving import HandToWorker, answer_after, loop_request
 
 
 class Reserve:
@@ -36,27 +36,35 @@ class Reserve:
 
 
 class Allocation:
-    """GET / DELETE server/allocation/{service_name} (used by the burst-buffer plugin)."""
+    """GET / DELETE server/allocation/{service_name} (used by the burst-buffer plugin).
+
+    The plugin says which job (``job_id``) and uid it acts for; binding.py decides.
+    """
 
     nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "allocation", "DELETE": "allocation"}
 
-    def __init__(self, rm: ResourceManager):
-        self.rm = rm
+    def __init__(self, binding: Binding):
+        self.binding = binding
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
+        who = acting_for(req, "job_id", "uid")
         try:
-            body, ticket = self.rm.allocate(service_name)
+            body, ticket = self.binding.bind(service_name, who["job_id"], who["uid"],
+                                             may_block=loop_request(req) is None)
         except NotFound as e:
             raise APIError(500, "Reservation missing", str(e)) from None
+        except MustAskSlurm:
+            raise HandToWorker() from None
         answer_after(req, ticket)
         resp.media = body
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
+        who = acting_for(req, "job_id")
         try:
-            _, ticket = self.rm.release(service_name, detail=DELETED)
+            ticket = self.binding.unbind(service_name, who["job_id"])
         except NotFound as e:
             raise APIError(502, "Allocation not found", str(e)) from None
         answer_after(req, ticket)

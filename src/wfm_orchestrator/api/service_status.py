@@ -5,11 +5,13 @@ from __future__ import annotations
 import falcon
 
 from ..auth import visible
+from ..binding import Binding, NotUsable
 from ..errors import InvalidRequest, NotFound
 from ..model import check_name, check_user
 from ..services import ServiceManager
 from .auth import identity_of
 from .errors import APIError
+from .plugin_identity import acting_for
 from .serving import answer_after
 
 
@@ -48,19 +50,29 @@ class ServiceStatus:
     """A service name is looked up first; otherwise the segment is a user id (a list).
 
     A service the caller may not read is treated as unknown (never 403: its
-    existence is not revealed).
+    existence is not revealed). With ``?uid=U`` (the plugin, for a step job's
+    ``wfm_use``), the segment is a service name only, and a service of another user
+    is answered as missing (binding.py).
     """
 
     nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "service.read"}
 
-    def __init__(self, services: ServiceManager):
+    def __init__(self, services: ServiceManager, binding: Binding):
         self.services = services
+        self.binding = binding
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, ident: str) -> None:
         check_name(ident, "ephemeralservice_id")
         identity = identity_of(req)
         status = self.services.status(ident)
+        uid = acting_for(req, "uid")["uid"]
+        if uid is not None:
+            try:
+                resp.media = self.binding.usable(ident, uid, status)
+            except NotUsable as e:
+                raise APIError(500, "Service not usable", str(e)) from None
+            return
         if status is not None and visible(identity, status["user"]):
             resp.media = status
             return

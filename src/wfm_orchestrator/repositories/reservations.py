@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 
 _UPSERT = (
     "INSERT INTO reservation (name, user, type, request, token, state, seq, placement, detail,"
-    " created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    " created, updated, bound_job) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT(name) DO UPDATE SET user=excluded.user, type=excluded.type,"
     " request=excluded.request, token=excluded.token, state=excluded.state, seq=excluded.seq,"
     " placement=excluded.placement, detail=excluded.detail, created=excluded.created,"
-    " updated=excluded.updated"
+    " updated=excluded.updated, bound_job=excluded.bound_job"
 )
 _FORGET = "DELETE FROM reservation WHERE name = ? AND seq = ?"
 
@@ -36,7 +36,8 @@ def save(rec: Reservation) -> Statement:
         cached = rec._json = (rec.request, rec.placement, request, placement)
     token = rec.request.user_slurm_token if rec.state != ReservationState.RELEASED else None
     return (_UPSERT, (rec.name, rec.request.user, rec.request.type, cached[2], token,
-                      rec.state.value, rec.seq, cached[3], rec.detail, rec.created, rec.updated))
+                      rec.state.value, rec.seq, cached[3], rec.detail, rec.created, rec.updated,
+                      rec.bound_job))
 
 
 def forget(rec: Reservation) -> Statement:
@@ -57,7 +58,7 @@ def load_all(store: Store) -> list[Reservation]:
             locations=tuple(canonical["locations"]), flavor=canonical["flavor"],
             targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"])
         rec = Reservation(req, ReservationState(row["state"]), row["seq"], row["created"],
-                          row["updated"], detail=row["detail"])
+                          row["updated"], detail=row["detail"], bound_job=row["bound_job"])
         if row["placement"] is not None:
             rec.placement = [Placement(s, list(c), m, z)
                              for s, c, m, z in ujson.loads(row["placement"])]
