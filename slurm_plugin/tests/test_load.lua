@@ -102,3 +102,20 @@ test("an invalid job id is refused before any command runs", function()
 	end
 	eq(#ctx.calls, 0)
 end)
+
+test("an invalid uid is refused by setup, naming it, before any request (service and step jobs)", function()
+	local ctx = H.setup_env({})
+	local scripts = { ctx.script(H.SERVICE_SCRIPT, "service"),
+		ctx.script("#!/bin/bash\n#BB_LUA wfm_use name=u_s_nfs\nsrun app\n", "step") }
+	for _, script in ipairs(scripts) do
+		for _, uid in ipairs({ "", "-1", "1;id", "1.5", "1000&job_id=1", "$(id)", "1 0", "1234567890123" }) do
+			local rc, msg = ctx.env.slurm_bb_setup("9", uid, "1000", "", "0", script)
+			eq(rc, ctx.slurm.ERROR, uid)
+			contains(msg, "invalid uid '" .. uid .. "'", uid)
+		end
+		local rc, msg = ctx.env.slurm_bb_setup("9", nil, "1000", "", "0", script)
+		eq(rc, ctx.slurm.ERROR)
+		contains(msg, "invalid uid ''")
+	end
+	eq(#ctx.calls, 0)
+end)
