@@ -1325,6 +1325,13 @@ end
 
 -- Release what the job holds. Idempotent: a missing cache or a reservation
 -- already gone (502) is success.
+--
+-- Which reservation job_id may release is the orchestrator's record, not
+-- ours: the DELETE names the job and the orchestrator releases only a
+-- reservation this job bound. The name comes from the cache or, without
+-- one, from the job script, which any job may fill with any name: that
+-- proves nothing, and a 403 (job_id did not bind it) means nothing of
+-- this job's is held there.
 function M.teardown(cfg, job_id, job_script, hurry)
 	local rec, cerr = M.read_cache(cfg, job_id)
 	if cerr then
@@ -1361,13 +1368,19 @@ function M.teardown(cfg, job_id, job_script, hurry)
 		M.log("info", job_id, name, "job is " .. state .. " and will be staged in again: reservation kept")
 		return true
 	end
-	local status, body = M.http(cfg, "DELETE", M.API_ALLOCATION .. name)
+	local status, body = M.http(cfg, "DELETE", M.allocation_path(name, job_id))
 	if not status then
 		return nil, body
 	end
 	if status == 200 or status == 502 then
 		M.log("info", job_id, name, status == 200 and "reservation released"
 			or "reservation already released (502)")
+		return M.remove_cache(cfg, job_id)
+	elseif status == 403 then
+		-- Final: retrying would get the same answer, and failing would only
+		-- make Slurm retry. Nothing of this job's is held, so teardown is done.
+		M.log("info", job_id, name, "nothing released: the orchestrator says this job did not"
+			.. " bind the reservation (" .. (M.error_description(body) or "HTTP 403") .. ")")
 		return M.remove_cache(cfg, job_id)
 	end
 	return nil, "DELETE " .. M.API_ALLOCATION .. name .. ": unexpected HTTP status "
@@ -1451,8 +1464,10 @@ end
 --[[ slurm_bb_job_teardown(job_id, job_script, hurry [, uid, gid, job_info])
 slurmscriptd, OtherTimeout. After the job ends or is cancelled; run again
 after a failure and after a slurmctld restart. Service job: DELETE
-server/allocation/<name> (200 or 502 = success), remove the cache; a job
-still pending (restart, requeue) keeps both. Step job: remove the cache. ]]
+server/allocation/<name>?job_id=<id> (200 or 502 = released; 403 = this
+job did not bind it, nothing to release: success), remove the cache; a
+job still pending (restart, requeue) keeps both. Step job: remove the
+cache. ]]
 function slurm_bb_job_teardown(job_id, job_script, hurry, ...)
 	return entry("teardown", job_id, function()
 		local id, err = M.check_job_id(job_id)
