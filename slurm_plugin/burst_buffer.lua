@@ -17,10 +17,15 @@ the orchestrator client; operations (return ok, err); and finally the
 slurm_bb_* entry points, the only place where ok/err become slurm.SUCCESS /
 slurm.ERROR, msg.
 
-Where hooks run (Slurm 22.05):
+Where hooks run (Slurm 22.05 to 24.11):
   inside slurmctld, locks held, never killed: job_process, pools, paths.
     These read local files only: no network, no io.popen, no M.run.
   in slurmscriptd, with a timeout: every other hook.
+
+Who may bind, use or release a service is the orchestrator's decision
+(issue #15): setup sends the job id and the uid Slurm gives it, teardown
+the job id, and a 403 is the orchestrator's refusal. The plugin trusts
+nothing it reads in the job script to decide that.
 
 The module table is published as the global `wfm_bb` so that tests can
 replace `wfm_bb.run` (the command runner) and `wfm_bb.config_file`. The
@@ -1437,9 +1442,14 @@ local function entry(hook, job_id, fn)
 end
 
 --[[ slurm_bb_job_process(job_script [, uid, gid, job_info])
-Runs INSIDE slurmctld at submission; must be fast; never killed.
-Validates the directives; an error rejects the job and the message is
-printed by sbatch/salloc/srun. Reads the script only. ]]
+Runs INSIDE slurmctld at submission, job lock held; must be fast; never
+killed. Validates the directives; an error rejects the job and the message
+is printed by sbatch/salloc/srun. Reads the script only.
+Ownership is not checked here, though 24.11 passes the uid: asking the
+orchestrator is a network call, and burst_buffer_lua.c calls job_process
+(like paths) directly in slurmctld, not through slurmscriptd, so a slow
+answer would stall the controller. setup checks it instead, and a refused
+job is held. ]]
 function slurm_bb_job_process(job_script, ...)
 	local job_id = M.job_id_from_script(job_script)
 	return entry("job_process", job_id, function()
