@@ -783,7 +783,7 @@ function M.job_id_from_script(path)
 end
 
 -- Job ids and uids go into URLs and argv: digits only, bounded. Slurm
--- passes them as Lua numbers or strings; both come back as a string.
+-- passes decimal strings ("%u"); a number is accepted too, as a string.
 local function check_count_arg(what, v)
 	v = tostring(v or "")
 	if not v:match("^%d+$") or #v > 12 then

@@ -29,7 +29,7 @@ end)
 
 test("setup of a service job sends its job id and uid (GET allocation?job_id=N&uid=U)", function()
 	local ctx = H.setup_env({ [GET] = { code = 200, body = H.ALLOC_OK } })
-	-- Slurm passes the uid as a Lua number
+	-- Slurm passes "%u" strings; a Lua number must give the same query
 	eq(ctx.env.slurm_bb_setup("42", 1001, 1001, "", 0, ctx.script(H.SERVICE_SCRIPT)), ctx.slurm.SUCCESS)
 	eq(ctx.calls[1].query, "job_id=42&uid=1001")
 	eq(ctx.calls[1].url, "http://orch.example:8080/v2.0.0/server/allocation/u_s_nfs?job_id=42&uid=1001")
