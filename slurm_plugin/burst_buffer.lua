@@ -17,10 +17,15 @@ the orchestrator client; operations (return ok, err); and finally the
 slurm_bb_* entry points, the only place where ok/err become slurm.SUCCESS /
 slurm.ERROR, msg.
 
-Where hooks run (Slurm 22.05):
+Where hooks run (Slurm 22.05 to 24.11):
   inside slurmctld, locks held, never killed: job_process, pools, paths.
     These read local files only: no network, no io.popen, no M.run.
   in slurmscriptd, with a timeout: every other hook.
+
+Who may bind, use or release a service is the orchestrator's decision
+(issue #15): setup sends the job id and the uid Slurm gives it, teardown
+the job id, and a 403 is the orchestrator's refusal. The plugin trusts
+nothing it reads in the job script to decide that.
 
 The module table is published as the global `wfm_bb` so that tests can
 replace `wfm_bb.run` (the command runner) and `wfm_bb.config_file`. The
@@ -777,12 +782,22 @@ function M.job_id_from_script(path)
 	return tostring(path or ""):match("job%.(%d+)/script$")
 end
 
-function M.check_job_id(job_id)
-	job_id = tostring(job_id or "")
-	if not job_id:match("^%d+$") or #job_id > 12 then
-		return nil, "invalid job id '" .. printable(job_id, 20) .. "'"
+-- Job ids and uids go into URLs and argv: digits only, bounded. Slurm
+-- passes decimal strings ("%u"); a number is accepted too, as a string.
+local function check_count_arg(what, v)
+	v = tostring(v or "")
+	if not v:match("^%d+$") or #v > 12 then
+		return nil, "invalid " .. what .. " '" .. printable(v, 20) .. "'"
 	end
-	return job_id
+	return v
+end
+
+function M.check_job_id(job_id)
+	return check_count_arg("job id", job_id)
+end
+
+function M.check_uid(uid)
+	return check_count_arg("uid", uid)
 end
 
 ---------------------------------------------------------------------------
@@ -966,6 +981,23 @@ function M.error_text(body)
 	return ": " .. printable(body, 200)
 end
 
+-- The orchestrator's description alone (it names the rule that refused),
+-- else its title, else the body as text; nil for an empty body.
+function M.error_description(body)
+	if type(body) ~= "string" or body == "" then
+		return nil
+	end
+	local v = json.decode(body)
+	if type(v) == "table" then
+		for _, k in ipairs({ "description", "title" }) do
+			if type(v[k]) == "string" and v[k] ~= "" then
+				return printable(v[k], 300)
+			end
+		end
+	end
+	return printable(body, 200)
+end
+
 ---------------------------------------------------------------------------
 -- Cache: one JSON file per job in cache_dir, written to a temporary file
 -- then renamed, so a reader never sees half a file.
@@ -1131,6 +1163,22 @@ function M.http(cfg, method, path)
 	return status, body
 end
 
+-- Request paths carrying whom the plugin acts for (issue #15): the
+-- orchestrator decides from them whether this job may bind, use or release
+-- the service. The name is a checked service name and the values checked
+-- digits, so nothing needs escaping and curl sees no URL glob ([] {}).
+function M.allocation_path(name, job_id, uid)
+	local path = M.API_ALLOCATION .. name .. "?job_id=" .. job_id
+	if uid then
+		path = path .. "&uid=" .. uid
+	end
+	return path
+end
+
+function M.status_path(name, uid)
+	return M.API_STATUS .. name .. "?uid=" .. uid
+end
+
 -- Job state as printed by scontrol, "GONE" when Slurm no longer knows the
 -- job, or nil, err.
 function M.job_state(cfg, job_id)
@@ -1151,9 +1199,30 @@ end
 -- return codes.
 ---------------------------------------------------------------------------
 
--- Bind a service job to its reservation and cache the allocation.
-function M.setup_service(cfg, job_id, name)
-	local status, body = M.http(cfg, "GET", M.API_ALLOCATION .. name)
+-- Why the orchestrator refused (403) job_id the reservation `name`. Its
+-- description restates "job N (uid U, user) may not bind reservation X: "
+-- before the rule; our message starts with the same words, so keep only
+-- the rule and the held job's reason says it once. Any other wording is
+-- kept whole.
+function M.refusal_reason(body, job_id, name)
+	local d = M.error_description(body)
+	if not d then
+		return "refused by the orchestrator (HTTP 403, no description)"
+	end
+	local head = "job " .. job_id .. " "
+	local _, last = d:find(" may not bind reservation " .. name .. ": ", 1, true)
+	if last and d:sub(1, #head) == head and last < #d then
+		return d:sub(last + 1)
+	end
+	return d
+end
+
+-- Bind a service job to its reservation and cache the allocation. The
+-- orchestrator checks that job_id (running as uid) may bind it; a 200
+-- for a reservation this job already bound is a re-run (slurmctld
+-- restart, requeue) and is handled like any 200.
+function M.setup_service(cfg, job_id, uid, name)
+	local status, body = M.http(cfg, "GET", M.allocation_path(name, job_id, uid))
 	if not status then
 		return nil, body
 	end
@@ -1175,9 +1244,14 @@ function M.setup_service(cfg, job_id, name)
 		end
 		M.log("info", job_id, name, "reservation ALLOCATED, allocation cached")
 		return true
+	elseif status == 403 then
+		return nil, "job " .. job_id .. " (uid " .. uid .. ") may not bind reservation "
+			.. name .. ": " .. M.refusal_reason(body, job_id, name)
 	elseif status == 501 then
-		-- Already ALLOCATED: fine if this job bound it before (setup re-run
-		-- after a slurmctld restart or a requeue).
+		-- Already ALLOCATED. An orchestrator that reads job_id answers 200
+		-- to the job that bound it, so this is another job's binding, or
+		-- the orchestrator predates job_id: then this job's cache shows a
+		-- re-run of its own setup.
 		local rec = M.read_cache(cfg, job_id)
 		if rec and rec.kind == "service" and rec.name == name
 			and M.check_allocation(rec.allocation, name) then
@@ -1195,12 +1269,12 @@ function M.setup_service(cfg, job_id, name)
 		.. status .. M.error_text(body)
 end
 
--- Check that every service a step uses is usable and cache what the job
--- will see in its environment.
-function M.setup_step(cfg, job_id, uses)
+-- Check that every service a step uses is usable by uid and cache what
+-- the job will see in its environment.
+function M.setup_step(cfg, job_id, uid, uses)
 	local services, problems = {}, {}
 	for i, use in ipairs(uses) do
-		local status, body = M.http(cfg, "GET", M.API_STATUS .. use.name)
+		local status, body = M.http(cfg, "GET", M.status_path(use.name, uid))
 		if not status then
 			return nil, body
 		end
@@ -1222,8 +1296,12 @@ function M.setup_step(cfg, job_id, uses)
 					servers = checked.servers }
 			end
 		elseif status == 500 then
-			problems[#problems + 1] = "service " .. use.name .. " is unknown to the orchestrator"
-				.. M.error_text(body)
+			-- No such service, or not uid's: the orchestrator answers both
+			-- alike (it does not reveal which exist) and its description
+			-- names the rule.
+			problems[#problems + 1] = "service " .. use.name .. " is not usable: "
+				.. (M.error_description(body) or ("no service " .. use.name
+					.. " of uid " .. uid .. " (HTTP 500)"))
 		else
 			problems[#problems + 1] = "service " .. use.name .. ": unexpected HTTP status "
 				.. status .. M.error_text(body)
@@ -1243,15 +1321,22 @@ function M.setup_step(cfg, job_id, uses)
 	return true
 end
 
-function M.setup(cfg, job_id, spec)
+function M.setup(cfg, job_id, uid, spec)
 	if spec.kind == "service" then
-		return M.setup_service(cfg, job_id, spec.name)
+		return M.setup_service(cfg, job_id, uid, spec.name)
 	end
-	return M.setup_step(cfg, job_id, spec.services)
+	return M.setup_step(cfg, job_id, uid, spec.services)
 end
 
 -- Release what the job holds. Idempotent: a missing cache or a reservation
 -- already gone (502) is success.
+--
+-- Which reservation job_id may release is the orchestrator's record, not
+-- ours: the DELETE names the job and the orchestrator releases only a
+-- reservation this job bound. The name comes from the cache or, without
+-- one, from the job script, which any job may fill with any name: that
+-- proves nothing, and a 403 (job_id did not bind it) means nothing of
+-- this job's is held there.
 function M.teardown(cfg, job_id, job_script, hurry)
 	local rec, cerr = M.read_cache(cfg, job_id)
 	if cerr then
@@ -1288,13 +1373,19 @@ function M.teardown(cfg, job_id, job_script, hurry)
 		M.log("info", job_id, name, "job is " .. state .. " and will be staged in again: reservation kept")
 		return true
 	end
-	local status, body = M.http(cfg, "DELETE", M.API_ALLOCATION .. name)
+	local status, body = M.http(cfg, "DELETE", M.allocation_path(name, job_id))
 	if not status then
 		return nil, body
 	end
 	if status == 200 or status == 502 then
 		M.log("info", job_id, name, status == 200 and "reservation released"
 			or "reservation already released (502)")
+		return M.remove_cache(cfg, job_id)
+	elseif status == 403 then
+		-- Final: retrying would get the same answer, and failing would only
+		-- make Slurm retry. Nothing of this job's is held, so teardown is done.
+		M.log("info", job_id, name, "nothing released: the orchestrator says this job did not"
+			.. " bind the reservation (" .. (M.error_description(body) or "HTTP 403") .. ")")
 		return M.remove_cache(cfg, job_id)
 	end
 	return nil, "DELETE " .. M.API_ALLOCATION .. name .. ": unexpected HTTP status "
@@ -1351,9 +1442,14 @@ local function entry(hook, job_id, fn)
 end
 
 --[[ slurm_bb_job_process(job_script [, uid, gid, job_info])
-Runs INSIDE slurmctld at submission; must be fast; never killed.
-Validates the directives; an error rejects the job and the message is
-printed by sbatch/salloc/srun. Reads the script only. ]]
+Runs INSIDE slurmctld at submission, job lock held; must be fast; never
+killed. Validates the directives; an error rejects the job and the message
+is printed by sbatch/salloc/srun. Reads the script only.
+Ownership is not checked here, though 24.11 passes the uid: asking the
+orchestrator is a network call, and burst_buffer_lua.c calls job_process
+(like paths) directly in slurmctld, not through slurmscriptd, so a slow
+answer would stall the controller. setup checks it instead, and a refused
+job is held. ]]
 function slurm_bb_job_process(job_script, ...)
 	local job_id = M.job_id_from_script(job_script)
 	return entry("job_process", job_id, function()
@@ -1378,8 +1474,10 @@ end
 --[[ slurm_bb_job_teardown(job_id, job_script, hurry [, uid, gid, job_info])
 slurmscriptd, OtherTimeout. After the job ends or is cancelled; run again
 after a failure and after a slurmctld restart. Service job: DELETE
-server/allocation/<name> (200 or 502 = success), remove the cache; a job
-still pending (restart, requeue) keeps both. Step job: remove the cache. ]]
+server/allocation/<name>?job_id=<id> (200 or 502 = released; 403 = this
+job did not bind it, nothing to release: success), remove the cache; a
+job still pending (restart, requeue) keeps both. Step job: remove the
+cache. ]]
 function slurm_bb_job_teardown(job_id, job_script, hurry, ...)
 	return entry("teardown", job_id, function()
 		local id, err = M.check_job_id(job_id)
@@ -1395,15 +1493,22 @@ function slurm_bb_job_teardown(job_id, job_script, hurry, ...)
 end
 
 --[[ slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script [, job_info])
-slurmscriptd, OtherTimeout; while the job is pending. Service job:
-GET server/allocation/<name> (reservation -> ALLOCATED), cache the answer.
-Step job: check each used service is ALLOCATED or STAGEDIN, cache it.
-A failure holds the job (FAIL_BURST_BUFFER_OP) with the message. ]]
+slurmscriptd, OtherTimeout; while the job is pending. uid is the job's
+user, from Slurm in 22.05 and 24.11. Service job:
+GET server/allocation/<name>?job_id=<id>&uid=<uid> (reservation ->
+ALLOCATED), cache the answer. Step job: GET status/<name>?uid=<uid> for
+each used service, which must be ALLOCATED or STAGEDIN; cache them.
+A failure, the orchestrator's refusal (403) included, holds the job
+(FAIL_BURST_BUFFER_OP) with the message. ]]
 function slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script, ...)
 	return entry("setup", job_id, function()
 		local id, err = M.check_job_id(job_id)
 		if not id then
 			return nil, err
+		end
+		local user, uerr = M.check_uid(uid)
+		if not user then
+			return nil, uerr
 		end
 		local spec, perr = M.read_spec(job_script)
 		if not spec then
@@ -1413,7 +1518,7 @@ function slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script, ...)
 		if not cfg then
 			return nil, cerr
 		end
-		return M.setup(cfg, id, spec)
+		return M.setup(cfg, id, user, spec)
 	end)
 end
 

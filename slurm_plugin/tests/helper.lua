@@ -156,9 +156,11 @@ end
 
 -- A fake runner. routes["GET /v2.0.0/server/allocation/x"] = response or a
 -- list of responses consumed in order; a response is {code=, body=} or
--- {transport=true}. opts.job_state is what scontrol reports (or "GONE",
--- "FAIL"). Returns run, calls; each call records argv, method, path and
--- the content of the header file given with -H @file.
+-- {transport=true}. Routes are keyed by the path without its query.
+-- opts.job_state is what scontrol reports (or "GONE", "FAIL"). Returns
+-- run, calls; each call records argv, method, path, query (the text after
+-- '?', or nil), params (query parameters by name) and the content of the
+-- header file given with -H @file.
 function H.fake_runner(routes, opts)
 	opts = opts or {}
 	local calls = {}
@@ -177,7 +179,15 @@ function H.fake_runner(routes, opts)
 				end
 			end
 			call.url = argv[#argv]
-			call.path = call.url:match("^https?://[^/]+(.*)$")
+			local target = call.url:match("^https?://[^/]+(.*)$")
+			call.path, call.query = target:match("^([^?]*)%?(.*)$")
+			if not call.path then
+				call.path = target
+			end
+			call.params = {}
+			for k, v in (call.query or ""):gmatch("([^&=]+)=([^&]*)") do
+				call.params[k] = v
+			end
 			local key = call.method .. " " .. call.path
 			local r = routes[key]
 			if r == nil then

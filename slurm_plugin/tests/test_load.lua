@@ -65,7 +65,7 @@ test("hooks with nothing to do return SUCCESS without running anything", functio
 	eq(#ctx.calls, 0)
 end)
 
-test("the hooks that run inside slurmctld (job_process, pools, paths) run no command", function()
+test("the hooks that run inside slurmctld (job_process, pools, paths) run no command, with 22.05 or 24.11 arguments", function()
 	local ctx = H.setup_env({ ["GET /v2.0.0/server/allocation/u_s_nfs"] = { code = 200, body = H.ALLOC_OK } })
 	local script = ctx.script(H.SERVICE_SCRIPT)
 	eq(ctx.env.slurm_bb_setup("9", "1000", "1000", "", "0", script), 0)
@@ -73,6 +73,8 @@ test("the hooks that run inside slurmctld (job_process, pools, paths) run no com
 	local trapped = H.forbid_commands(ctx.env)
 	ctx.M.run = function(argv) error("runner called from a slurmctld hook: " .. argv[1]) end
 	eq(ctx.env.slurm_bb_job_process(script), 0)
+	-- 24.11 passes uid, gid and job_info too: still no call (locks held)
+	eq(ctx.env.slurm_bb_job_process(script, 1000, 1000, {}), 0)
 	eq((ctx.env.slurm_bb_pools()), 0)
 	eq(ctx.env.slurm_bb_paths("9", script, ctx.dir .. "/path"), 0)
 	eq(#trapped, 0, "io.popen/os.execute calls")
@@ -99,6 +101,23 @@ test("an invalid job id is refused before any command runs", function()
 		eq(rc, ctx.slurm.ERROR, id)
 		rc = ctx.env.slurm_bb_paths(id, script, ctx.dir .. "/p")
 		eq(rc, ctx.slurm.ERROR, id)
+	end
+	eq(#ctx.calls, 0)
+end)
+
+test("an invalid uid is refused by setup, naming it, before any request (service and step jobs)", function()
+	local ctx = H.setup_env({})
+	local scripts = { ctx.script(H.SERVICE_SCRIPT, "service"),
+		ctx.script("#!/bin/bash\n#BB_LUA wfm_use name=u_s_nfs\nsrun app\n", "step") }
+	for _, script in ipairs(scripts) do
+		for _, uid in ipairs({ "", "-1", "1;id", "1.5", "1000&job_id=1", "$(id)", "1 0", "1234567890123" }) do
+			local rc, msg = ctx.env.slurm_bb_setup("9", uid, "1000", "", "0", script)
+			eq(rc, ctx.slurm.ERROR, uid)
+			contains(msg, "invalid uid '" .. uid .. "'", uid)
+		end
+		local rc, msg = ctx.env.slurm_bb_setup("9", nil, "1000", "", "0", script)
+		eq(rc, ctx.slurm.ERROR)
+		contains(msg, "invalid uid ''")
 	end
 	eq(#ctx.calls, 0)
 end)

@@ -39,7 +39,7 @@ test("curl is called with -q, -sS, --max-time, -o file, -w code, -X method and t
 	eq(argv[6], "-o")
 	eq(argv[8], "-w"); eq(argv[9], "__WFM_HTTP=%{http_code}")
 	eq(argv[10], "-X"); eq(argv[11], "GET")
-	eq(argv[#argv], "http://orch.example:8080/v2.0.0/server/allocation/u_s_nfs")
+	eq(argv[#argv], "http://orch.example:8080/v2.0.0/server/allocation/u_s_nfs?job_id=5&uid=1000")
 	ok(ctx.M.command_line(argv))
 	eq(H.exists(argv[7]), false, "body temp file removed")
 end)

@@ -27,6 +27,64 @@ test("setup of a service job GETs its allocation and caches the answer", functio
 	contains(table.concat(ctx.slurm.logs, "\n"), "job 42 service u_s_nfs: reservation ALLOCATED")
 end)
 
+test("setup of a service job sends its job id and uid (GET allocation?job_id=N&uid=U)", function()
+	local ctx = H.setup_env({ [GET] = { code = 200, body = H.ALLOC_OK } })
+	-- Slurm passes "%u" strings; a Lua number must give the same query
+	eq(ctx.env.slurm_bb_setup("42", 1001, 1001, "", 0, ctx.script(H.SERVICE_SCRIPT)), ctx.slurm.SUCCESS)
+	eq(ctx.calls[1].query, "job_id=42&uid=1001")
+	eq(ctx.calls[1].url, "http://orch.example:8080/v2.0.0/server/allocation/u_s_nfs?job_id=42&uid=1001")
+end)
+
+-- The orchestrator's 403s (contract of #15 item 1), as its API edge writes them.
+local function refusal(description)
+	return { code = 403, body = '{"title": "Forbidden", "description": "' .. description
+		.. '", "message": "' .. description .. '", "field": "job_id"}' }
+end
+
+test("setup refused (403) holds the job with 'job N (uid U) may not bind reservation X: <rule>' and caches nothing", function()
+	local ctx = H.setup_env({ [GET] = refusal("job 42 (uid 1000, alice) may not bind reservation u_s_nfs: "
+		.. "it belongs to another user (a job binds only its owner's reservations)") }, { retries = 2 })
+	local rc, msg = setup(ctx, "42")
+	eq(rc, ctx.slurm.ERROR)
+	eq(msg, "job 42 (uid 1000) may not bind reservation u_s_nfs: "
+		.. "it belongs to another user (a job binds only its owner's reservations)")
+	eq(H.exists(ctx.cache_file("42")), false)
+	eq(H.count(ctx.calls, "curl"), 1, "an HTTP answer is not retried")
+	contains(table.concat(ctx.slurm.logs, "\n"), "error: burst_buffer.lua: job 42: setup: job 42 (uid 1000) may not bind")
+end)
+
+test("a 403 for another rule, or worded otherwise, gives the orchestrator's description whole", function()
+	local cases = {
+		{ refusal("job 42 (uid 1000, u) may not bind reservation u_s_nfs: job 42 is not the service job "
+			.. "the orchestrator submitted for it (job 40)"),
+			"job 42 (uid 1000) may not bind reservation u_s_nfs: job 42 is not the service job the orchestrator submitted for it (job 40)" },
+		{ refusal("GET /v2.0.0/server/allocation/u_s_nfs needs the burst-buffer role (or admin); x has neither"),
+			"job 42 (uid 1000) may not bind reservation u_s_nfs: GET /v2.0.0/server/allocation/u_s_nfs needs the burst-buffer role (or admin); x has neither" },
+		{ refusal("job 43 (uid 1000, u) may not bind reservation u_s_nfs: not this job"),
+			"job 42 (uid 1000) may not bind reservation u_s_nfs: job 43 (uid 1000, u) may not bind reservation u_s_nfs: not this job" },
+		{ { code = 403, body = "" },
+			"job 42 (uid 1000) may not bind reservation u_s_nfs: refused by the orchestrator (HTTP 403, no description)" },
+	}
+	for _, c in ipairs(cases) do
+		local ctx = H.setup_env({ [GET] = c[1] })
+		local rc, msg = setup(ctx, "42")
+		eq(rc, ctx.slurm.ERROR, c[2])
+		eq(msg, c[2])
+		eq(H.exists(ctx.cache_file("42")), false, c[2])
+	end
+end)
+
+test("setup re-run answered 200 for the same job (orchestrator knows the job) is handled like any 200", function()
+	local ctx = H.setup_env({ [GET] = { { code = 200, body = H.ALLOC_OK }, { code = 200, body = H.ALLOC_OK } } })
+	eq(setup(ctx, "42"), 0)
+	local before = H.read(ctx.cache_file("42"))
+	eq(setup(ctx, "42"), ctx.slurm.SUCCESS)
+	eq(H.read(ctx.cache_file("42")), before)
+	eq(ctx.calls[2].query, "job_id=42&uid=1000")
+	local _, _, text = paths(ctx, "42")
+	H.list_eq(H.lines(text), H.ALLOC_ENV)
+end)
+
 test("paths exports the cached allocation as KEY=VALUE lines", function()
 	local ctx = H.setup_env({ [GET] = { code = 200, body = H.ALLOC_OK } })
 	eq(setup(ctx, "42"), 0)
@@ -70,7 +128,7 @@ test("setup answers 501 without a cache of this job with an error", function()
 	contains(msg, "reservation u_s_nfs is already ALLOCATED and job 42 has no cached allocation")
 end)
 
-test("setup re-run (501 already ALLOCATED) succeeds with this job's cache and keeps it", function()
+test("setup re-run (501 already ALLOCATED, orchestrator older than job_id) succeeds with this job's cache and keeps it", function()
 	local ctx = H.setup_env({ [GET] = { { code = 200, body = H.ALLOC_OK }, { code = 501, body = "" } } })
 	eq(setup(ctx, "42"), 0)
 	local before = H.read(ctx.cache_file("42"))
@@ -126,10 +184,10 @@ test("setup succeeds when a retry gets through", function()
 end)
 
 test("an unexpected HTTP status is reported with its code", function()
-	local ctx = H.setup_env({ [GET] = { code = 403, body = '{"title": "Forbidden", "description": "bad token"}' } })
+	local ctx = H.setup_env({ [GET] = { code = 401, body = '{"title": "Unauthorized", "description": "bad token"}' } })
 	local rc, msg = setup(ctx, "42")
 	eq(rc, ctx.slurm.ERROR)
-	contains(msg, "unexpected HTTP status 403: Forbidden: bad token")
+	contains(msg, "unexpected HTTP status 401: Unauthorized: bad token")
 end)
 
 test("paths without a cache fails with a clear message", function()

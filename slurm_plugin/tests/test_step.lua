@@ -8,6 +8,10 @@ local function status(name, st, extra)
 		.. '", "detail": "d", "time": "2024-01-01T00:00:00Z"' .. (extra or "") .. '}' }
 end
 
+-- The orchestrator's 500 for a service that is unknown or not the uid's.
+local NOT_THEIRS = '{"title": "Request failed", "description": "no service u_s_sbb of uid 1000 (u): '
+	.. 'a job may use only its own user\'s services"}'
+
 local function setup(ctx, job_id)
 	return ctx.env.slurm_bb_setup(job_id, "1000", "1000", "", "0", ctx.script(STEP))
 end
@@ -36,12 +40,33 @@ end)
 test("a step's service that is not ALLOCATED or STAGEDIN fails setup with its status and detail", function()
 	local ctx = H.setup_env({
 		["GET /v1.0.0/ephemeralservice/status/u_s_nfs"] = status("u_s_nfs", "STAGINGIN"),
-		["GET /v1.0.0/ephemeralservice/status/u_s_sbb"] = { code = 500, body = '{"title": "Not found", "description": "no service u_s_sbb"}' },
+		["GET /v1.0.0/ephemeralservice/status/u_s_sbb"] = { code = 500, body = NOT_THEIRS },
 	})
 	local rc, msg = setup(ctx, "50")
 	eq(rc, ctx.slurm.ERROR)
 	contains(msg, "service u_s_nfs is not usable (status STAGINGIN: d)")
-	contains(msg, "service u_s_sbb is unknown to the orchestrator: Not found: no service u_s_sbb")
+	contains(msg, "; service u_s_sbb is not usable: no service u_s_sbb of uid 1000 (u): a job may use only its own user's services")
+	eq(H.exists(ctx.cache_file("50")), false)
+end)
+
+test("setup of a step job sends the uid (and no job id) with each status request", function()
+	local ctx = H.setup_env({
+		["GET /v1.0.0/ephemeralservice/status/u_s_nfs"] = status("u_s_nfs", "ALLOCATED"),
+		["GET /v1.0.0/ephemeralservice/status/u_s_sbb"] = status("u_s_sbb", "STAGEDIN"),
+	})
+	eq(ctx.env.slurm_bb_setup("50", 1001, 1001, "", 0, ctx.script(STEP)), ctx.slurm.SUCCESS)
+	eq(ctx.calls[1].query, "uid=1001")
+	eq(ctx.calls[2].query, "uid=1001")
+end)
+
+test("a 500 without a description still says which service and uid", function()
+	local ctx = H.setup_env({
+		["GET /v1.0.0/ephemeralservice/status/u_s_nfs"] = status("u_s_nfs", "ALLOCATED"),
+		["GET /v1.0.0/ephemeralservice/status/u_s_sbb"] = { code = 500, body = "" },
+	})
+	local rc, msg = setup(ctx, "50")
+	eq(rc, ctx.slurm.ERROR)
+	eq(msg, "service u_s_sbb is not usable: no service u_s_sbb of uid 1000 (HTTP 500)")
 	eq(H.exists(ctx.cache_file("50")), false)
 end)
 

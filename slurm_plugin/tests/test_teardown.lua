@@ -27,6 +27,41 @@ test("teardown DELETEs the allocation (200) and removes the cache", function()
 	contains(table.concat(ctx.slurm.logs, "\n"), "job 42 service u_s_nfs: reservation released")
 end)
 
+test("teardown's DELETE names the job (allocation?job_id=N), not the uid", function()
+	local ctx = bound({ [DELETE] = { code = 200 } })
+	eq(teardown(ctx), 0)
+	local last = ctx.calls[#ctx.calls]
+	eq(last.method, "DELETE")
+	eq(last.query, "job_id=42")
+end)
+
+-- The orchestrator's answer when job 42 did not bind the reservation.
+local NOT_BOUND = { code = 403, body = '{"title": "Forbidden", "description": "job 42 did not bind '
+	.. 'reservation u_s_nfs (job 40 did): nothing released", "field": "job_id"}' }
+
+test("teardown answered 403 (this job did not bind it) succeeds at once: logged, cache removed, no retry", function()
+	local ctx = bound({ [DELETE] = { NOT_BOUND } }, { retries = 2 })
+	eq(teardown(ctx), ctx.slurm.SUCCESS)
+	eq(H.count(ctx.calls, "curl"), 2, "setup's GET and one DELETE")
+	eq(H.count(ctx.calls, "sleep"), 0)
+	eq(H.exists(ctx.cache_file("42")), false)
+	local logs = table.concat(ctx.slurm.logs, "\n")
+	contains(logs, "info: burst_buffer.lua: job 42 service u_s_nfs: nothing released: "
+		.. "the orchestrator says this job did not bind the reservation (job 42 did not bind "
+		.. "reservation u_s_nfs (job 40 did): nothing released)")
+	H.not_contains(logs, "error:")
+	H.not_contains(logs, "reservation released")
+end)
+
+test("a job whose script names someone else's reservation (no cache) tears down without releasing it", function()
+	local ctx = H.setup_env({ [DELETE] = { NOT_BOUND } })
+	local rc = ctx.env.slurm_bb_job_teardown("42", ctx.script(H.SERVICE_SCRIPT), "true")
+	eq(rc, ctx.slurm.SUCCESS)
+	eq(H.count(ctx.calls, "curl"), 1)
+	eq(ctx.calls[#ctx.calls].query, "job_id=42")
+	contains(table.concat(ctx.slurm.logs, "\n"), "nothing released")
+end)
+
 test("teardown treats 502 (allocation not found) as already released", function()
 	local ctx = bound({ [DELETE] = { code = 502, body = "" } })
 	eq(teardown(ctx, "true"), ctx.slurm.SUCCESS)
