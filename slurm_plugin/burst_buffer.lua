@@ -991,11 +991,26 @@ function M.error_description(body)
 	if type(v) == "table" then
 		for _, k in ipairs({ "description", "title" }) do
 			if type(v[k]) == "string" and v[k] ~= "" then
-				return printable(v[k], 300)
+				local d = v[k]
+				-- The orchestrator starts a description with the field it names
+				-- ("uid: job 42 ..."); the field is in its own key too.
+				if type(v.field) == "string" and d:sub(1, #v.field + 2) == v.field .. ": " then
+					d = d:sub(#v.field + 3)
+				end
+				return printable(d, 300)
 			end
 		end
 	end
 	return printable(body, 200)
+end
+
+-- The field an orchestrator's error answer names (its "field" key), or nil.
+function M.error_field(body)
+	local v = type(body) == "string" and json.decode(body) or nil
+	if type(v) == "table" and type(v.field) == "string" then
+		return v.field
+	end
+	return nil
 end
 
 ---------------------------------------------------------------------------
@@ -1381,9 +1396,10 @@ function M.teardown(cfg, job_id, job_script, hurry)
 		M.log("info", job_id, name, status == 200 and "reservation released"
 			or "reservation already released (502)")
 		return M.remove_cache(cfg, job_id)
-	elseif status == 403 then
+	elseif status == 403 and M.error_field(body) == "job_id" then
 		-- Final: retrying would get the same answer, and failing would only
 		-- make Slurm retry. Nothing of this job's is held, so teardown is done.
+		-- Any other 403 (the token lost its role) is an error: Slurm retries.
 		M.log("info", job_id, name, "nothing released: the orchestrator says this job did not"
 			.. " bind the reservation (" .. (M.error_description(body) or "HTTP 403") .. ")")
 		return M.remove_cache(cfg, job_id)

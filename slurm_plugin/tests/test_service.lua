@@ -53,6 +53,15 @@ test("setup refused (403) holds the job with 'job N (uid U) may not bind reserva
 	contains(table.concat(ctx.slurm.logs, "\n"), "error: burst_buffer.lua: job 42: setup: job 42 (uid 1000) may not bind")
 end)
 
+test("the field prefix of the orchestrator's description is dropped (its body names the field)", function()
+	local d = "uid: job 42 (uid 1000) may not bind reservation u_s_nfs: it belongs to another user"
+	local body = '{"title": "Forbidden", "description": "' .. d .. '", "field": "uid"}'
+	local ctx = H.setup_env({ [GET] = { code = 403, body = body } })
+	local rc, msg = setup(ctx, "42")
+	eq(rc, ctx.slurm.ERROR)
+	eq(msg, "job 42 (uid 1000) may not bind reservation u_s_nfs: it belongs to another user")
+end)
+
 test("a 403 for another rule, or worded otherwise, gives the orchestrator's description whole", function()
 	local cases = {
 		{ refusal("job 42 (uid 1000, u) may not bind reservation u_s_nfs: job 42 is not the service job "

@@ -53,6 +53,15 @@ test("teardown answered 403 (this job did not bind it) succeeds at once: logged,
 	H.not_contains(logs, "reservation released")
 end)
 
+test("a 403 that is not about job_id (the token lost its role) is an error: cache kept, Slurm retries", function()
+	local role = { code = 403, body = '{"title": "Forbidden", "description": "DELETE needs the '
+		.. 'burst-buffer role (or admin); x has neither"}' }
+	local ctx = bound({ [DELETE] = { role } })
+	eq(teardown(ctx), ctx.slurm.ERROR)
+	eq(H.exists(ctx.cache_file("42")), true)
+	H.not_contains(table.concat(ctx.slurm.logs, "\n"), "nothing released")
+end)
+
 test("a job whose script names someone else's reservation (no cache) tears down without releasing it", function()
 	local ctx = H.setup_env({ [DELETE] = { NOT_BOUND } })
 	local rc = ctx.env.slurm_bb_job_teardown("42", ctx.script(H.SERVICE_SCRIPT), "true")

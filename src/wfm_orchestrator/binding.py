@@ -68,7 +68,7 @@ class Binding:
         def may_bind(rec: Reservation) -> None:
             # Under the resource manager's lock: the record checked is the one bound.
             if found is None or rec.request.user != found.request.user or owner_uid != uid:
-                raise Forbidden("uid", f"{who} may not bind reservation {name!r}: it belongs "
+                raise Forbidden("uid", f"{who} may not bind reservation {name}: it belongs "
                                 "to another user (a job binds only its own user's "
                                 "reservations)")
             if rec.state == ReservationState.ALLOCATED and rec.bound_job == job_id:
@@ -98,7 +98,7 @@ class Binding:
     def _not_service_job(who: str, name: str, recorded: int | None) -> str:
         theirs = (f"job {recorded}" if recorded is not None
                   else "none submitted yet, or not this one")
-        return (f"{who} may not bind reservation {name!r}: it is not the service job the "
+        return (f"{who} may not bind reservation {name}: it is not the service job the "
                 f"orchestrator submitted for it ({theirs}); the orchestrator starts this "
                 "type of service itself")
 
@@ -127,5 +127,5 @@ class NotUsable(NotFound):
 
     def __init__(self, name: str, uid: int):
         super().__init__("service", name)
-        self.args = (f"no service {name!r} of uid {uid}: a job may use only its own "
+        self.args = (f"no service {name} of uid {uid}: a job may use only its own "
                      "user's services",)

@@ -288,7 +288,7 @@ class ResourceManager:
             if bound_by is not None and rec.bound_job != bound_by:
                 held = (f"it is bound by job {rec.bound_job}" if rec.bound_job is not None
                         else f"it is {rec.state.value}, bound by no job")
-                raise Forbidden("job_id", f"job {bound_by} did not bind reservation {name!r} "
+                raise Forbidden("job_id", f"job {bound_by} did not bind reservation {name} "
                                 f"({held}): a teardown releases only what its own job bound; "
                                 "nothing was released")
             now = self.clock()
