@@ -129,7 +129,7 @@ def write_config(directory: str) -> tuple[str, str]:
     """A copy of wfm.conf with a fresh state_db and absolute paths: (path, state_db)."""
     # A directory of its own, which the orchestrator creates 0700: ``directory`` is open
     # to the cluster's users, and an open directory beside wfm.conf is refused
-    # (docs/security.md §7).
+    # (docs/security.md §9).
     state_db = os.path.join(directory, "state", "state.db")
     lines = []
     with open(WFM_CONF, encoding="utf-8") as fh:

@@ -153,7 +153,7 @@ def test_overwritten_pages_are_refused_and_kept(tmp_path, populated):
     for page in chosen:
         case = tmp_path / f"page{page + 1}"
         # Closed, as a state directory must be: an open one holding wfm.conf is refused
-        # before any page is read (docs/security.md §7).
+        # before any page is read (docs/security.md §9).
         case.mkdir(mode=0o700)
         data = bytearray(populated)
         data[page * PAGE:(page + 1) * PAGE] = rng.randbytes(PAGE)
