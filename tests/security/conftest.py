@@ -18,6 +18,8 @@ and reason from ``scontrol show job -o``), ``wait_job``, ``reserve``/``wait_stat
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import pwd
 import shutil
@@ -461,6 +463,63 @@ def servers(open_dir) -> Iterator[Callable[..., Server]]:
     yield make
     for server in started:
         stop_serve(server)
+
+
+# --- tokens: a stand-in Keycloak (tests/jwks_fixture.py) -------------------------------
+
+
+def request(port: int, method: str, path: str, token: str | None = None,
+            body: object = None) -> tuple[int, dict[str, str], object]:
+    """One HTTP request with an optional bearer token: (status, headers by lower-case
+    name, JSON body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, None if body is None else json.dumps(body), headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            answer = json.loads(raw) if raw else None
+        except ValueError:
+            answer = raw.decode(errors="replace")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, answer
+    finally:
+        conn.close()
+
+
+def roles(*names: str) -> dict:
+    """Claims giving realm roles."""
+    return {"realm_access": {"roles": list(names)}}
+
+
+@pytest.fixture
+def kc_server(servers):
+    """(port, tokens, key, name): an orchestrator with ``auth = keycloak`` against a
+    stand-in realm (its JWKS served over HTTP on loopback, one RSA key), holding a
+    reservation of bob's that the Session Manager made (no Slurm: a pure Resource Manager,
+    so the reservation stays FREE)."""
+    from tests.jwks_fixture import REALM, JWKSServer, TokenFactory, new_rsa
+
+    realm = JWKSServer()
+    key = new_rsa("k1")
+    realm.add(key)
+    try:
+        server = servers(f"keycloak_server = {realm.base_url}\nkeycloak_realm = {REALM}\n",
+                         text=SMALL_CONF.replace("auth = none", "auth = keycloak"))
+        tokens = TokenFactory(realm.issuer)
+        sm = tokens.make(key, preferred_username="iosea-sm", **roles("session-manager"))
+        name = unique("kc")
+        body = {**reserve_body(name, BOB, token="bob-token"),  # noqa: S106 - not a secret
+                "type": "GBF",
+                "attributes": {"cores": 1, "msize": 10, "gssize": 0, "mountpoint": "/mnt/x"}}
+        code, _, answer = request(server.port, "POST", "/v1.0.0/ephemeralservice/reserve",
+                                  sm, body)
+        assert code == 200, answer
+        yield server.port, tokens, key, name
+    finally:
+        realm.stop()
 
 
 def run_serve(config: str, timeout: float = 20) -> subprocess.CompletedProcess:
