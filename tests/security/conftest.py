@@ -245,6 +245,52 @@ def live_job_of(name: str) -> dict[str, str]:
     return live[0]
 
 
+# --- steps through the API ----------------------------------------------------------
+
+
+def stage_in(name: str, target: str, *elements: str) -> dict:
+    """A step_start copy mover."""
+    return {"name": name, "trigger": "step_start", "target": target, "operation": "copy",
+            "elements": list(elements)}
+
+
+def launch_step(orch, user: str, service: str, movers: list[dict],
+                command: str = "--wrap true", name: str | None = None) -> str:
+    """step/launch for ``user`` on ``service`` (his) with ``movers``: the step's name."""
+    name = name or unique("step", user)
+    code, answer = orch.post("/step/launch", {
+        "name": name, "user": user, "command": command,
+        "services": [{"name": service, "datamovers": movers}]})
+    assert code == 200, answer
+    return name
+
+
+def wait_step(orch, name: str, wanted: set[str] | str = STEP_FINAL, timeout: float = 120
+              ) -> dict:
+    """The step's status once it is one of ``wanted``."""
+    wanted = {wanted} if isinstance(wanted, str) else wanted
+    seen: list[object] = [None]
+
+    def reached() -> dict | None:
+        code, seen[0] = orch.get(f"/step/status/{name}")
+        assert code == 200, seen[0]
+        return seen[0] if seen[0]["status"] in wanted else None  # type: ignore[index]
+
+    return poll_until(reached, f"step {name}: expected {'/'.join(sorted(wanted))}", timeout,
+                      0.3, last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
+
+
+def step_secret(orch, name: str) -> str:
+    """The step's mover secret as stored (read-only, as root): what only its movers get."""
+    conn = sqlite3.connect(f"file:{orch.state_db}?mode=ro", uri=True, timeout=30)
+    try:
+        row = conn.execute("SELECT mover_secret FROM step WHERE name = ?", (name,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None, f"no step {name} in {orch.state_db}"
+    return row[0]
+
+
 @dataclass(frozen=True)
 class Things:
     """What bob owns, as the orchestrator and Slurm show it: compared before/after."""
@@ -289,6 +335,15 @@ def bob_service(orchestrator) -> Iterator[str]:
     of the session. Every test checks that it survived the attack unchanged."""
     name = reserve(orchestrator, BOB, unique("victim"))
     wait_job(int(live_job_of(name)["JobId"]), "RUNNING")
+    yield name
+    orchestrator.delete(f"/ephemeralservice/release/{name}")
+
+
+@pytest.fixture(scope="session")
+def alice_service(orchestrator) -> Iterator[str]:
+    """alice's own SBB service, ALLOCATED (for the steps she may launch); released at the
+    end of the session."""
+    name = reserve(orchestrator, ALICE, unique("own", ALICE))
     yield name
     orchestrator.delete(f"/ephemeralservice/release/{name}")
 
