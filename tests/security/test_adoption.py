@@ -25,11 +25,14 @@ from .conftest import (
     devcluster_run,
     job_info,
     job_user,
+    launch_step,
     reserve_body,
     service_status,
     squeue_as,
+    stage_in,
     unique,
     wait_status,
+    wait_step,
 )
 
 pytestmark = pytest.mark.integration
@@ -205,3 +208,49 @@ def test_alices_job_under_bobs_stored_job_id_is_not_followed(orchestrator, alice
             start_again(orchestrator)
         orchestrator.delete(f"/ephemeralservice/release/{name}")
     assert bob_things() == before
+
+
+def test_a_copied_launch_id_in_a_look_alike_of_bobs_step_job_is_not_adopted(
+        orchestrator, bob_service, bob_files, alice_jobs, bob_things):
+    """bob's step crashes the orchestrator right after its stage-in mover is queued
+    (step_after_submit): the mover's tag, and so the step's launch id, is public. alice
+    submits a look-alike of the step's later job (``...:<launch id>:main``) on ``compute``,
+    the partition of that job, before the orchestrator submits it. After the restart the
+    mover is adopted, alice's job is logged as a look-alike (user 'alice', expected 'bob')
+    and left alone, and the step runs its own job as bob to COMPLETED."""
+    before = bob_things(bob_files)
+    restart(orchestrator, fault="step_after_submit")
+    step = unique("step")
+    try:
+        launch_step(orchestrator, BOB, bob_service,
+                    [stage_in("dm_in", "NVMe", "HDD:data/results.h5")],
+                    command="--wrap 'sleep 1'", name=step)
+    except OSError:
+        pass  # the fault point won the race with the answer: the launch is durable
+    assert wait_exit(orchestrator) == 137, orchestrator.log()[-3000:]
+    try:
+        lines = [line.split("|") for line in squeue_as(ALICE, "%i|%u|%k").splitlines()]
+        movers = [k for _, u, k in lines if u == BOB and k.endswith(":dm:dm_in")
+                  and k.startswith("wfm-orchestrator:step:")]
+        assert len(movers) == 1, lines
+        main = movers[0].removesuffix("dm:dm_in") + "main"
+        copy = alice_jobs(LOOK_ALIKE, "-p", "compute", f"--comment={main}")
+        assert copy.job_id is not None, copy.err
+        mark = start_again(orchestrator)
+        st = wait_step(orchestrator, step, timeout=180)
+        log = orchestrator.log()[mark:]
+        assert st["status"] == "COMPLETED", f"{st}\n{log[-3000:]}"
+        assert re.search(rf"Slurm job {copy.job_id} of user 'alice' on partition 'compute' "
+                         r"carries its tag but is not its job \(expected user 'bob', "
+                         r"partition 'compute'\): not adopted", log), log[-3000:]
+        assert f"adopting Slurm job {copy.job_id}" not in log
+        assert job_info(copy.job_id)["JobState"] in ("PENDING", "RUNNING")
+        ran = [j for j in devcluster_run("squeue", "-h", "-a", "-t", "all", "-o",
+                                         "%i|%u|%k").stdout.splitlines()
+               if j.endswith(f"|{main}")]
+        users = sorted(j.split("|")[1] for j in ran)
+        assert users == ["alice", "bob"], ran  # bob's own job ran beside alice's copy
+    finally:
+        if orchestrator.proc.poll() is not None:
+            start_again(orchestrator)
+    assert bob_things(bob_files) == before
