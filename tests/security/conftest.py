@@ -231,6 +231,25 @@ def reserve(orch, user: str, name: str | None = None, wanted: str = "ALLOCATED")
     return name
 
 
+def release(orch, name: str, timeout: float = 120) -> None:
+    """Release a service and wait until it is STOPPED and none of its owner's jobs of its
+    name is live: the orchestrator cancels the job on its next cycle, and one stopped
+    before that (the end of the session) would leave it running. (alice's look-alikes
+    may carry the name too: they are hers, cancelled by ``alice_jobs``.)"""
+    code, answer = orch.delete(f"/ephemeralservice/release/{name}")
+    if code == 404:
+        return  # released already (a teardown, a test)
+    assert code == 200, f"release {name}: {code} {answer}"
+    owner = wait_status(orch, name, "STOPPED", timeout)["user"]
+
+    def live() -> list[tuple[str, str]]:
+        return [(j.get("JobId", ""), j.get("JobState", "")) for j in service_jobs(name)
+                if job_user(j) == owner and j.get("JobState") not in
+                (*ENDED, "COMPLETING", "STAGE_OUT")]
+
+    poll_until(lambda: not live(), f"the jobs of {name} ended", timeout, 0.5, last=live)
+
+
 def service_jobs(name: str) -> list[dict[str, str]]:
     """Every job Slurm knows whose name is the service's (its service job)."""
     out = devcluster_run("squeue", "-h", "-a", "-t", "all", "-n", name, "-o", "%i")
@@ -336,7 +355,7 @@ def bob_service(orchestrator) -> Iterator[str]:
     name = reserve(orchestrator, BOB, unique("victim"))
     wait_job(int(live_job_of(name)["JobId"]), "RUNNING")
     yield name
-    orchestrator.delete(f"/ephemeralservice/release/{name}")
+    release(orchestrator, name)
 
 
 @pytest.fixture(scope="session")
@@ -345,7 +364,7 @@ def alice_service(orchestrator) -> Iterator[str]:
     end of the session."""
     name = reserve(orchestrator, ALICE, unique("own", ALICE))
     yield name
-    orchestrator.delete(f"/ephemeralservice/release/{name}")
+    release(orchestrator, name)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from .conftest import (
     job_info,
     job_user,
     launch_step,
+    release,
     reserve_body,
     service_status,
     squeue_as,
@@ -106,7 +107,7 @@ def beside_a_look_alike(orchestrator, alice_jobs, partition: str) -> None:
     finally:
         if orchestrator.proc.poll() is not None:
             start_again(orchestrator)
-        orchestrator.delete(f"/ephemeralservice/release/{name}")
+        release(orchestrator, name)
 
 
 def test_a_copied_tag_is_not_adopted_in_place_of_bobs_job(orchestrator, alice_jobs,
@@ -157,7 +158,7 @@ def test_a_tag_guessed_before_bobs_job_is_queued_matches_nothing(orchestrator, a
     finally:
         if orchestrator.proc.poll() is not None:
             start_again(orchestrator)
-        orchestrator.delete(f"/ephemeralservice/release/{name}")
+        release(orchestrator, name)
     assert bob_things() == before
 
 
@@ -206,7 +207,7 @@ def test_alices_job_under_bobs_stored_job_id_is_not_followed(orchestrator, alice
     finally:
         if orchestrator.proc.poll() is not None:
             start_again(orchestrator)
-        orchestrator.delete(f"/ephemeralservice/release/{name}")
+        release(orchestrator, name)
     assert bob_things() == before
 
 
