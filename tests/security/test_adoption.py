@@ -198,8 +198,8 @@ def test_alices_job_under_bobs_stored_job_id_is_not_followed(orchestrator, alice
         # Not followed as the service's: alice's running job does not make it ALLOCATED
         # (bob's job is gone: the plugin's teardown, once the orchestrator answers again,
         # stops the service).
-        # The id counts as lost (its detail says "ended GONE (no longer known to Slurm)",
-        # although alice's job under it runs: see the report of this suite).
+        # The id counts as lost (services.py: "not ours"); its detail then says "Slurm job
+        # N ended GONE (no longer known to Slurm)" although alice's job N still runs.
         st = service_status(orchestrator, name)
         assert st["status"] != "ALLOCATED", st
         assert job_info(copy.job_id)["JobState"] in ("PENDING", "RUNNING"), \
