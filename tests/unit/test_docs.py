@@ -174,3 +174,23 @@ def test_every_threat_model_row_names_tests_that_exist():
                 if f"def {name.strip().lstrip(':')}(" not in source:
                     missing.append(f"{path}::{name.strip()}")
     assert not missing, f"threat-model rows name tests that do not exist: {missing}"
+
+
+def threat_model_rows() -> list[list[str]]:
+    """The cells of each row of docs/security.md's threat-model table (header excluded)."""
+    text = read(os.path.join("docs", "security.md"))
+    table = text[text.index(". Threat model\n"):]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert lines[1].startswith("|---"), lines[:2]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
+
+
+def test_every_threat_model_row_names_a_security_suite_test():
+    """Each row's test cell names at least one test of the mini-cluster security suite
+    (tests/security/: the attack staged for real, alice against bob), beside its unit
+    tests; the names themselves are checked by the test above."""
+    rows = threat_model_rows()
+    assert len(rows) >= 28, len(rows)
+    missing = [" | ".join(cells[:3]) for cells in rows
+               if not re.search(r"(^|; )tests/security/test_\w+\.py::\w+", cells[-1])]
+    assert not missing, f"threat-model rows without a tests/security/ test: {missing}"
