@@ -344,8 +344,12 @@ def test_http_1_0_with_transfer_encoding_is_400_and_closes(tmp_path, fast_path):
         refused, follow = unique("te-1-0"), unique("te-1-0-follow")
         data = (f"POST {refused} HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
                 f"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode() + get(follow)
-        resp = assert_refused(srv, exchange(srv.port, data), 400)
+        reply = exchange(srv.port, data)
+        resp = assert_refused(srv, reply, 400)
         assert b"Transfer-Encoding" in resp.body and b"HTTP/1.1" in resp.body
+        # One Connection header, saying close (waitress adds Keep-Alive beside it).
+        head = reply.raw.partition(b"\r\n\r\n")[0].lower()
+        assert head.count(b"\r\nconnection:") == 1 and b"\r\nconnection: close" in head, head
         assert not srv.logged(refused, timeout=0.3)
         assert not srv.logged(follow, timeout=0.3)
     finally:

@@ -110,6 +110,7 @@ METHODS = [
 CLASS_ATTRIBUTES = [
     ("waitress.channel", "HTTPChannel", "parser_class", "http/channel.py (our parsers)"),
     ("waitress.channel", "HTTPChannel", "task_class", "http/channel.py (FastWSGITask)"),
+    ("waitress.channel", "HTTPChannel", "error_task_class", "http/channel.py (ClosingErrorTask)"),
 ]
 
 # Instance attributes, checked on real objects (where, as "what: used where").

@@ -24,7 +24,7 @@ from ..api.serving import COMMIT_TIMEOUT, HandToWorker, failure_answer
 from ..errors import CommitTimeout, StoreError
 from ..store import Ticket
 from .parser import StrictRequestParser, StrictStockParser
-from .task import FastWSGITask
+from .task import ClosingErrorTask, FastWSGITask
 
 log = logging.getLogger("wfm_orchestrator.server")
 
@@ -54,9 +54,11 @@ class Held:
 
 
 class StockChannel(HTTPChannel):
-    """``fast_path = off``: waitress' own channel and task, with the strict parser."""
+    """``fast_path = off``: waitress' own channel and task, with the strict parser and an
+    error answer that says once that it closes."""
 
     parser_class = StrictStockParser
+    error_task_class = ClosingErrorTask
 
 
 class LoopChannel(HTTPChannel):
@@ -67,6 +69,7 @@ class LoopChannel(HTTPChannel):
 
     parser_class = StrictRequestParser
     task_class = FastWSGITask
+    error_task_class = ClosingErrorTask
     _environ_base: dict | None = None  # FastWSGITask's, built at the first request
     serve_on_loop = False  # the dispatcher chose the loop for requests[0]
     held: Held | None = None

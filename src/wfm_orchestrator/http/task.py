@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from waitress.buffers import ReadOnlyFileBasedBuffer
-from waitress.task import WSGITask, build_http_date, rename_headers
+from waitress.task import ErrorTask, WSGITask, build_http_date, rename_headers
 
 from ..api.serving import LOOP
 
@@ -167,3 +167,15 @@ class FastWSGITask(WSGITask):
         lines += [f"{name}: {value}" for name, value in sorted(headers, key=_by_name)]
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1")
+
+
+class ClosingErrorTask(ErrorTask):
+    """waitress' error answer, saying once that it closes the connection.
+
+    An error always closes; to an HTTP/1.0 request with ``Connection: keep-alive``,
+    waitress 3.0.2 answers both ``Connection: close`` and ``Connection: Keep-Alive``,
+    which a proxy may read either way (it might keep the connection for the next client).
+    """
+
+    def build_response_header(self) -> bytes:
+        return super().build_response_header().replace(b"Connection: Keep-Alive\r\n", b"")
