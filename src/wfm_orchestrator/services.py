@@ -339,8 +339,9 @@ class ServiceManager:
         if seen is not None and seen.comment == job.tag and not seen.runs_as(user, partition) \
                 and not job.ended:
             log_look_alike(f"service {rec.name}", seen, user, partition)
-        if seen is not None and (seen.name != rec.name or seen.comment not in ("", job.tag)
-                                 or not seen.runs_as(user, partition)):
+        taken = seen is not None and (seen.name != rec.name or seen.comment not in ("", job.tag)
+                                      or not seen.runs_as(user, partition))
+        if taken:
             seen = None  # Slurm gave the id of a job it lost to another job: not ours
         if seen is None and job.state == "PENDING" and rec.state == State.FREE \
                 and not job.release_requested:
@@ -354,7 +355,7 @@ class ServiceManager:
         if seen is not None:
             job = self._update(job, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
-        elif gone := gone_reason(job.state, job.updated, now):
+        elif gone := gone_reason(job.state, job.updated, now, taken=taken):
             job = self._update(job, state=GONE, reason=gone)
         # PENDING without its reservation: its setup can only fail (the job held forever).
         orphan = rec.state == State.RELEASED and job.state == "PENDING"

@@ -105,6 +105,21 @@ def test_service_job_id_reused_by_another_user_is_not_ours(world, caplog):
     assert [u for _, u, _ in world.slurm.submitted] == ["alice", "alice"]
 
 
+def test_a_running_service_job_whose_id_names_another_job_is_lost_and_says_so(world):
+    """After the service job ran, Slurm lists its id as another user's job: ours is lost
+    now, and the status says why (not "no longer known to Slurm": a job is listed)."""
+    world.reserve()
+    world.sm.reconcile()
+    world.slurm.set_state(100, "RUNNING", nodes=("dn1",))
+    world.sm.reconcile()
+    world.slurm.put(100, "other", "", "RUNNING", user="mallory", partition="compute")
+    world.sm.reconcile()
+    job = world.sm.job(NAME)
+    assert job.state == "GONE"
+    assert job.reason == "its job id now names another job (Slurm lost ours)"
+    assert "its job id now names another job" in world.status()["detail"]
+
+
 def test_service_job_on_another_partition_by_id_is_not_ours(world):
     world.reserve()
     world.sm.reconcile()
@@ -230,4 +245,6 @@ def test_step_job_id_reused_by_another_user_is_not_ours(env, caplog):
     with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.follower"):
         m.reconcile()
     assert m.jobs(STEP_BODY["name"])["main"].state == "GONE"
+    assert m.jobs(STEP_BODY["name"])["main"].reason == \
+        "its job id now names another job (Slurm lost ours)"  # not "no longer known"
     assert f"Slurm job {main} of user 'mallory'" in caplog.text

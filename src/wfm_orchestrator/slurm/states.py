@@ -66,14 +66,17 @@ def has_ended(state: str) -> bool:
     return state in ENDED_STATES
 
 
-def gone_reason(state: str, updated: float, now: float) -> str:
+def gone_reason(state: str, updated: float, now: float, taken: bool = False) -> str:
     """Why a followed job missing from Slurm's job list counts as gone ("" if not yet).
 
     ``state`` is the last state recorded for it ("" before Slurm ever listed it),
-    ``updated`` when that record last changed.
+    ``updated`` when that record last changed. ``taken``: Slurm lists another job
+    (another user's, partition's or tag's) under its id, so ours is lost now.
     """
     if state in ENDED_STATES:
         return ""
+    if taken:
+        return "its job id now names another job (Slurm lost ours)"
     if state:
         return "no longer known to Slurm"
     if updated < now - NEVER_SEEN_AFTER:

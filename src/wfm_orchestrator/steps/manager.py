@@ -276,6 +276,7 @@ class StepManager:
             if job.job_id is None or job.ended:
                 continue
             seen = by_id.get(job.job_id)
+            listed = seen is not None
             partition = job_partition(self.config, key)
             if seen is not None and seen.comment != job_tag(step.launch_id, key):
                 seen = None  # Slurm gave the id of a job it lost to another job: not ours
@@ -285,7 +286,7 @@ class StepManager:
             if seen is not None:
                 self._save_job(step.name, key, state=seen.state, reason=seen.reason,
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
-            elif gone := gone_reason(job.state, job.updated, now):
+            elif gone := gone_reason(job.state, job.updated, now, taken=listed):
                 self._save_job(step.name, key, state=GONE, reason=gone)
 
     def _cancel_all(self, step: Step, why: str) -> None:
