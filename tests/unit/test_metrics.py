@@ -249,3 +249,53 @@ def test_only_the_edge_imports_prometheus_client():
                         not rel.startswith("api" + os.sep):
                     offenders.append(rel)
     assert not offenders, offenders
+
+
+def test_datanode_lines_agree_with_prometheus_clients_rendering(app_factory):
+    """The per-datanode lines made from cached label text parse to the same families as
+    prometheus_client's own rendering of them, before and after the free values change
+    (escaping of a quote, a backslash and a new line included)."""
+    from types import SimpleNamespace
+
+    from prometheus_client.core import GaugeMetricFamily
+
+    from wfm_orchestrator.api.metrics import DATANODE_FAMILIES, DIMENSIONS, DatanodeLines
+    from wfm_orchestrator.model import DatanodeState
+
+    client, rm, _ = app_factory()
+    odd = SimpleNamespace(name='dn"x\\y', location="loc\n1", state=DatanodeState.DRAINED,
+                          reason="", cores=4, free_cores=1, msize=10, free_msize=5, ssize=7,
+                          free_ssize=0)
+    real = rm.datanodes
+    rm.datanodes = lambda: [*real(), odd]
+    lines = DatanodeLines(rm)
+
+    def reference():
+        families = [GaugeMetricFamily(name, doc, labels=labels) for (name, doc), labels in
+                    zip(DATANODE_FAMILIES, (["datanode", "location", "dimension", "state"],) * 2
+                        + (["datanode", "state"],), strict=True)]
+        for node in rm.datanodes():
+            for dim in DIMENSIONS:
+                where = [node.name, node.location or "", dim, node.state.value]
+                families[0].add_metric(where, getattr(node, dim))
+                families[1].add_metric(where, getattr(node, f"free_{dim}"))
+            for each in DatanodeState:
+                families[2].add_metric([node.name, each.value], int(node.state == each))
+
+        class Collector:
+            def collect(self):
+                return families
+
+        registry = CollectorRegistry()
+        registry.register(Collector())
+        return generate_latest(registry).decode()
+
+    def parsed(text):
+        return [(f.name, f.documentation, f.type, sorted((s.name, sorted(s.labels.items()),
+                                                          s.value) for s in f.samples))
+                for f in text_string_to_metric_families(text)]
+
+    assert parsed(lines.render()) == parsed(reference())
+    reserve(client, "alice_s_a", cores=3)
+    odd.free_cores = 0
+    assert parsed(lines.render()) == parsed(reference())

@@ -125,6 +125,7 @@ class Metrics:
         self.slurm_errors: dict[tuple[str, str], int] = {}
         self.commit_failures = 0
         self.registry = CollectorRegistry(auto_describe=False)
+        self.datanodes: DatanodeLines | None = None
         self._routes: dict[str | None, str] = {}
 
     # --- what the lower layers and the access log call --------------------------
@@ -158,12 +159,14 @@ class Metrics:
         slurm = services.slurm
         if isinstance(slurm, SlurmClient):
             slurm.observe = self.observe_slurm
+        self.datanodes = DatanodeLines(rm)
         self.registry.register(StateCollector(rm, services, steps))
         self.registry.register(_EventCollector(self))
         self.registry.register(ProcessCollector(registry=None))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        head = self.datanodes.render().encode() if self.datanodes is not None else b""
+        return head + generate_latest(self.registry)
 
     # --- scrape time ------------------------------------------------------------
 
@@ -218,8 +221,73 @@ class _EventCollector:
         return self.metrics.events()
 
 
+# The per-datanode families: (name, help). Rendered by DatanodeLines, not by
+# prometheus_client: see its docstring.
+DATANODE_FAMILIES = (
+    ("wfm_datanode_capacity", "A datanode's capacity: cores, msize and ssize in MB"),
+    ("wfm_datanode_free", "What is free on a datanode (same units as wfm_datanode_capacity)"),
+    ("wfm_datanode_state", "1 for the datanode's state (up, drained, down), 0 for the others"),
+)
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class DatanodeLines:
+    """The per-datanode gauges in the text format, from label strings made once.
+
+    They are most of a scrape's samples (9 a datanode: capacity and free in three
+    dimensions, and the state), and prometheus_client's ``generate_latest`` spends
+    ~7 µs a sample validating and escaping label names and values: 100 datanodes made a
+    scrape 8.6 ms of CPU, 1,000 would make it ~70 ms, 7% of a CPU at one scrape a
+    second. Only the free values change between scrapes (capacity and state change with
+    the configuration or a drain): everything else of a datanode is cached as text,
+    keyed by what it shows. tests/unit/test_metrics.py checks the lines against
+    prometheus_client's own rendering of the same families.
+    """
+
+    def __init__(self, rm: ResourceManager):
+        self.rm = rm
+        self._cache: dict[tuple, tuple[str, tuple[str, ...], str]] = {}
+
+    def _parts(self, node: Any) -> tuple[str, tuple[str, ...], str]:
+        key = (node.name, node.location, node.state, node.cores, node.msize, node.ssize)
+        parts = self._cache.get(key)
+        if parts is None:
+            if len(self._cache) > 4 * len(self.rm.config.datanodes) + 64:
+                self._cache.clear()  # states and capacities changed many times
+            name, where = _label_value(node.name), _label_value(node.location or "")
+            labels = [f'{{datanode="{name}",dimension="{dim}",location="{where}",'
+                      f'state="{node.state.value}"}} ' for dim in DIMENSIONS]
+            capacity = "".join(f"wfm_datanode_capacity{label}{getattr(node, dim)}\n"
+                               for label, dim in zip(labels, DIMENSIONS, strict=True))
+            free = tuple(f"wfm_datanode_free{label}" for label in labels)
+            state = "".join(f'wfm_datanode_state{{datanode="{name}",state="{each.value}"}} '
+                            f"{int(node.state == each)}\n" for each in DatanodeState)
+            parts = self._cache[key] = (capacity, free, state)
+        return parts
+
+    def render(self) -> str:
+        capacity, free, state = [], [], []
+        for node in self.rm.datanodes():
+            cap_text, free_labels, state_text = self._parts(node)
+            capacity.append(cap_text)
+            free.extend((free_labels[0], str(node.free_cores), "\n",
+                         free_labels[1], str(node.free_msize), "\n",
+                         free_labels[2], str(node.free_ssize), "\n"))
+            state.append(state_text)
+        out = []
+        for (name, documentation), lines in zip(DATANODE_FAMILIES, (capacity, free, state),
+                                                strict=True):
+            out.append(f"# HELP {name} {documentation}\n# TYPE {name} gauge\n")
+            out.extend(lines)
+        return "".join(out)
+
+
 class StateCollector:
-    """Gauges read from the use cases when scraped (a few short lock holds)."""
+    """Gauges read from the use cases when scraped (a few short lock holds); the
+    per-datanode ones are DatanodeLines'."""
 
     def __init__(self, rm: ResourceManager, services: ServiceManager,
                  steps: StepManager | None, clock=time.time):
@@ -229,24 +297,6 @@ class StateCollector:
         self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["datanode", "location", "dimension", "state"]
-        capacity = GaugeMetricFamily("wfm_datanode_capacity", "A datanode's capacity: cores, "
-                                     "msize and ssize in MB", labels=labels)
-        free = GaugeMetricFamily("wfm_datanode_free", "What is free on a datanode (same units "
-                                 "as wfm_datanode_capacity)", labels=labels)
-        state = GaugeMetricFamily("wfm_datanode_state", "1 for the datanode's state (up, "
-                                  "drained, down), 0 for the others", labels=["datanode",
-                                                                               "state"])
-        for node in self.rm.datanodes():
-            for dim in DIMENSIONS:
-                where = [node.name, node.location or "", dim, node.state.value]
-                capacity.add_metric(where, getattr(node, dim))
-                free.add_metric(where, getattr(node, f"free_{dim}"))
-            for each in DatanodeState:
-                state.add_metric([node.name, each.value], int(node.state == each))
-        yield capacity
-        yield free
-        yield state
         counts = self.rm.counts()
         by_state = GaugeMetricFamily("wfm_reservations", "Reservations by state (RELEASED: "
                                      "until forgotten after released_retention)",
