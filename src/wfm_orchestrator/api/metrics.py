@@ -269,7 +269,9 @@ class DatanodeLines:
         return parts
 
     def render(self) -> str:
-        capacity, free, state = [], [], []
+        capacity: list[str] = []
+        free: list[str] = []
+        state: list[str] = []
         for node in self.rm.datanodes():
             cap_text, free_labels, state_text = self._parts(node)
             capacity.append(cap_text)
