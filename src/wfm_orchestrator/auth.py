@@ -44,7 +44,7 @@ MAX_TOKEN_BYTES = 16 * 1024
 LEEWAY = 30  # seconds of clock skew tolerated on exp, nbf and iat
 MAX_JWKS_BYTES = 1024 * 1024
 
-ROLES = ("session-manager", "burst-buffer", "datamover", "admin")
+ROLES = ("session-manager", "burst-buffer", "datamover", "metrics", "admin")
 ACTIONS = (
     "reserve",
     "service.read",
@@ -56,6 +56,8 @@ ACTIONS = (
     "step.read",
     "step.abort",
     "step.progress",
+    "metrics",
+    "overview",
 )
 
 # A JWS in compact form: three base64url segments without padding. The
@@ -541,6 +543,8 @@ _MATRIX: dict[str, frozenset[str]] = {
     "step.read": frozenset({"session-manager"}),
     "step.abort": frozenset({"session-manager"}),
     "step.progress": frozenset({"datamover"}),
+    "metrics": frozenset({"metrics"}),  # GET /metrics: a Prometheus scraper's token
+    "overview": frozenset(),  # GET /ui/overview: every user's services and steps, admin only
 }
 _ANY_AUTHENTICATED = frozenset({"config.read"})
 _OWNER_MAY = frozenset({"service.read", "step.read"})

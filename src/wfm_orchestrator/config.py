@@ -211,6 +211,7 @@ SETTINGS: dict[str, Setting] = {
     "role_burst_buffer": Setting(
         "burst-buffer", _text, "token role of the burst-buffer plugin (server/allocation)"),
     "role_datamover": Setting("datamover", _text, "token role of data movers (step/progress)"),
+    "role_metrics": Setting("metrics", _text, "token role of Prometheus scrapers (GET /metrics)"),
     "role_admin": Setting("admin", _text, "token role of administrators (everything)"),
     "placement_policy": Setting(
         "pack", _choice("pack", "spread"), "pack = best fit (default), spread = least loaded"

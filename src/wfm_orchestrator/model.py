@@ -41,6 +41,19 @@ class ReservationState(enum.StrEnum):
     RELEASED = "RELEASED"  # DELETE server/allocation or release: resources returned
 
 
+class DatanodeState(enum.StrEnum):
+    """Whether a datanode takes new placements (``server/resources``, metrics, dashboard).
+
+    Only UP is produced so far: drain/resume and Slurm's node states (issue #19
+    item 2) set the others, in ``ResourceManager.datanode_state``, the one place
+    every reader asks.
+    """
+
+    UP = "up"  # takes new placements
+    DRAINED = "drained"  # taken out by an administrator: existing services stay
+    DOWN = "down"  # Slurm reports it DOWN, DRAIN or FAIL
+
+
 class StepPhase(enum.StrEnum):
     """Where the orchestrator is with a step (stored as these strings in ``step.phase``)."""
 

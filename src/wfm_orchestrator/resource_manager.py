@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from .errors import (
     StoreError,
     UnknownDatanode,
 )
-from .model import ReservationState, ReserveRequest
+from .model import DatanodeState, ReservationState, ReserveRequest
 from .repositories import reservations
 from .reservation import Reservation
 from .store import DONE, Store, Ticket
@@ -58,6 +59,35 @@ def _seq(rec: Reservation) -> int:
     return rec.seq
 
 
+def _ignore(seconds: float) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class DatanodeView:
+    """One datanode as operators see it: capacity, free, state (a snapshot)."""
+
+    name: str
+    location: str | None
+    state: DatanodeState
+    reason: str
+    cores: int
+    free_cores: int
+    msize: int
+    free_msize: int
+    ssize: int
+    free_ssize: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Reservations by state, and the queue: what ``status``, metrics and the dashboard show."""
+
+    by_state: dict[ReservationState, int]
+    queued: int
+    oldest_queued: float | None  # creation time of the queue's head
+
+
 _SWEEP_MIN = 1024
 
 
@@ -72,6 +102,9 @@ class ResourceManager:
         # Called (under the lock) with each reservation that changed, so the
         # service layer can react (start a service once its resources are held).
         self.listeners: list[Callable[[Reservation], None]] = []
+        # Called (under the lock) with the seconds a reservation waited from its
+        # reserve to holding resources (0 when placed at once): metrics at the edge.
+        self.on_held: Callable[[float], None] = _ignore
         # name -> the commit ticket of its last write, while it may be pending: an
         # idempotent retry of a reserve is not answered before the first one's commit.
         # Committed ones are swept when the table has doubled (amortised: O(1) a write).
@@ -212,6 +245,7 @@ class ResourceManager:
         rec.state = State.FREE
         rec.updated = now
         rec.detail = ""
+        self.on_held(now - rec.created)
 
     def _admit_queued(self, now: float) -> list[Reservation]:
         """Admit queued reservations after a release (fifo, or backfill within its window)."""
@@ -386,6 +420,37 @@ class ResourceManager:
                 "free_core_list": list(free.core_list), "core_list": list(cap.core_list),
                 "free_msize": free.msize, "msize": cap.msize,
                 "free_ssize": free.ssize, "ssize": cap.ssize}
+
+    def datanode_state(self, name: str) -> tuple[DatanodeState, str]:
+        """(state, reason) of a datanode: the one place readers ask (drain extends it)."""
+        return DatanodeState.UP, ""
+
+    def datanodes(self) -> list[DatanodeView]:
+        """Every configured datanode with its capacity, what is free and its state."""
+        out = []
+        with self._lock:
+            for name, spec in self.config.datanodes.items():
+                free = self.allocator.free(name)
+                cap = self.allocator.capacity(name)
+                state, reason = self.datanode_state(name)
+                out.append(DatanodeView(name, spec.location, state, reason,
+                                        len(cap.core_list), len(free.core_list),
+                                        cap.msize, free.msize, cap.ssize, free.ssize))
+        return out
+
+    def counts(self) -> Counts:
+        """Reservations by state (released ones until forgotten) and the queue's head."""
+        by_state = dict.fromkeys(State, 0)
+        with self._lock:
+            for rec in self._records.values():
+                by_state[rec.state] += 1
+            head = self._queue[0].created if self._queue else None
+            return Counts(by_state, len(self._queue), head)
+
+    def queued(self, limit: int) -> list[Reservation]:
+        """The first ``limit`` reservations of the queue, in queue order."""
+        with self._lock:
+            return self._queue[:limit]
 
     def all_resources(self) -> list[dict[str, Any]]:
         return [{"server_name": name, "server_resources": self.resources(name)}

@@ -223,6 +223,9 @@ class Store:
     def __init__(self, path: str, max_batch: int = 256):
         self.path = path
         self._max_batch = max_batch
+        # Called on the writer thread after each batch: (writes, seconds, refused).
+        # The metrics edge (api/metrics.py) counts commits with it; nothing waits on it.
+        self.on_commit: Callable[[int, float, bool], None] | None = None
         self._lock_fd = self._claim(path)
         try:
             self._check_file(path)
@@ -399,14 +402,16 @@ class Store:
                     stop = True
                     break
                 batch.extend(more)
-            self._commit(conn, batch)
+            self._commit(conn, batch, self.on_commit)
             if stop:
                 return
 
     @classmethod
     def _commit(cls, conn: sqlite3.Connection,
-                batch: list[tuple[list[Statement], Ticket]]) -> None:
+                batch: list[tuple[list[Statement], Ticket]],
+                on_commit: Callable[[int, float, bool], None] | None = None) -> None:
         started = time.monotonic()
+        refused = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -424,11 +429,17 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [e] * len(batch)
+            refused = True
         took = time.monotonic() - started
         if took >= SLOW_COMMIT:
             # Every response of the batch waited this long: the first thing to
             # look at when clients see slow answers (disk, fsync, filesystem).
             log.warning("state database: a commit of %d write(s) took %.1f s", len(batch), took)
+        if on_commit is not None:
+            try:
+                on_commit(len(batch), took, refused)
+            except Exception:  # noqa: BLE001 - counting must never stop the writer
+                log.exception("state database: commit observer failed")
         cls._recover(batch, results)
         for (_, ticket), error in zip(batch, results, strict=True):
             ticket._finish(error)

@@ -8,6 +8,8 @@ raw_server.py.
 
 from __future__ import annotations
 
+import http.server
+import threading
 import uuid
 from collections.abc import Callable
 
@@ -16,6 +18,7 @@ import pytest
 from tests.poll import poll_until
 from wfm_orchestrator.slurm import JobSpec, SlurmClient
 
+from .dashboard_page import CannedHandler, canned_overview
 from .minicluster import user_token as make_token
 from .raw_server import start_server, stop_server
 
@@ -84,3 +87,15 @@ def sbb(orchestrator):
                last=lambda: f"{seen[0]}\n{orchestrator.log()[-3000:]}")
     yield name
     orchestrator.delete(f"/ephemeralservice/release/{name}")
+
+
+@pytest.fixture
+def canned():
+    """A loopback server of the package's page and assets with a canned /ui/overview."""
+    handler = type("Handler", (CannedHandler,), {"overview": canned_overview()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{server.server_address[1]}/ui"
+    server.shutdown()
+    thread.join(5)

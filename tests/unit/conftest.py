@@ -94,6 +94,7 @@ CALLERS = {
     "sm": ("session-manager-svc", ["session-manager"]),
     "bb": ("slurm-plugin", ["burst-buffer"]),
     "dm": ("datamover-svc", ["datamover"]),
+    "mx": ("prometheus", ["metrics"]),
     "admin": ("root-admin", ["admin"]),
 }
 

@@ -559,21 +559,24 @@ COLUMNS = {
     "session-manager": (ident("sm", "session-manager"), "alice"),
     "burst-buffer": (ident("slurm", "burst-buffer"), "alice"),
     "datamover": (ident("dm", "datamover"), "alice"),
+    "metrics": (ident("prometheus", "metrics"), "alice"),
     "admin": (ident("root", "admin"), "alice"),
 }
 T, F = True, False
 MATRIX = {
-    #                   owner other no-role  SM   BB   DM  admin
-    "reserve":         (F,    F,    F,       T,   F,   F,  T),
-    "service.read":    (T,    F,    F,       T,   T,   F,  T),
-    "service.release": (F,    F,    F,       T,   F,   F,  T),
-    "allocation":      (F,    F,    F,       F,   T,   F,  T),
-    "resources":       (F,    F,    F,       F,   F,   F,  T),
-    "config.read":     (T,    T,    T,       T,   T,   T,  T),
-    "step.launch":     (F,    F,    F,       T,   F,   F,  T),
-    "step.read":       (T,    F,    F,       T,   F,   F,  T),
-    "step.abort":      (F,    F,    F,       T,   F,   F,  T),
-    "step.progress":   (F,    F,    F,       F,   F,   T,  T),
+    #                   owner other no-role  SM   BB   DM   MX  admin
+    "reserve":         (F,    F,    F,       T,   F,   F,   F,  T),
+    "service.read":    (T,    F,    F,       T,   T,   F,   F,  T),
+    "service.release": (F,    F,    F,       T,   F,   F,   F,  T),
+    "allocation":      (F,    F,    F,       F,   T,   F,   F,  T),
+    "resources":       (F,    F,    F,       F,   F,   F,   F,  T),
+    "config.read":     (T,    T,    T,       T,   T,   T,   T,  T),
+    "step.launch":     (F,    F,    F,       T,   F,   F,   F,  T),
+    "step.read":       (T,    F,    F,       T,   F,   F,   F,  T),
+    "step.abort":      (F,    F,    F,       T,   F,   F,   F,  T),
+    "step.progress":   (F,    F,    F,       F,   F,   T,   F,  T),
+    "metrics":         (F,    F,    F,       F,   F,   F,   T,  T),
+    "overview":        (F,    F,    F,       F,   F,   F,   F,  T),
 }
 
 

@@ -31,6 +31,8 @@ MATRIX = [
     ("GET", "/v1.0.0/step/status", None, set(CALLERS)),
     ("GET", "/v1.0.0/step/status/alice_s_st_1", None, set(CALLERS)),
     ("DELETE", "/v1.0.0/step/abort/alice_s_st_1", None, {"sm", "admin"}),
+    ("GET", "/metrics", None, {"mx", "admin"}),
+    ("GET", "/ui/overview", None, {"admin"}),
 ]
 
 
@@ -115,6 +117,19 @@ def test_openapi_document_is_public(secured):
     assert client.simulate_get("/openapi.json").status_code == 200
 
 
+def test_the_dashboards_page_is_public_and_its_data_is_not(secured):
+    """/ui and its assets hold no data: public. /ui/overview: 401 without a token."""
+    client, tokens = secured
+    for path in ("/ui", "/ui/dashboard.js", "/ui/dashboard.css"):
+        r = client.simulate_get(path)
+        assert r.status_code == 200, path
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert client.simulate_get("/ui/overview").status_code == 401
+    doc = client.simulate_get("/openapi.json").json
+    assert doc["paths"]["/ui"]["get"]["security"] == []
+    assert "security" not in doc["paths"]["/ui/overview"]["get"]
+
+
 def test_openapi_document_declares_the_bearer_token_and_its_errors(secured):
     """With auth = keycloak: the bearer scheme, required everywhere, and 401/403/503 documented."""
     secured_client, _ = secured
@@ -124,7 +139,8 @@ def test_openapi_document_declares_the_bearer_token_and_its_errors(secured):
         "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]}
     assert doc["security"] == [{"bearerAuth": []}]
     operations = [op for ops in doc["paths"].values()
-                  for method, op in ops.items() if method != "parameters"]
+                  for method, op in ops.items() if method != "parameters"
+                  and op.get("security") != []]  # the dashboard's page and assets: public
     assert len(operations) == len(MATRIX)
     for op in operations:
         assert {"401", "403", "503"} <= set(op["responses"]), op["summary"]

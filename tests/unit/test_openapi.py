@@ -5,17 +5,23 @@ import schemathesis
 import schemathesis.specs.openapi.checks as oac
 from hypothesis import HealthCheck, settings
 
-from wfm_orchestrator.api.app import VERSIONS, routes
+from wfm_orchestrator.api.app import VERSIONS, operator_routes, routes
+from wfm_orchestrator.api.metrics import Metrics
 from wfm_orchestrator.api.openapi import CANONICAL_VERSION, DEFAULT_VERSION
 
 
+def operator_table(rm, services):
+    return dict(operator_routes(rm.config, rm, services, None, Metrics()))
+
+
 def test_document_lists_exactly_the_routes(app_factory):
-    """Every route is documented under its canonical version, and nothing else."""
+    """Every route is documented under its canonical version (the operators' paths,
+    /metrics and /ui, without one), and nothing else."""
     client, rm, _ = app_factory()
     doc = client.simulate_get("/openapi.json").json
     expected = {f"/{CANONICAL_VERSION.get(p, DEFAULT_VERSION)}{p}"
                 for p, _ in routes(rm.config, rm, client.services)}
-    assert set(doc["paths"]) == expected
+    assert set(doc["paths"]) == expected | set(operator_table(rm, client.services))
     assert "aliases" in doc["info"]["description"]
 
 
@@ -23,10 +29,11 @@ def test_document_methods_match_the_resources(app_factory):
     """Each documented method exists on its resource, and each responder is documented."""
     client, rm, _ = app_factory()
     doc = client.simulate_get("/openapi.json").json
-    table = dict(routes(rm.config, rm, client.services))
+    table = {f"/{CANONICAL_VERSION.get(path, DEFAULT_VERSION)}{path}": resource
+             for path, resource in routes(rm.config, rm, client.services)}
+    table.update(operator_table(rm, client.services))
     for path, resource in table.items():
-        version = CANONICAL_VERSION.get(path, DEFAULT_VERSION)
-        ops = doc["paths"][f"/{version}{path}"]
+        ops = doc["paths"][path]
         methods = {m for m in ("get", "post", "delete", "put", "patch") if m in ops}
         responders = {m for m in ("get", "post", "delete", "put", "patch")
                       if hasattr(resource, f"on_{m}")}

@@ -17,9 +17,10 @@ from ..config import Config
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
 from ..steps import StepManager
-from . import errors, info, openapi, reservations, service_status, steps
+from . import dashboard, errors, info, openapi, reservations, service_status, steps
 from .auth import Authorization, build_verifier
 from .media import MAX_BODY, json_handler
+from .metrics import Metrics, MetricsPage
 from .serving import loop_request
 
 log = logging.getLogger("wfm_orchestrator.access")
@@ -38,7 +39,10 @@ class AccessLog:
     request through ``log.info`` cost a quarter of a status request's CPU.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        # Each request's route, method, code and seconds (api/metrics.py), from the
+        # same two clock readings as the log line.
+        self._observe = metrics.observe_request if metrics is not None else None
         self._second = -1
         self._stamp = ""
         self._lock = threading.Lock()
@@ -52,10 +56,13 @@ class AccessLog:
                                   f"at most {MAX_BODY} are accepted")
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
+        started = getattr(req.context, "started", None)
+        seconds = time.perf_counter() - started if started else 0.0
+        if self._observe is not None:
+            self._observe(req.uri_template, req.method, resp.status_code, seconds)
         if not log.isEnabledFor(logging.INFO):
             return
-        started = getattr(req.context, "started", None)
-        ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        ms = seconds * 1000
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -146,7 +153,9 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
               ) -> tuple[falcon.App, Callable[[str, str], bool]]:
     """The application, and which of its requests the server may serve on its event loop."""
     verifier = build_verifier(config)
-    middleware: list[Any] = [AccessLog()]
+    metrics = Metrics()
+    metrics.watch(rm, services, step_manager)
+    middleware: list[Any] = [AccessLog(metrics)]
     if verifier is not None:
         # With auth = none every request is the anonymous admin, who may do
         # everything (identity_of's default): there is nothing to check.
@@ -163,6 +172,24 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
     for path, resource in table:
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)
+    for path, resource in operator_routes(config, rm, services, step_manager, metrics):
+        app.add_route(path, resource)
     app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table],
                                                    bearer=verifier is not None))
     return app, nonblocking_requests(table)
+
+
+def operator_routes(config: Config, rm: ResourceManager, services: ServiceManager,
+                    step_manager: StepManager | None, metrics: Metrics
+                    ) -> list[tuple[str, object]]:
+    """The operators' paths, outside the specification's versions: metrics and the dashboard.
+
+    Served by worker threads (none is ``nonblocking``): a scrape or an overview reads
+    every record, which the event loop's other connections should not wait for.
+    """
+    return [
+        ("/metrics", MetricsPage(metrics)),
+        ("/ui", dashboard.Page()),
+        *((f"/ui/{name}", dashboard.Asset(name)) for name in dashboard.ASSETS),
+        ("/ui/overview", dashboard.Overview(config, rm, services, step_manager)),
+    ]

@@ -26,7 +26,7 @@ OWNER_CHECKED = frozenset({"service.read", "step.read"})
 _WHO_MAY = {
     "reserve": "session-manager", "service.release": "session-manager",
     "allocation": "burst-buffer", "resources": "admin", "step.launch": "session-manager",
-    "step.abort": "session-manager", "step.progress": "datamover",
+    "step.abort": "session-manager", "step.progress": "datamover", "metrics": "metrics",
 }
 
 
@@ -39,7 +39,8 @@ def build_verifier(config: Config) -> TokenVerifier | None:
         return None
     roles = {"session-manager": config.role_session_manager,
              "burst-buffer": config.role_burst_buffer,
-             "datamover": config.role_datamover, "admin": config.role_admin}
+             "datamover": config.role_datamover, "metrics": config.role_metrics,
+             "admin": config.role_admin}
     return TokenVerifier(config.keycloak_server, config.keycloak_realm,
                          config.keycloak_audience, roles)
 

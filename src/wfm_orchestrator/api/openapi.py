@@ -380,6 +380,81 @@ OPERATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+_COUNT = {"type": "integer", "minimum": 0}
+_STATUS_ITEM = {"type": "object", "required": ["user", "name", "status", "detail", "time"],
+                "properties": {k: {"type": "string"}
+                               for k in ("user", "name", "status", "detail", "time")}}
+SCHEMAS["Overview"] = {
+    "type": "object",
+    "description": "What the dashboard (GET /ui) shows; sizes in MB, waits in seconds",
+    "required": ["time", "slurm", "datanodes", "reservations", "queue", "services", "steps"],
+    "properties": {
+        "time": {"type": "string"},
+        "slurm": {"type": "object", "required": ["configured", "problem"],
+                  "properties": {"configured": {"type": "boolean"},
+                                 "problem": {"type": "string"}}},
+        "datanodes": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name", "location", "state", "reason", "cores", "free_cores", "msize",
+                         "free_msize", "ssize", "free_ssize"],
+            "properties": {
+                "name": {"type": "string"}, "location": {"type": "string"},
+                "state": {"type": "string", "enum": ["up", "drained", "down"]},
+                "reason": {"type": "string"},
+                **{k: _COUNT for k in ("cores", "free_cores", "msize", "free_msize", "ssize",
+                                       "free_ssize")}}}},
+        "reservations": {"type": "object", "additionalProperties": _COUNT,
+                         "description": "reservations by state (QUEUED, FREE, ...)"},
+        "queue": {"type": "object", "required": ["length", "oldest_wait", "items"],
+                  "properties": {
+                      "length": _COUNT, "oldest_wait": {"type": "number", "minimum": 0},
+                      "items": {"type": "array", "items": {
+                          "type": "object",
+                          "required": ["name", "user", "position", "servers", "cores",
+                                       "msize", "ssize", "locations", "waiting"],
+                          "properties": {
+                              "name": {"type": "string"}, "user": {"type": "string"},
+                              "position": _COUNT, "servers": _COUNT, "cores": _COUNT,
+                              "msize": _COUNT, "ssize": _COUNT,
+                              "locations": {"type": "array", "items": {"type": "string"}},
+                              "waiting": {"type": "number", "minimum": 0}}}}}},
+        "services": {"type": "object", "required": ["count", "items"],
+                     "properties": {"count": _COUNT,
+                                    "items": {"type": "array", "items": _STATUS_ITEM}}},
+        "steps": {"type": "object", "required": ["count", "items"],
+                  "properties": {"count": _COUNT,
+                                 "items": {"type": "array", "items": _STATUS_ITEM}}},
+    },
+}
+
+
+def _text(content_type: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {content_type: {"schema": {"type": "string"}}}}
+
+
+# The operators' paths: outside the specification, not under a version prefix.
+OPERATOR_OPERATIONS: dict[str, dict[str, Any]] = {
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics (text format; names and labels in docs/operations.md)",
+        "responses": {"200": _text("text/plain", "the metrics")}}},
+    "/ui": {"get": {
+        "summary": "The live dashboard (a page; it reads /ui/overview)",
+        "responses": {"200": _text("text/html", "the page")}}},
+    "/ui/dashboard.js": {"get": {
+        "summary": "The dashboard's script", "responses": {"200": _text("text/javascript",
+                                                                        "the script")}}},
+    "/ui/dashboard.css": {"get": {
+        "summary": "The dashboard's style", "responses": {"200": _text("text/css",
+                                                                       "the style")}}},
+    "/ui/overview": {"get": {
+        "summary": "What the dashboard shows: datanodes with their state and use, "
+                   "reservations by state, the queue, live services, steps",
+        "responses": {"200": _json(_ref("Overview"), "the overview")}}},
+}
+_PUBLIC_PATHS = ("/ui", "/ui/dashboard.js", "/ui/dashboard.css")
+
+
 # With auth = keycloak every operation takes a bearer token (docs/security.md).
 BEARER_SCHEME = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                  "description": "An access token of the Keycloak realm (keycloak_realm), "
@@ -413,6 +488,13 @@ def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
                          if method != "parameters" else op)
                 for method, op in operations.items()}
         out_paths[f"/{version}{path}"] = operations
+    for path, operations in OPERATOR_OPERATIONS.items():
+        if bearer and path not in _PUBLIC_PATHS:
+            operations = {method: {**op, "responses": _with_bearer_errors(op["responses"])}
+                          for method, op in operations.items()}
+        elif bearer:
+            operations = {method: {**op, "security": []} for method, op in operations.items()}
+        out_paths[path] = operations
     components: dict[str, Any] = {"schemas": SCHEMAS}
     security: dict[str, Any] = {}
     if bearer:

@@ -21,12 +21,14 @@ alive between calls. Tokens never appear in messages or logs.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -74,6 +76,35 @@ def _not_sent(exc: BaseException) -> bool:
     return False
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+# (operation, seconds, error class name or "") after each public call: the metrics edge.
+Observer = Callable[[str, float, str], None]
+
+
+def _observed(operation: str) -> Callable[[F], F]:
+    """Report the call's duration and outcome to ``self.observe`` (when one is set)."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def timed(self: SlurmClient, *args: Any, **kwargs: Any) -> Any:
+            observe = self.observe
+            if observe is None:
+                return method(self, *args, **kwargs)
+            started = time.monotonic()
+            error = ""
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                error = type(e).__name__
+                raise
+            finally:
+                observe(operation, time.monotonic() - started, error)
+
+        return timed  # type: ignore[return-value]
+
+    return wrap
+
+
 def token_claims(token: str) -> dict[str, Any] | None:
     """The (unverified) claims of a JWT, or None when it is not one."""
     try:
@@ -107,6 +138,7 @@ class SlurmClient:
         self._session.mount("https://", HTTPAdapter(max_retries=0, pool_maxsize=16))
         self._token_lock = threading.Lock()
         self._token_cache: tuple[float, str] | None = None
+        self.observe: Observer | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> SlurmClient:
@@ -252,6 +284,7 @@ class SlurmClient:
 
     # --- the public calls --------------------------------------------------------
 
+    @_observed("submit")
     def submit(self, spec: JobSpec, user: str, user_token: str | None = None) -> int:
         """Submit ``spec`` as ``user``; return the Slurm job id.
 
@@ -271,6 +304,7 @@ class SlurmClient:
         log.info("submitted Slurm job %d (%s) for %s", job_id, spec.name, user)
         return job_id
 
+    @_observed("cancel")
     def cancel(self, job_id: int, signal: str = "SIGTERM", user: str | None = None,
                user_token: str | None = None) -> bool:
         """Send ``signal`` to job ``job_id`` (``DELETE /job/{id}?signal=``).
@@ -295,6 +329,7 @@ class SlurmClient:
         raise_for_response(status, parsed, what, text)
         return True
 
+    @_observed("job_states")
     def job_states(self, job_ids: list[int] | tuple[int, ...] | set[int],
                    user: str | None = None, user_token: str | None = None
                    ) -> dict[int, JobState]:
@@ -306,12 +341,14 @@ class SlurmClient:
                                           self._headers(user, user_token))
         return parse_job_states(status, parsed, ids, self.api_version, text)
 
+    @_observed("jobs")
     def jobs(self, user: str | None = None, user_token: str | None = None) -> list[JobState]:
         """Every job slurmctld knows (to find jobs by name or comment after a restart)."""
         status, parsed, text = self._call("GET", "/jobs", "read jobs",
                                           self._headers(user, user_token))
         return parse_jobs(status, parsed, self.api_version, "read jobs", text)
 
+    @_observed("job")
     def job(self, job_id: int, user: str | None = None,
             user_token: str | None = None) -> JobState | None:
         """One job, or None when Slurm does not know it (any more)."""
@@ -326,6 +363,7 @@ class SlurmClient:
                  if j.job_id == job_id]
         return found[0] if found else None
 
+    @_observed("ping")
     def ping(self) -> list[dict[str, Any]]:
         """``GET /ping`` with the SlurmUser token; raises unless a slurmctld is UP."""
         status, parsed, text = self._call("GET", "/ping", "ping", self._headers(None, None))
