@@ -173,7 +173,9 @@ def render_env(config: Config, slurm: str) -> str:
         "WFM_RESTD_HOST": host,
         "WFM_RESTD_PORT": str(port),
         "WFM_RESTD_URL": config.slurmrestd_url or f"http://{host}:{port}",
-        "WFM_API_VERSION": config.slurm_api_version,
+        # The host's 22.05 slurmrestd serves v0.0.38 only: `auto` finds it there.
+        "WFM_API_VERSION": ("v0.0.38" if config.slurm_api_version == "auto"
+                            else config.slurm_api_version),
         "WFM_COMPUTE_PARTITION": config.compute_partition,
         "WFM_DATA_PARTITION": config.datanode_partition,
         "WFM_BB_CACHE_DIR": BB_CACHE_DIR,

@@ -100,6 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
              config.listen, cpus or "all", config.threads, config.state_db,
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
              else "no Slurm: Resource Manager only")
+    if services.slurm is not None:
+        _choose_slurm_api(services.slurm)
     services.start()
     steps.start()
     try:
@@ -113,6 +115,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store.close()
         log.info("stopped")
     return 0
+
+
+def _choose_slurm_api(slurm) -> None:
+    """Choose slurmrestd's API version now (``auto``), so the log says which at start-up.
+
+    Unreachable, or serving none of our versions: the service starts all the same
+    (degraded: reservations work, services and steps wait), says so here and in every
+    status of a live service or step, and the next Slurm call tries again.
+    """
+    from .errors import WfmError
+
+    try:
+        version = slurm.negotiate()
+    except WfmError as e:
+        log.warning("Slurm not usable yet, starting degraded (services and steps wait; "
+                    "retried at every Slurm call): %s", e)
+        return
+    log.info("slurmrestd API %s (slurm_api_version = %s)", version, slurm.configured_version)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -184,7 +184,10 @@ SETTINGS: dict[str, Setting] = {
         "no", _choice("no", "yes"), "yes = accept an http:// slurmrestd_url on a host that is "
         "not loopback, though the SlurmUser token then crosses the network in clear"
     ),
-    "slurm_api_version": Setting("v0.0.38", _choice("v0.0.38"), "slurmrestd OpenAPI version"),
+    "slurm_api_version": Setting(
+        "auto", _choice("auto", "v0.0.42", "v0.0.41", "v0.0.40", "v0.0.38"),
+        "slurmrestd OpenAPI version: auto = the newest both sides know, chosen at start-up "
+        "(v0.0.38 = Slurm 22.05; v0.0.40 to v0.0.42 = Slurm 24.11)"),
     "slurm_token_file": Setting(
         "", _text, "file holding the SlurmUser JWT (scontrol token)", path=True
     ),

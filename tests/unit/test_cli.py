@@ -74,3 +74,20 @@ def test_console_script_is_installed_and_runs():
                          env=server_env())
     assert out.returncode == 0, out.stderr
     assert "loc1: compute cn1, datanodes dn1, neighbours loc2" in out.stdout, out.stdout
+
+
+def test_serve_starts_degraded_when_no_slurm_api_version_can_be_chosen(caplog):
+    """slurmrestd unreachable or serving none of our versions: logged as a degraded start
+    with the reason (versions found and needed); nothing raised, so serve goes on."""
+    from wfm_orchestrator.cli import _choose_slurm_api
+    from wfm_orchestrator.errors import SlurmUnavailable
+
+    class NoVersion:
+        configured_version = "auto"
+
+        def negotiate(self):
+            raise SlurmUnavailable("slurmrestd at http://x serves API versions v0.0.37; "
+                                   "this orchestrator speaks v0.0.42, v0.0.41, v0.0.40, v0.0.38")
+
+    _choose_slurm_api(NoVersion())
+    assert "starting degraded" in caplog.text and "serves API versions v0.0.37" in caplog.text

@@ -163,7 +163,7 @@ def test_slurm_calls_are_timed_by_operation_and_errors_counted():
     """The client reports each public call: its operation, duration and error class."""
     metrics = Metrics()
     ok = captured("ping_ok")
-    client = SlurmClient("http://slurm:6820", token_file=None,
+    client = SlurmClient("http://slurm:6820", token_file=None, api_version="v0.0.38",
                          session=FakeSession(ok, refused(), refused(), refused(), refused(),
                                              refused(), refused()),
                          timeout=0.3)

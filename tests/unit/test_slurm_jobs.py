@@ -12,12 +12,13 @@ from wfm_orchestrator.slurm.jobs import (
     Dependency,
     JobSpec,
     build_job_script,
-    build_submit_body,
     format_bb,
     service_directive,
     use_directive,
     validate_spec,
 )
+from wfm_orchestrator.slurm.versions import SUPPORTED
+from wfm_orchestrator.slurm.versions import build_submit_body as submit_body
 
 from ..golden import assert_golden
 
@@ -53,13 +54,41 @@ STEP = JobSpec(
 MINIMAL = JobSpec(name="mover", command=["wfm-datamover"], partition="compute")
 
 
+def build_submit_body(spec, version="v0.0.38"):
+    """Slurm 22.05's body (the version-independent checks below run on it; the
+    golden files and the 24.11 shape are checked for every version)."""
+    return submit_body(spec, version)
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
 @pytest.mark.parametrize("name,spec", [("service", SERVICE), ("step", STEP), ("minimal", MINIMAL)])
-def test_submit_body_matches_golden_files(name, spec):
-    """The script and the job description of each kind of job are exactly the golden ones."""
-    body = build_submit_body(spec)
-    assert_golden(os.path.join(GOLDEN, f"{name}.sh"), body["script"])
-    assert_golden(os.path.join(GOLDEN, f"{name}.job.json"),
-                  json.dumps(body["job"], indent=1, sort_keys=True) + "\n")
+def test_submit_body_matches_golden_files(name, spec, version):
+    """The script and the job description of each kind of job are exactly the golden ones:
+    22.05's (v0.0.38) in golden/, 24.11's (the same for v0.0.40, v0.0.41, v0.0.42) in
+    golden/v0.0.4x/ (fields checked on the real daemons: tests/unit/captured/v0.0.4*/)."""
+    body = submit_body(spec, version)
+    if version == "v0.0.38":
+        script, job, where = body["script"], body["job"], GOLDEN
+    else:
+        assert set(body) == {"job"}
+        job = dict(body["job"])
+        script, where = job.pop("script"), os.path.join(GOLDEN, "v0.0.4x")
+    assert_golden(os.path.join(GOLDEN, f"{name}.sh"), script)
+    assert_golden(os.path.join(where, f"{name}.job.json"),
+                  json.dumps(job, indent=1, sort_keys=True) + "\n")
+
+
+def test_v004x_writes_lists_and_set_numbers():
+    """24.11: environment as K=V, exact and excluded nodes as lists, numbers as
+    {set, number}, exclusive as shared=none (what sbatch --exclusive sets)."""
+    spec = JobSpec(name="j", command=["/bin/true"], partition="compute", nodes=["cn1"],
+                   memory_per_node=100, time_limit=5, exclusive=True, exclude=["cn2"])
+    job = submit_body(spec, "v0.0.42")["job"]
+    assert job["environment"][-2:] == ["WFM_ARGC=1", "WFM_ARGV_0=/bin/true"]
+    assert job["required_nodes"] == ["cn1"] and job["excluded_nodes"] == ["cn2"]
+    assert job["memory_per_node"] == {"set": True, "number": 100}
+    assert job["time_limit"] == {"set": True, "number": 5} and job["shared"] == ["none"]
+    assert "nodelist" not in job and "exclusive" not in job
 
 
 def test_command_travels_as_environment_data_not_script_text():

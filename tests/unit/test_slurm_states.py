@@ -8,15 +8,15 @@ import pytest
 from wfm_orchestrator.errors import SlurmAuthError, SlurmError, SlurmUnavailable
 from wfm_orchestrator.slurm.states import (
     is_unknown_job,
-    parse_job_states,
-    parse_jobs,
-    parse_ping,
     parse_submit,
     raise_for_response,
     slurm_errors,
 )
+from wfm_orchestrator.slurm.versions import parse_job_states, parse_jobs, parse_ping
 
-CAPTURED = os.path.join(os.path.dirname(__file__), "captured")
+# Slurm 22.05's answers; those of 24.11 (v0.0.40-42) are read in test_slurm_versions.py.
+V38 = "v0.0.38"
+CAPTURED = os.path.join(os.path.dirname(__file__), "captured", V38)
 
 
 def cap(name):
@@ -31,7 +31,7 @@ def by_name(jobs):
 
 def test_jobs_list_gives_state_reason_nodes_and_user():
     """GET /jobs: every captured job is read with Slurm's state and reason."""
-    jobs = by_name(parse_jobs(*cap("jobs_mixed")[:2]))
+    jobs = by_name(parse_jobs(*cap("jobs_mixed")[:2], V38))
     run = jobs["cap_run"]
     assert (run.state, run.reason, run.nodes, run.user) == ("RUNNING", "", ("dn1", "dn2"), "alice")
     assert run.exit_code is None and run.partition == "data" and run.is_active
@@ -46,19 +46,19 @@ def test_jobs_list_gives_state_reason_nodes_and_user():
 ])
 def test_exit_code_is_decoded_from_the_wait_status(name, state, exit_code, signal):
     """exit_code 768 means exit 3; a low byte is the signal."""
-    job = by_name(parse_jobs(*cap("jobs_mixed")[:2]))[name]
+    job = by_name(parse_jobs(*cap("jobs_mixed")[:2], V38))[name]
     got = (job.state, job.exit_code, job.signal, job.is_terminal)
     assert got == (state, exit_code, signal, True)
 
 
 def test_comment_is_read():
     """The comment tag set at submit is read back (to find jobs after a restart)."""
-    assert by_name(parse_jobs(*cap("jobs_mixed")[:2]))["cap_ok"].comment == "wfm:capture"
+    assert by_name(parse_jobs(*cap("jobs_mixed")[:2], V38))["cap_ok"].comment == "wfm:capture"
 
 
 def test_pending_burst_buffer_reason_is_kept():
     """A job cancelled while its burst buffer was not ready keeps Slurm's reason."""
-    reasons = {j.reason for j in parse_jobs(*cap("jobs_mixed")[:2])}
+    reasons = {j.reason for j in parse_jobs(*cap("jobs_mixed")[:2], V38)}
     assert "BurstBufferResources" in reasons
 
 
@@ -66,13 +66,13 @@ def test_job_states_filters_the_requested_ids():
     """job_states: only the asked ids; ids Slurm does not know are absent."""
     status, body, _ = cap("jobs_mixed")
     all_ids = [j["job_id"] for j in body["jobs"]]
-    got = parse_job_states(status, body, [all_ids[0], all_ids[-1], 999999])
+    got = parse_job_states(status, body, [all_ids[0], all_ids[-1], 999999], V38)
     assert set(got) == {all_ids[0], all_ids[-1]}
 
 
 def test_one_job():
     """GET /job/{id} reads like a list of one."""
-    (job,) = parse_jobs(*cap("job_one")[:2])
+    (job,) = parse_jobs(*cap("job_one")[:2], V38)
     assert job.name == "cap_run" and job.state == "RUNNING"
 
 
@@ -81,7 +81,7 @@ def test_unknown_job_is_recognised():
     status, body, _ = cap("job_unknown")
     assert status == 500 and is_unknown_job(slurm_errors(body))
     with pytest.raises(SlurmError, match="Unable to find JobId=999999"):
-        parse_jobs(status, body)
+        parse_jobs(status, body, V38)
     assert is_unknown_job(slurm_errors(cap("cancel_unknown")[1]))
 
 
@@ -117,7 +117,7 @@ def test_refused_tokens_on_reads_are_auth_errors(name):
     """Bad, expired or other-user tokens: 500 'Unspecified error' -1 -> SlurmAuthError."""
     status, body, text = cap(name)
     with pytest.raises(SlurmAuthError, match="refused the token"):
-        parse_jobs(status, body, text=text)
+        parse_jobs(status, body, V38, text=text)
 
 
 def test_refused_token_on_submit_is_an_auth_error():
@@ -129,7 +129,7 @@ def test_refused_token_on_submit_is_an_auth_error():
 def test_refused_token_on_ping_is_an_auth_error():
     """Ping with a bad token -> SlurmAuthError."""
     with pytest.raises(SlurmAuthError):
-        parse_ping(*cap("auth_garbage_ping"))
+        parse_ping(*cap("auth_garbage_ping")[:2], V38)
 
 
 def test_missing_headers_is_an_auth_error():
@@ -137,18 +137,18 @@ def test_missing_headers_is_an_auth_error():
     status, body, text = cap("auth_no_headers")
     assert status == 401 and body is None
     with pytest.raises(SlurmAuthError, match="Authentication failure"):
-        parse_jobs(status, body, text=text)
+        parse_jobs(status, body, V38, text=text)
 
 
 def test_ping_ok():
     """A controller UP."""
-    assert parse_ping(*cap("ping_ok"))[0]["ping"] == "UP"
+    assert parse_ping(*cap("ping_ok")[:2], V38)[0]["ping"] == "UP"
 
 
 def test_ping_without_controller_up_is_unavailable():
     """Pings listing no UP controller -> SlurmUnavailable."""
     with pytest.raises(SlurmUnavailable):
-        parse_ping(200, {"errors": [], "pings": [{"hostname": "vm", "ping": "DOWN"}]})
+        parse_ping(200, {"errors": [], "pings": [{"hostname": "vm", "ping": "DOWN"}]}, V38)
 
 
 def test_cancel_responses():
@@ -163,13 +163,13 @@ def test_controller_unreachable_is_unavailable():
     body = {"errors": [{"error": "Unable to contact slurm controller (connect failure)",
                         "error_number": 1001, "source": "slurm_load_jobs"}]}
     with pytest.raises(SlurmUnavailable, match="connect failure"):
-        parse_jobs(500, body)
+        parse_jobs(500, body, V38)
 
 
 def test_non_json_error_keeps_the_text():
     """A non-JSON body is quoted in the error."""
     with pytest.raises(SlurmError, match="Bad Gateway"):
-        parse_jobs(502, None, text="Bad Gateway")
+        parse_jobs(502, None, V38, text="Bad Gateway")
 
 
 # --- following a job: ended, gone, exit status (shared by services and steps) ----------

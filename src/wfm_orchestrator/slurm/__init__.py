@@ -3,7 +3,7 @@
 The public interface others call::
 
     from wfm_orchestrator.slurm import SlurmClient, JobSpec, JobState
-    client = SlurmClient(url, api_version="v0.0.38", token_file=..., slurm_user="slurm",
+    client = SlurmClient(url, api_version="auto", token_file=..., slurm_user="slurm",
                          timeout=10)
     job_id = client.submit(JobSpec(...), user="alice", user_token=None)
     client.cancel(job_id, signal="SIGTERM", user=None)
@@ -20,7 +20,6 @@ from .jobs import (
     Dependency,
     JobSpec,
     build_job_script,
-    build_submit_body,
     service_directive,
     use_directive,
     validate_spec,
@@ -35,15 +34,18 @@ from .states import (
     gone_reason,
     has_ended,
 )
+from .versions import AUTO, SUPPORTED, build_submit_body
 
 __all__ = [
     "ACTIVE_STATES",
+    "AUTO",
     "BBDirective",
     "Dependency",
     "ENDED_STATES",
     "GONE",
     "JobSpec",
     "JobState",
+    "SUPPORTED",
     "SlurmClient",
     "TERMINAL_STATES",
     "build_job_script",

@@ -1,6 +1,6 @@
 """The slurmrestd client: the only module of slurm/ that does I/O.
 
-    client = SlurmClient("http://127.0.0.1:6820", api_version="v0.0.38",
+    client = SlurmClient("http://127.0.0.1:6820", api_version="auto",
                          token_file="var/slurm.jwt", slurm_user="slurm", timeout=10)
     job_id = client.submit(JobSpec(...), user="alice")             # SlurmUser token
     job_id = client.submit(JobSpec(...), user="alice", user_token=tok)  # alice's own
@@ -16,6 +16,15 @@ reached slurmrestd is never sent twice, the caller gets SlurmUnavailable
 saying the job may exist (find it by name/comment with :meth:`jobs`).
 HTTP answers are never retried. One requests.Session keeps connections
 alive between calls. Tokens never appear in messages or logs.
+
+The API version: ``auto`` (the default) pings ``/slurm/<v>/ping`` for each
+version we speak, newest first, and keeps the first one slurmrestd serves
+(any answer but its plain-text 404); :meth:`SlurmClient.negotiate` does it at
+start-up, and any call does it while no version is chosen yet (slurmrestd was
+unreachable, or served none of ours): that call then fails with
+SlurmUnavailable saying which versions slurmrestd serves and which we need, so
+the follower's outage shows it in every status and the next cycle retries. A
+version that disappears (slurmrestd upgraded under us) is chosen again.
 """
 
 from __future__ import annotations
@@ -35,18 +44,26 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from ..errors import InvalidRequest, SlurmAuthError, SlurmError, SlurmUnavailable
-from .jobs import DESCRIPTION_BUILDERS, JobSpec, build_submit_body
+from .jobs import JobSpec
 from .states import (
     JobState,
     format_errors,
     is_unknown_job,
     looks_refused,
+    parse_submit,
+    slurm_errors,
+)
+from .versions import (
+    AUTO,
+    SUPPORTED,
+    build_submit_body,
+    dialect,
+    no_common_version,
+    offered_versions,
+    parse_cancel,
     parse_job_states,
     parse_jobs,
     parse_ping,
-    parse_submit,
-    raise_for_response,
-    slurm_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -118,20 +135,19 @@ def token_claims(token: str) -> dict[str, Any] | None:
 class SlurmClient:
     """A slurmrestd client for one API version (see the module docstring)."""
 
-    def __init__(self, url: str, api_version: str = "v0.0.38", token_file: str | None = None,
+    def __init__(self, url: str, api_version: str = AUTO, token_file: str | None = None,
                  slurm_user: str = "slurm", timeout: float = 10.0,
                  session: requests.Session | None = None):
-        if api_version not in DESCRIPTION_BUILDERS:
-            raise InvalidRequest("slurm_api_version", f"{api_version!r} is not supported "
-                                 f"({', '.join(DESCRIPTION_BUILDERS)})")
+        if api_version != AUTO:
+            dialect(api_version)  # InvalidRequest unless we speak it
         if not url:
             raise InvalidRequest("slurmrestd_url", "is empty")
         self.url = url.rstrip("/")
-        self.api_version = api_version
+        self.configured_version = api_version
+        self._version: str | None = None if api_version == AUTO else api_version
         self.token_file = token_file
         self.slurm_user = slurm_user
         self.timeout = float(timeout)
-        self._base = f"{self.url}/slurm/{api_version}"
         self._session = session or requests.Session()
         # No urllib3-level retries: this class decides what may be retried.
         self._session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=16))
@@ -139,6 +155,12 @@ class SlurmClient:
         self._token_lock = threading.Lock()
         self._token_cache: tuple[float, str] | None = None
         self.observe: Observer | None = None
+        self._version_lock = threading.Lock()
+
+    @property
+    def api_version(self) -> str:
+        """The version in use: the configured one, or the one ``auto`` chose ("auto" before)."""
+        return self._version or AUTO
 
     @classmethod
     def from_config(cls, config: Any) -> SlurmClient:
@@ -203,6 +225,53 @@ class SlurmClient:
         if own and isinstance(sun, str) and sun != name:
             raise SlurmAuthError(f"the token given for {name} belongs to {sun}")
 
+    # --- the API version ---------------------------------------------------------
+
+    def negotiate(self) -> str:
+        """Choose the API version now (``auto``) and return it; raises SlurmUnavailable
+        naming what slurmrestd serves and what we need when there is none to choose."""
+        return self._ensure_version(self._headers(None, None), time.monotonic() + self.timeout)
+
+    def _ensure_version(self, headers: dict[str, str], deadline: float) -> str:
+        with self._version_lock:
+            if self._version is None:
+                self._version = self._choose(headers, deadline)
+            return self._version
+
+    def _choose(self, headers: dict[str, str], deadline: float) -> str:
+        """Ping each version we speak, newest first; the first not answered 404 wins."""
+        for version in SUPPORTED:
+            try:
+                status, parsed, _ = self._exchange("GET", f"/slurm/{version}/ping",
+                                                   "choose the API version", headers, None,
+                                                   None, True, deadline)
+            except SlurmUnavailable as e:
+                raise SlurmUnavailable(f"{e}; no API version chosen yet (slurm_api_version = "
+                                       f"auto: we need one of {', '.join(SUPPORTED)})") from e
+            if status != 404:
+                release = _release(parsed)
+                log.info("slurmrestd at %s: using API %s%s (slurm_api_version = auto; "
+                         "we speak %s)", self.url, version,
+                         f", Slurm {release}" if release else "", ", ".join(SUPPORTED))
+                return version
+        status, parsed, _ = self._exchange("GET", "/openapi/v3", "list the API versions",
+                                           headers, None, None, True, deadline)
+        offered = offered_versions(parsed) if status == 200 else []
+        raise SlurmUnavailable(no_common_version(self.url, offered), status, [])
+
+    def _not_served(self, text: str) -> SlurmUnavailable:
+        """A plain-text 404 of a versioned path: slurmrestd does not serve our version."""
+        version = self._version
+        if self.configured_version == AUTO:
+            with self._version_lock:
+                self._version = None  # choose again at the next call
+            return SlurmUnavailable(f"slurmrestd at {self.url} no longer serves API {version} "
+                                    f"(was it upgraded?): choosing the version again "
+                                    f"({text.strip()[:80]})", 404, [])
+        return SlurmUnavailable(f"slurmrestd at {self.url} does not serve API {version} "
+                                f"(slurm_api_version = {version}); set slurm_api_version = "
+                                f"auto or one it serves ({text.strip()[:80]})", 404, [])
+
     # --- transport -------------------------------------------------------------
 
     def _call(self, method: str, path: str, what: str, headers: dict[str, str],
@@ -218,15 +287,18 @@ class SlurmClient:
         """
         if deadline is None:
             deadline = time.monotonic() + self.timeout
-        status, parsed, text = self._exchange(method, path, what, headers, body, params,
-                                              idempotent, deadline)
+        version = self._ensure_version(headers, deadline)
+        status, parsed, text = self._exchange(method, f"/slurm/{version}{path}", what, headers,
+                                              body, params, idempotent, deadline)
+        if status == 404 and parsed is None:
+            raise self._not_served(text)
         if confirm and looks_refused(status, parsed) and self.token_file:
             started = time.monotonic()
             try:
                 p_status, p_body, p_text = self._call(
                     "GET", "/ping", f"{what} (checking slurmctld)", self._headers(None, None),
                     deadline=deadline, confirm=False)
-                parse_ping(p_status, p_body, p_text)
+                parse_ping(p_status, p_body, version, p_text)
             except SlurmUnavailable as e:
                 raise SlurmUnavailable(f"{what}: slurmctld does not answer "
                                        f"({format_errors(slurm_errors(parsed))}); {e}",
@@ -243,7 +315,7 @@ class SlurmClient:
     def _exchange(self, method: str, path: str, what: str, headers: dict[str, str],
                   body: Any, params: dict[str, str] | None, idempotent: bool,
                   deadline: float) -> tuple[int, Any, str]:
-        url = self._base + path
+        url = self.url + path
         data = None
         if body is not None:
             data = json.dumps(body, ensure_ascii=True).encode("ascii")
@@ -295,11 +367,13 @@ class SlurmClient:
         """
         if not isinstance(user, str) or not user:
             raise InvalidRequest("user", "a job is submitted for a named user")
-        body = build_submit_body(spec, self.api_version)
+        build_submit_body(spec, SUPPORTED[-1])  # InvalidRequest before any I/O
         headers = self._headers(user, user_token)
+        deadline = time.monotonic() + self.timeout
+        body = build_submit_body(spec, self._ensure_version(headers, deadline))
         what = f"submit job {spec.name} for {user}"
         status, parsed, text = self._call("POST", "/job/submit", what, headers, body=body,
-                                          idempotent=False)
+                                          idempotent=False, deadline=deadline)
         job_id = parse_submit(status, parsed, what, text)
         log.info("submitted Slurm job %d (%s) for %s", job_id, spec.name, user)
         return job_id
@@ -323,11 +397,7 @@ class SlurmClient:
         what = f"cancel job {job_id}"
         status, parsed, text = self._call("DELETE", f"/job/{job_id}", what, headers,
                                           params={"signal": signal})
-        errors = slurm_errors(parsed)
-        if status != 200 and (is_unknown_job(errors) or _already_done(errors)):
-            return False
-        raise_for_response(status, parsed, what, text)
-        return True
+        return parse_cancel(status, parsed, self.api_version, what, text)
 
     @_observed("job_states")
     def job_states(self, job_ids: list[int] | tuple[int, ...] | set[int],
@@ -367,12 +437,17 @@ class SlurmClient:
     def ping(self) -> list[dict[str, Any]]:
         """``GET /ping`` with the SlurmUser token; raises unless a slurmctld is UP."""
         status, parsed, text = self._call("GET", "/ping", "ping", self._headers(None, None))
-        return parse_ping(status, parsed, text)
+        return parse_ping(status, parsed, self.api_version, text)
 
 
-def _already_done(errors: list[dict[str, Any]]) -> bool:
-    # 2021 "Job/step already completing or completed"
-    return any(e.get("error_number") == 2021 or e.get("error_code") == 2021 for e in errors)
+def _release(body: Any) -> str:
+    """Slurm's release from an answer's ``meta`` ("22.05.8", "24.11.5"), or ""."""
+    meta = body.get("meta") if isinstance(body, dict) else None
+    for key in ("slurm", "Slurm"):
+        info = meta.get(key) if isinstance(meta, dict) else None
+        if isinstance(info, dict) and isinstance(info.get("release"), str):
+            return info["release"]
+    return ""
 
 
 __all__ = ["SlurmClient", "SlurmError", "SlurmAuthError", "SlurmUnavailable", "token_claims"]

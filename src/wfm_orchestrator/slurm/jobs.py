@@ -16,20 +16,17 @@ the command's argv), never as script text:
 Refusals raise :class:`~wfm_orchestrator.errors.InvalidRequest` (a
 ValueError) naming the field.
 
-Versions: :data:`DESCRIPTION_BUILDERS` maps an API version to the function
-turning a validated JobSpec into that version's job description; a newer
-slurmrestd (v0.0.39+, where ``environment`` is a list of ``K=V`` strings and
-numbers are ``{"set": true, "number": n}``) gets its own function beside
-:func:`build_description_v0_0_38`.
+What differs between API versions (how the job description is written, e.g.
+``environment`` as a dict or a list of ``K=V``) is in :mod:`.versions`, whose
+``build_submit_body(spec, api_version)`` puts this module's parts together.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import InvalidRequest
 
@@ -360,73 +357,3 @@ def job_environment(spec: JobSpec) -> dict[str, str]:
     for i, arg in enumerate(argv):
         env[f"WFM_ARGV_{i}"] = arg
     return env
-
-
-def build_description_v0_0_38(spec: JobSpec) -> dict[str, Any]:
-    """The ``job`` object of ``POST /slurm/v0.0.38/job/submit``.
-
-    Fields are those of ``v0.0.38_job_properties``; ``nodelist`` (sbatch -w)
-    is accepted by 22.05 although the published schema omits it
-    (``required_nodes`` is refused as a "Disabled key").
-    """
-    validate_spec(spec)
-    job: dict[str, Any] = {
-        "name": spec.name,
-        "partition": spec.partition,
-        "current_working_directory": spec.cwd,
-        "environment": job_environment(spec),
-        "standard_output": spec.stdout,
-        "requeue": False,
-    }
-    count = len(spec.nodes) or spec.node_count or 1
-    job["nodes"] = str(count)
-    if spec.nodes:
-        job["nodelist"] = ",".join(spec.nodes)
-    if spec.cpus_per_node is not None:
-        # One task per node holding all the node's CPUs: cores are reserved per node.
-        job["tasks_per_node"] = 1
-        job["cpus_per_task"] = spec.cpus_per_node
-    if spec.memory_per_node is not None:
-        job["memory_per_node"] = spec.memory_per_node
-    if spec.stderr is not None:
-        job["standard_error"] = spec.stderr
-    if spec.comment:
-        job["comment"] = spec.comment
-    if spec.dependencies:
-        job["dependency"] = format_dependency(spec.dependencies)
-    if spec.time_limit is not None:
-        job["time_limit"] = spec.time_limit
-    if spec.tasks is not None:
-        job["tasks"] = spec.tasks
-    if spec.tasks_per_node is not None:
-        job["tasks_per_node"] = spec.tasks_per_node
-    if spec.cpus_per_task is not None:
-        job["cpus_per_task"] = spec.cpus_per_task
-    if spec.memory_per_cpu is not None:
-        job["memory_per_cpu"] = spec.memory_per_cpu
-    if spec.exclusive:
-        job["exclusive"] = "exclusive"  # 22.05 refuses "true"; "exclusive" = sbatch --exclusive
-    if spec.account is not None:
-        job["account"] = spec.account
-    if spec.qos is not None:
-        job["qos"] = spec.qos
-    if spec.exclude:
-        job["exclude_nodes"] = ",".join(spec.exclude)
-    return job
-
-
-DESCRIPTION_BUILDERS: dict[str, Callable[[JobSpec], dict[str, Any]]] = {
-    "v0.0.38": build_description_v0_0_38,
-}
-
-
-def build_submit_body(spec: JobSpec, api_version: str = "v0.0.38") -> dict[str, Any]:
-    """The whole JSON body of ``POST /slurm/<version>/job/submit``."""
-    try:
-        builder = DESCRIPTION_BUILDERS[api_version]
-    except KeyError:
-        raise InvalidRequest("api_version", f"{api_version!r} is not supported "
-                                            f"({', '.join(DESCRIPTION_BUILDERS)})") from None
-    job = builder(spec)
-    script = build_job_script(len(spec.command), spec.bb, spec.launcher)
-    return {"job": job, "script": script}

@@ -5,7 +5,9 @@ the body is not JSON) and returns a model or raises a typed error from
 :mod:`wfm_orchestrator.errors` carrying Slurm's own text. Tested against
 responses captured from the mini-cluster (tests/unit/captured/).
 
-Facts about slurmrestd 22.05 / v0.0.38 these readers rely on (seen on the
+What differs between API versions (job descriptions and listed jobs, pings,
+cancels) is in :mod:`.versions`; this module holds what they share. Facts
+about slurmrestd 22.05 / v0.0.38 these readers rely on (seen on the
 mini-cluster, see docs/slurm.md):
 
 * every error is HTTP 500 with ``errors: [{error, error_number|error_code,
@@ -47,7 +49,10 @@ ACTIVE_STATES = frozenset({
 # Errors slurmrestd 22.05 reports when slurmctld refused the caller's token.
 _AUTH_SIGNATURES = {(-1, "Unspecified error"), (5005, "Zero Bytes were transmitted or received")}
 # Errors meaning slurmctld itself cannot be reached (slurmrestd is up).
-_UNREACHABLE_NUMBERS = {1001, 1002, 5004}  # connection failure / timeouts / connect error
+# connection failure, timeouts, connect error; 24.11: 1800 "Unable to contact slurm controller"
+_UNREACHABLE_NUMBERS = {1001, 1002, 1800, 5004}
+# 24.11 says so: 1007 "Protocol authentication error" (HTTP 511) for a token slurmctld refuses.
+_AUTH_NUMBERS = {1007}
 
 
 # Our own mark, never Slurm's: a followed job Slurm no longer knows (it forgot it
@@ -144,7 +149,7 @@ def slurm_errors(body: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _number(err: dict[str, Any]) -> int | None:
+def error_number(err: dict[str, Any]) -> int | None:
     n = err.get("error_number", err.get("error_code"))
     return n if isinstance(n, int) and not isinstance(n, bool) else None
 
@@ -155,7 +160,7 @@ def format_errors(errors: Iterable[dict[str, Any]]) -> str:
     for e in errors:
         text = str(e.get("error") or "")
         desc = str(e.get("description") or "")
-        num = _number(e)
+        num = error_number(e)
         detail = ", ".join(x for x in (f"error {num}" if num is not None else "",
                                        text, f"from {e['source']}" if e.get("source") else "")
                            if x)
@@ -167,7 +172,7 @@ def looks_refused(status: int, body: Any) -> bool:
     """The 22.05 signature of a refused token -- also what a down slurmctld gives on reads
     (-1 "Unspecified error" after slurmrestd's own connect timeout). The client tells
     them apart by pinging with the SlurmUser token."""
-    sigs = {(_number(e), str(e.get("error", ""))) for e in slurm_errors(body)}
+    sigs = {(error_number(e), str(e.get("error", ""))) for e in slurm_errors(body)}
     return status == 500 and bool(sigs) and sigs <= _AUTH_SIGNATURES
 
 
@@ -185,12 +190,13 @@ def raise_for_response(status: int, body: Any, what: str, text: str = "") -> Non
         return
     if body is None:
         raise SlurmError(f"{what}: HTTP {status}, not JSON: {text.strip()[:200]!r}", status, [])
-    sigs = {(_number(e), str(e.get("error", ""))) for e in errors}
-    if sigs and sigs <= _AUTH_SIGNATURES:
+    sigs = {(error_number(e), str(e.get("error", ""))) for e in errors}
+    if (sigs and sigs <= _AUTH_SIGNATURES) or any(error_number(e) in _AUTH_NUMBERS
+                                                 for e in errors):
         raise SlurmAuthError(
             f"{what}: slurmctld refused the token (bad, expired, or not for this user); "
             f"Slurm said: {format_errors(errors)}", status, errors)
-    if any(_number(e) in _UNREACHABLE_NUMBERS for e in errors):
+    if any(error_number(e) in _UNREACHABLE_NUMBERS for e in errors):
         raise SlurmUnavailable(f"{what}: slurmrestd cannot reach slurmctld: "
                                f"{format_errors(errors)}", status, errors)
     raise SlurmError(f"{what}: {format_errors(errors)}", status, errors)
@@ -209,7 +215,7 @@ def parse_submit(status: int, body: Any, what: str = "submit", text: str = "") -
     raise SlurmError(f"{what}: the response has no job_id", status, slurm_errors(body))
 
 
-def _expand(nodes: Any) -> tuple[str, ...]:
+def expand_nodes(nodes: Any) -> tuple[str, ...]:
     if not isinstance(nodes, str) or not nodes.strip():
         return ()
     try:
@@ -218,75 +224,10 @@ def _expand(nodes: Any) -> tuple[str, ...]:
         return (nodes,)
 
 
-def _int(v: Any) -> int:
+def plain_int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-def parse_job_v0_0_38(job: dict[str, Any]) -> JobState:
-    """One element of ``jobs`` of ``GET /slurm/v0.0.38/jobs`` or ``/job/{id}``."""
-    state = str(job.get("job_state") or "UNKNOWN").split()[0].upper()
-    reason = str(job.get("state_reason") or "")
-    if reason == "None":
-        reason = ""
-    raw = job.get("exit_code")
-    exit_code: int | None = None
-    signal = 0
-    if state in TERMINAL_STATES and isinstance(raw, int) and not isinstance(raw, bool):
-        if raw & 0x7F:
-            signal = raw & 0x7F
-            exit_code = 128 + signal
-        else:
-            exit_code = (raw >> 8) & 0xFF
-    return JobState(
-        job_id=_int(job.get("job_id")),
-        name=str(job.get("name") or ""),
-        comment=str(job.get("comment") or ""),
-        state=state,
-        reason=reason,
-        nodes=_expand(job.get("nodes")),
-        exit_code=exit_code,
-        user=str(job.get("user_name") or ""),
-        partition=str(job.get("partition") or ""),
-        signal=signal,
-        submit_time=_int(job.get("submit_time")),
-        start_time=_int(job.get("start_time")),
-        end_time=_int(job.get("end_time")),
-        burst_buffer_state=str(job.get("burst_buffer_state") or ""),
-    )
-
-
-JOB_READERS = {"v0.0.38": parse_job_v0_0_38}
-
-
-def parse_jobs(status: int, body: Any, api_version: str = "v0.0.38", what: str = "read jobs",
-               text: str = "") -> list[JobState]:
-    """Every job of a ``GET .../jobs`` or ``GET .../job/{id}`` response."""
-    raise_for_response(status, body, what, text)
-    jobs = body.get("jobs") if isinstance(body, dict) else None
-    if not isinstance(jobs, list):
-        raise SlurmError(f"{what}: the response has no jobs list", status, [])
-    read = JOB_READERS[api_version]
-    return [read(j) for j in jobs if isinstance(j, dict)]
-
-
-def parse_job_states(status: int, body: Any, job_ids: Iterable[int],
-                     api_version: str = "v0.0.38", text: str = "") -> dict[int, JobState]:
-    """The states of ``job_ids`` found in a ``GET .../jobs`` response (unknown ids left out)."""
-    wanted = set(job_ids)
-    return {j.job_id: j for j in parse_jobs(status, body, api_version, "read job states", text)
-            if j.job_id in wanted}
 
 
 def is_unknown_job(errors: Iterable[dict[str, Any]]) -> bool:
     """Slurm's 2017 "Invalid job id specified": the job is unknown (or long gone)."""
-    return any(_number(e) == 2017 for e in errors)
-
-
-def parse_ping(status: int, body: Any, text: str = "") -> list[dict[str, Any]]:
-    """The ``pings`` of ``GET .../ping``; raises SlurmUnavailable if no controller is UP."""
-    raise_for_response(status, body, "ping", text)
-    pings = body.get("pings") if isinstance(body, dict) else None
-    if not isinstance(pings, list) or not any(
-            isinstance(p, dict) and p.get("ping") == "UP" for p in pings):
-        raise SlurmUnavailable(f"ping: no slurmctld is UP: {pings!r}", status, [])
-    return pings
+    return any(error_number(e) == 2017 for e in errors)

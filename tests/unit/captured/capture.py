@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
-"""Capture real slurmrestd v0.0.38 responses from the mini-cluster (deploy/devcluster up).
+"""Capture real slurmrestd responses from the mini-cluster, one directory per API version.
 
-Run as root from the repository: ``PYTHONPATH=src python3 tests/unit/captured/capture.py``.
-Each file is ``{"request": ..., "status": N, "body": <JSON or null>, "text": <raw if not JSON>}``
-with tokens removed. The unit tests of states.py read them; rerun after a Slurm upgrade.
+Run as root from the repository, with the mini-cluster up (deploy/devcluster up
+[--slurm 24.11]): ``PYTHONPATH=src python3 tests/unit/captured/capture.py [VERSION ...]``.
+Without versions, every version of ours the running slurmrestd serves is captured
+(22.05: v0.0.38; 24.11: v0.0.40, v0.0.41, v0.0.42). ``--ctld-down`` then stops
+slurmctld (by its devcluster pid file) and captures what reads and pings answer
+without it: bring the cluster up again afterwards.
+
+Each file is tests/unit/captured/<version>/<name>.json, ``{"request": ..., "status": N,
+"body": <JSON or null>, "text": <raw if not JSON>, "seconds": S}`` with tokens removed.
+The unit tests of the readers use them; rerun after a Slurm upgrade.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,78 +23,146 @@ import time
 import requests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "src"))
+REPO = os.path.join(HERE, "..", "..", "..")
+sys.path.insert(0, os.path.join(REPO, "src"))
+sys.path.insert(0, REPO)
+from tests.poll import poll_until  # noqa: E402
+
 from wfm_orchestrator.config import load_config  # noqa: E402
-from wfm_orchestrator.slurm.jobs import Dependency, JobSpec, build_submit_body  # noqa: E402
+from wfm_orchestrator.slurm.jobs import Dependency, JobSpec  # noqa: E402
+from wfm_orchestrator.slurm.versions import SUPPORTED, build_submit_body  # noqa: E402
 
-CONF = load_config(os.path.join(HERE, "..", "..", "..", "wfm.conf"))
-BASE = f"{CONF.slurmrestd_url}/slurm/{CONF.slurm_api_version}"
-TOKEN = open(CONF.slurm_token_file).read().strip()
+CONF = load_config(os.path.join(REPO, "wfm.conf"))
 BAD = "garbage"  # noqa: S105 - a deliberately bad token
+CTLD_PID = "/run/wfm-devcluster/slurmctld.pid"
 
 
-def call(name, method, path, user="slurm", token=TOKEN, body=None, params=None):
-    headers = {}
-    if user is not None:
-        headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": token}
-    r = requests.request(method, BASE + path, headers=headers, json=body, params=params,
-                         timeout=10)
-    try:
-        parsed, text = r.json(), None
-    except ValueError:
-        parsed, text = None, r.text
-    with open(os.path.join(HERE, name + ".json"), "w") as fh:
-        json.dump({"request": f"{method} {path}", "status": r.status_code, "body": parsed,
-                   "text": text}, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    return r.status_code, parsed
+def token() -> str:
+    text = open(CONF.slurm_token_file).read().strip()
+    return text.split("=", 1)[1] if text.startswith("SLURM_JWT=") else text
 
 
-def submit(name, spec, user="alice"):
-    return call(name, "POST", "/job/submit", user=user, body=build_submit_body(spec))[1]
+class Capture:
+    def __init__(self, version: str):
+        self.version = version
+        self.dir = os.path.join(HERE, version)
+        os.makedirs(self.dir, exist_ok=True)
+        self.token = token()
+
+    def call(self, name, method, path, user="slurm", tok=None, body=None, params=None,
+             versioned=True):
+        headers = {}
+        if user is not None:
+            headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": tok or self.token}
+        url = CONF.slurmrestd_url + (f"/slurm/{self.version}" if versioned else "") + path
+        started = time.monotonic()
+        r = requests.request(method, url, headers=headers, json=body, params=params, timeout=30)
+        try:
+            parsed, text = r.json(), None
+        except ValueError:
+            parsed, text = None, r.text
+        if name:
+            with open(os.path.join(self.dir, name + ".json"), "w") as fh:
+                json.dump({"request": f"{method} {path}", "status": r.status_code,
+                           "body": parsed, "text": text,
+                           "seconds": round(time.monotonic() - started, 1)},
+                          fh, indent=1, sort_keys=True)
+                fh.write("\n")
+        return r.status_code, parsed
+
+    def submit(self, name, spec, user="alice"):
+        return self.call(name, "POST", "/job/submit", user=user,
+                         body=build_submit_body(spec, self.version))[1]
+
+    def run(self):
+        v = self.version.replace(".", "")
+        self.call("ping_ok", "GET", "/ping")
+        ok = self.submit("submit_ok", JobSpec(name=f"cap_ok_{v}", command=["/bin/true"],
+                                              partition="compute",
+                                              comment="wfm:capture"))["job_id"]
+        fail = self.submit("submit_ok_fail", JobSpec(
+            name=f"cap_fail_{v}", command=["/bin/sh", "-c", "exit 3"],
+            partition="compute"))["job_id"]
+        run = self.submit("submit_ok_run", JobSpec(
+            name=f"cap_run_{v}", command=["/bin/sleep", "300"], partition="data",
+            nodes=["dn1", "dn2"], cpus_per_node=4, memory_per_node=1000))["job_id"]
+        pend = self.submit("submit_ok_pend", JobSpec(
+            name=f"cap_pend_{v}", command=["/bin/true"], partition="compute",
+            dependencies=[Dependency("afterok", (run,))]))["job_id"]
+        kill = self.submit("submit_ok_kill", JobSpec(
+            name=f"cap_kill_{v}", command=["/bin/sleep", "300"], partition="compute"))["job_id"]
+        step = self.submit("submit_ok_step", JobSpec(
+            name=f"cap_step_{v}", command=["/bin/sleep", "300"], partition="compute",
+            tasks=2, exclusive=True, exclude=["cn2"], time_limit=5, memory_per_cpu=100,
+            dependencies=[Dependency("afterany", (run,))]))["job_id"]
+        self.submit("submit_bad_partition", JobSpec(name="cap_bad", command=["/bin/true"],
+                                                    partition="nosuch"))
+        self.submit("submit_bad_node", JobSpec(name="cap_bad", command=["/bin/true"],
+                                               partition="compute", nodes=["dn1"]))
+        time.sleep(3)
+        self.call("cancel_ok", "DELETE", f"/job/{kill}", params={"signal": "SIGKILL"})
+        self.call("cancel_pending", "DELETE", f"/job/{pend}", params={"signal": "SIGKILL"})
+        self.call("cancel_unknown", "DELETE", "/job/999999", params={"signal": "SIGTERM"})
+        time.sleep(2)
+        self.call("cancel_finished", "DELETE", f"/job/{ok}", params={"signal": "SIGTERM"})
+        self.call("jobs_mixed", "GET", "/jobs")
+        self.call("job_one", "GET", f"/job/{run}")
+        self.call("job_step", "GET", f"/job/{step}")
+        self.call("job_unknown", "GET", "/job/999999")
+        self.call("auth_garbage_jobs", "GET", "/jobs", tok=BAD)
+        self.call("auth_garbage_ping", "GET", "/ping", tok=BAD)
+        self.call("auth_garbage_submit", "POST", "/job/submit", user="alice", tok=BAD,
+                  body=build_submit_body(JobSpec(name="x", command=["/bin/true"],
+                                                 partition="compute"), self.version))
+        self.call("auth_no_headers", "GET", "/jobs", user=None)
+        short = subprocess.run([os.path.join(REPO, "deploy", "devcluster"), "run", "scontrol",
+                                "token", "username=alice", "lifespan=1"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        short = short.split("=", 1)[1]
+        self.call("auth_wrong_user", "GET", "/jobs", user="bob", tok=short)
+        time.sleep(3)
+        self.call("auth_expired", "GET", "/jobs", user="alice", tok=short)
+        status, doc = self.call(None, "GET", "/openapi/v3", versioned=False)
+        with open(os.path.join(self.dir, "openapi_paths.json"), "w") as fh:
+            # Only the paths' names of /openapi/v3 (the whole document is ~650 kB on 24.11).
+            json.dump({"request": "GET /openapi/v3 (paths only)", "status": status,
+                       "body": {"paths": {p: {} for p in sorted((doc or {}).get("paths", {}))}},
+                       "text": None}, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+        for jid in (run, pend, fail, step):
+            self.call(None, "DELETE", f"/job/{jid}", params={"signal": "SIGKILL"})
 
 
-def main():
-    call("ping_ok", "GET", "/ping")
-    ok = submit("submit_ok", JobSpec(name="cap_ok", command=["/bin/true"], partition="compute",
-                                     comment="wfm:capture"))["job_id"]
-    fail = submit("submit_ok_fail", JobSpec(name="cap_fail", command=["/bin/sh", "-c", "exit 3"],
-                                            partition="compute"))["job_id"]
-    run = submit("submit_ok_run", JobSpec(name="cap_run", command=["/bin/sleep", "300"],
-                                          partition="data", nodes=["dn1", "dn2"],
-                                          cpus_per_node=4, memory_per_node=1000))["job_id"]
-    pend = submit("submit_ok_pend", JobSpec(
-        name="cap_pend", command=["/bin/true"], partition="compute",
-        dependencies=[Dependency("afterok", (run,))]))["job_id"]
-    kill = submit("submit_ok_kill", JobSpec(name="cap_kill", command=["/bin/sleep", "300"],
-                                            partition="compute"))["job_id"]
-    submit("submit_bad_partition", JobSpec(name="cap_bad", command=["/bin/true"],
-                                           partition="nosuch"))
-    submit("submit_bad_node", JobSpec(name="cap_bad", command=["/bin/true"],
-                                      partition="compute", nodes=["dn1"]))
-    time.sleep(3)
-    call("cancel_ok", "DELETE", f"/job/{kill}", params={"signal": "SIGKILL"})
-    call("cancel_unknown", "DELETE", "/job/999999", params={"signal": "SIGTERM"})
-    time.sleep(2)
-    call("cancel_finished", "DELETE", f"/job/{ok}", params={"signal": "SIGTERM"})
-    call("jobs_mixed", "GET", "/jobs")
-    call("job_one", "GET", f"/job/{run}")
-    call("job_unknown", "GET", "/job/999999")
-    call("auth_garbage_jobs", "GET", "/jobs", token=BAD)
-    call("auth_garbage_ping", "GET", "/ping", token=BAD)
-    call("auth_garbage_submit", "POST", "/job/submit", user="alice", token=BAD,
-         body=build_submit_body(JobSpec(name="x", command=["/bin/true"], partition="compute")))
-    call("auth_no_headers", "GET", "/jobs", user=None)
-    short = subprocess.run(["scontrol", "token", "username=alice", "lifespan=1"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    short = short.split("=", 1)[1]
-    call("auth_wrong_user", "GET", "/jobs", user="bob", token=short)
-    time.sleep(3)
-    call("auth_expired", "GET", "/jobs", user="alice", token=short)
-    for jid in (run, pend, fail):
-        requests.delete(f"{BASE}/job/{jid}", params={"signal": "SIGKILL"}, timeout=10,
-                        headers={"X-SLURM-USER-NAME": "slurm", "X-SLURM-USER-TOKEN": TOKEN})
+def served() -> list[str]:
+    tok = token()
+    found = []
+    for v in SUPPORTED:
+        r = requests.get(f"{CONF.slurmrestd_url}/slurm/{v}/ping", timeout=10,
+                         headers={"X-SLURM-USER-NAME": CONF.slurm_user, "X-SLURM-USER-TOKEN": tok})
+        if r.status_code != 404:
+            found.append(v)
+    return found
+
+
+def stop_slurmctld() -> None:
+    pid = int(open(CTLD_PID).read().strip())
+    os.kill(pid, signal.SIGTERM)
+    poll_until(lambda: not os.path.exists(f"/proc/{pid}"), f"slurmctld {pid} stopping")
+
+
+def main(argv: list[str]) -> None:
+    ctld_down = "--ctld-down" in argv
+    versions = [a for a in argv if not a.startswith("--")] or served()
+    for v in versions:
+        print(f"capturing {v}", flush=True)
+        Capture(v).run()
+    if ctld_down:
+        stop_slurmctld()
+        for v in versions:
+            c = Capture(v)
+            c.call("ctld_down_jobs", "GET", "/jobs")
+            c.call("ctld_down_ping", "GET", "/ping")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
