@@ -7,7 +7,7 @@ fixed sleep.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 from collections.abc import Iterable
 
@@ -22,12 +22,68 @@ DEVCLUSTER = os.path.join(REPO, "deploy", "devcluster")
 RUN_DIR = "/run/wfm-devcluster"
 
 
-def cluster_up() -> tuple[bool, str]:
-    """(True, "") when ``scontrol ping`` reports UP, else (False, why)."""
-    if not shutil.which("scontrol"):
-        return False, "scontrol is not installed (run deploy/devcluster up as root)"
+# The Slurm versions the mini-cluster runs (deploy/devcluster up --slurm V).
+SLURM_VERSIONS = ("22.05", "24.11")
+
+
+def versions_under_test() -> list[str]:
+    """The versions the mini-cluster tests run on, in order: ``$WFM_TEST_SLURM``
+    (space-separated) or every version the mini-cluster knows."""
+    wanted = os.environ.get("WFM_TEST_SLURM", " ".join(SLURM_VERSIONS)).split()
+    unknown = [v for v in wanted if v not in SLURM_VERSIONS]
+    if unknown:
+        raise pytest.UsageError(f"WFM_TEST_SLURM: unknown Slurm version(s) {unknown} "
+                                f"(known: {' '.join(SLURM_VERSIONS)})")
+    return wanted
+
+
+def running_slurm() -> str | None:
+    """The version of the mini-cluster that runs (``deploy/devcluster status``), or None."""
     try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        out = devcluster("status", timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"^slurm:\s+(\S+) runs", out.stdout, re.M)
+    return found.group(1) if found else None
+
+
+# The version that ran before the tests first switched (restore_slurm brings it back).
+_before_switch: list[str] = []
+
+
+def use_slurm(version: str) -> None:
+    """Make ``version`` the running mini-cluster (the other one stops); the first start of
+    24.11 builds its Debian 13 tree (debootstrap), which takes minutes."""
+    running = running_slurm()
+    if running == version:
+        return
+    if running is not None and not _before_switch:
+        _before_switch.append(running)
+    out = devcluster("up", "--slurm", version, timeout=1800)
+    assert out.returncode == 0, f"deploy/devcluster up --slurm {version}:\n{out.stderr[-3000:]}"
+
+
+def restore_slurm() -> None:
+    """Leave the mini-cluster on the version that ran before the tests switched it."""
+    if _before_switch:
+        use_slurm(_before_switch[0])
+
+
+def slurm_cmd(*argv: str, user: str | None = None, timeout: float = 60
+              ) -> subprocess.CompletedProcess:
+    """A Slurm client command of the running mini-cluster (``deploy/devcluster run``), as
+    root or as ``user``: the host's 22.05 clients cannot talk to 24.11's daemons."""
+    as_user = ("--user", user) if user else ()
+    return devcluster("run", *as_user, *argv, timeout=timeout)
+
+
+def cluster_up() -> tuple[bool, str]:
+    """(True, "") when the running mini-cluster's ``scontrol ping`` reports UP, else
+    (False, why)."""
+    if not os.path.exists(DEVCLUSTER) or running_slurm() is None:
+        return False, "no mini-cluster runs (deploy/devcluster up as root)"
+    try:
+        out = slurm_cmd("scontrol", "ping", timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"scontrol ping failed: {e}"
     if "is UP" not in out.stdout:
@@ -51,8 +107,7 @@ def user_tier_dir(root: str, user: str) -> str:
 def user_token(user: str, lifespan: int = 3600) -> str:
     """A Slurm JWT for ``user`` (scontrol token: root or SlurmUser only), as the Session
     Manager passes it in ``user_slurm_token``."""
-    out = subprocess.run(["scontrol", "token", f"username={user}", f"lifespan={lifespan}"],
-                         capture_output=True, text=True, timeout=20)
+    out = slurm_cmd("scontrol", "token", f"username={user}", f"lifespan={lifespan}")
     if out.returncode != 0:
         pytest.fail(f"scontrol token username={user}: {out.stderr.strip()}")
     return out.stdout.strip().split("=", 1)[1]

@@ -142,10 +142,14 @@ def write_config(directory: str) -> tuple[str, str]:
                 line = f"slurm_token_file = {os.path.join(REPO, value)}\n"
             elif key == "datamover_command":
                 # The mover of this tree, not whichever copy deploy/install last put in
-                # /usr/local/bin: the tests check the code they run with. Debian's python3
-                # as installed; -I keeps the script's directory off sys.path (its sibling
-                # package http/ would hide the standard library's).
-                line = f"datamover_command = /usr/bin/python3 -I {MOVER}\n"
+                # /usr/local/bin: the tests check the code they run with. A copy beside the
+                # configuration, in /tmp, which the 24.11 tree shares (the checkout may be
+                # anywhere); Debian's python3 of each tree; -I keeps the script's directory
+                # off sys.path.
+                mover = os.path.join(directory, "datamover.py")
+                shutil.copyfile(MOVER, mover)
+                os.chmod(mover, 0o644)
+                line = f"datamover_command = /usr/bin/python3 -I {mover}\n"
             lines.append(line)
     path = os.path.join(directory, "wfm.conf")
     with open(path, "w", encoding="utf-8") as fh:

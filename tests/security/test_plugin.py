@@ -10,6 +10,7 @@ holds it when setup is refused, with the plugin's message naming the rule.
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -66,14 +67,22 @@ def refusal_of(job_id: int, words: str, timeout: float = 90) -> str:
                                     ("JobState", "Reason", "SystemComment", "BurstBufferState")})
 
 
-def teardown_logged(job_id: int, timeout: float = 90) -> str:
-    """The plugin's teardown line about job ``job_id`` in slurmctld's log (Slurm tears a
-    job down after a failed setup: burst_buffer.conf has ``Flags=TeardownFailure``)."""
+def log_end() -> int:
+    """Where slurmctld's log ends now: lines after it are about jobs submitted later (job
+    ids start again from 1 on each Slurm version's cluster, and both share the log)."""
+    return os.path.getsize(SLURMCTLD_LOG)
+
+
+def teardown_logged(job_id: int, since: int, timeout: float = 90) -> str:
+    """The plugin's teardown line about job ``job_id`` in slurmctld's log after offset
+    ``since`` (Slurm tears a job down after a failed setup: burst_buffer.conf has
+    ``Flags=TeardownFailure``)."""
     pattern = re.compile(rf"job {job_id}\b.*(nothing released|reservation released|"
                          r"already released|reservation kept)")
 
     def logged() -> str | None:
         with open(SLURMCTLD_LOG, encoding="utf-8", errors="replace") as fh:
+            fh.seek(since)
             for line in fh:
                 if pattern.search(line):
                     return line
@@ -103,9 +112,10 @@ def test_alices_teardown_does_not_release_bobs_reservation(orchestrator, bob_ser
     job bound the reservation, 403 naming ``job_id``, nothing released. Slurm sends no
     DELETE for a held job, so the test sends the plugin's request for it, then cancels it."""
     before = bob_things()
+    since = log_end()
     job = alice_jobs(SERVICE_JOB.format(name=bob_service, extra=""))
     refusal_of(job.job_id, "may not bind reservation")
-    line = teardown_logged(job.job_id)
+    line = teardown_logged(job.job_id, since)
     assert "reservation released" not in line, line
     code, answer = orchestrator.delete(
         f"/server/allocation/{bob_service}?job_id={job.job_id}")
@@ -201,9 +211,10 @@ def test_refused_jobs_leave_bob_able_to_bind_his_next_service(orchestrator, alic
     code, answer = orchestrator.post("/ephemeralservice/reserve", reserve_body(name, BOB))
     assert code == 200, answer
     try:
+        since = log_end()
         job = alice_jobs(SERVICE_JOB.format(name=name, extra=""))
         refusal_of(job.job_id, "may not bind reservation")
-        teardown_logged(job.job_id)
+        teardown_logged(job.job_id, since)
         cancel(job.job_id)
         wait_status(orchestrator, name, "ALLOCATED")
         assert live_job_of(name)["UserId"].startswith(f"{BOB}(")
