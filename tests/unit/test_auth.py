@@ -566,7 +566,7 @@ MATRIX = {
     #                   owner other no-role  SM   BB   DM  admin
     "reserve":         (F,    F,    F,       T,   F,   F,  T),
     "service.read":    (T,    F,    F,       T,   T,   F,  T),
-    "service.release": (F,    F,    F,       T,   F,   F,  T),
+    "service.release": (F,    F,    F,       T,   T,   F,  T),
     "allocation":      (F,    F,    F,       F,   T,   F,  T),
     "resources":       (F,    F,    F,       F,   F,   F,  T),
     "config.read":     (T,    T,    T,       T,   T,   T,  T),
