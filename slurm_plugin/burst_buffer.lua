@@ -94,6 +94,7 @@ M.DEFAULTS = {
 	cache_dir = "/var/spool/slurm/wfm_bb",
 	curl = "curl",
 	scontrol = "scontrol",
+	scancel = "scancel",
 }
 M.CACHE_VERSION = 1
 M.API_ALLOCATION = "/v2.0.0/server/allocation/"
@@ -613,6 +614,7 @@ local CONF_KEYS = {
 	end,
 }
 CONF_KEYS.scontrol = CONF_KEYS.curl
+CONF_KEYS.scancel = CONF_KEYS.curl
 
 -- Parse the configuration text. Returns cfg or nil, "origin:line: why".
 function M.parse_config(text, origin)
@@ -1485,6 +1487,23 @@ local function with_detail(st)
 	return st.status .. (st.detail and (": " .. st.detail) or "")
 end
 
+-- The service of a create_persistent job ended before it was up: final. The
+-- hook fails, so Slurm holds the job and records the reason (Reason,
+-- SystemComment); the cache says it failed, and teardown (which Slurm runs
+-- after a failed stage-in with Flags=TeardownFailure) cancels the held job:
+-- held, it would wait for ever, and so would everything after it (the SM's
+-- steps and destroy use afterany). Cancelled inside this hook instead, the job
+-- would end before Slurm records the reason (seen on 22.05). Returns nil, why.
+function M.cannot_start(cfg, job_id, rec, status_text)
+	local msg = "service " .. rec.name .. " cannot start: it is " .. status_text
+	rec.failed = msg
+	local ok, werr = M.write_cache(cfg, job_id, rec)
+	if not ok then
+		M.log("error", job_id, rec.name, werr)
+	end
+	return nil, msg
+end
+
 -- create_persistent (Session Manager): the job of uid claims its user's service
 -- (the orchestrator records job_id's claim) and data_in waits until it is up.
 -- The orchestrator starts the service itself when the reservation takes its
@@ -1499,7 +1518,8 @@ function M.setup_create(cfg, job_id, uid, spec)
 		return nil, err
 	end
 	if M.ENDED_STATUS[st.status] then
-		return nil, "service " .. spec.name .. " cannot start: it is " .. with_detail(st)
+		return M.cannot_start(cfg, job_id, { version = M.CACHE_VERSION, kind = "create",
+			job_id = job_id, name = spec.name, uid = uid, status = st.status }, with_detail(st))
 	end
 	local ok, werr = M.write_cache(cfg, job_id, {
 		version = M.CACHE_VERSION, kind = "create", job_id = job_id, name = spec.name,
@@ -1594,7 +1614,7 @@ function M.wait(cfg, job_id)
 				return true
 			end
 			if rec.kind == "create" and M.ENDED_STATUS[st.status] then
-				return nil, "service " .. name .. " cannot start: it is " .. last
+				return M.cannot_start(cfg, job_id, rec, last)
 			end
 		elseif refused and rec.kind == "destroy" then
 			-- Forgotten after released_retention: long stopped.
@@ -1675,6 +1695,16 @@ function M.teardown(cfg, job_id, job_script, hurry)
 		local spec = M.read_spec(job_script)
 		if spec then
 			kind, name = spec.kind, spec.name
+		end
+	end
+	if kind == "create" and rec and rec.failed then
+		-- Its service cannot start (cannot_start): end the held job. Not an
+		-- error if that fails: it stays held with its reason.
+		local state = M.job_state(cfg, job_id)
+		if state == "PENDING" then
+			local ok, out = M.run({ cfg.scancel, job_id })
+			M.log("info", job_id, name, ok and ("job cancelled: " .. rec.failed)
+				or ("scancel failed: " .. printable(out, 200)))
 		end
 	end
 	if kind ~= "service" then

@@ -212,6 +212,8 @@ function H.fake_runner(routes, opts)
 				return false, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", 1
 			end
 			return true, "JobId=" .. argv[5] .. " JobName=es UserId=u(1000) JobState=" .. st .. " Reason=None\n", 0
+		elseif argv[1] == "scancel" then
+			return true, "", 0
 		elseif argv[1] == "sleep" then
 			return true, "", 0
 		elseif argv[1] == "mkdir" then

@@ -80,18 +80,38 @@ test("create for a name the user did not reserve is refused at setup, naming the
 	eq(H.exists(ctx.cache_file("61")), false)
 end)
 
-test("create of a service that cannot start fails data_in with its status and detail", function()
-	local ctx = H.setup_env({ [STATUS] = { status("STAGINGIN"), status("TEARDOWN") } })
+test("create of a service that cannot start fails data_in with its status and detail; teardown cancels the held job", function()
+	local ctx = H.setup_env({ [STATUS] = { status("STAGINGIN"), status("TEARDOWN") } },
+		{ job_state = "PENDING" })
 	local script = ctx.script(CREATE_SBB)
 	eq(ctx.env.slurm_bb_setup("62", "1001", "1001", "", "0", script), 0)
 	local rc, msg = ctx.env.slurm_bb_data_in("62", script)
 	eq(rc, ctx.slurm.ERROR)
-	contains(msg, "service " .. SVC .. " cannot start: it is TEARDOWN: d TEARDOWN")
-	-- already stopped at setup: refused there
-	ctx = H.setup_env({ [STATUS] = status("STOPPED") })
-	rc, msg = ctx.env.slurm_bb_setup("63", "1001", "1001", "", "0", ctx.script(CREATE_SBB))
+	eq(msg, "service " .. SVC .. " cannot start: it is TEARDOWN: d TEARDOWN")
+	eq(H.count(ctx.calls, "scancel"), 0)  -- not inside the hook: Slurm records the reason first
+	-- Slurm holds it, then (Flags=TeardownFailure) tears it down: cancelled, so that
+	-- the SM's afterany dependents run.
+	eq(ctx.env.slurm_bb_job_teardown("62", script, true), 0)
+	local last = ctx.calls[#ctx.calls]
+	eq(last.prog, "scancel"); eq(last.argv[2], "62")
+	eq(H.exists(ctx.cache_file("62")), false)
+	-- already stopped at setup: failed there, and cancelled at teardown the same way
+	ctx = H.setup_env({ [STATUS] = status("STOPPED") }, { job_state = "PENDING" })
+	script = ctx.script(CREATE_SBB)
+	rc, msg = ctx.env.slurm_bb_setup("63", "1001", "1001", "", "0", script)
 	eq(rc, ctx.slurm.ERROR)
-	contains(msg, "cannot start: it is STOPPED")
+	contains(msg, "cannot start: it is STOPPED: d STOPPED")
+	eq(ctx.env.slurm_bb_job_teardown("63", script, true), 0)
+	eq(ctx.calls[#ctx.calls].prog, "scancel")
+end)
+
+test("teardown of a create job that did not fail cancels nothing", function()
+	local ctx = H.setup_env({ [STATUS] = status("ALLOCATED") }, { job_state = "PENDING" })
+	local script = ctx.script(CREATE_SBB)
+	eq(ctx.env.slurm_bb_setup("65", "1001", "1001", "", "0", script), 0)
+	eq(ctx.env.slurm_bb_job_teardown("65", script, true), 0)
+	eq(H.count(ctx.calls, "scancel"), 0)
+	eq(H.count(ctx.calls, "scontrol"), 0)
 end)
 
 test("create waits at most 'wait' seconds, then fails naming the last status", function()
@@ -107,6 +127,7 @@ test("create waits at most 'wait' seconds, then fails naming the last status", f
 	contains(msg, "is not up (ALLOCATED) after 4 s (the plugin's wait): STAGINGIN: d STAGINGIN")
 	eq(H.count(ctx.calls, "curl"), 1 + 3)  -- setup, then 4 s / 2 s + 1 polls
 	eq(H.count(ctx.calls, "sleep"), 2)
+	eq(H.count(ctx.calls, "scancel"), 0)  -- held: it may still come up (scontrol release)
 end)
 
 test("destroy: setup releases the service with the job and uid, data_in waits until STOPPED", function()
