@@ -212,3 +212,45 @@ def test_http_list_with_uid_shows_only_that_users_services(world, http):
     assert names == {"bob_s_sbb"}
     assert {s["name"] for s in http.simulate_get("/status").json} == {NAME, "bob_s_sbb"}
 
+
+
+def test_the_plugins_role_releases_only_for_a_job_and_its_uid(secured):
+    """DELETE ephemeralservice/release with the burst-buffer role: 400 naming job_id, then
+    uid, when missing; its status list needs no uid (22.05 does not say who asks)."""
+    client, tokens = secured
+    bb = {"Authorization": f"Bearer {tokens['bb']}"}
+    path = "/v1.0.0/ephemeralservice/release/alice_s_x"
+    r = client.simulate_delete(path, headers=bb)
+    assert r.status_code == 400 and r.json["field"] == "job_id", r.text
+    r = client.simulate_delete(path, params={"job_id": "5"}, headers=bb)
+    assert r.status_code == 400 and r.json["field"] == "uid", r.text
+    r = client.simulate_delete(path, params={"job_id": "5", "uid": str(ALICE)}, headers=bb)
+    assert r.status_code == 500 and "a job may stop only its own user's services" \
+        in r.json["message"]  # no such service of alice: the same words
+    assert client.simulate_get("/v1.0.0/ephemeralservice/status", headers=bb).status_code == 200
+
+
+def test_reservations_held_before_the_upgrade_count_as_claimed(tmp_path):
+    """Schema migration 7: rows holding resources before it are claimed (an upgrade releases
+    nothing); queued and released ones are not, and held_since is empty."""
+    import sqlite3
+
+    from wfm_orchestrator.store import APPLICATION_ID, MIGRATIONS, Store
+
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    for migration in MIGRATIONS[:6]:
+        for stmt in migration.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+    conn.execute("PRAGMA user_version = 6")
+    for name, state in (("a", "FREE"), ("b", "ALLOCATED"), ("c", "QUEUED"), ("d", "RELEASED")):
+        conn.execute("INSERT INTO reservation (name, user, type, request, state, seq, created,"
+                     " updated) VALUES (?, 'alice', 'SBB', '{}', ?, 1, 0, 0)", (name, state))
+    conn.commit()
+    conn.close()
+    Store(path).close()
+    rows = dict(sqlite3.connect(path).execute("SELECT name, claimed FROM reservation"))
+    assert rows == {"a": "held before unclaimed_timeout existed",
+                    "b": "held before unclaimed_timeout existed", "c": "", "d": ""}
