@@ -5,13 +5,9 @@ The use cases on a real store with the fake Slurm (the ``world``), then the HTTP
 through the resources themselves (api/service_status.py) on that world.
 """
 
-import falcon
 import pytest
-from falcon import testing
 
 from tests.conftest import SBB
-from wfm_orchestrator.api.errors import install
-from wfm_orchestrator.api.service_status import AllServiceStatus, Release, ServiceStatus
 from wfm_orchestrator.binding import Binding, NotUsable
 
 from .conftest import ACCOUNTS
@@ -163,19 +159,7 @@ def test_a_step_naming_the_service_claims_it(env):
     assert ("alice_s1_sbb", "step alice_s1_step_0") in services.claims
 
 
-# --- HTTP: the plugin's calls for the SM's jobs ----------------------------------------
-
-
-@pytest.fixture
-def http(world):
-    """The status and release resources on the world (auth none: the administrator)."""
-    app = falcon.App()
-    install(app)
-    b = binding(world)
-    app.add_route("/status", AllServiceStatus(world.sm, b))
-    app.add_route("/status/{ident}", ServiceStatus(world.sm, b))
-    app.add_route("/release/{service_name}", Release(world.sm, b))
-    return testing.TestClient(app)
+# --- HTTP: the plugin's calls for the SM's jobs (the ``http`` fixture) -------------------
 
 
 def test_http_destroy_of_another_users_service_is_refused_and_nothing_changes(world, http):
