@@ -7,6 +7,12 @@ Binds Slurm jobs to ephemeral-service reservations held by the orchestrator
   #BB_LUA wfm_service name=<service>            the job IS the service
   #BB_LUA wfm_use name=<service> [hint=RO|RW|WO] the job USES a service
 
+and the IO-SEA Session Manager's dialect (issue #17), <T> being SBB, GBF, NFS or DASI:
+
+  #BB_LUA <T> create_persistent Name=<service> ...  waits until the service is up
+  #BB_LUA <T> use_persistent Name=<service>         the job uses it (as wfm_use)
+  #BB_LUA <T> destroy_persistent Name=<service>     stops it, waits until it is
+
 Written for Slurm 22.05 (Lua 5.1); also defines slurm_bb_test_data_in/out,
 which Slurm 24.05+ requires before it loads the script.
 
@@ -49,6 +55,28 @@ M.DEFAULT_HINT = "RW"
 -- Service statuses (spec: ephemeralservice/status) under which a step may
 -- use a service.
 M.USABLE_STATUS = { ALLOCATED = true, STAGEDIN = true }
+-- A create_persistent job completes once its service runs (ALLOCATED: its job
+-- runs on the datanodes); these statuses mean it never will.
+M.UP_STATUS = { ALLOCATED = true }
+M.ENDED_STATUS = { STAGINGOUT = true, STAGEDOUT = true, STOPPED = true, TEARDOWN = true }
+-- The Session Manager's dialect: "#BB_LUA <type> <operation> Key=Value ...".
+M.SM_TYPES = { SBB = true, GBF = true, NFS = true, DASI = true }
+local SM_CREATE_KEYS = {
+	Name = true, Flavor = true, Targets = true, Datanodes = true, StorageSize = true,
+	Path = true, FSType = true, MetaDataServers = true, StorageDataServers = true,
+	data_dst = true, data_src = true,
+}
+M.SM_OPS = {
+	create_persistent = SM_CREATE_KEYS,
+	use_persistent = { Name = true },
+	destroy_persistent = { Name = true },
+}
+-- scontrol show bbstat: the Session Manager's line for each live service, whose
+-- State it reads (staged-in = allocated, staging-out = stopping, staged-out = stopped).
+M.BBSTAT_STATE = {
+	STAGINGIN = "staging-in", STAGEDIN = "staging-in", ALLOCATED = "staged-in",
+	STAGINGOUT = "staging-out", STAGEDOUT = "staged-out", TEARDOWN = "teardown",
+}
 M.KNOWN_STATUS = {
 	STAGINGIN = true, STAGEDIN = true, ALLOCATED = true, STAGINGOUT = true,
 	STAGEDOUT = true, STOPPED = true, TEARDOWN = true,
@@ -61,13 +89,18 @@ M.WILL_RERUN_STATES = {
 M.DEFAULTS = {
 	timeout = 10,
 	retries = 2,
+	wait = 100,
+	poll = 2,
 	cache_dir = "/var/spool/slurm/wfm_bb",
 	curl = "curl",
 	scontrol = "scontrol",
+	scancel = "scancel",
 }
 M.CACHE_VERSION = 1
 M.API_ALLOCATION = "/v2.0.0/server/allocation/"
 M.API_STATUS = "/v1.0.0/ephemeralservice/status/"
+M.API_STATUSES = "/v1.0.0/ephemeralservice/status"
+M.API_RELEASE = "/v1.0.0/ephemeralservice/release/"
 
 ---------------------------------------------------------------------------
 -- Small helpers
@@ -559,6 +592,20 @@ local CONF_KEYS = {
 		end
 		return n
 	end,
+	wait = function(v)
+		local n = tonumber(v)
+		if not v:match("^%d+$") or n < 1 or n > 86400 then
+			return nil, "must be a whole number of seconds between 1 and 86400"
+		end
+		return n
+	end,
+	poll = function(v)
+		local n = tonumber(v)
+		if not v:match("^%d+$") or n < 1 or n > 60 then
+			return nil, "must be a whole number of seconds between 1 and 60"
+		end
+		return n
+	end,
 	curl = function(v)
 		if not v:match(SAFE_PROGRAM) or v:sub(1, 1) == "-" then
 			return nil, "must be a program name or an absolute path"
@@ -567,6 +614,7 @@ local CONF_KEYS = {
 	end,
 }
 CONF_KEYS.scontrol = CONF_KEYS.curl
+CONF_KEYS.scancel = CONF_KEYS.curl
 
 -- Parse the configuration text. Returns cfg or nil, "origin:line: why".
 function M.parse_config(text, origin)
@@ -656,6 +704,9 @@ function M.parse_directive(body)
 	if not keyword then
 		return nil, "empty " .. M.DIRECTIVE .. " directive"
 	end
+	if M.SM_TYPES[keyword] then
+		return M.parse_sm_directive(words)
+	end
 	local allowed = DIRECTIVE_KEYS[keyword]
 	if not allowed then
 		if keyword:sub(1, 4) == "wfm_" then
@@ -663,7 +714,9 @@ function M.parse_directive(body)
 				.. "' (expected wfm_service or wfm_use)"
 		end
 		return nil, "'" .. M.DIRECTIVE .. " " .. printable(keyword, 40)
-			.. "' is not handled by this burst buffer plugin: only wfm_service and wfm_use are supported"
+			.. "' is not handled by this burst buffer plugin: only wfm_service, wfm_use and"
+			.. " the Session Manager's '<SBB|GBF|NFS|DASI> create_persistent|use_persistent|"
+			.. "destroy_persistent Name=<service>' are supported"
 	end
 	local d = { keyword = keyword }
 	for i = 2, #words do
@@ -697,9 +750,54 @@ function M.parse_directive(body)
 	return d
 end
 
+-- The Session Manager's form: words = { type, operation, Key=Value... }.
+-- Returns {keyword = "sm", type=, op=, name=} or nil, why. Only Name is used:
+-- the other keys (Flavor, Targets, StorageSize, ...) repeat what the Session
+-- Manager reserved, and the orchestrator's reservation is what counts; they are
+-- checked for form only.
+function M.parse_sm_directive(words)
+	local stype, op = words[1], words[2]
+	local allowed = op and M.SM_OPS[op]
+	if not allowed then
+		return nil, stype .. ": unknown operation '" .. printable(op or "", 40)
+			.. "' (expected create_persistent, use_persistent or destroy_persistent)"
+	end
+	local d = { keyword = "sm", type = stype, op = op }
+	local seen = {}
+	for i = 3, #words do
+		local key, value = words[i]:match("^([^=]*)=(.*)$")
+		if not key then
+			return nil, op .. ": unexpected word '" .. printable(words[i], 40)
+				.. "' (expected Key=Value; values may not contain spaces)"
+		end
+		if not allowed[key] then
+			return nil, op .. ": unknown key '" .. printable(key, 40) .. "'"
+		end
+		if seen[key] then
+			return nil, op .. ": key '" .. key .. "' given twice"
+		end
+		if value == "" or value:find("[%z\1-\31\127'\"]") then
+			return nil, op .. ": " .. key .. " has an empty value or a quote"
+		end
+		seen[key] = true
+		if key == "Name" then
+			d.name = value
+		end
+	end
+	if not d.name then
+		return nil, op .. ": missing Name=<service name>"
+	end
+	local ok, err = M.check_name(d.name)
+	if not ok then
+		return nil, op .. ": " .. err
+	end
+	return d
+end
+
 -- Parse the job script text. Returns a spec:
 --   { kind = "service", name = <name> }
---   { kind = "step", services = { {name=, hint=}, ... } }
+--   { kind = "step", services = { {name=, hint=}, ... } }   (wfm_use, use_persistent)
+--   { kind = "create" | "destroy", name = <name>, type = <SM type> }
 -- or nil, "line N: why".
 function M.parse_directives(text)
 	if type(text) ~= "string" then
@@ -707,6 +805,7 @@ function M.parse_directives(text)
 	end
 	local prefix = M.DIRECTIVE
 	local service, uses, used = nil, {}, {}
+	local sm_job  -- a create_persistent or destroy_persistent line
 	local n = 0
 	for line in (text .. "\n"):gmatch("([^\n]*)\n") do
 		n = n + 1
@@ -727,7 +826,13 @@ function M.parse_directives(text)
 			if not d then
 				return nil, string.format("line %d: %s", n, err)
 			end
-			if d.keyword == "wfm_service" then
+			if d.keyword == "sm" and d.op ~= "use_persistent" then
+				if sm_job then
+					return nil, string.format("line %d: a job may carry only one create_persistent or destroy_persistent directive", n)
+				end
+				sm_job = { kind = d.op == "create_persistent" and "create" or "destroy",
+					name = d.name, type = d.type }
+			elseif d.keyword == "wfm_service" then
 				if service then
 					return nil, string.format("line %d: a job may carry only one wfm_service directive", n)
 				end
@@ -740,12 +845,18 @@ function M.parse_directives(text)
 					return nil, string.format("line %d: wfm_use: more than %d services", n, M.MAX_USES)
 				end
 				used[d.name] = true
-				uses[#uses + 1] = { name = d.name, hint = d.hint }
+				uses[#uses + 1] = { name = d.name, hint = d.hint or M.DEFAULT_HINT }
 			end
 			if service and #uses > 0 then
 				return nil, string.format("line %d: a job cannot both be a service (wfm_service) and use services (wfm_use)", n)
 			end
+			if sm_job and (service or #uses > 0) then
+				return nil, string.format("line %d: a %s_persistent job carries no other directive", n, sm_job.kind)
+			end
 		end
+	end
+	if sm_job then
+		return sm_job
 	end
 	if service then
 		return { kind = "service", name = service }
@@ -753,13 +864,16 @@ function M.parse_directives(text)
 	if #uses > 0 then
 		return { kind = "step", services = uses }
 	end
-	return nil, "no '" .. prefix .. " wfm_service' or '" .. prefix
-		.. " wfm_use' directive in the leading comment block of the job script"
+	return nil, "no '" .. prefix .. " wfm_service', '" .. prefix
+		.. " wfm_use' or Session Manager ('" .. prefix .. " SBB create_persistent ...') directive"
+		.. " in the leading comment block of the job script"
 end
 
 function M.describe_spec(spec)
 	if spec.kind == "service" then
 		return "service " .. spec.name
+	elseif spec.kind == "create" or spec.kind == "destroy" then
+		return spec.type .. " " .. spec.kind .. "_persistent " .. spec.name
 	end
 	local names = {}
 	for i, s in ipairs(spec.services) do
@@ -1089,6 +1203,9 @@ function M.env_from_cache(rec, job_id)
 		return M.service_env(checked)
 	elseif rec.kind == "step" and type(rec.services) == "table" then
 		return M.step_env(rec.services)
+	elseif (rec.kind == "create" or rec.kind == "destroy") and M.check_name(rec.name) then
+		return { env_line("WFM_SERVICE_NAME", rec.name),
+			env_line("WFM_SERVICE_STATUS", rec.status or "") }
 	end
 	return nil, "cache record of job " .. job_id .. " has an unknown kind"
 end
@@ -1190,8 +1307,17 @@ function M.allocation_path(name, job_id, uid)
 	return path
 end
 
-function M.status_path(name, uid)
-	return M.API_STATUS .. name .. "?uid=" .. uid
+function M.status_path(name, uid, job_id)
+	return M.API_STATUS .. name .. "?uid=" .. uid .. (job_id and ("&job_id=" .. job_id) or "")
+end
+
+function M.release_path(name, job_id, uid)
+	return M.API_RELEASE .. name .. "?job_id=" .. job_id .. "&uid=" .. uid
+end
+
+-- The status list, for everybody (uid nil) or for uid's user only.
+function M.statuses_path(uid)
+	return M.API_STATUSES .. (uid and ("?uid=" .. uid) or "")
 end
 
 -- Job state as printed by scontrol, "GONE" when Slurm no longer knows the
@@ -1289,7 +1415,7 @@ end
 function M.setup_step(cfg, job_id, uid, uses)
 	local services, problems = {}, {}
 	for i, use in ipairs(uses) do
-		local status, body = M.http(cfg, "GET", M.status_path(use.name, uid))
+		local status, body = M.http(cfg, "GET", M.status_path(use.name, uid, job_id))
 		if not status then
 			return nil, body
 		end
@@ -1336,11 +1462,216 @@ function M.setup_step(cfg, job_id, uid, uses)
 	return true
 end
 
+-- One status lookup of `name` for job_id (nil: no claim) of uid. Returns
+-- checked status, or nil, why (refused = true when the orchestrator says the
+-- service is not uid's, or unknown: it answers both alike).
+function M.service_status(cfg, name, uid, job_id)
+	local status, body = M.http(cfg, "GET", M.status_path(name, uid, job_id))
+	if not status then
+		return nil, body
+	end
+	if status == 500 then
+		return nil, M.error_description(body) or ("no service " .. name .. " of uid " .. uid), true
+	elseif status ~= 200 then
+		return nil, "GET " .. M.API_STATUS .. name .. ": unexpected HTTP status " .. status
+			.. M.error_text(body)
+	end
+	local st, derr = json.decode(body)
+	if st == nil then
+		return nil, "status answer for " .. name .. " is not JSON: " .. derr
+	end
+	return M.check_status(st, name)
+end
+
+local function with_detail(st)
+	return st.status .. (st.detail and (": " .. st.detail) or "")
+end
+
+-- The service of a create_persistent job ended before it was up: final. The
+-- hook fails, so Slurm holds the job and records the reason (Reason,
+-- SystemComment); the cache says it failed, and teardown (which Slurm runs
+-- after a failed stage-in with Flags=TeardownFailure) cancels the held job:
+-- held, it would wait for ever, and so would everything after it (the SM's
+-- steps and destroy use afterany). Cancelled inside this hook instead, the job
+-- would end before Slurm records the reason (seen on 22.05). Returns nil, why.
+function M.cannot_start(cfg, job_id, rec, status_text)
+	local msg = "service " .. rec.name .. " cannot start: it is " .. status_text
+	rec.failed = msg
+	local ok, werr = M.write_cache(cfg, job_id, rec)
+	if not ok then
+		M.log("error", job_id, rec.name, werr)
+	end
+	return nil, msg
+end
+
+-- create_persistent (Session Manager): the job of uid claims its user's service
+-- (the orchestrator records job_id's claim) and data_in waits until it is up.
+-- The orchestrator starts the service itself when the reservation takes its
+-- resources; this job neither binds nor releases it.
+function M.setup_create(cfg, job_id, uid, spec)
+	local st, err, refused = M.service_status(cfg, spec.name, uid, job_id)
+	if not st then
+		if refused then
+			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not create service "
+				.. spec.name .. ": " .. err .. " (reserve it first, as its user)"
+		end
+		return nil, err
+	end
+	if M.ENDED_STATUS[st.status] then
+		return M.cannot_start(cfg, job_id, { version = M.CACHE_VERSION, kind = "create",
+			job_id = job_id, name = spec.name, uid = uid, status = st.status }, with_detail(st))
+	end
+	local ok, werr = M.write_cache(cfg, job_id, {
+		version = M.CACHE_VERSION, kind = "create", job_id = job_id, name = spec.name,
+		uid = uid, status = st.status,
+	})
+	if not ok then
+		return nil, werr
+	end
+	M.log("info", job_id, spec.name, "create_persistent: claimed (" .. st.status .. ")")
+	return true
+end
+
+-- destroy_persistent (Session Manager): stop uid's user's service (DELETE
+-- ephemeralservice/release with the job and uid); data_in waits until it is
+-- STOPPED. A service already STOPPED (a re-run) is success.
+function M.setup_destroy(cfg, job_id, uid, spec)
+	local st, err, refused = M.service_status(cfg, spec.name, uid, job_id)
+	if not st then
+		if refused then
+			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not destroy service "
+				.. spec.name .. ": " .. err
+		end
+		return nil, err
+	end
+	if st.status ~= "STOPPED" then
+		local status, body = M.http(cfg, "DELETE", M.release_path(spec.name, job_id, uid))
+		if not status then
+			return nil, body
+		end
+		-- 500: released meanwhile (data_in sees STOPPED), or refused (it says so).
+		if status == 500 and M.error_description(body)
+			and M.error_description(body):find("only its own user's services", 1, true) then
+			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not destroy service "
+				.. spec.name .. ": " .. M.error_description(body)
+		elseif status ~= 200 and status ~= 500 then
+			return nil, "DELETE " .. M.API_RELEASE .. spec.name .. ": unexpected HTTP status "
+				.. status .. M.error_text(body)
+		end
+	end
+	local ok, werr = M.write_cache(cfg, job_id, {
+		version = M.CACHE_VERSION, kind = "destroy", job_id = job_id, name = spec.name,
+		uid = uid, status = st.status,
+	})
+	if not ok then
+		return nil, werr
+	end
+	M.log("info", job_id, spec.name, "destroy_persistent: release asked (was " .. st.status .. ")")
+	return true
+end
+
 function M.setup(cfg, job_id, uid, spec)
 	if spec.kind == "service" then
 		return M.setup_service(cfg, job_id, uid, spec.name)
+	elseif spec.kind == "create" then
+		return M.setup_create(cfg, job_id, uid, spec)
+	elseif spec.kind == "destroy" then
+		return M.setup_destroy(cfg, job_id, uid, spec)
 	end
 	return M.setup_step(cfg, job_id, uid, spec.services)
+end
+
+-- data_in of a create_persistent job: until the service is up (ALLOCATED);
+-- of a destroy_persistent job: until it is STOPPED (its datanodes free). At
+-- most cfg.wait seconds, polling every cfg.poll; other jobs return at once.
+-- On success the cache records the status paths exports.
+function M.wait(cfg, job_id)
+	local rec, cerr = M.read_cache(cfg, job_id)
+	if not rec then
+		return cerr == nil or nil, cerr
+	end
+	if rec.kind ~= "create" and rec.kind ~= "destroy" then
+		return true
+	end
+	local name, uid = rec.name, tostring(rec.uid)
+	local polls = math.max(1, math.ceil(cfg.wait / cfg.poll))
+	local last = "no answer yet"
+	for i = 1, polls + 1 do
+		if i > 1 then
+			M.run({ "sleep", tostring(cfg.poll) })
+		end
+		local st, err, refused = M.service_status(cfg, name, uid)
+		if st then
+			last = with_detail(st)
+			if rec.kind == "create" and M.UP_STATUS[st.status]
+				or rec.kind == "destroy" and st.status == "STOPPED" then
+				rec.status = st.status
+				local ok, werr = M.write_cache(cfg, job_id, rec)
+				if not ok then
+					return nil, werr
+				end
+				M.log("info", job_id, name, rec.kind .. "_persistent: service " .. st.status)
+				return true
+			end
+			if rec.kind == "create" and M.ENDED_STATUS[st.status] then
+				return M.cannot_start(cfg, job_id, rec, last)
+			end
+		elseif refused and rec.kind == "destroy" then
+			-- Forgotten after released_retention: long stopped.
+			return true
+		elseif refused then
+			return nil, "service " .. name .. " is gone: " .. err
+		else
+			last = err
+		end
+	end
+	return nil, "service " .. name .. " is not " .. (rec.kind == "create" and "up (ALLOCATED)"
+		or "STOPPED") .. " after " .. cfg.wait .. " s (the plugin's wait): " .. last
+end
+
+-- Slurm's version as {major, minor} from `scontrol --version`, or nil.
+function M.slurm_version(cfg)
+	local _, out = M.run({ cfg.scontrol, "--version" })
+	local major, minor = tostring(out or ""):match("(%d+)%.(%d+)")
+	if not major then
+		return nil
+	end
+	return { tonumber(major), tonumber(minor) }
+end
+
+-- `scontrol show bbstat` with no job: the Session Manager's line for each live
+-- service, "FA: BB Type=SBB bbid=3 Name=<svc> State=staged-in CreateTime=<t>".
+-- uid (Slurm 23.02+ says who asks): only that uid's user's services, every
+-- service for root; nil (22.05 does not say): every service.
+function M.bbstat(cfg, uid)
+	if uid == "0" then
+		uid = nil
+	end
+	local status, body = M.http(cfg, "GET", M.statuses_path(uid))
+	if not status then
+		return nil, body
+	end
+	if status ~= 200 then
+		return nil, "GET " .. M.API_STATUSES .. ": unexpected HTTP status " .. status
+			.. M.error_text(body)
+	end
+	local list, derr = json.decode(body)
+	if type(list) ~= "table" then
+		return nil, "status list is not JSON: " .. tostring(derr)
+	end
+	local lines = {}
+	for _, st in ipairs(list) do
+		local state = type(st) == "table" and M.BBSTAT_STATE[st.status]
+		if state and M.check_name(st.name) then
+			local stype = type(st.type) == "string" and st.type:match("^%u+$") or "WFM"
+			local id = is_count(st.id) and int_str(st.id) or "0"
+			local created = type(st.created) == "string"
+				and st.created:match("^(%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d)") or "Unknown"
+			lines[#lines + 1] = "FA: BB Type=" .. stype .. " bbid=" .. id .. " Name=" .. st.name
+				.. " State=" .. state .. " CreateTime=" .. created
+		end
+	end
+	return lines
 end
 
 -- Release what the job holds. Idempotent: a missing cache or a reservation
@@ -1364,6 +1695,16 @@ function M.teardown(cfg, job_id, job_script, hurry)
 		local spec = M.read_spec(job_script)
 		if spec then
 			kind, name = spec.kind, spec.name
+		end
+	end
+	if kind == "create" and rec and rec.failed then
+		-- Its service cannot start (cannot_start): end the held job. Not an
+		-- error if that fails: it stays held with its reason.
+		local state = M.job_state(cfg, job_id)
+		if state == "PENDING" then
+			local ok, out = M.run({ cfg.scancel, job_id })
+			M.log("info", job_id, name, ok and ("job cancelled: " .. rec.failed)
+				or ("scancel failed: " .. printable(out, 200)))
 		end
 	end
 	if kind ~= "service" then
@@ -1540,9 +1881,22 @@ end
 
 --[[ slurm_bb_data_in(job_id, job_script [, uid, gid, job_info])
 slurmscriptd, StageInTimeout. Nothing to stage: data movers are separate
-jobs started by the orchestrator. ]]
+jobs started by the orchestrator. A Session Manager create_persistent job
+waits here until its service is up, a destroy_persistent job until its
+service is STOPPED (at most `wait` seconds, below StageInTimeout); a failure
+holds the job with the reason. Other jobs: SUCCESS at once. ]]
 function slurm_bb_data_in(job_id, job_script, ...)
-	return slurm.SUCCESS
+	return entry("data_in", job_id, function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return nil, err
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return nil, cerr
+		end
+		return M.wait(cfg, id)
+	end)
 end
 
 --[[ slurm_bb_test_data_in(job_id, job_script, uid, gid, job_info)
@@ -1603,12 +1957,17 @@ function slurm_bb_test_data_out(job_id, job_script, ...)
 	return slurm.SUCCESS
 end
 
---[[ slurm_bb_get_status(...)   (23.02+: uid, gid, ...)
-slurmscriptd; `scontrol show bbstat [job <id>]`. Shows what the plugin
-cached for a job (the environment it exports). ]]
+--[[ slurm_bb_get_status(...)   (22.05: the words after bbstat; 23.02+: uid,
+gid, then those words)
+slurmscriptd; `scontrol show bbstat job <id>` shows what the plugin cached for
+a job (the environment it exports). `scontrol show bbstat` alone lists the
+live services in the Session Manager's format: under 23.02+ (the version is
+asked of scontrol: a 22.05 user could type two numbers) only the asking uid's
+services, every service for root; under 22.05, which does not say who asks,
+every service. ]]
 function slurm_bb_get_status(...)
 	local args = { ... }
-	local usage = "usage: scontrol show bbstat job <job id>\n"
+	local usage = "usage: scontrol show bbstat [job <job id>]\n"
 	local job_id
 	for i = 1, select("#", ...) do
 		if args[i] == "job" then
@@ -1617,7 +1976,32 @@ function slurm_bb_get_status(...)
 		end
 	end
 	if not job_id then
-		return slurm.SUCCESS, usage
+		local ok, res = pcall(function()
+			local cfg, cerr = M.load_config()
+			if not cfg then
+				return cerr .. "\n"
+			end
+			local uid
+			local v = M.slurm_version(cfg)
+			if not v then
+				return "cannot tell Slurm's version (scontrol --version): nothing listed\n"
+			end
+			if v[1] * 100 + v[2] >= 2302 then
+				uid = M.check_uid(args[1])
+				if not uid then
+					return "Slurm did not say who asks: nothing listed\n"
+				end
+			end
+			local lines, err = M.bbstat(cfg, uid)
+			if not lines then
+				return err .. "\n"
+			end
+			return #lines > 0 and (table.concat(lines, "\n") .. "\n") or ""
+		end)
+		if not ok then
+			return slurm.ERROR, printable(res, 300)
+		end
+		return slurm.SUCCESS, res
 	end
 	local ok, res = pcall(function()
 		local id, err = M.check_job_id(job_id)

@@ -95,9 +95,13 @@ class FakeServices:
 
     def __init__(self) -> None:
         self.table: dict[str, dict[str, str]] = {}
+        self.claims: list[tuple[str, str]] = []
 
     def status(self, name: str) -> dict[str, str] | None:
         return self.table.get(name)
+
+    def claim(self, name: str, by: str) -> None:
+        self.claims.append((name, by))
 
     def usable(self, name: str = "alice_s1_sbb", user: str = "alice",
                status: str = "ALLOCATED") -> None:

@@ -157,7 +157,8 @@ end
 -- A fake runner. routes["GET /v2.0.0/server/allocation/x"] = response or a
 -- list of responses consumed in order; a response is {code=, body=} or
 -- {transport=true}. Routes are keyed by the path without its query.
--- opts.job_state is what scontrol reports (or "GONE", "FAIL"). Returns
+-- opts.job_state is what scontrol reports (or "GONE", "FAIL"), opts.slurm_version
+-- what `scontrol --version` prints (default "slurm 22.05.8"). Returns
 -- run, calls; each call records argv, method, path, query (the text after
 -- '?', or nil), params (query parameters by name) and the content of the
 -- header file given with -H @file.
@@ -201,6 +202,8 @@ function H.fake_runner(routes, opts)
 			end
 			H.write(out_file, r.body or "")
 			return true, "__WFM_HTTP=" .. r.code, 0
+		elseif argv[1] == "scontrol" and argv[2] == "--version" then
+			return true, (opts.slurm_version or "slurm 22.05.8") .. "\n", 0
 		elseif argv[1] == "scontrol" then
 			local st = opts.job_state or "COMPLETED"
 			if st == "GONE" then
@@ -209,6 +212,8 @@ function H.fake_runner(routes, opts)
 				return false, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", 1
 			end
 			return true, "JobId=" .. argv[5] .. " JobName=es UserId=u(1000) JobState=" .. st .. " Reason=None\n", 0
+		elseif argv[1] == "scancel" then
+			return true, "", 0
 		elseif argv[1] == "sleep" then
 			return true, "", 0
 		elseif argv[1] == "mkdir" then
@@ -244,6 +249,7 @@ function H.setup_env(routes, opts)
 	local conf = opts.conf or ("orchestrator_url = http://orch.example:8080\n"
 		.. "cache_dir = " .. ctx.cache_dir .. "\n"
 		.. "timeout = 5\nretries = " .. (opts.retries or 0) .. "\n"
+		.. (opts.wait and ("wait = " .. opts.wait .. "\npoll = 2\n") or "")
 		.. (opts.token and ("token_file = " .. dir .. "/token\n") or ""))
 	M.config_file = H.write(dir .. "/burst_buffer_wfm.conf", conf)
 	if opts.token then

@@ -2,12 +2,6 @@
 local H = require("helper")
 local test, eq, ok, contains = H.test, H.eq, H.ok, H.contains
 
-test("get_status shows usage without arguments", function()
-	local ctx = H.setup_env({})
-	local rc, text = ctx.env.slurm_bb_get_status()
-	eq(rc, ctx.slurm.SUCCESS)
-	contains(text, "usage: scontrol show bbstat job <job id>")
-end)
 
 test("get_status 'job <id>' shows the environment cached for the job (22.05 and 23.02 argument forms)", function()
 	local ctx = H.setup_env({ ["GET /v2.0.0/server/allocation/u_s_nfs"] = { code = 200, body = H.ALLOC_OK } })

@@ -49,14 +49,14 @@ test("a step's service that is not ALLOCATED or STAGEDIN fails setup with its st
 	eq(H.exists(ctx.cache_file("50")), false)
 end)
 
-test("setup of a step job sends the uid (and no job id) with each status request", function()
+test("setup of a step job sends the uid and its job id (its claim) with each status request", function()
 	local ctx = H.setup_env({
 		["GET /v1.0.0/ephemeralservice/status/u_s_nfs"] = status("u_s_nfs", "ALLOCATED"),
 		["GET /v1.0.0/ephemeralservice/status/u_s_sbb"] = status("u_s_sbb", "STAGEDIN"),
 	})
 	eq(ctx.env.slurm_bb_setup("50", 1001, 1001, "", 0, ctx.script(STEP)), ctx.slurm.SUCCESS)
-	eq(ctx.calls[1].query, "uid=1001")
-	eq(ctx.calls[2].query, "uid=1001")
+	eq(ctx.calls[1].query, "uid=1001&job_id=50")
+	eq(ctx.calls[2].query, "uid=1001&job_id=50")
 end)
 
 test("a 500 without a description still says which service and uid", function()

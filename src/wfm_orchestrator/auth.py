@@ -535,7 +535,9 @@ def _token_roles(claims: dict[str, Any], client: str) -> set[str]:
 _MATRIX: dict[str, frozenset[str]] = {
     "reserve": frozenset({"session-manager"}),
     "service.read": frozenset({"session-manager", "burst-buffer"}),
-    "service.release": frozenset({"session-manager"}),
+    # The plugin stops a service for a destroy_persistent job: only with the job's uid,
+    # and only that uid's user's service (api/service_status.py Release, binding.py).
+    "service.release": frozenset({"session-manager", "burst-buffer"}),
     "allocation": frozenset({"burst-buffer"}),
     "resources": frozenset(),
     "config.read": frozenset(),  # open to every authenticated identity, see below

@@ -8,7 +8,13 @@ job's uid, and this module decides (docs/security.md, "The plugin's calls"):
   types the orchestrator starts itself, only when it is the service job the
   orchestrator submitted;
 * a job uses a service only when its uid is the service user's;
-* a teardown releases only the reservation its own job bound (the recorded binder).
+* a teardown releases only the reservation its own job bound (the recorded binder);
+* a job stops (destroy_persistent) only a service of its uid's user;
+* ``scontrol show bbstat`` lists, where Slurm says who asks, only that uid's services.
+
+A job of the user that passes these checks *claims* the reservation (unclaimed_timeout):
+a use (status lookup with the job's id) or a binding by a job the orchestrator did not
+submit itself.
 
 A uid is compared with the uid of the reservation's user on this host: the admin node
 and the cluster must share their accounts (LDAP, SSSD), as Slurm itself requires.
@@ -56,7 +62,9 @@ class Binding:
         Without an identity (the spec's form, for an administrator) nothing is checked.
         """
         if job_id is None and uid is None:
-            return self.rm.allocate(name)
+            found = self.rm.allocate(name)
+            self.rm.claim(name, "GET server/allocation (no job named)")
+            return found
         if job_id is None or uid is None:
             missing = "job_id" if job_id is None else "uid"
             raise InvalidRequest(missing, "a binding names both its job (job_id) and the "
@@ -82,9 +90,14 @@ class Binding:
                 raise Forbidden("job_id", self._not_service_job(who, name, job.job_id))
 
         try:
-            return self.rm.allocate(name, job_id, may_bind)
+            found = self.rm.allocate(name, job_id, may_bind)
         except _Unrecorded:
             pass
+        else:
+            rec = self.rm.get(name)
+            if rec is not None and (self.services is None or not self.services.launches(rec)):
+                self.rm.claim(name, f"job {job_id} of uid {uid} (its own service job)")
+            return found
         # The orchestrator submitted (or is submitting) the job but holds no id for it yet.
         if not may_block:
             raise MustAskSlurm(f"binding {name!r} for job {job_id} needs Slurm's answer")
@@ -111,21 +124,29 @@ class Binding:
 
     # --- GET ephemeralservice/status for a step job ------------------------------
 
-    def usable(self, name: str, uid: int, status: dict[str, str] | None) -> dict[str, str]:
-        """``status`` (of service ``name``) if uid's jobs may use it; else NotUsable.
+    def usable(self, name: str, uid: int, status: dict[str, Any] | None,
+               job_id: int | None = None, verb: str = "use") -> dict[str, Any]:
+        """``status`` (of service ``name``) if uid's jobs may ``verb`` it; else NotUsable.
 
         The same answer whether the service exists or not: a job learns nothing of
-        other users' services.
+        other users' services. With ``job_id`` (a job that uses, creates or destroys
+        the service), that job claims it.
         """
         if status is not None and self.accounts.lookup(status["user"]) == uid:
+            if job_id is not None:
+                self.rm.claim(name, f"job {job_id} of uid {uid}")
             return status
-        raise NotUsable(name, uid)
+        raise NotUsable(name, uid, verb)
+
+    def owned(self, uid: int, statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The statuses of uid's user's services (``scontrol show bbstat`` for uid, 23.02+)."""
+        return [s for s in statuses if self.accounts.lookup(s["user"]) == uid]
 
 
 class NotUsable(NotFound):
     """A step job may not use the service: it does not exist or is another user's."""
 
-    def __init__(self, name: str, uid: int):
+    def __init__(self, name: str, uid: int, verb: str = "use"):
         super().__init__("service", name)
-        self.args = (f"no service {name} of uid {uid}: a job may use only its own "
+        self.args = (f"no service {name} of uid {uid}: a job may {verb} only its own "
                      "user's services",)

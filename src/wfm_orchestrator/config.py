@@ -129,6 +129,13 @@ def _seconds(v: str) -> float:
     return f
 
 
+def _unclaimed(v: str) -> float:
+    f = _number_of_seconds(v)
+    if f != 0 and not 10 <= f <= 30 * 86400:
+        raise ValueError("expected 0 (never) or a number of seconds from 10 to 2592000 (30 days)")
+    return f
+
+
 def _retention(v: str) -> float:
     f = _number_of_seconds(v)
     if not MIN_RETENTION <= f <= 10 * 365 * 86400:
@@ -234,6 +241,12 @@ SETTINGS: dict[str, Setting] = {
     "teardown_grace": Setting(
         "60", _seconds, "seconds the burst-buffer teardown has, after a service job ended, to "
         "delete its reservation before the orchestrator frees it itself"
+    ),
+    "unclaimed_timeout": Setting(
+        "3600", _unclaimed, "seconds a reservation may hold its resources without any claim "
+        "by its user (a create_persistent, use_persistent or wfm_use job, its own "
+        "wfm_service job, step/launch naming it, GET server/allocation) before it is "
+        "released; 0: never"
     ),
     "release_timeout": Setting(
         "120", _seconds, "seconds after a released service's cancel before it is sent again if "

@@ -21,6 +21,12 @@ class Reservation:
     # The Slurm job that bound it (plugin setup with its job id): the only job whose
     # teardown may release it. None when unbound, or bound by a call without a job id.
     bound_job: int | None = None
+    # When it took its resources (reserved, or admitted from the queue): the start of
+    # its unclaimed_timeout. None in rows stored before (then ``created`` counts).
+    held_since: float | None = None
+    # Who first claimed it for its user ("job 42 of uid 1001", "step alice_s1_step_0"):
+    # "" while none did. An unclaimed reservation is released after unclaimed_timeout.
+    claimed: str = ""
     # (request, placement, their JSON): a reservation is written several times
     # (reserve, allocation, release) and both rarely change in between.
     _json: tuple | None = field(default=None, repr=False, compare=False)

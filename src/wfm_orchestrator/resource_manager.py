@@ -244,6 +244,7 @@ class ResourceManager:
                                                locations=list(req.locations) or None)
         rec.state = State.FREE
         rec.updated = now
+        rec.held_since = now
         rec.detail = ""
         self.on_held(now - rec.created)
 
@@ -331,6 +332,8 @@ class ResourceManager:
                 detail = "removed from the queue"
             else:
                 self.allocator.release(name)
+                if rec.detail:  # why its release was asked (release_reason)
+                    detail = f"{rec.detail}; {detail}"
             rec.state = State.RELEASED
             rec.updated = now
             rec.detail = detail
@@ -339,6 +342,38 @@ class ResourceManager:
             for r in changed:
                 self._notify(r)
             return rec, ticket
+
+    # --- claims (unclaimed_timeout) -------------------------------------------
+
+    def claim(self, name: str, by: str) -> Ticket | None:
+        """Record that ``by`` (a job of the user, a step) claimed ``name``: the first claim only.
+
+        None when there is nothing to record (unknown, released, or claimed already).
+        """
+        with self._lock:
+            rec = self._records.get(name)
+            if rec is None or rec.state == State.RELEASED or rec.claimed:
+                return None
+            rec.claimed = by
+            log.info("reservation %s claimed by %s", name, by)
+            return self._write([rec])
+
+    def unclaimed(self, timeout: float) -> list[Reservation]:
+        """Reservations holding resources, unclaimed ``timeout`` s after they took them."""
+        cutoff = self.clock() - timeout
+        with self._lock:
+            return [r for r in self._records.values()
+                    if r.state in (State.FREE, State.ALLOCATED) and not r.claimed
+                    and (r.held_since if r.held_since is not None else r.created) <= cutoff]
+
+    def release_reason(self, name: str, why: str) -> Ticket | None:
+        """Say why ``name`` is being released: its status, then its release detail, say it."""
+        with self._lock:
+            rec = self._records.get(name)
+            if rec is None or rec.state not in (State.FREE, State.ALLOCATED) or rec.detail:
+                return None
+            rec.detail = why
+            return self._write([rec])
 
     # --- history ------------------------------------------------------------
 

@@ -53,6 +53,7 @@ State = ReservationState
 
 
 HOUSEKEEPING_INTERVAL = 600.0  # s between two looks for released services to forget
+UNCLAIMED_INTERVAL = 30.0  # s at most between two looks for unclaimed reservations
 FOLLOW_RELEASED = 600.0  # s: Slurm keeps an ended job MinJobAge (300 s by default)
 
 
@@ -86,10 +87,12 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
         return S.STAGINGIN, f"resources reserved on {servers}; submitting the service job", when
     jid = job.job_id
     if job.release_requested:
+        # Why it is released (unclaimed_timeout, a destroy_persistent job), if said.
+        why = f"{rec.detail}; " if rec.detail else ""
         if job.ended:
-            return (S.STAGEDOUT, f"Slurm job {jid} ended {job.state}; waiting for the "
+            return (S.STAGEDOUT, f"{why}Slurm job {jid} ended {job.state}; waiting for the "
                     f"burst-buffer teardown to free {servers}", when)
-        return S.STAGINGOUT, f"stopping: Slurm job {jid} {job.state or 'submitted'}", when
+        return S.STAGINGOUT, f"{why}stopping: Slurm job {jid} {job.state or 'submitted'}", when
     if job.ended:
         how = (f" ({job.reason})" if job.reason else "") + exit_status_text(job.exit_code)
         return (S.TEARDOWN, f"Slurm job {jid} ended {job.state}{how}; freeing {servers}", when)
@@ -128,6 +131,10 @@ class ServiceManager:
         # Forgets old released services; runs with or without Slurm.
         self.housekeeping = Worker("housekeeping", self.forget_released, HOUSEKEEPING_INTERVAL,
                                    30.0)
+        # Releases the reservations no job of their user claimed (unclaimed_timeout).
+        self.unclaimed = Worker("unclaimed", self.release_unclaimed,
+                                min(UNCLAIMED_INTERVAL, max(config.unclaimed_timeout / 10, 1.0)),
+                                30.0)
         self._cancels = Cancels(config.release_timeout)  # keyed by service name
         self._load()
         rm.listeners.append(self._on_reservation)
@@ -204,7 +211,8 @@ class ServiceManager:
         if self.follower.problem and status not in (ServiceStatus.STOPPED,):
             detail += f" [Slurm unreachable: {self.follower.problem}]"
         return {"user": rec.request.user, "name": rec.name, "status": status.value,
-                "detail": detail, "time": iso_time(when)}
+                "detail": detail, "time": iso_time(when), "type": rec.request.type,
+                "id": rec.seq, "created": iso_time(rec.created)}
 
     def status(self, name: str) -> dict[str, str] | None:
         found = self.rm.snapshot(name)
@@ -215,17 +223,25 @@ class ServiceManager:
 
     # --- release ----------------------------------------------------------------
 
-    def release(self, name: str) -> tuple[dict[str, str], Ticket]:
+    def claim(self, name: str, by: str) -> None:
+        """``by`` (a job of the service's user, a step) claims it (unclaimed_timeout)."""
+        self.rm.claim(name, by)
+
+    def release(self, name: str, why: str = "") -> tuple[dict[str, str], Ticket]:
         """DELETE ephemeralservice/release/{name}: stop the service, then free its resources.
 
         The answer, and the ticket to answer it after: the release is durable once
-        that commit is done (the intent to cancel, or the freed resources).
+        that commit is done (the intent to cancel, or the freed resources). ``why``
+        (a destroy_persistent job, unclaimed_timeout) is said by its status and kept in
+        its release detail.
         """
         if self.slurm is None:
             raise NoSlurm()
         rec = self.rm.get(name)
         if rec is None or rec.state == State.RELEASED:
             raise NotFound("service", name)
+        if why:
+            self.rm.release_reason(name, why)
         now = self.clock()
         free_now = False
         ticket: Ticket | None = None
@@ -262,10 +278,41 @@ class ServiceManager:
     def start(self) -> None:
         self.follower.start()
         self.housekeeping.start()
+        if self.config.unclaimed_timeout:
+            self.unclaimed.start()
 
     def stop(self) -> None:
+        self.unclaimed.stop()
         self.housekeeping.stop()
         self.follower.stop()
+
+    def release_unclaimed(self) -> list[str]:
+        """Release every reservation none of its user's jobs claimed within unclaimed_timeout.
+
+        A claim is the first of: a create_persistent, use_persistent or wfm_use job of
+        the user (the plugin's status lookup with the job's id), a wfm_service job of the
+        user binding it (not the service job the orchestrator submitted itself),
+        step/launch naming it, GET server/allocation by an administrator.
+        """
+        timeout = self.config.unclaimed_timeout
+        if not timeout:
+            return []
+        released = []
+        for rec in self.rm.unclaimed(timeout):
+            why = (f"released by the orchestrator: unclaimed_timeout ({timeout:.0f} s) passed "
+                   f"and no job of {rec.request.user} claimed it (no create_persistent, "
+                   "use_persistent or wfm_use job, no step named it)")
+            log.warning("service %s: %s", rec.name, why)
+            try:
+                if self.slurm is None:
+                    self.rm.release_reason(rec.name, why)
+                    self.rm.release(rec.name, detail="resources freed")[1].wait()
+                else:
+                    self.release(rec.name, why)[1].wait()
+            except NotFound:
+                continue  # released meanwhile
+            released.append(rec.name)
+        return released
 
     def forget_released(self) -> list[str]:
         """Forget released services older than ``released_retention`` (rows and records).

@@ -124,6 +124,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE reservation ADD COLUMN bound_job INTEGER
     """,
+    # 7: when a reservation took its resources and who first claimed it (unclaimed_timeout).
+    # Reservations holding resources before this version count as claimed: an upgrade
+    # releases nothing.
+    """
+    ALTER TABLE reservation ADD COLUMN held_since REAL;
+    ALTER TABLE reservation ADD COLUMN claimed TEXT NOT NULL DEFAULT '';
+    UPDATE reservation SET claimed = 'held before unclaimed_timeout existed'
+        WHERE state IN ('FREE', 'ALLOCATED')
+    """,
 ]
 
 

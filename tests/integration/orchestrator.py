@@ -125,8 +125,10 @@ def _port_free(port: int) -> bool:
 MOVER = os.path.join(REPO, "src", "wfm_orchestrator", "datamover.py")
 
 
-def write_config(directory: str) -> tuple[str, str]:
-    """A copy of wfm.conf with a fresh state_db and absolute paths: (path, state_db)."""
+def write_config(directory: str, port: int = PORT, extra: str = "") -> tuple[str, str]:
+    """A copy of wfm.conf with a fresh state_db and absolute paths: (path, state_db).
+
+    ``port``: its listener's; ``extra``: settings appended (a dedicated orchestrator)."""
     # A directory of its own, which the orchestrator creates 0700: ``directory`` is open
     # to the cluster's users, and an open directory beside wfm.conf is refused
     # (docs/security.md §9).
@@ -135,7 +137,9 @@ def write_config(directory: str) -> tuple[str, str]:
     with open(WFM_CONF, encoding="utf-8") as fh:
         for line in fh:
             key = line.split("=", 1)[0].strip()
-            if key == "state_db":
+            if key == "listen":
+                line = f"listen = {HOST}:{port}\n"
+            elif key == "state_db":
                 line = f"state_db = {state_db}\n"
             elif key == "slurm_token_file":
                 value = line.split("=", 1)[1].strip()
@@ -154,18 +158,23 @@ def write_config(directory: str) -> tuple[str, str]:
     path = os.path.join(directory, "wfm.conf")
     with open(path, "w", encoding="utf-8") as fh:
         fh.writelines(lines)
+        fh.write(extra)
     return path, state_db
 
 
-def start(directory: str, timeout: float = 30.0) -> Orchestrator:
-    config_path, state_db = write_config(directory)
+def start(directory: str, timeout: float = 30.0, port: int = PORT,
+          extra: str = "") -> Orchestrator:
+    """An orchestrator of this tree on ``port`` (8080: the plugin's) with ``extra``
+    settings; it answers when this returns."""
+    url = f"http://{HOST}:{port}"
+    config_path, state_db = write_config(directory, port, extra)
     log_path = os.path.join(directory, "orchestrator.log")
     env = server_env()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wfm_orchestrator.cli", "serve", "--config", config_path],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Orchestrator(proc, URL, config_path, state_db, log_path)
+    server = Orchestrator(proc, url, config_path, state_db, log_path)
 
     def answers() -> bool:
         if proc.poll() is not None:
@@ -176,7 +185,7 @@ def start(directory: str, timeout: float = 30.0) -> Orchestrator:
             return False
 
     try:
-        poll_until(answers, f"the orchestrator answers on {URL}", timeout, last=server.log)
+        poll_until(answers, f"the orchestrator answers on {url}", timeout, last=server.log)
     except AssertionError:
         stop(server)
         raise

@@ -219,3 +219,26 @@ def stubs(tmp_path):
         stub.chmod(0o755)
     path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     return path, calls, tmp_path
+
+
+# --- test_session_manager_jobs.py ---
+
+
+@pytest.fixture
+def http(world):
+    """The status and release resources on the ``world`` (auth none: the administrator),
+    for test_session_manager_jobs.py."""
+    import falcon
+    from falcon import testing
+
+    from wfm_orchestrator.api.errors import install
+    from wfm_orchestrator.api.service_status import AllServiceStatus, Release, ServiceStatus
+    from wfm_orchestrator.binding import Binding
+
+    app = falcon.App()
+    install(app)
+    b = Binding(world.rm, world.sm, world.rm.accounts)
+    app.add_route("/status", AllServiceStatus(world.sm, b))
+    app.add_route("/status/{ident}", ServiceStatus(world.sm, b))
+    app.add_route("/release/{service_name}", Release(world.sm, b))
+    return testing.TestClient(app)

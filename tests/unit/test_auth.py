@@ -567,7 +567,7 @@ MATRIX = {
     #                   owner other no-role  SM   BB   DM   MX  admin
     "reserve":         (F,    F,    F,       T,   F,   F,   F,  T),
     "service.read":    (T,    F,    F,       T,   T,   F,   F,  T),
-    "service.release": (F,    F,    F,       T,   F,   F,   F,  T),
+    "service.release": (F,    F,    F,       T,   T,   F,   F,  T),
     "allocation":      (F,    F,    F,       F,   T,   F,   F,  T),
     "resources":       (F,    F,    F,       F,   F,   F,   F,  T),
     "config.read":     (T,    T,    T,       T,   T,   T,   T,  T),

@@ -23,7 +23,7 @@ MATRIX = [
     ("GET", "/v1.0.0/ephemeralservice/flavors", None, set(CALLERS)),
     ("GET", "/v1.0.0/ephemeralservice/status", None, set(CALLERS)),
     ("GET", "/v1.0.0/ephemeralservice/status/alice_s_x", None, set(CALLERS)),
-    ("DELETE", "/v1.0.0/ephemeralservice/release/alice_s_x", None, {"sm", "admin"}),
+    ("DELETE", "/v1.0.0/ephemeralservice/release/alice_s_x", None, {"sm", "bb", "admin"}),
     ("POST", "/v1.0.0/step/launch", {"name": "alice_s_st_1", "user": "alice",
                                      "command": "sbatch --wrap true"}, {"sm", "admin"}),
     ("POST", "/v1.0.0/step/progress", {"step_name": "alice_s_st_1", "datamover_name": "d",

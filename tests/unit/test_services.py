@@ -47,9 +47,10 @@ def test_status_follows_the_job_through_its_life(world):
     assert st["status"] == "STAGEDIN" and "burst buffer set up on dn1" in st["detail"]
     world.slurm.put(100, "alice_s_sbb", "", "RUNNING")
     world.sm.reconcile()
-    assert world.status() | {"time": ""} == {
+    assert world.status() | {"time": "", "created": ""} == {
         "user": "alice", "name": "alice_s_sbb", "status": "ALLOCATED",
-        "detail": "Slurm job 100 running on dn1", "time": ""}
+        "detail": "Slurm job 100 running on dn1", "time": "", "type": "SBB", "id": 1,
+        "created": ""}
     answer = world.release(SBB["name"])
     assert answer["status"] == "STAGINGOUT"
     world.sm.reconcile()

@@ -138,6 +138,12 @@ SCHEMAS: dict[str, Any] = {
                                                   "TEARDOWN"]},
             "detail": {"type": "string"},
             "time": {"type": "string", "format": "date-time"},
+            "type": {"type": "string", "description": "the service type (an addition to "
+                     "the spec, for scontrol show bbstat)"},
+            "id": {"type": "integer", "description": "the reservation's number (an "
+                   "addition: bbstat's bbid)"},
+            "created": {"type": "string", "format": "date-time", "description": "when it "
+                        "was reserved (an addition: bbstat's CreateTime)"},
         },
     },
     "StepLaunchRequest": {
@@ -313,14 +319,27 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     },
     "/ephemeralservice/status": {
         "get": _op("Status of every ephemeral service",
-                   _json({"type": "array", "items": _ref("ServiceStatus")}, "statuses"), {}),
+                   _json({"type": "array", "items": _ref("ServiceStatus")}, "statuses"), {},
+                   parameters=[_query_uint("uid", "only the services of this uid's user "
+                                           "(an addition to the spec: the burst-buffer "
+                                           "plugin's scontrol show bbstat where Slurm says "
+                                           "who asks; optional)", 0)]),
     },
     "/ephemeralservice/release/{service_name}": {
         "parameters": [_path_param("service_name", "the service name")],
         "delete": _op("Stop a service (stage-out first where its type stages data); its "
                       "resources return to the pool at teardown",
                       _json(_ref("ReleaseResponse"), "release accepted"),
-                      {"500": "not found or already released, or no Slurm configured"}),
+                      {"500": "not found or already released, or no Slurm configured; with "
+                              "uid: no such service of that uid's user (a job may stop only "
+                              "its own user's services)"},
+                      parameters=[_query_uint("job_id", "the Slurm job (destroy_persistent) "
+                                              "the burst-buffer plugin stops it for (an "
+                                              "addition to the spec; required from the "
+                                              "plugin's role)", 1),
+                                  _query_uint("uid", "that job's uid: only a service of this "
+                                              "uid's user is stopped (an addition; required "
+                                              "from the plugin's role)", 0)]),
     },
     "/ephemeralservice/status/{ident}": {
         "parameters": [_path_param("ident", "a service name (looked up first) or a user id")],
@@ -334,7 +353,11 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                            "plugin checks for (an addition to the spec): the "
                                            "segment is then a service name, answered only "
                                            "if it is that user's; required from the "
-                                           "plugin's role", 0)]),
+                                           "plugin's role", 0),
+                               _query_uint("job_id", "with uid: the job that uses, creates or "
+                                           "destroys the service; it claims it "
+                                           "(unclaimed_timeout). An addition to the spec; "
+                                           "optional", 1)]),
     },
     "/step/launch": {
         "post": _op(

@@ -1,7 +1,9 @@
 """The job and uid the burst-buffer plugin acts for: query parameters of its calls.
 
-``?job_id=N`` (GET and DELETE server/allocation) and ``?uid=U`` (GET server/allocation,
-GET ephemeralservice/status/{name}) are additions to the spec's forms (docs/api.md).
+``?job_id=N`` (GET and DELETE server/allocation, DELETE ephemeralservice/release; optional
+on GET ephemeralservice/status/{name}, where it makes the job's claim) and ``?uid=U`` (GET
+server/allocation, GET ephemeralservice/status[/{name}], DELETE ephemeralservice/release)
+are additions to the spec's forms (docs/api.md).
 The plugin's role must send them; an administrator (and ``auth = none``) may leave them
 out and act in the spec's form, unchecked. Whoever sends them gets the checks.
 """
@@ -29,17 +31,20 @@ def _uint(req: falcon.Request, name: str, lowest: int) -> int | None:
     return int(raw)
 
 
-def acting_for(req: falcon.Request, *names: str) -> dict[str, int | None]:
-    """The parameters ``names`` (``job_id``, ``uid``) of ``req``, each an int or None.
+def acting_for(req: falcon.Request, *names: str,
+               optional: tuple[str, ...] = ()) -> dict[str, int | None]:
+    """The parameters ``names`` and ``optional`` (``job_id``, ``uid``) of ``req``, each an
+    int or None.
 
-    A caller holding the burst-buffer role without admin must send every one: 400
-    naming the first missing.
+    A caller holding the burst-buffer role without admin must send every one of
+    ``names``: 400 naming the first missing.
     """
-    values = {name: _uint(req, name, 1 if name == "job_id" else 0) for name in names}
+    values = {name: _uint(req, name, 1 if name == "job_id" else 0)
+              for name in (*names, *optional)}
     roles = identity_of(req).roles
     if "burst-buffer" in roles and "admin" not in roles:
-        for name, value in values.items():
-            if value is None:
+        for name in names:
+            if values[name] is None:
                 raise InvalidRequest(name, "the burst-buffer plugin must say which job and "
                                      "uid it acts for: add the query parameter (plugin "
                                      "and orchestrator versions differ?)")

@@ -16,29 +16,51 @@ from .serving import answer_after
 
 
 class AllServiceStatus:
+    """Every status the caller may read; with ``?uid=U`` (the plugin, for ``scontrol show
+    bbstat`` asked by uid U) only that uid's user's services."""
+
     nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "service.read"}
 
-    def __init__(self, services: ServiceManager):
+    def __init__(self, services: ServiceManager, binding: Binding):
         self.services = services
+        self.binding = binding
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         identity = identity_of(req)
-        resp.media = [s for s in self.services.statuses() if visible(identity, s["user"])]
+        # Optional even for the plugin: Slurm 22.05 does not say who runs bbstat.
+        uid = acting_for(req, optional=("uid",))["uid"]
+        found = [s for s in self.services.statuses() if visible(identity, s["user"])]
+        resp.media = found if uid is None else self.binding.owned(uid, found)
 
 
 class Release:
-    """DELETE ephemeralservice/release/{service_name}: stop the service, free its resources."""
+    """DELETE ephemeralservice/release/{service_name}: stop the service, free its resources.
+
+    With ``?job_id=N&uid=U`` (the plugin, for a ``destroy_persistent`` job; required from
+    its role) only a service of uid U's user, and the status says which job stops it.
+    """
 
     auth_actions = {"DELETE": "service.release"}
 
-    def __init__(self, services: ServiceManager):
+    def __init__(self, services: ServiceManager, binding: Binding):
         self.services = services
+        self.binding = binding
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, service_name: str) -> None:
         check_name(service_name, "service_name")
+        who = acting_for(req, "job_id", "uid")
+        why = ""
+        if who["uid"] is not None:
+            try:
+                self.binding.usable(service_name, who["uid"],
+                                    self.services.status(service_name), verb="stop")
+            except NotUsable as e:
+                raise APIError(500, "Release refused", str(e)) from None
+            job = f"job {who['job_id']}" if who["job_id"] is not None else "a job"
+            why = f"stopped by {job} of uid {who['uid']} (destroy_persistent)"
         try:
-            body, ticket = self.services.release(service_name)
+            body, ticket = self.services.release(service_name, why)
         except NotFound as e:
             raise APIError(500, "Release failed", f"{e}: not found or already released") \
                 from None
@@ -66,10 +88,11 @@ class ServiceStatus:
         check_name(ident, "ephemeralservice_id")
         identity = identity_of(req)
         status = self.services.status(ident)
-        uid = acting_for(req, "uid")["uid"]
+        who = acting_for(req, "uid", optional=("job_id",))
+        uid = who["uid"]
         if uid is not None:
             try:
-                resp.media = self.binding.usable(ident, uid, status)
+                resp.media = self.binding.usable(ident, uid, status, who["job_id"])
             except NotUsable as e:
                 raise APIError(500, "Service not usable", str(e)) from None
             return

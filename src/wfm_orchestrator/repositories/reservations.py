@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 
 _UPSERT = (
     "INSERT INTO reservation (name, user, type, request, token, state, seq, placement, detail,"
-    " created, updated, bound_job) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " created, updated, bound_job, held_since, claimed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT(name) DO UPDATE SET user=excluded.user, type=excluded.type,"
     " request=excluded.request, token=excluded.token, state=excluded.state, seq=excluded.seq,"
     " placement=excluded.placement, detail=excluded.detail, created=excluded.created,"
-    " updated=excluded.updated, bound_job=excluded.bound_job"
+    " updated=excluded.updated, bound_job=excluded.bound_job, held_since=excluded.held_since,"
+    " claimed=excluded.claimed"
 )
 _FORGET = "DELETE FROM reservation WHERE name = ? AND seq = ?"
 
@@ -37,7 +38,7 @@ def save(rec: Reservation) -> Statement:
     token = rec.request.user_slurm_token if rec.state != ReservationState.RELEASED else None
     return (_UPSERT, (rec.name, rec.request.user, rec.request.type, cached[2], token,
                       rec.state.value, rec.seq, cached[3], rec.detail, rec.created, rec.updated,
-                      rec.bound_job))
+                      rec.bound_job, rec.held_since, rec.claimed))
 
 
 def forget(rec: Reservation) -> Statement:
@@ -58,7 +59,8 @@ def load_all(store: Store) -> list[Reservation]:
             locations=tuple(canonical["locations"]), flavor=canonical["flavor"],
             targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"])
         rec = Reservation(req, ReservationState(row["state"]), row["seq"], row["created"],
-                          row["updated"], detail=row["detail"], bound_job=row["bound_job"])
+                          row["updated"], detail=row["detail"], bound_job=row["bound_job"],
+                          held_since=row["held_since"], claimed=row["claimed"])
         if row["placement"] is not None:
             rec.placement = [Placement(s, list(c), m, z)
                              for s, c, m, z in ujson.loads(row["placement"])]

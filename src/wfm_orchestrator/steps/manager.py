@@ -356,6 +356,7 @@ class StepManager:
             if st.get("user") != step.user:
                 return (f"service {use.name} belongs to another user; step {step.name} runs "
                         f"as {step.user}"), ""
+            self.services.claim(use.name, f"step {step.name}")  # unclaimed_timeout
             status = st.get("status", "")
             if status in USABLE:
                 continue
