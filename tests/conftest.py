@@ -250,7 +250,7 @@ def pytest_generate_tests(metafunc):
     if "slurm_version" in metafunc.fixturenames:
         path = str(metafunc.definition.path)
         versions = (["22.05"] if path.startswith(DEFAULT_SLURM_ONLY)
-                    else versions_under_test())
+                    else list(versions_under_test()))
         metafunc.parametrize("slurm_version", versions, indirect=True, scope="session")
 
 
