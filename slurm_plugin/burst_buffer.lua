@@ -1549,11 +1549,10 @@ function M.setup_destroy(cfg, job_id, uid, spec)
 		if not status then
 			return nil, body
 		end
-		-- 500: released meanwhile (data_in sees STOPPED), or refused (it says so).
-		if status == 500 and M.error_description(body)
-			and M.error_description(body):find("only its own user's services", 1, true) then
+		-- 403 naming uid: refused. 500: released meanwhile (data_in sees STOPPED).
+		if status == 403 and M.error_field(body) == "uid" then
 			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not destroy service "
-				.. spec.name .. ": " .. M.error_description(body)
+				.. spec.name .. ": " .. (M.error_description(body) or "refused")
 		elseif status ~= 200 and status ~= 500 then
 			return nil, "DELETE " .. M.API_RELEASE .. spec.name .. ": unexpected HTTP status "
 				.. status .. M.error_text(body)

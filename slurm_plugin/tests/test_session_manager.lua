@@ -154,6 +154,20 @@ test("destroy of another user's service is refused at setup and nothing is relea
 	eq(H.count(ctx.calls, "curl"), 1)  -- no DELETE
 end)
 
+test("destroy: a release refused (403 naming uid) fails setup with the rule; a 500 (released meanwhile) does not", function()
+	local refused = { code = 403, body = '{"title": "Forbidden", "description": "uid: no service '
+		.. SVC .. ' of uid 1001: a job may stop only its own user\'s services", "field": "uid"}' }
+	local ctx = H.setup_env({ [STATUS] = status("ALLOCATED"), [RELEASE] = refused })
+	local rc, msg = ctx.env.slurm_bb_setup("73", "1001", "1001", "", "0", ctx.script(DESTROY))
+	eq(rc, ctx.slurm.ERROR)
+	eq(msg, "job 73 (uid 1001) may not destroy service " .. SVC .. ": no service " .. SVC
+		.. " of uid 1001: a job may stop only its own user's services")
+	local gone = { code = 500, body = '{"title": "Release failed", "description": "service '
+		.. SVC .. ' not found: not found or already released"}' }
+	ctx = H.setup_env({ [STATUS] = status("ALLOCATED"), [RELEASE] = gone })
+	eq(ctx.env.slurm_bb_setup("74", "1001", "1001", "", "0", ctx.script(DESTROY)), 0)
+end)
+
 test("destroy of a service already STOPPED sends no release and succeeds (a re-run)", function()
 	local ctx = H.setup_env({ [STATUS] = { status("STOPPED"), status("STOPPED") } })
 	local script = ctx.script(DESTROY)

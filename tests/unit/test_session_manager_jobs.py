@@ -163,11 +163,12 @@ def test_a_step_naming_the_service_claims_it(env):
 
 
 def test_http_destroy_of_another_users_service_is_refused_and_nothing_changes(world, http):
-    """DELETE release?job_id&uid of bob's job on alice's service: 500 naming the rule."""
+    """DELETE release?job_id&uid of bob's job on alice's service: 403 naming uid and the
+    rule."""
     world.reserve()
     before = world.status()
     r = http.simulate_delete(f"/release/{NAME}", params={"job_id": "9", "uid": str(BOB)})
-    assert r.status_code == 500
+    assert r.status_code == 403 and r.json["field"] == "uid"
     assert "a job may stop only its own user's services" in r.json["message"]
     assert world.status() == before and rec(world).state.value == "FREE"
 
@@ -209,7 +210,7 @@ def test_the_plugins_role_releases_only_for_a_job_and_its_uid(secured):
     r = client.simulate_delete(path, params={"job_id": "5"}, headers=bb)
     assert r.status_code == 400 and r.json["field"] == "uid", r.text
     r = client.simulate_delete(path, params={"job_id": "5", "uid": str(ALICE)}, headers=bb)
-    assert r.status_code == 500 and "a job may stop only its own user's services" \
+    assert r.status_code == 403 and "a job may stop only its own user's services" \
         in r.json["message"]  # no such service of alice: the same words
     assert client.simulate_get("/v1.0.0/ephemeralservice/status", headers=bb).status_code == 200
 

@@ -330,9 +330,9 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "delete": _op("Stop a service (stage-out first where its type stages data); its "
                       "resources return to the pool at teardown",
                       _json(_ref("ReleaseResponse"), "release accepted"),
-                      {"500": "not found or already released, or no Slurm configured; with "
-                              "uid: no such service of that uid's user (a job may stop only "
-                              "its own user's services)"},
+                      {"403": "with uid: no such service of that uid's user (a job may stop "
+                              "only its own user's services; field uid)",
+                       "500": "not found or already released, or no Slurm configured"},
                       parameters=[_query_uint("job_id", "the Slurm job (destroy_persistent) "
                                               "the burst-buffer plugin stops it for (an "
                                               "addition to the spec; required from the "

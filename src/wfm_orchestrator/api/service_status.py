@@ -6,7 +6,7 @@ import falcon
 
 from ..auth import visible
 from ..binding import Binding, NotUsable
-from ..errors import InvalidRequest, NotFound
+from ..errors import Forbidden, InvalidRequest, NotFound
 from ..model import check_name, check_user
 from ..services import ServiceManager
 from .auth import identity_of
@@ -56,7 +56,10 @@ class Release:
                 self.binding.usable(service_name, who["uid"],
                                     self.services.status(service_name), verb="stop")
             except NotUsable as e:
-                raise APIError(500, "Release refused", str(e)) from None
+                # 403 naming uid: the plugin tells a refusal from "released meanwhile" (500)
+                # by the answer, not by its words. The same for a service of another user
+                # and for none: nothing is revealed.
+                raise Forbidden("uid", str(e)) from None
             job = f"job {who['job_id']}" if who["job_id"] is not None else "a job"
             why = f"stopped by {job} of uid {who['uid']} (destroy_persistent)"
         try:
