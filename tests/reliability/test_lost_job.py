@@ -79,7 +79,7 @@ def test_id_of_a_lost_job_reused_by_another_job_is_not_followed(world):
     rec = running_service(world)
     world.slurm.put(100, "bob_job", "", "RUNNING")  # lost, then the id reused
     world.sm.reconcile()
-    assert "no longer known to Slurm" in world.status()["detail"]
+    assert "its job id now names another job" in world.status()["detail"]
     release(world, rec)
     assert world.slurm.cancelled == []
 
