@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .accounts import Accounts
-from .allocator import Allocator, Datanode, NoCapacity
+from .allocator import Allocator, Datanode, Free, NoCapacity
 from .config import Config
 from .errors import (
     AlreadyAllocated,
@@ -35,6 +35,7 @@ from .errors import (
     UnknownDatanode,
 )
 from .model import DatanodeState, ReservationState, ReserveRequest
+from .repositories import datanodes as drains
 from .repositories import reservations
 from .reservation import Reservation
 from .store import DONE, Store, Ticket
@@ -90,6 +91,11 @@ class Counts:
 
 _SWEEP_MIN = 1024
 
+# A drained datanode's free resources are held in the allocator under this name, so
+# no placement can land there (reservation names never start with '-': model.NAME_RE).
+# Given back and taken again whenever a release frees resources on it.
+_FENCE = "-drained:"
+
 
 class ResourceManager:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
@@ -125,6 +131,8 @@ class ResourceManager:
         self._records: dict[str, Reservation] = {}
         self._queue: list[Reservation] = []
         self._seq = 0
+        # name -> (reason, since) of the datanodes an administrator drained
+        self._drained: dict[str, tuple[str, float]] = {}
         for rec in reservations.load_all(self.store):
             self._seq = max(self._seq, rec.seq)
             if rec.state in (State.FREE, State.ALLOCATED):
@@ -141,6 +149,12 @@ class ResourceManager:
             elif rec.state == State.QUEUED:
                 self._queue.append(rec)
             self._records[rec.name] = rec
+        for name, (reason, since) in drains.load_drained(self.store).items():
+            if name not in self.config.datanodes:
+                log.warning("datanode %s was drained but is no longer configured: ignored", name)
+                continue
+            self._drained[name] = (reason, since)
+            self._fence(name)
         log.info("resource manager: %d reservations loaded (%d queued)",
                  sum(r.state != State.RELEASED for r in self._records.values()), len(self._queue))
 
@@ -332,6 +346,7 @@ class ResourceManager:
                 detail = "removed from the queue"
             else:
                 self.allocator.release(name)
+                self._refence(p.server for p in rec.placement or ())
                 if rec.detail:  # why its release was asked (release_reason)
                     detail = f"{rec.detail}; {detail}"
             rec.state = State.RELEASED
@@ -342,6 +357,57 @@ class ResourceManager:
             for r in changed:
                 self._notify(r)
             return rec, ticket
+
+    # --- drain and resume ------------------------------------------------------
+
+    def _fence(self, node: str) -> None:
+        """Hold what is free on drained ``node`` so that nothing new is placed there."""
+        free = self.allocator.free(node)
+        if free.core_list or free.msize or free.ssize:
+            self.allocator.restore(_FENCE + node,
+                                   [(node, list(free.core_list), free.msize, free.ssize)])
+
+    def _unfence(self, node: str) -> None:
+        if _FENCE + node in self.allocator:
+            self.allocator.release(_FENCE + node)
+
+    def _refence(self, nodes) -> None:
+        """After a release: the fence of each drained node among ``nodes`` takes what it freed."""
+        for node in set(nodes):
+            if node in self._drained:
+                self._unfence(node)
+                self._fence(node)
+
+    def drain(self, node: str, reason: str) -> Ticket:
+        """Take ``node`` out of placement (existing reservations stay); drained again
+        updates the reason. The commit ticket of the record."""
+        with self._lock:
+            if node not in self.config.datanodes:
+                raise NotFound("datanode", node)
+            since = self._drained.get(node, (reason, self.clock()))[1]
+            if node not in self._drained:
+                self._fence(node)
+            self._drained[node] = (reason, since)
+            log.warning("datanode %s drained: %s", node, reason)
+            return self.store.write([drains.drain(node, reason, since)], on_failure=self._resync)
+
+    def resume(self, node: str) -> Ticket:
+        """Give ``node`` back to placement and admit what now fits; the commit ticket."""
+        with self._lock:
+            if node not in self.config.datanodes:
+                raise NotFound("datanode", node)
+            rows = [drains.resume(node)]
+            if self._drained.pop(node, None) is not None:
+                self._unfence(node)
+                log.warning("datanode %s resumed", node)
+                admitted = self._admit_queued(self.clock())
+                rows += [reservations.save(rec) for rec in admitted]
+                ticket = self.store.write(rows, on_failure=self._resync)
+                for rec in admitted:
+                    self._tickets[rec.name] = ticket
+                    self._notify(rec)
+                return ticket
+            return self.store.write(rows, on_failure=self._resync)
 
     # --- claims (unclaimed_timeout) -------------------------------------------
 
@@ -447,25 +513,46 @@ class ResourceManager:
     def resources(self, server: str) -> dict[str, Any]:
         with self._lock:
             try:
-                free = self.allocator.free(server)
+                free = self._free(server)
                 cap = self.allocator.capacity(server)
             except UnknownDatanode:
                 raise NotFound("datanode", server) from None
+            state, reason = self.datanode_state(server)
+        # state and reason: additive to the spec's answer (a drained node's free is
+        # free, but no new reservation is placed there).
         return {"free_cores": len(free.core_list), "cores": len(cap.core_list),
                 "free_core_list": list(free.core_list), "core_list": list(cap.core_list),
                 "free_msize": free.msize, "msize": cap.msize,
-                "free_ssize": free.ssize, "ssize": cap.ssize}
+                "free_ssize": free.ssize, "ssize": cap.ssize,
+                "state": state.value, "reason": reason}
+
+    def _free(self, node: str) -> Free:
+        """What is free on ``node``, a drained node's fenced resources included."""
+        free = self.allocator.free(node)
+        if _FENCE + node not in self.allocator:
+            return free
+        [p] = self.allocator.reservation(_FENCE + node)
+        return Free(sorted([*free.core_list, *p.core_list]), free.msize + p.msize,
+                    free.ssize + p.ssize)
 
     def datanode_state(self, name: str) -> tuple[DatanodeState, str]:
-        """(state, reason) of a datanode: the one place readers ask (drain extends it)."""
+        """(state, reason) of a datanode: the one place readers ask."""
+        drained = self._drained.get(name)
+        if drained is not None:
+            return DatanodeState.DRAINED, drained[0]
         return DatanodeState.UP, ""
+
+    def drained(self) -> dict[str, tuple[str, float]]:
+        """name -> (reason, since) of the drained datanodes."""
+        with self._lock:
+            return dict(self._drained)
 
     def datanodes(self) -> list[DatanodeView]:
         """Every configured datanode with its capacity, what is free and its state."""
         out = []
         with self._lock:
             for name, spec in self.config.datanodes.items():
-                free = self.allocator.free(name)
+                free = self._free(name)
                 cap = self.allocator.capacity(name)
                 state, reason = self.datanode_state(name)
                 out.append(DatanodeView(name, spec.location, state, reason,
