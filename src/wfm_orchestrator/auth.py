@@ -60,6 +60,7 @@ ACTIONS = (
     "overview",
     "admin.read",
     "datanode.drain",
+    "config.reload",
 )
 
 # A JWS in compact form: three base64url segments without padding. The
@@ -551,6 +552,7 @@ _MATRIX: dict[str, frozenset[str]] = {
     "overview": frozenset(),  # GET /ui/overview: every user's services and steps, admin only
     "admin.read": frozenset(),  # GET /admin/datanodes, /admin/reservations: admin only
     "datanode.drain": frozenset(),  # POST /admin/datanodes/{name}/drain|resume: admin only
+    "config.reload": frozenset(),  # POST /admin/reload: admin only
 }
 _ANY_AUTHENTICATED = frozenset({"config.read"})
 _OWNER_MAY = frozenset({"service.read", "step.read"})

@@ -3,7 +3,8 @@ command line.
 
 `serve` runs the service; `check-config` validates a wfm.conf. The other commands act on
 the service that --config describes: they talk to its API at its `listen` address
-(`status`, `datanodes`, `reservations`, `show`, `steps`, `abort`, `drain`, `resume`), or
+(`status`, `datanodes`, `reservations`, `show`, `steps`, `abort`, `drain`, `resume`,
+`reload`), or
 open its state database under the service's lock (`db check`, `db backup`; `release` too
 when the service is stopped).
 """
@@ -17,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from ClusterShell.RangeSet import RangeSet
@@ -110,7 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop(signum, frame):
         raise SystemExit(0)
 
+    def reload_later(signum, frame):
+        # Not here: the event loop may hold the resource manager's lock right now.
+        threading.Thread(target=_reload_on_signal, args=(config, rm), name="reload",
+                         daemon=True).start()
+
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload_later)
     log.info("wfm-orchestrator listening on http://%s (cpus %s, %d threads, state %s, %s)",
              config.listen, cpus or "all", config.threads, config.state_db,
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
@@ -130,6 +138,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store.close()
         log.info("stopped")
     return 0
+
+
+def _reload_on_signal(config: Config, rm) -> None:
+    """SIGHUP: reload wfm.conf; a refused file is logged with its file:line problems."""
+    from .errors import ReloadRefused
+    from .reloading import reload
+
+    try:
+        reload(config, rm)[1].wait()
+    except ConfigError as e:
+        log.error("reload refused, the running configuration is kept: %d error(s) in %s:\n%s",
+                  len(e.problems), config.path, e)
+    except ReloadRefused as e:
+        log.error("reload refused, the running configuration is kept: %s", e)
+    except Exception:  # noqa: BLE001 - a reload must never stop the service
+        log.exception("reload failed; the running configuration is kept")
 
 
 def _choose_slurm_api(slurm) -> None:
@@ -172,7 +196,9 @@ def _admin(command: Callable[[argparse.Namespace, Config], int]):
         try:
             config = load_config(args.config)
         except ConfigError as e:
-            print(f"wfm-orchestrator: {args.config} is invalid:\n{e}", file=sys.stderr)
+            kept = (" (not reloaded: the running service keeps its configuration)"
+                    if args.command == "reload" else "")
+            print(f"wfm-orchestrator: {args.config} is invalid{kept}:\n{e}", file=sys.stderr)
             return EXIT_CONFIG
         try:
             return command(args, config)
@@ -287,6 +313,22 @@ def cmd_resume(args: argparse.Namespace, config: Config) -> int:
     return _show(args, doc, lambda: render_datanodes([doc])[:-1])
 
 
+def cmd_reload(args: argparse.Namespace, config: Config) -> int:
+    doc = _api(args, config).call("POST", "/admin/reload")
+
+    def lines() -> list[str]:
+        out = [f"{doc['file']} reloaded: " + (f"{len(doc['changes'])} change(s)"
+                                             if doc["changes"] else "nothing changed")]
+        out += [f"  {c}" for c in doc["changes"]]
+        out += [f"  datanode {n} is removed but holds reservations: drained until they end"
+                for n in doc["drained_until_released"]]
+        if doc["restart_needed"]:
+            out.append(f"  a restart applies: {', '.join(doc['restart_needed'])}")
+        return out
+
+    return _show(args, doc, lines)
+
+
 def cmd_db_check(args: argparse.Namespace, config: Config) -> int:
     from .admin import check_database
 
@@ -381,6 +423,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why (shown by status and server/resources)")
     p = add("resume", _admin(cmd_resume), "give a drained datanode back to placement")
     p.add_argument("datanode")
+    add("reload", _admin(cmd_reload), "read wfm.conf again (as SIGHUP does): datanodes, "
+        "flavors, locations and the queue's settings change; a file with errors is "
+        "refused with file:line and the running configuration kept")
     db = sub.add_parser("db", help="the state database: check, backup")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     p = dbsub.add_parser("check", parents=[admin], help="integrity, schema version, and "

@@ -628,3 +628,50 @@ def describe(config: Config) -> str:
         shown = ", ".join(value) if isinstance(value, tuple) else value
         lines.append(f"  {key} = {shown}")
     return "\n".join(lines)
+
+
+# --- reload (SIGHUP, wfm-orchestrator reload) ---------------------------------
+
+# Settings a reload changes: they are read at each decision. The others shaped the
+# listener, the store, the identity provider or the Slurm client at start: a reload keeps
+# their running values and says that a restart applies them. Every record (Location,
+# Flavor, Datanode, EphemeralService, Tier) is reloaded.
+RELOADABLE = frozenset({"placement_policy", "queue_policy", "backfill_window",
+                        "released_retention", "teardown_grace", "unclaimed_timeout",
+                        "release_timeout"})
+
+
+def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """The configuration to run after a reload, and the settings that need a restart
+    (changed in the file, kept at their running value)."""
+    settings = dict(new.settings)
+    restart = []
+    for key, value in running.settings.items():
+        if key not in RELOADABLE and settings.get(key) != value:
+            restart.append(key)
+            settings[key] = value
+    return Config(new.path, MappingProxyType(settings), new.locations, new.flavors,
+                  new.datanodes, new.service_types, new.tiers), sorted(restart)
+
+
+def changes(old: Config, new: Config) -> list[str]:
+    """What a reload changes, one line each (for the log and the reload's answer)."""
+    out = []
+    for kind in ("locations", "flavors", "datanodes", "service_types", "tiers"):
+        before, after = getattr(old, kind), getattr(new, kind)
+        label = kind.rstrip("s").replace("_", " ")
+        out += [f"{label} {n} added" for n in after if n not in before]
+        out += [f"{label} {n} removed" for n in before if n not in after]
+        out += [f"{label} {n} changed" for n in after if n in before and after[n] != before[n]]
+    out += [f"{k} = {new.settings[k]} (was {old.settings.get(k)})" for k in new.settings
+            if new.settings[k] != old.settings.get(k)]
+    return out
+
+
+def adopt(running: Config, new: Config) -> None:
+    """Make ``running`` hold ``new``'s values, in place: every holder of the running
+    configuration (the managers, the API's resources) sees the reload. The one change
+    ever made to a Config; the resource manager does it under its lock."""
+    for name in ("path", "settings", "locations", "flavors", "datanodes", "service_types",
+                 "tiers"):
+        object.__setattr__(running, name, getattr(new, name))

@@ -163,6 +163,11 @@ class UnknownDatanode(AllocatorError, KeyError):
 # --- state and Slurm --------------------------------------------------------
 
 
+class ReloadRefused(WfmError):
+    """A new configuration is valid but cannot replace the running one (held reservations
+    would not fit): the running configuration is kept."""
+
+
 class StoreError(WfmError):
     """The state database is unusable (corrupt, foreign, locked by another process)."""
 

@@ -20,15 +20,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from .accounts import Accounts
 from .allocator import Allocator, Datanode, Free, NoCapacity
-from .config import Config
+from .config import Config, DatanodeSpec, adopt
 from .errors import (
+    AllocatorError,
     AlreadyAllocated,
     Forbidden,
     NotFound,
+    ReloadRefused,
     RequestFailed,
     StillQueued,
     StoreError,
@@ -120,11 +123,12 @@ class ResourceManager:
 
     # --- start -------------------------------------------------------------
 
-    def _new_allocator(self) -> Allocator:
+    def _new_allocator(self, config: Config | None = None) -> Allocator:
+        config = config or self.config
         nodes = [Datanode(d.name, cores=d.core_list, msize=d.msize, ssize=d.ssize,
-                          location=d.location) for d in self.config.datanodes.values()]
-        return Allocator(nodes, policy=self.config.placement_policy,
-                         neighbours=self.config.neighbours_map())
+                          location=d.location) for d in config.datanodes.values()]
+        return Allocator(nodes, policy=config.placement_policy,
+                         neighbours=config.neighbours_map())
 
     def _load(self) -> None:
         self.allocator = self._new_allocator()
@@ -133,6 +137,8 @@ class ResourceManager:
         self._seq = 0
         # name -> (reason, since) of the datanodes an administrator drained
         self._drained: dict[str, tuple[str, float]] = {}
+        # datanodes a reload removed while reservations held them: drained, in memory only
+        self._removed: set[str] = set()
         for rec in reservations.load_all(self.store):
             self._seq = max(self._seq, rec.seq)
             if rec.state in (State.FREE, State.ALLOCATED):
@@ -396,6 +402,10 @@ class ResourceManager:
         with self._lock:
             if node not in self.config.datanodes:
                 raise NotFound("datanode", node)
+            if node in self._removed:
+                raise RequestFailed(f"datanode {node} was removed from {self.config.path}: "
+                                    "it drains until its reservations end; add its Datanode "
+                                    "record back and reload to keep it")
             rows = [drains.resume(node)]
             if self._drained.pop(node, None) is not None:
                 self._unfence(node)
@@ -408,6 +418,61 @@ class ResourceManager:
                     self._notify(rec)
                 return ticket
             return self.store.write(rows, on_failure=self._resync)
+
+    # --- reload ----------------------------------------------------------------
+
+    def reload(self, new: Config) -> tuple[list[str], Ticket]:
+        """Run with ``new`` (checked by config.reloaded): a new inventory holding every
+        reservation where it is, the drains kept, the queue admitted to what was added.
+
+        A datanode that ``new`` removes while reservations hold it stays, drained, until
+        the next reload after they end. ``ReloadRefused`` (the running configuration
+        kept) when a held reservation would not fit a changed datanode, or a queued one
+        names a location that ``new`` removes. Returns the datanodes kept so, and the
+        ticket of what the queue admitted.
+        """
+        with self._lock:
+            held = [r for r in self._records.values()
+                    if r.state in (State.FREE, State.ALLOCATED) and r.placement]
+            used = {p.server for r in held for p in r.placement or ()}
+            kept = [n for n in self.config.datanodes if n not in new.datanodes and n in used]
+            datanodes = dict(new.datanodes)
+            for name in kept:
+                old: DatanodeSpec = self.config.datanodes[name]
+                location = old.location if old.location in new.locations else None
+                datanodes[name] = DatanodeSpec(name, old.core_list, old.msize, old.ssize,
+                                               location)
+            effective = Config(new.path, new.settings, new.locations, new.flavors,
+                               MappingProxyType(datanodes), new.service_types, new.tiers)
+            for rec in self._queue:
+                gone = [loc for loc in rec.request.locations if loc not in new.locations]
+                if gone:
+                    raise ReloadRefused(f"queued reservation {rec.name} asks for location "
+                                        f"{gone[0]}, which {new.path} removes: release it, "
+                                        "or keep the location")
+            allocator = self._new_allocator(effective)
+            for rec in held:
+                try:
+                    allocator.restore(rec.name, rec.placement)
+                except AllocatorError as e:  # no room, an unknown datanode or core id
+                    raise ReloadRefused(f"reservation {rec.name} would no longer fit the "
+                                        f"datanodes of {new.path} ({e}): keep their size "
+                                        "until it is released") from None
+            self.allocator = allocator
+            self._removed = set(kept)
+            now = self.clock()
+            self._drained = {n: d for n, d in self._drained.items() if n in datanodes}
+            for name in kept:
+                self._drained.setdefault(name, (f"removed from {new.path}: drains until "
+                                                "its reservations end", now))
+            for name in self._drained:
+                self._fence(name)
+            adopt(self.config, effective)
+            admitted = self._admit_queued(now)
+            ticket = self._write(admitted) if admitted else DONE
+            for rec in admitted:
+                self._notify(rec)
+            return kept, ticket
 
     # --- claims (unclaimed_timeout) -------------------------------------------
 

@@ -145,3 +145,44 @@ def test_help_and_version_speak_to_administrators(tmp_path):
     r = subprocess.run([sys.executable, "-m", "wfm_orchestrator.cli", "--version"],
                        capture_output=True, text=True, env=server_env(), timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("wfm-orchestrator 0.")
+
+
+def test_reload_by_command_and_by_sighup(admin_server, tmp_path):
+    """reload (the command) and SIGHUP read wfm.conf again; a bad file is refused with
+    file:line, the running configuration kept."""
+    import signal
+
+    from tests.poll import poll_until
+
+    conf = tmp_path / "wfm.conf"
+    text = conf.read_text()
+    conf.write_text(text.replace("Flavor=small  MemorySize=5GB  Cores=2",
+                                 "Flavor=small  MemorySize=5GB  Cores=many"))
+    bad = cli(tmp_path, "reload")  # the command reads the file first: refused here
+    assert bad.returncode == 2, bad.stdout
+    assert f"{conf}:11: Cores='many'" in bad.stderr
+    assert "not reloaded: the running service keeps its configuration" in bad.stderr
+    admin_server.proc.send_signal(signal.SIGHUP)  # the service refuses it too
+    poll_until(lambda: f"{conf}:11: Cores='many'" in admin_server.log(),
+               "the refused reload logged with file:line", 10, last=admin_server.log)
+    assert "reload refused, the running configuration is kept" in admin_server.log()
+    conf.write_text(text.replace("Datanode=dn[1-4]", "Datanode=dn[1-5]")
+                    .replace("Datanodes=dn[3-4]", "Datanodes=dn[3-5]"))
+    r = cli(tmp_path, "reload")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1:] == ["  location loc2 changed", "  datanode dn5 added"]
+
+    conf.write_text(text.replace("Flavor=small  MemorySize=5GB  Cores=2",
+                                 "Flavor=small  MemorySize=5GB  Cores=3"))
+    admin_server.proc.send_signal(signal.SIGHUP)
+
+    def small_cores():
+        with urllib.request.urlopen(  # noqa: S310 - loopback
+                f"http://127.0.0.1:{admin_server.port}/v1.0.0/ephemeralservice/flavors",
+                timeout=5) as resp:
+            return json.loads(resp.read())[0]["cores"] == 3
+
+    poll_until(small_cores, "flavor small with 3 cores after SIGHUP", 10,
+               last=admin_server.log)
+    assert "reload: datanode dn5 removed" in admin_server.log()
+    assert admin_server.proc.poll() is None

@@ -579,6 +579,7 @@ MATRIX = {
     "overview":        (F,    F,    F,       F,   F,   F,   F,  T),
     "admin.read":      (F,    F,    F,       F,   F,   F,   F,  T),
     "datanode.drain":  (F,    F,    F,       F,   F,   F,   F,  T),
+    "config.reload":   (F,    F,    F,       F,   F,   F,   F,  T),
 }
 
 

@@ -38,6 +38,7 @@ MATRIX = [
     ("POST", "/admin/datanodes/dn1/resume", None, {"admin"}),
     ("GET", "/admin/reservations", None, {"admin"}),
     ("GET", "/admin/reservations/alice_s_x", None, {"admin"}),
+    ("POST", "/admin/reload", None, {"admin"}),
 ]
 
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import falcon
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import ConfigError, InvalidRequest, NotFound, ReloadRefused
 from ..model import ReservationState, check_name, check_user
 from ..reservation import Reservation
 from ..resource_manager import ResourceManager, iso_time
+from .errors import APIError
 from .media import read_json
 from .serving import answer_after
 
@@ -135,3 +136,29 @@ class OneReservation:
         if found is None:
             raise NotFound("reservation", name)
         resp.media = reservation_item(*found)
+
+
+class Reload:
+    """POST /admin/reload: read wfm.conf again (reloading.py); the running configuration
+    is kept when the file has errors (400, each with file:line) or would not hold the
+    reservations (409)."""
+
+    auth_actions = {"POST": "config.reload"}
+
+    def __init__(self, rm: ResourceManager):
+        self.rm = rm
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from ..reloading import reload
+
+        try:
+            answer, ticket = reload(self.rm.config, self.rm)
+        except ConfigError as e:
+            raise APIError(400, "Invalid configuration",
+                           f"{len(e.problems)} error(s), the running configuration is kept: "
+                           + "; ".join(str(p) for p in e.problems), "file") from None
+        except ReloadRefused as e:
+            raise APIError(409, "Reload refused",
+                           f"{e}; the running configuration is kept") from None
+        answer_after(req, ticket)
+        resp.media = answer

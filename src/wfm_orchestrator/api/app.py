@@ -198,4 +198,5 @@ def operator_routes(config: Config, rm: ResourceManager, services: ServiceManage
         ("/admin/datanodes/{name}/resume", admin.Resume(rm)),
         ("/admin/reservations", admin.Reservations(rm)),
         ("/admin/reservations/{name}", admin.OneReservation(rm)),
+        ("/admin/reload", admin.Reload(rm)),
     ]

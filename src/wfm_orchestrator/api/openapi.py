@@ -534,6 +534,25 @@ OPERATOR_OPERATIONS.update({
              "description": "only those in this state (RELEASED ones until forgotten)"}],
         "responses": {"200": _json({"type": "array", "items": _ref("AdminReservation")},
                                    "reservations"), **_ADMIN_ERRORS}}},
+    "/admin/reload": {"post": {
+        "summary": "Read wfm.conf again: records and the reloadable settings take effect; "
+                   "a file with errors, or one that would not hold the reservations, is "
+                   "refused and the running configuration kept (admin)",
+        "responses": {
+            "200": _json({"type": "object",
+                          "required": ["file", "changes", "restart_needed",
+                                       "drained_until_released"],
+                          "properties": {
+                              "file": {"type": "string"},
+                              "changes": {"type": "array", "items": {"type": "string"}},
+                              "restart_needed": {"type": "array",
+                                                 "items": {"type": "string"}},
+                              "drained_until_released": {"type": "array",
+                                                         "items": {"type": "string"}}}},
+                         "what changed"),
+            "400": _error("the file has errors (each with file:line): nothing changed"),
+            "404": _error("unknown route"),
+            "409": _error("held reservations would not fit: nothing changed")}}},
     "/admin/reservations/{name}": {
         "parameters": [_path_param("name", "a reservation name")],
         "get": {"summary": "One reservation (admin)",
