@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -139,6 +139,8 @@ class ResourceManager:
         self._drained: dict[str, tuple[str, float]] = {}
         # datanodes a reload removed while reservations held them: drained, in memory only
         self._removed: set[str] = set()
+        # user -> [cores, msize, ssize, services] held (FREE or ALLOCATED): Limit records
+        self._usage: dict[str, list[int]] = {}
         for rec in reservations.load_all(self.store):
             self._seq = max(self._seq, rec.seq)
             if rec.state in (State.FREE, State.ALLOCATED):
@@ -146,6 +148,7 @@ class ResourceManager:
                     raise StoreError(f"reservation {rec.name} is {rec.state} without placement")
                 try:
                     self.allocator.restore(rec.name, rec.placement)
+                    self._count(rec, 1)
                 except (NoCapacity, UnknownDatanode) as e:
                     # The inventory shrank under held reservations: say so loudly
                     # rather than over-commit or drop them silently.
@@ -215,10 +218,16 @@ class ResourceManager:
         if not self.allocator.can_fit_ever(req.servers, req.cores, req.msize, req.ssize,
                                            list(req.locations) or None):
             raise RequestFailed(self._never_fits(req))
-        now = self.clock()
+        now = self._now_checked(req)
         self._seq += 1
         rec = Reservation(req, State.QUEUED, self._seq, now, now)
-        if self._may_pass_queue(now):
+        over = self._over_limit(req)
+        if over and self.config.limit_policy == "refuse":
+            raise RequestFailed(f"reservation {req.name!r} refused: {over} "
+                                "(limit_policy = refuse)")
+        if over:
+            rec.detail = f"waiting for {over}"
+        elif self._may_pass_queue(now):
             try:
                 self._take(rec, now)
             except NoCapacity as e:
@@ -226,7 +235,7 @@ class ResourceManager:
                     raise RequestFailed(str(e)) from None
         if rec.state == State.QUEUED:
             self._queue.append(rec)
-            rec.detail = "waiting for resources"
+            rec.detail = rec.detail or "waiting for resources"
         self._records[req.name] = rec
         ticket = self._write([rec])
         self._notify(rec)
@@ -250,12 +259,68 @@ class ResourceManager:
             locs.update(self.config.locations[loc].neighbours)
         return locs
 
+    def _now_checked(self, req: ReserveRequest) -> float:
+        """The time of a new reservation, once it is known not to exceed its user's limit
+        alone (it would wait for ever): refused then, naming the limit."""
+        limit = self.config.limit_for(req.user) if self.config.limits else None
+        if limit is not None:
+            demand = self._demand(req)
+            for i, (label, bound) in enumerate(self._bounds(limit)):
+                if bound is not None and demand[i] > bound:
+                    raise RequestFailed(
+                        f"reservation {req.name!r} can never fit {req.user}'s limit: it asks "
+                        f"{demand[i]} {label}, the limit is {bound} "
+                        f"(Limit={limit.name} in {self.config.path})")
+        return self.clock()
+
+    @staticmethod
+    def _demand(req: ReserveRequest) -> tuple[int, int, int, int]:
+        n = req.servers
+        return n * req.cores, n * req.msize, n * req.ssize, 1
+
+    @staticmethod
+    def _bounds(limit) -> list[tuple[str, int | None]]:
+        return [("cores", limit.cores), ("MB of memory", limit.msize),
+                ("MB of storage", limit.ssize), ("services", limit.services)]
+
+    def _count(self, rec: Reservation, sign: int) -> None:
+        """Add (1) or take (-1) what ``rec`` holds to its user's usage."""
+        used = self._usage.setdefault(rec.request.user, [0, 0, 0, 0])
+        for i, amount in enumerate(self._demand(rec.request)):
+            used[i] += sign * amount
+        if not any(used):
+            del self._usage[rec.request.user]
+
+    def _over_limit(self, req: ReserveRequest) -> str:
+        """'' when ``req`` fits its user's limit on top of what the user holds; else what
+        it would exceed, named (the queued reservation's status says it)."""
+        if not self.config.limits:
+            return ""
+        limit = self.config.limit_for(req.user)
+        if limit is None:
+            return ""
+        used = self._usage.get(req.user, (0, 0, 0, 0))
+        demand = self._demand(req)
+        for i, (label, bound) in enumerate(self._bounds(limit)):
+            if bound is not None and used[i] + demand[i] > bound:
+                return (f"{req.user}'s limit: {used[i]} {label} held + {demand[i]} asked > "
+                        f"{bound} (Limit={limit.name} in {self.config.path})")
+        return ""
+
     def _may_pass_queue(self, now: float) -> bool:
-        if not self._queue:
+        head = self._head()
+        if head is None:
             return True
         if self.config.queue_policy == "backfill":
-            return now - self._queue[0].created < self.config.backfill_window
+            return now - head.created < self.config.backfill_window
         return False
+
+    def _head(self) -> Reservation | None:
+        """The first queued reservation that waits for resources: one waiting for its
+        user's limit blocks nobody else."""
+        if not self.config.limits:
+            return self._queue[0] if self._queue else None
+        return next((r for r in self._queue if not self._over_limit(r.request)), None)
 
     def _take(self, rec: Reservation, now: float) -> None:
         req = rec.request
@@ -266,6 +331,7 @@ class ResourceManager:
         rec.updated = now
         rec.held_since = now
         rec.detail = ""
+        self._count(rec, 1)
         self.on_held(now - rec.created)
 
     def _admit_queued(self, now: float) -> list[Reservation]:
@@ -278,8 +344,15 @@ class ResourceManager:
         # demand keeps a release with 10,000 queued at ~10 ms instead of ~40 ms.
         failed: set[tuple] = set()
         head: Reservation | None = None  # the first one left queued: the new head
+        limits = bool(self.config.limits)
         for rec in self._queue:
             req = rec.request
+            if limits:
+                over = self._over_limit(req)
+                if over:
+                    rec.detail = f"waiting for {over}"
+                    continue  # waits for its user's releases, blocks nobody
+                rec.detail = "waiting for resources"
             demand = (req.servers, req.cores, req.msize, req.ssize, req.locations)
             if demand not in failed:
                 try:
@@ -294,7 +367,7 @@ class ResourceManager:
             if backfill and now - head.created < self.config.backfill_window:
                 continue
             break
-        if not backfill:
+        if not backfill and not limits:
             del self._queue[:len(admitted)]  # fifo admits from the head only
         elif admitted:
             self._queue = [rec for rec in self._queue if rec.state == State.QUEUED]
@@ -352,6 +425,7 @@ class ResourceManager:
                 detail = "removed from the queue"
             else:
                 self.allocator.release(name)
+                self._count(rec, -1)
                 self._refence(p.server for p in rec.placement or ())
                 if rec.detail:  # why its release was asked (release_reason)
                     detail = f"{rec.detail}; {detail}"
@@ -442,8 +516,7 @@ class ResourceManager:
                 location = old.location if old.location in new.locations else None
                 datanodes[name] = DatanodeSpec(name, old.core_list, old.msize, old.ssize,
                                                location)
-            effective = Config(new.path, new.settings, new.locations, new.flavors,
-                               MappingProxyType(datanodes), new.service_types, new.tiers)
+            effective = replace(new, datanodes=MappingProxyType(datanodes))
             for rec in self._queue:
                 gone = [loc for loc in rec.request.locations if loc not in new.locations]
                 if gone:
