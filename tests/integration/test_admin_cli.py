@@ -93,6 +93,9 @@ def test_commands_on_a_running_service(admin_server, tmp_path):
     assert json.loads(cli(tmp_path, "show", "b_s_three", "--json").stdout)[
         "reservation"]["state"] == "FREE"  # admitted once a_s_one's dn1 was free
     assert json.loads(cli(tmp_path, "steps", "--json").stdout) == []
+    aborted = cli(tmp_path, "abort", "a_s_step")  # the service's refusal, its words
+    assert aborted.returncode == 1
+    assert aborted.stderr == "wfm-orchestrator: step 'a_s_step' not found: no such step (500)\n"
     unknown = cli(tmp_path, "drain", "dn9", "--reason", "x")
     assert unknown.returncode == 1 and "dn9" in unknown.stderr
 
