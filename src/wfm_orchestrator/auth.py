@@ -58,6 +58,9 @@ ACTIONS = (
     "step.progress",
     "metrics",
     "overview",
+    "admin.read",
+    "datanode.drain",
+    "config.reload",
 )
 
 # A JWS in compact form: three base64url segments without padding. The
@@ -547,6 +550,9 @@ _MATRIX: dict[str, frozenset[str]] = {
     "step.progress": frozenset({"datamover"}),
     "metrics": frozenset({"metrics"}),  # GET /metrics: a Prometheus scraper's token
     "overview": frozenset(),  # GET /ui/overview: every user's services and steps, admin only
+    "admin.read": frozenset(),  # GET /admin/datanodes, /admin/reservations: admin only
+    "datanode.drain": frozenset(),  # POST /admin/datanodes/{name}/drain|resume: admin only
+    "config.reload": frozenset(),  # POST /admin/reload: admin only
 }
 _ANY_AUTHENTICATED = frozenset({"config.read"})
 _OWNER_MAY = frozenset({"service.read", "step.read"})

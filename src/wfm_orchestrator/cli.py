@@ -1,22 +1,39 @@
-"""``wfm-orchestrator serve | check-config``: the one edge that turns errors into exit codes."""
+"""wfm-orchestrator: the IO-SEA Workflow Manager's orchestrator, and its administrator's
+command line.
+
+`serve` runs the service; `check-config` validates a wfm.conf. The other commands act on
+the service that --config describes: they talk to its API at its `listen` address
+(`status`, `datanodes`, `reservations`, `show`, `steps`, `abort`, `drain`, `resume`,
+`reload`), or
+open its state database under the service's lock (`db check`, `db backup`; `release` too
+when the service is stopped).
+"""
+# This module is the one edge that turns errors into exit codes (admin.py does the rest).
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 from ClusterShell.RangeSet import RangeSet
 
+from . import __version__
 from .config import Config, describe, load_config
-from .errors import ConfigError, StoreError
+from .errors import ApiFailed, ConfigError, ServiceUnreachable, StoreError
 
 log = logging.getLogger("wfm_orchestrator")
 
-EXIT_CONFIG = 2
-EXIT_STORE = 3
+EXIT_FAILED = 1  # the orchestrator refused the request, or db check found a problem
+EXIT_CONFIG = 2  # a wrong command line, an invalid wfm.conf, an unreadable token file
+EXIT_STORE = 3  # the state database is unusable, or in use where it must not be
+EXIT_UNREACHABLE = 4  # no orchestrator answers at the configuration's listen address
+DEFAULT_CONFIG = "/etc/wfm/wfm.conf"
 
 
 def _pin_cpus(setting: str) -> list[int] | None:
@@ -95,7 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop(signum, frame):
         raise SystemExit(0)
 
+    def reload_later(signum, frame):
+        # Not here: the event loop may hold the resource manager's lock right now.
+        threading.Thread(target=_reload_on_signal, args=(config, rm), name="reload",
+                         daemon=True).start()
+
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload_later)
     log.info("wfm-orchestrator listening on http://%s (cpus %s, %d threads, state %s, %s)",
              config.listen, cpus or "all", config.threads, config.state_db,
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
@@ -115,6 +138,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store.close()
         log.info("stopped")
     return 0
+
+
+def _reload_on_signal(config: Config, rm) -> None:
+    """SIGHUP: reload wfm.conf; a refused file is logged with its file:line problems."""
+    from .errors import ReloadRefused
+    from .reloading import reload
+
+    try:
+        reload(config, rm)[1].wait()
+    except ConfigError as e:
+        log.error("reload refused, the running configuration is kept: %d error(s) in %s:\n%s",
+                  len(e.problems), config.path, e)
+    except ReloadRefused as e:
+        log.error("reload refused, the running configuration is kept: %s", e)
+    except Exception:  # noqa: BLE001 - a reload must never stop the service
+        log.exception("reload failed; the running configuration is kept")
 
 
 def _choose_slurm_api(slurm) -> None:
@@ -147,19 +186,266 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wfm-orchestrator", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("WFM_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run the orchestrator")
-    p.add_argument("--config", "-c", default=os.environ.get("WFM_CONFIG", "/etc/wfm/wfm.conf"))
-    p.set_defaults(func=cmd_serve)
+# --- the administrator's commands ---------------------------------------------------------
+
+
+def _admin(command: Callable[[argparse.Namespace, Config], int]):
+    """Run ``command(args, config)``, turning its errors into a message and an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            kept = (" (not reloaded: the running service keeps its configuration)"
+                    if args.command == "reload" else "")
+            print(f"wfm-orchestrator: {args.config} is invalid{kept}:\n{e}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            return command(args, config)
+        except ServiceUnreachable as e:
+            print(f"wfm-orchestrator: {e}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except ApiFailed as e:
+            print(f"wfm-orchestrator: {e.description or e.title} ({e.status})", file=sys.stderr)
+            return EXIT_FAILED
+        except StoreError as e:
+            print(f"wfm-orchestrator: {e}", file=sys.stderr)
+            return EXIT_STORE
+        except OSError as e:  # the token file, the backup's target
+            print(f"wfm-orchestrator: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    return run
+
+
+def _api(args: argparse.Namespace, config: Config):
+    from .admin import Api, read_token
+
+    return Api.for_config(config, read_token(args.token_file))
+
+
+def _show(args: argparse.Namespace, doc, lines: Callable[[], list[str]]) -> int:
+    print(json.dumps(doc, indent=2) if args.json else "\n".join(lines()))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from .admin import render_status
+
+    doc = _api(args, config).call("GET", "/ui/overview")
+    return _show(args, doc, lambda: render_status(doc, __version__))
+
+
+def cmd_datanodes(args: argparse.Namespace, config: Config) -> int:
+    from .admin import render_datanodes
+
+    doc = _api(args, config).call("GET", "/admin/datanodes")
+    return _show(args, doc, lambda: render_datanodes(doc))
+
+
+def cmd_reservations(args: argparse.Namespace, config: Config) -> int:
+    from .admin import render_reservations
+
+    doc = _api(args, config).call("GET", "/admin/reservations",
+                                  params={"user": args.user, "state": args.state})
+    return _show(args, doc, lambda: render_reservations(doc))
+
+
+def cmd_show(args: argparse.Namespace, config: Config) -> int:
+    from .admin import V, render_show
+
+    api = _api(args, config)
+    res = api.call("GET", f"/admin/reservations/{args.name}")
+    try:
+        status = api.call("GET", f"{V}/ephemeralservice/status/{args.name}")
+    except ApiFailed:
+        status = None
+    status = status if isinstance(status, dict) else None
+    return _show(args, {"reservation": res, "service": status},
+                 lambda: render_show(res, status))
+
+
+def cmd_release(args: argparse.Namespace, config: Config) -> int:
+    from .admin import release, release_offline
+
+    try:
+        doc = release(_api(args, config), args.name)
+    except ServiceUnreachable:
+        try:
+            said = release_offline(config, args.name)
+        except KeyError:
+            print(f"wfm-orchestrator: no live reservation {args.name!r} in {config.state_db}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        return _show(args, {"name": args.name, "message": said}, lambda: [said])
+    said = " ".join(str(doc[k]) for k in ("status", "detail", "message") if doc.get(k))
+    return _show(args, doc, lambda: [f"{args.name}: {said}"])
+
+
+def cmd_steps(args: argparse.Namespace, config: Config) -> int:
+    from .admin import V, render_steps
+
+    doc = _api(args, config).call("GET", f"{V}/step/status")
+    if args.user:
+        doc = [s for s in doc if s.get("user") == args.user]
+    return _show(args, doc, lambda: render_steps(doc))
+
+
+def cmd_abort(args: argparse.Namespace, config: Config) -> int:
+    from .admin import V
+
+    doc = _api(args, config).call("DELETE", f"{V}/step/abort/{args.step}")
+    return _show(args, doc, lambda: [f"{args.step}: {doc.get('message', 'abort accepted')}"])
+
+
+def cmd_drain(args: argparse.Namespace, config: Config) -> int:
+    from .admin import render_datanodes
+
+    doc = _api(args, config).call("POST", f"/admin/datanodes/{args.datanode}/drain",
+                                  {"reason": args.reason})
+    return _show(args, doc, lambda: render_datanodes([doc])[:-1])
+
+
+def cmd_resume(args: argparse.Namespace, config: Config) -> int:
+    from .admin import render_datanodes
+
+    doc = _api(args, config).call("POST", f"/admin/datanodes/{args.datanode}/resume")
+    return _show(args, doc, lambda: render_datanodes([doc])[:-1])
+
+
+def cmd_reload(args: argparse.Namespace, config: Config) -> int:
+    doc = _api(args, config).call("POST", "/admin/reload")
+
+    def lines() -> list[str]:
+        out = [f"{doc['file']} reloaded: " + (f"{len(doc['changes'])} change(s)"
+                                             if doc["changes"] else "nothing changed")]
+        out += [f"  {c}" for c in doc["changes"]]
+        out += [f"  datanode {n} is removed but holds reservations: drained until they end"
+                for n in doc["drained_until_released"]]
+        if doc["restart_needed"]:
+            out.append(f"  a restart applies: {', '.join(doc['restart_needed'])}")
+        return out
+
+    return _show(args, doc, lines)
+
+
+def cmd_db_check(args: argparse.Namespace, config: Config) -> int:
+    from .admin import check_database
+
+    facts, problems = check_database(config)
+    _show(args, {"database": config.state_db, "facts": facts, "problems": problems},
+          lambda: [f"{config.state_db}:", *(f"  {f}" for f in facts),
+                   *(f"  PROBLEM: {p}" for p in problems)])
+    return EXIT_FAILED if problems else 0
+
+
+def cmd_db_backup(args: argparse.Namespace, config: Config) -> int:
+    from .admin import backup_database
+
+    size = backup_database(config, args.file)
+    return _show(args, {"database": config.state_db, "backup": args.file, "bytes": size},
+                 lambda: [f"{config.state_db} copied to {args.file} ({size} bytes)"])
+
+
+ADMIN_HELP = f"""\
+The commands that act on a running service find it from --config (its `listen`; a
+wildcard address is reached on loopback) and send an admin token when the service
+asks for one (auth = keycloak): WFM_ADMIN_TOKEN, else the first line of --token-file.
+
+environment:
+  WFM_CONFIG            the configuration file (default {DEFAULT_CONFIG})
+  WFM_ADMIN_TOKEN       an access token with the admin role
+  WFM_ADMIN_TOKEN_FILE  a file holding one (default: none)
+  WFM_LOG_LEVEL         the log level (default INFO for serve, else WARNING)
+
+exit codes:
+  0  done
+  {EXIT_FAILED}  the orchestrator refused the request (its reason is printed), or db check
+     found a problem
+  {EXIT_CONFIG}  a wrong command line, an invalid wfm.conf or an unreadable token file
+  {EXIT_STORE}  the state database is unusable, or in use by the running service
+  {EXIT_UNREACHABLE}  no orchestrator answers at the configuration's listen address
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wfm-orchestrator", description=__doc__,
+                                     epilog=ADMIN_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"wfm-orchestrator {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("WFM_LOG_LEVEL"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: $WFM_LOG_LEVEL, else INFO for serve and WARNING for "
+                             "the other commands")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=os.environ.get("WFM_CONFIG", DEFAULT_CONFIG),
+                        help="the service's wfm.conf (default: $WFM_CONFIG, else "
+                             f"{DEFAULT_CONFIG})")
+    admin = argparse.ArgumentParser(add_help=False, parents=[common])
+    admin.add_argument("--token-file", default=os.environ.get("WFM_ADMIN_TOKEN_FILE"),
+                       help="a file whose first line is an admin token (default: "
+                            "$WFM_ADMIN_TOKEN_FILE; $WFM_ADMIN_TOKEN wins)")
+    admin.add_argument("--json", action="store_true", help="print JSON for scripts")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, parents=(admin,)) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=list(parents),
+                           epilog=ADMIN_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    add("serve", cmd_serve, "run the orchestrator", parents=(common,))
     p = sub.add_parser("check-config", help="validate a wfm.conf and print a summary")
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
+    add("status", _admin(cmd_status), "one screen: datanodes (free/total, state), "
+        "reservations by state, the queue, services and steps")
+    add("datanodes", _admin(cmd_datanodes), "every datanode: free/total cores, memory and "
+        "storage, its state and why")
+    p = add("reservations", _admin(cmd_reservations), "live reservations in arrival order")
+    p.add_argument("--user", help="only this user's")
+    p.add_argument("--state", help="only those in this state: QUEUED, FREE, ALLOCATED or "
+                                   "RELEASED (released ones until released_retention)")
+    p = add("show", _admin(cmd_show), "one reservation and its service's status")
+    p.add_argument("name")
+    p = add("release", _admin(cmd_release), "release a reservation (its service's Slurm job "
+            "is cancelled); with the service stopped, marks it RELEASED in the state database "
+            "under the service's lock")
+    p.add_argument("name")
+    p = add("steps", _admin(cmd_steps), "workflow steps and their status")
+    p.add_argument("--user", help="only this user's")
+    p = add("abort", _admin(cmd_abort), "abort a step: cancel every job of it")
+    p.add_argument("step")
+    p = add("drain", _admin(cmd_drain), "take a datanode out of placement: no new "
+            "reservation there, its services stay (persisted until resume)")
+    p.add_argument("datanode")
+    p.add_argument("--reason", required=True, help="why (shown by status and server/resources)")
+    p = add("resume", _admin(cmd_resume), "give a drained datanode back to placement")
+    p.add_argument("datanode")
+    add("reload", _admin(cmd_reload), "read wfm.conf again (as SIGHUP does): datanodes, "
+        "flavors, locations and the queue's settings change; a file with errors is "
+        "refused with file:line and the running configuration kept")
+    db = sub.add_parser("db", help="the state database: check, backup")
+    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    p = dbsub.add_parser("check", parents=[admin], help="integrity, schema version, and "
+                         "whether the stored reservations fit the configured datanodes "
+                         "(read-only while the service runs)", epilog=ADMIN_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=_admin(cmd_db_check))
+    p = dbsub.add_parser("backup", parents=[admin], help="copy the state database to FILE "
+                         "(a consistent snapshot, also while the service runs; mode 0600)",
+                         epilog=ADMIN_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file")
+    p.set_defaults(func=_admin(cmd_db_backup))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = args.log_level or ("INFO" if args.command == "serve" else "WARNING")
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # waitress warns "Task queue depth is N" for every request queued behind a
     # busy thread: normal under load, and one line per request would drown the log.

@@ -19,7 +19,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,6 +70,24 @@ class ServiceType:
 
     name: str
     command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The most one user may hold at once (``Limit=default`` or ``Limit=<user>``), summed
+    over the reservations holding resources: None where the record sets no bound."""
+
+    name: str
+    cores: int | None = None
+    msize: int | None = None  # MB
+    ssize: int | None = None  # MB
+    services: int | None = None
+
+    def over(self, other: Limit) -> Limit:
+        """This record's bounds, the other's where this one sets none (an override)."""
+        return Limit(self.name, *(getattr(self, k) if getattr(self, k) is not None
+                                  else getattr(other, k)
+                                  for k in ("cores", "msize", "ssize", "services")))
 
 
 @dataclass(frozen=True)
@@ -229,6 +247,10 @@ SETTINGS: dict[str, Setting] = {
     "queue_policy": Setting(
         "fifo", _choice("fifo", "backfill"), "order in which queued reservations are admitted"
     ),
+    "limit_policy": Setting(
+        "queue", _choice("queue", "refuse"),
+        "a reservation over its user's Limit: waits in the queue, or is refused"
+    ),
     "backfill_window": Setting(
         "300", _seconds, "backfill: a later reservation may pass the head only while "
         "the head has waited less than this many seconds"
@@ -286,6 +308,8 @@ class Config:
     datanodes: MappingProxyType  # name -> DatanodeSpec, in file order
     service_types: MappingProxyType  # type -> ServiceType
     tiers: MappingProxyType  # name -> Tier
+    limits: MappingProxyType = field(  # "default" or a user -> Limit
+        default_factory=lambda: MappingProxyType({}))
     _extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -294,6 +318,13 @@ class Config:
             return self.settings[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def limit_for(self, user: str) -> Limit | None:
+        """The bounds of ``user``: its record over the default one; None when neither."""
+        own, default = self.limits.get(user), self.limits.get("default")
+        if own is None:
+            return default
+        return own.over(default) if default is not None else own
 
     def neighbours_map(self) -> dict[str, list[str]]:
         return {name: list(loc.neighbours) for name, loc in self.locations.items()}
@@ -324,6 +355,7 @@ _RECORD_FIELDS = {
     "Datanode": {"Cores", "CoreList", "MemorySize", "StorageSize"},
     "EphemeralService": {"Command"},
     "Tier": {"Root"},
+    "Limit": {"Cores", "MemorySize", "StorageSize", "Services"},
 }
 
 
@@ -399,7 +431,8 @@ def parse_config(text: str, file: str = "wfm.conf") -> Config:
             parsed = os.path.normpath(os.path.join(base, parsed))
         settings[key] = parsed
 
-    locations, flavors, datanodes, services, tiers = _build_records(records, settings, out)
+    locations, flavors, datanodes, services, tiers, limits = _build_records(records, settings,
+                                                                            out)
     _check_settings(settings, raw_settings, out)
     if out.problems:
         raise ConfigError(sorted(out.problems, key=lambda p: p.line))
@@ -411,6 +444,7 @@ def parse_config(text: str, file: str = "wfm.conf") -> Config:
         datanodes=MappingProxyType(datanodes),
         service_types=MappingProxyType(services),
         tiers=MappingProxyType(tiers),
+        limits=MappingProxyType(limits),
     )
 
 
@@ -429,6 +463,7 @@ def _build_records(records, settings, out: _Collector):  # noqa: C901 - one pass
     inventory: dict[str, tuple[int, str, tuple[int, ...], int, int]] = {}
     services: dict[str, ServiceType] = {}
     tiers: dict[str, Tier] = {}
+    limits: dict[str, Limit] = {}
     location_lines: dict[str, tuple[int, str]] = {}
 
     for lineno, line, kind, name, f in records:
@@ -500,6 +535,24 @@ def _build_records(records, settings, out: _Collector):  # noqa: C901 - one pass
                 if not os.path.isabs(root):
                     raise ValueError("Tier needs Root=<absolute path>")
                 tiers[name] = Tier(name, os.path.normpath(root))
+            elif kind == "Limit":
+                if name.startswith("account:"):
+                    raise ValueError("limits per Slurm account are not supported yet (the "
+                                     "orchestrator does not know a user's account): "
+                                     "Limit=default or Limit=<user>")
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", name):
+                    raise ValueError(f"Limit {name!r}: expected default or a user name")
+                if name in limits:
+                    raise ValueError(f"Limit {name} configured twice")
+                if not f:
+                    raise ValueError("a Limit needs one of Cores=, MemorySize=, StorageSize=, "
+                                     "Services=")
+                limits[name] = Limit(
+                    name,
+                    cores=_int_field(f, "Cores") if "Cores" in f else None,
+                    msize=_size_mb(f["MemorySize"], up=False) if "MemorySize" in f else None,
+                    ssize=_size_mb(f["StorageSize"], up=False) if "StorageSize" in f else None,
+                    services=_int_field(f, "Services") if "Services" in f else None)
         except (ValueError, SizeError, NodeSetException, RangeSetException) as e:
             out.add(lineno, line, str(e))
 
@@ -530,7 +583,7 @@ def _build_records(records, settings, out: _Collector):  # noqa: C901 - one pass
         name: DatanodeSpec(name, core_list, msize, ssize, owner.get(name))
         for name, (_, _, core_list, msize, ssize) in inventory.items()
     }
-    return locations, flavors, datanodes, services, tiers
+    return locations, flavors, datanodes, services, tiers, limits
 
 
 def _int_field(f: dict[str, str], key: str) -> int:
@@ -623,8 +676,64 @@ def describe(config: Config) -> str:
         lines.append("Tiers:")
         for t in config.tiers.values():
             lines.append(f"  {t.name}: {t.root}")
+    if config.limits:
+        lines.append(f"Limits ({config.limit_policy} when over):")
+        for lim in config.limits.values():
+            bounds = [f"{label} {value if unit is None else format_mb(value)}"
+                      for label, value, unit in (("cores", lim.cores, None),
+                                                 ("memory", lim.msize, "MB"),
+                                                 ("storage", lim.ssize, "MB"),
+                                                 ("services", lim.services, None))
+                      if value is not None]
+            lines.append(f"  {lim.name}: {', '.join(bounds)}")
     lines.append("Settings:")
     for key, value in config.settings.items():
         shown = ", ".join(value) if isinstance(value, tuple) else value
         lines.append(f"  {key} = {shown}")
     return "\n".join(lines)
+
+
+# --- reload (SIGHUP, wfm-orchestrator reload) ---------------------------------
+
+# Settings a reload changes: they are read at each decision. The others shaped the
+# listener, the store, the identity provider or the Slurm client at start: a reload keeps
+# their running values and says that a restart applies them. Every record (Location,
+# Flavor, Datanode, EphemeralService, Tier, Limit) is reloaded.
+RELOADABLE = frozenset({"placement_policy", "queue_policy", "limit_policy", "backfill_window",
+                        "released_retention", "teardown_grace", "unclaimed_timeout",
+                        "release_timeout"})
+
+
+def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """The configuration to run after a reload, and the settings that need a restart
+    (changed in the file, kept at their running value)."""
+    settings = dict(new.settings)
+    restart = []
+    for key, value in running.settings.items():
+        if key not in RELOADABLE and settings.get(key) != value:
+            restart.append(key)
+            settings[key] = value
+    return replace(new, settings=MappingProxyType(settings)), sorted(restart)
+
+
+def changes(old: Config, new: Config) -> list[str]:
+    """What a reload changes, one line each (for the log and the reload's answer)."""
+    out = []
+    for kind in ("locations", "flavors", "datanodes", "service_types", "tiers", "limits"):
+        before, after = getattr(old, kind), getattr(new, kind)
+        label = kind.rstrip("s").replace("_", " ")
+        out += [f"{label} {n} added" for n in after if n not in before]
+        out += [f"{label} {n} removed" for n in before if n not in after]
+        out += [f"{label} {n} changed" for n in after if n in before and after[n] != before[n]]
+    out += [f"{k} = {new.settings[k]} (was {old.settings.get(k)})" for k in new.settings
+            if new.settings[k] != old.settings.get(k)]
+    return out
+
+
+def adopt(running: Config, new: Config) -> None:
+    """Make ``running`` hold ``new``'s values, in place: every holder of the running
+    configuration (the managers, the API's resources) sees the reload. The one change
+    ever made to a Config; the resource manager does it under its lock."""
+    for f in fields(Config):
+        if f.name != "_extra":
+            object.__setattr__(running, f.name, getattr(new, f.name))

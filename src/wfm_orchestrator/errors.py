@@ -163,6 +163,11 @@ class UnknownDatanode(AllocatorError, KeyError):
 # --- state and Slurm --------------------------------------------------------
 
 
+class ReloadRefused(WfmError):
+    """A new configuration is valid but cannot replace the running one (held reservations
+    would not fit): the running configuration is kept."""
+
+
 class StoreError(WfmError):
     """The state database is unusable (corrupt, foreign, locked by another process)."""
 
@@ -217,3 +222,25 @@ class NoSlurm(WfmError):
 
     def __init__(self) -> None:
         super().__init__("no Slurm configured (slurmrestd_url is empty)")
+
+
+# --- the administrator's command line --------------------------------------
+
+
+class ServiceUnreachable(WfmError, ConnectionError):
+    """The running orchestrator (its ``listen``) does not answer."""
+
+    def __init__(self, url: str, reason: str):
+        self.url = url
+        super().__init__(f"no orchestrator answers at {url} ({reason}): is it running? "
+                         "(systemctl status wfm-orchestrator)")
+
+
+class ApiFailed(WfmError):
+    """The orchestrator answered a command's request with an error (its body's words)."""
+
+    def __init__(self, status: int, title: str, description: str):
+        self.status = status
+        self.title = title
+        self.description = description
+        super().__init__(f"{status} {title}: {description}")

@@ -44,9 +44,8 @@ class ReservationState(enum.StrEnum):
 class DatanodeState(enum.StrEnum):
     """Whether a datanode takes new placements (``server/resources``, metrics, dashboard).
 
-    Only UP is produced so far: drain/resume and Slurm's node states (issue #19
-    item 2) set the others, in ``ResourceManager.datanode_state``, the one place
-    every reader asks.
+    ``ResourceManager.datanode_state`` is the one place every reader asks: drain and
+    resume set DRAINED; DOWN (Slurm's node states, issue #19 item 2) is not produced yet.
     """
 
     UP = "up"  # takes new placements

@@ -18,23 +18,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from .accounts import Accounts
-from .allocator import Allocator, Datanode, NoCapacity
-from .config import Config
+from .allocator import Allocator, Datanode, Free, NoCapacity
+from .config import Config, DatanodeSpec, adopt
 from .errors import (
+    AllocatorError,
     AlreadyAllocated,
     Forbidden,
     NotFound,
+    ReloadRefused,
     RequestFailed,
     StillQueued,
     StoreError,
     UnknownDatanode,
 )
 from .model import DatanodeState, ReservationState, ReserveRequest
+from .repositories import datanodes as drains
 from .repositories import reservations
 from .reservation import Reservation
 from .store import DONE, Store, Ticket
@@ -90,6 +94,11 @@ class Counts:
 
 _SWEEP_MIN = 1024
 
+# A drained datanode's free resources are held in the allocator under this name, so
+# no placement can land there (reservation names never start with '-': model.NAME_RE).
+# Given back and taken again whenever a release frees resources on it.
+_FENCE = "-drained:"
+
 
 class ResourceManager:
     def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.time,
@@ -114,17 +123,24 @@ class ResourceManager:
 
     # --- start -------------------------------------------------------------
 
-    def _new_allocator(self) -> Allocator:
+    def _new_allocator(self, config: Config | None = None) -> Allocator:
+        config = config or self.config
         nodes = [Datanode(d.name, cores=d.core_list, msize=d.msize, ssize=d.ssize,
-                          location=d.location) for d in self.config.datanodes.values()]
-        return Allocator(nodes, policy=self.config.placement_policy,
-                         neighbours=self.config.neighbours_map())
+                          location=d.location) for d in config.datanodes.values()]
+        return Allocator(nodes, policy=config.placement_policy,
+                         neighbours=config.neighbours_map())
 
     def _load(self) -> None:
         self.allocator = self._new_allocator()
         self._records: dict[str, Reservation] = {}
         self._queue: list[Reservation] = []
         self._seq = 0
+        # name -> (reason, since) of the datanodes an administrator drained
+        self._drained: dict[str, tuple[str, float]] = {}
+        # datanodes a reload removed while reservations held them: drained, in memory only
+        self._removed: set[str] = set()
+        # user -> [cores, msize, ssize, services] held (FREE or ALLOCATED): Limit records
+        self._usage: dict[str, list[int]] = {}
         for rec in reservations.load_all(self.store):
             self._seq = max(self._seq, rec.seq)
             if rec.state in (State.FREE, State.ALLOCATED):
@@ -132,6 +148,7 @@ class ResourceManager:
                     raise StoreError(f"reservation {rec.name} is {rec.state} without placement")
                 try:
                     self.allocator.restore(rec.name, rec.placement)
+                    self._count(rec, 1)
                 except (NoCapacity, UnknownDatanode) as e:
                     # The inventory shrank under held reservations: say so loudly
                     # rather than over-commit or drop them silently.
@@ -141,6 +158,12 @@ class ResourceManager:
             elif rec.state == State.QUEUED:
                 self._queue.append(rec)
             self._records[rec.name] = rec
+        for name, (reason, since) in drains.load_drained(self.store).items():
+            if name not in self.config.datanodes:
+                log.warning("datanode %s was drained but is no longer configured: ignored", name)
+                continue
+            self._drained[name] = (reason, since)
+            self._fence(name)
         log.info("resource manager: %d reservations loaded (%d queued)",
                  sum(r.state != State.RELEASED for r in self._records.values()), len(self._queue))
 
@@ -195,10 +218,16 @@ class ResourceManager:
         if not self.allocator.can_fit_ever(req.servers, req.cores, req.msize, req.ssize,
                                            list(req.locations) or None):
             raise RequestFailed(self._never_fits(req))
-        now = self.clock()
+        now = self._now_checked(req)
         self._seq += 1
         rec = Reservation(req, State.QUEUED, self._seq, now, now)
-        if self._may_pass_queue(now):
+        over = self._over_limit(req)
+        if over and self.config.limit_policy == "refuse":
+            raise RequestFailed(f"reservation {req.name!r} refused: {over} "
+                                "(limit_policy = refuse)")
+        if over:
+            rec.detail = f"waiting for {over}"
+        elif self._may_pass_queue(now):
             try:
                 self._take(rec, now)
             except NoCapacity as e:
@@ -206,7 +235,7 @@ class ResourceManager:
                     raise RequestFailed(str(e)) from None
         if rec.state == State.QUEUED:
             self._queue.append(rec)
-            rec.detail = "waiting for resources"
+            rec.detail = rec.detail or "waiting for resources"
         self._records[req.name] = rec
         ticket = self._write([rec])
         self._notify(rec)
@@ -230,12 +259,68 @@ class ResourceManager:
             locs.update(self.config.locations[loc].neighbours)
         return locs
 
+    def _now_checked(self, req: ReserveRequest) -> float:
+        """The time of a new reservation, once it is known not to exceed its user's limit
+        alone (it would wait for ever): refused then, naming the limit."""
+        limit = self.config.limit_for(req.user) if self.config.limits else None
+        if limit is not None:
+            demand = self._demand(req)
+            for i, (label, bound) in enumerate(self._bounds(limit)):
+                if bound is not None and demand[i] > bound:
+                    raise RequestFailed(
+                        f"reservation {req.name!r} can never fit {req.user}'s limit: it asks "
+                        f"{demand[i]} {label}, the limit is {bound} "
+                        f"(Limit={limit.name} in {self.config.path})")
+        return self.clock()
+
+    @staticmethod
+    def _demand(req: ReserveRequest) -> tuple[int, int, int, int]:
+        n = req.servers
+        return n * req.cores, n * req.msize, n * req.ssize, 1
+
+    @staticmethod
+    def _bounds(limit) -> list[tuple[str, int | None]]:
+        return [("cores", limit.cores), ("MB of memory", limit.msize),
+                ("MB of storage", limit.ssize), ("services", limit.services)]
+
+    def _count(self, rec: Reservation, sign: int) -> None:
+        """Add (1) or take (-1) what ``rec`` holds to its user's usage."""
+        used = self._usage.setdefault(rec.request.user, [0, 0, 0, 0])
+        for i, amount in enumerate(self._demand(rec.request)):
+            used[i] += sign * amount
+        if not any(used):
+            del self._usage[rec.request.user]
+
+    def _over_limit(self, req: ReserveRequest) -> str:
+        """'' when ``req`` fits its user's limit on top of what the user holds; else what
+        it would exceed, named (the queued reservation's status says it)."""
+        if not self.config.limits:
+            return ""
+        limit = self.config.limit_for(req.user)
+        if limit is None:
+            return ""
+        used = self._usage.get(req.user, (0, 0, 0, 0))
+        demand = self._demand(req)
+        for i, (label, bound) in enumerate(self._bounds(limit)):
+            if bound is not None and used[i] + demand[i] > bound:
+                return (f"{req.user}'s limit: {used[i]} {label} held + {demand[i]} asked > "
+                        f"{bound} (Limit={limit.name} in {self.config.path})")
+        return ""
+
     def _may_pass_queue(self, now: float) -> bool:
-        if not self._queue:
+        head = self._head()
+        if head is None:
             return True
         if self.config.queue_policy == "backfill":
-            return now - self._queue[0].created < self.config.backfill_window
+            return now - head.created < self.config.backfill_window
         return False
+
+    def _head(self) -> Reservation | None:
+        """The first queued reservation that waits for resources: one waiting for its
+        user's limit blocks nobody else."""
+        if not self.config.limits:
+            return self._queue[0] if self._queue else None
+        return next((r for r in self._queue if not self._over_limit(r.request)), None)
 
     def _take(self, rec: Reservation, now: float) -> None:
         req = rec.request
@@ -246,6 +331,7 @@ class ResourceManager:
         rec.updated = now
         rec.held_since = now
         rec.detail = ""
+        self._count(rec, 1)
         self.on_held(now - rec.created)
 
     def _admit_queued(self, now: float) -> list[Reservation]:
@@ -258,8 +344,15 @@ class ResourceManager:
         # demand keeps a release with 10,000 queued at ~10 ms instead of ~40 ms.
         failed: set[tuple] = set()
         head: Reservation | None = None  # the first one left queued: the new head
+        limits = bool(self.config.limits)
         for rec in self._queue:
             req = rec.request
+            if limits:
+                over = self._over_limit(req)
+                if over:
+                    rec.detail = f"waiting for {over}"
+                    continue  # waits for its user's releases, blocks nobody
+                rec.detail = "waiting for resources"
             demand = (req.servers, req.cores, req.msize, req.ssize, req.locations)
             if demand not in failed:
                 try:
@@ -274,7 +367,7 @@ class ResourceManager:
             if backfill and now - head.created < self.config.backfill_window:
                 continue
             break
-        if not backfill:
+        if not backfill and not limits:
             del self._queue[:len(admitted)]  # fifo admits from the head only
         elif admitted:
             self._queue = [rec for rec in self._queue if rec.state == State.QUEUED]
@@ -332,6 +425,8 @@ class ResourceManager:
                 detail = "removed from the queue"
             else:
                 self.allocator.release(name)
+                self._count(rec, -1)
+                self._refence(p.server for p in rec.placement or ())
                 if rec.detail:  # why its release was asked (release_reason)
                     detail = f"{rec.detail}; {detail}"
             rec.state = State.RELEASED
@@ -342,6 +437,115 @@ class ResourceManager:
             for r in changed:
                 self._notify(r)
             return rec, ticket
+
+    # --- drain and resume ------------------------------------------------------
+
+    def _fence(self, node: str) -> None:
+        """Hold what is free on drained ``node`` so that nothing new is placed there."""
+        free = self.allocator.free(node)
+        if free.core_list or free.msize or free.ssize:
+            self.allocator.restore(_FENCE + node,
+                                   [(node, list(free.core_list), free.msize, free.ssize)])
+
+    def _unfence(self, node: str) -> None:
+        if _FENCE + node in self.allocator:
+            self.allocator.release(_FENCE + node)
+
+    def _refence(self, nodes) -> None:
+        """After a release: the fence of each drained node among ``nodes`` takes what it freed."""
+        for node in set(nodes):
+            if node in self._drained:
+                self._unfence(node)
+                self._fence(node)
+
+    def drain(self, node: str, reason: str) -> Ticket:
+        """Take ``node`` out of placement (existing reservations stay); drained again
+        updates the reason. The commit ticket of the record."""
+        with self._lock:
+            if node not in self.config.datanodes:
+                raise NotFound("datanode", node)
+            since = self._drained.get(node, (reason, self.clock()))[1]
+            if node not in self._drained:
+                self._fence(node)
+            self._drained[node] = (reason, since)
+            log.warning("datanode %s drained: %s", node, reason)
+            return self.store.write([drains.drain(node, reason, since)], on_failure=self._resync)
+
+    def resume(self, node: str) -> Ticket:
+        """Give ``node`` back to placement and admit what now fits; the commit ticket."""
+        with self._lock:
+            if node not in self.config.datanodes:
+                raise NotFound("datanode", node)
+            if node in self._removed:
+                raise RequestFailed(f"datanode {node} was removed from {self.config.path}: "
+                                    "it drains until its reservations end; add its Datanode "
+                                    "record back and reload to keep it")
+            rows = [drains.resume(node)]
+            if self._drained.pop(node, None) is not None:
+                self._unfence(node)
+                log.warning("datanode %s resumed", node)
+                admitted = self._admit_queued(self.clock())
+                rows += [reservations.save(rec) for rec in admitted]
+                ticket = self.store.write(rows, on_failure=self._resync)
+                for rec in admitted:
+                    self._tickets[rec.name] = ticket
+                    self._notify(rec)
+                return ticket
+            return self.store.write(rows, on_failure=self._resync)
+
+    # --- reload ----------------------------------------------------------------
+
+    def reload(self, new: Config) -> tuple[list[str], Ticket]:
+        """Run with ``new`` (checked by config.reloaded): a new inventory holding every
+        reservation where it is, the drains kept, the queue admitted to what was added.
+
+        A datanode that ``new`` removes while reservations hold it stays, drained, until
+        the next reload after they end. ``ReloadRefused`` (the running configuration
+        kept) when a held reservation would not fit a changed datanode, or a queued one
+        names a location that ``new`` removes. Returns the datanodes kept so, and the
+        ticket of what the queue admitted.
+        """
+        with self._lock:
+            held = [r for r in self._records.values()
+                    if r.state in (State.FREE, State.ALLOCATED) and r.placement]
+            used = {p.server for r in held for p in r.placement or ()}
+            kept = [n for n in self.config.datanodes if n not in new.datanodes and n in used]
+            datanodes = dict(new.datanodes)
+            for name in kept:
+                old: DatanodeSpec = self.config.datanodes[name]
+                location = old.location if old.location in new.locations else None
+                datanodes[name] = DatanodeSpec(name, old.core_list, old.msize, old.ssize,
+                                               location)
+            effective = replace(new, datanodes=MappingProxyType(datanodes))
+            for rec in self._queue:
+                gone = [loc for loc in rec.request.locations if loc not in new.locations]
+                if gone:
+                    raise ReloadRefused(f"queued reservation {rec.name} asks for location "
+                                        f"{gone[0]}, which {new.path} removes: release it, "
+                                        "or keep the location")
+            allocator = self._new_allocator(effective)
+            for rec in held:
+                try:
+                    allocator.restore(rec.name, rec.placement)
+                except AllocatorError as e:  # no room, an unknown datanode or core id
+                    raise ReloadRefused(f"reservation {rec.name} would no longer fit the "
+                                        f"datanodes of {new.path} ({e}): keep their size "
+                                        "until it is released") from None
+            self.allocator = allocator
+            self._removed = set(kept)
+            now = self.clock()
+            self._drained = {n: d for n, d in self._drained.items() if n in datanodes}
+            for name in kept:
+                self._drained.setdefault(name, (f"removed from {new.path}: drains until "
+                                                "its reservations end", now))
+            for name in self._drained:
+                self._fence(name)
+            adopt(self.config, effective)
+            admitted = self._admit_queued(now)
+            ticket = self._write(admitted) if admitted else DONE
+            for rec in admitted:
+                self._notify(rec)
+            return kept, ticket
 
     # --- claims (unclaimed_timeout) -------------------------------------------
 
@@ -447,25 +651,46 @@ class ResourceManager:
     def resources(self, server: str) -> dict[str, Any]:
         with self._lock:
             try:
-                free = self.allocator.free(server)
+                free = self._free(server)
                 cap = self.allocator.capacity(server)
             except UnknownDatanode:
                 raise NotFound("datanode", server) from None
+            state, reason = self.datanode_state(server)
+        # state and reason: additive to the spec's answer (a drained node's free is
+        # free, but no new reservation is placed there).
         return {"free_cores": len(free.core_list), "cores": len(cap.core_list),
                 "free_core_list": list(free.core_list), "core_list": list(cap.core_list),
                 "free_msize": free.msize, "msize": cap.msize,
-                "free_ssize": free.ssize, "ssize": cap.ssize}
+                "free_ssize": free.ssize, "ssize": cap.ssize,
+                "state": state.value, "reason": reason}
+
+    def _free(self, node: str) -> Free:
+        """What is free on ``node``, a drained node's fenced resources included."""
+        free = self.allocator.free(node)
+        if _FENCE + node not in self.allocator:
+            return free
+        [p] = self.allocator.reservation(_FENCE + node)
+        return Free(sorted([*free.core_list, *p.core_list]), free.msize + p.msize,
+                    free.ssize + p.ssize)
 
     def datanode_state(self, name: str) -> tuple[DatanodeState, str]:
-        """(state, reason) of a datanode: the one place readers ask (drain extends it)."""
+        """(state, reason) of a datanode: the one place readers ask."""
+        drained = self._drained.get(name)
+        if drained is not None:
+            return DatanodeState.DRAINED, drained[0]
         return DatanodeState.UP, ""
+
+    def drained(self) -> dict[str, tuple[str, float]]:
+        """name -> (reason, since) of the drained datanodes."""
+        with self._lock:
+            return dict(self._drained)
 
     def datanodes(self) -> list[DatanodeView]:
         """Every configured datanode with its capacity, what is free and its state."""
         out = []
         with self._lock:
             for name, spec in self.config.datanodes.items():
-                free = self.allocator.free(name)
+                free = self._free(name)
                 cap = self.allocator.capacity(name)
                 state, reason = self.datanode_state(name)
                 out.append(DatanodeView(name, spec.location, state, reason,

@@ -67,7 +67,9 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
     when = max(rec.updated, job.updated if job else 0.0)
     servers = ", ".join(p.server for p in rec.placement or ())
     if rec.state == State.QUEUED:
-        return S.STAGINGIN, f"queued at position {position}: waiting for resources", when
+        # The detail says what it waits for: resources, or its user's Limit.
+        return (S.STAGINGIN, f"queued at position {position}: "
+                f"{rec.detail or 'waiting for resources'}", when)
     if rec.state == State.RELEASED:
         return S.STOPPED, rec.detail, when
     bound = rec.state == State.ALLOCATED

@@ -133,6 +133,14 @@ MIGRATIONS: list[str] = [
     UPDATE reservation SET claimed = 'held before unclaimed_timeout existed'
         WHERE state IN ('FREE', 'ALLOCATED')
     """,
+    # 8: datanodes an administrator drained (no row: the datanode takes placements)
+    """
+    CREATE TABLE datanode_drain (
+        name      TEXT PRIMARY KEY,   -- a Datanode of wfm.conf
+        reason    TEXT NOT NULL,      -- what the administrator said (drain --reason)
+        since     REAL NOT NULL
+    )
+    """,
 ]
 
 

@@ -99,3 +99,12 @@ def canned():
     yield handler, f"http://127.0.0.1:{server.server_address[1]}/ui"
     server.shutdown()
     thread.join(5)
+
+
+@pytest.fixture
+def admin_server(tmp_path):
+    """A real ``serve`` (auth = none, no Slurm) of the test's own, which the test may stop
+    (``stop_server``); its wfm.conf is tmp_path/wfm.conf."""
+    s = start_server(tmp_path)
+    yield s
+    stop_server(s)

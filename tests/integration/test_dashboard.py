@@ -5,8 +5,8 @@ script, which reads /ui/overview, and ``--dump-dom`` gives the document it drew.
 first test runs a real ``wfm-orchestrator serve`` (auth = none, no Slurm) with
 reservations held and queued; the others serve the package's page and assets with a
 canned overview (the ``canned`` fixture, conftest.py), for what the orchestrator cannot
-make yet (drained and down datanodes, issue #19 item 2) and for the token prompt of
-auth = keycloak.
+make yet (down datanodes: Slurm's node states are not followed, issue #19 item 2) and for
+the token prompt of auth = keycloak.
 """
 
 from __future__ import annotations

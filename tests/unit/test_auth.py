@@ -577,6 +577,9 @@ MATRIX = {
     "step.progress":   (F,    F,    F,       F,   F,   T,   F,  T),
     "metrics":         (F,    F,    F,       F,   F,   F,   T,  T),
     "overview":        (F,    F,    F,       F,   F,   F,   F,  T),
+    "admin.read":      (F,    F,    F,       F,   F,   F,   F,  T),
+    "datanode.drain":  (F,    F,    F,       F,   F,   F,   F,  T),
+    "config.reload":   (F,    F,    F,       F,   F,   F,   F,  T),
 }
 
 

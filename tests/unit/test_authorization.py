@@ -33,6 +33,12 @@ MATRIX = [
     ("DELETE", "/v1.0.0/step/abort/alice_s_st_1", None, {"sm", "admin"}),
     ("GET", "/metrics", None, {"mx", "admin"}),
     ("GET", "/ui/overview", None, {"admin"}),
+    ("GET", "/admin/datanodes", None, {"admin"}),
+    ("POST", "/admin/datanodes/dn1/drain", {"reason": "disk"}, {"admin"}),
+    ("POST", "/admin/datanodes/dn1/resume", None, {"admin"}),
+    ("GET", "/admin/reservations", None, {"admin"}),
+    ("GET", "/admin/reservations/alice_s_x", None, {"admin"}),
+    ("POST", "/admin/reload", None, {"admin"}),
 ]
 
 

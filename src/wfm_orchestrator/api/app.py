@@ -17,7 +17,7 @@ from ..config import Config
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
 from ..steps import StepManager
-from . import dashboard, errors, info, openapi, reservations, service_status, steps
+from . import admin, dashboard, errors, info, openapi, reservations, service_status, steps
 from .auth import Authorization, build_verifier
 from .media import MAX_BODY, json_handler
 from .metrics import Metrics, MetricsPage
@@ -182,7 +182,8 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
 def operator_routes(config: Config, rm: ResourceManager, services: ServiceManager,
                     step_manager: StepManager | None, metrics: Metrics
                     ) -> list[tuple[str, object]]:
-    """The operators' paths, outside the specification's versions: metrics and the dashboard.
+    """The operators' paths, outside the specification's versions: metrics, the dashboard
+    and the administrator's endpoints (api/admin.py).
 
     Served by worker threads (none is ``nonblocking``): a scrape or an overview reads
     every record, which the event loop's other connections should not wait for.
@@ -192,4 +193,10 @@ def operator_routes(config: Config, rm: ResourceManager, services: ServiceManage
         ("/ui", dashboard.Page()),
         *((f"/ui/{name}", dashboard.Asset(name)) for name in dashboard.ASSETS),
         ("/ui/overview", dashboard.Overview(config, rm, services, step_manager)),
+        ("/admin/datanodes", admin.Datanodes(rm)),
+        ("/admin/datanodes/{name}/drain", admin.Drain(rm)),
+        ("/admin/datanodes/{name}/resume", admin.Resume(rm)),
+        ("/admin/reservations", admin.Reservations(rm)),
+        ("/admin/reservations/{name}", admin.OneReservation(rm)),
+        ("/admin/reload", admin.Reload(rm)),
     ]

@@ -12,10 +12,14 @@ class Locations:
     auth_actions = {"GET": "config.read"}
 
     def __init__(self, config: Config):
-        self.body = [{"name": name} for name in config.locations]
+        self.config = config
+        self._made: tuple[object, list] = (None, [])
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.body
+        locations = self.config.locations  # a reload replaces the mapping
+        if self._made[0] is not locations:
+            self._made = (locations, [{"name": name} for name in locations])
+        resp.media = self._made[1]
 
 
 class Flavors:
@@ -23,10 +27,14 @@ class Flavors:
     auth_actions = {"GET": "config.read"}
 
     def __init__(self, config: Config):
-        # ssize is always present (0 when the flavor has no storage): the
-        # Session Manager reads it unconditionally.
-        self.body = [{"name": f.name, "cores": f.cores, "msize": f.msize, "ssize": f.ssize}
-                     for f in config.flavors.values()]
+        self.config = config
+        self._made: tuple[object, list] = (None, [])
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.body
+        flavors = self.config.flavors  # a reload replaces the mapping
+        if self._made[0] is not flavors:
+            # ssize is always present (0 when the flavor has no storage): the
+            # Session Manager reads it unconditionally.
+            self._made = (flavors, [{"name": f.name, "cores": f.cores, "msize": f.msize,
+                                     "ssize": f.ssize} for f in flavors.values()])
+        resp.media = self._made[1]

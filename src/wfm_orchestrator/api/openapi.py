@@ -103,6 +103,11 @@ SCHEMAS: dict[str, Any] = {
                                                 "free_ssize", "ssize")},
             "free_core_list": {"type": "array", "items": {"type": "integer"}},
             "core_list": {"type": "array", "items": {"type": "integer"}},
+            # Additions to the spec (#19): drained datanodes take no new placement.
+            "state": {"type": "string", "enum": ["up", "drained", "down"],
+                      "description": "up: takes new placements; drained: taken out by an "
+                                     "administrator (existing services stay)"},
+            "reason": {"type": "string", "description": "why it is not up ('' when up)"},
         },
     },
     "ServerResourcesEntry": {
@@ -475,6 +480,85 @@ OPERATOR_OPERATIONS: dict[str, dict[str, Any]] = {
                    "reservations by state, the queue, live services, steps",
         "responses": {"200": _json(_ref("Overview"), "the overview")}}},
 }
+_DATANODE = {"type": "object",
+             "required": ["name", "location", "state", "reason", "cores", "free_cores",
+                          "msize", "free_msize", "ssize", "free_ssize"],
+             "properties": {
+                 "name": {"type": "string"}, "location": {"type": "string"},
+                 "state": {"type": "string", "enum": ["up", "drained", "down"]},
+                 "reason": {"type": "string"},
+                 **{k: _COUNT for k in ("cores", "free_cores", "msize", "free_msize", "ssize",
+                                        "free_ssize")}}}
+SCHEMAS["Datanode"] = _DATANODE
+SCHEMAS["AdminReservation"] = {
+    "type": "object",
+    "description": "A reservation as the Resource Manager holds it (sizes in MB per server)",
+    "required": ["name", "user", "type", "state", "servers", "cores", "msize", "ssize",
+                 "locations", "flavor", "position", "detail", "datanodes", "bound_job",
+                 "created", "updated"],
+    "properties": {
+        **{k: {"type": "string"} for k in ("name", "user", "type", "flavor", "detail",
+                                           "created", "updated")},
+        "state": {"type": "string", "enum": ["QUEUED", "FREE", "ALLOCATED", "RELEASED"]},
+        **{k: _COUNT for k in ("servers", "cores", "msize", "ssize", "position")},
+        "locations": {"type": "array", "items": {"type": "string"}},
+        "datanodes": {"type": "array", "items": {"type": "string"}},
+        "bound_job": {"type": "integer", "nullable": True}}}
+_DN_PARAM = [_path_param("name", "a datanode of wfm.conf")]
+_ADMIN_ERRORS = {"400": _error("malformed request (the field and the fix are named)"),
+                 "404": _error("no such datanode or reservation")}
+OPERATOR_OPERATIONS.update({
+    "/admin/datanodes": {"get": {
+        "summary": "Every datanode: capacity, free, state (admin)",
+        "responses": {"200": _json({"type": "array", "items": _ref("Datanode")}, "datanodes")}}},
+    "/admin/datanodes/{name}/drain": {"parameters": _DN_PARAM, "post": {
+        "summary": "Drain a datanode: no new placement there, existing reservations stay; "
+                   "draining again replaces the reason (admin)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["reason"],
+            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 1024,
+                                      "pattern": "\\S"}}}}}},
+        "responses": {"200": _json(_ref("Datanode"), "the datanode, drained"),
+                      **_ADMIN_ERRORS}}},
+    "/admin/datanodes/{name}/resume": {"parameters": _DN_PARAM, "post": {
+        "summary": "Resume a datanode: it takes placements again, the queue is admitted "
+                   "(admin; idempotent)",
+        "responses": {"200": _json(_ref("Datanode"), "the datanode, up"), **_ADMIN_ERRORS}}},
+    "/admin/reservations": {"get": {
+        "summary": "Reservations in arrival order: live ones, or those of one state (admin)",
+        "parameters": [
+            {"name": "user", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "only this user's"},
+            {"name": "state", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["QUEUED", "FREE", "ALLOCATED", "RELEASED"]},
+             "description": "only those in this state (RELEASED ones until forgotten)"}],
+        "responses": {"200": _json({"type": "array", "items": _ref("AdminReservation")},
+                                   "reservations"), **_ADMIN_ERRORS}}},
+    "/admin/reload": {"post": {
+        "summary": "Read wfm.conf again: records and the reloadable settings take effect; "
+                   "a file with errors, or one that would not hold the reservations, is "
+                   "refused and the running configuration kept (admin)",
+        "responses": {
+            "200": _json({"type": "object",
+                          "required": ["file", "changes", "restart_needed",
+                                       "drained_until_released"],
+                          "properties": {
+                              "file": {"type": "string"},
+                              "changes": {"type": "array", "items": {"type": "string"}},
+                              "restart_needed": {"type": "array",
+                                                 "items": {"type": "string"}},
+                              "drained_until_released": {"type": "array",
+                                                         "items": {"type": "string"}}}},
+                         "what changed"),
+            "400": _error("the file has errors (each with file:line): nothing changed"),
+            "404": _error("unknown route"),
+            "409": _error("held reservations would not fit: nothing changed")}}},
+    "/admin/reservations/{name}": {
+        "parameters": [_path_param("name", "a reservation name")],
+        "get": {"summary": "One reservation (admin)",
+                "responses": {"200": _json(_ref("AdminReservation"), "the reservation"),
+                              **_ADMIN_ERRORS}}},
+})
 _PUBLIC_PATHS = ("/ui", "/ui/dashboard.js", "/ui/dashboard.css")
 
 
@@ -513,7 +597,8 @@ def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
         out_paths[f"/{version}{path}"] = operations
     for path, operations in OPERATOR_OPERATIONS.items():
         if bearer and path not in _PUBLIC_PATHS:
-            operations = {method: {**op, "responses": _with_bearer_errors(op["responses"])}
+            operations = {method: ({**op, "responses": _with_bearer_errors(op["responses"])}
+                                   if method != "parameters" else op)
                           for method, op in operations.items()}
         elif bearer:
             operations = {method: {**op, "security": []} for method, op in operations.items()}

@@ -31,7 +31,9 @@ class Reserve:
         if rec.state.value == "QUEUED":
             found = self.rm.snapshot(rec.name)
             position = found[1] if found else 0
-            body["message"] = f"not enough resources now: queued at position {position}"
+            body["message"] = (f"queued at position {position}: {rec.detail}"
+                               if rec.detail.startswith("waiting for") and "limit" in rec.detail
+                               else f"not enough resources now: queued at position {position}")
         resp.media = body
 
 

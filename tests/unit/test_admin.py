@@ -1,0 +1,154 @@
+"""The administrator's command line below its edge: tables, the service's address, the
+token, and the state database with the service stopped (admin.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from wfm_orchestrator import cli
+from wfm_orchestrator.admin import (
+    backup_database,
+    check_database,
+    read_token,
+    release_offline,
+    render_status,
+    service_url,
+    short_mb,
+    table,
+)
+from wfm_orchestrator.errors import StoreError
+from wfm_orchestrator.model import parse_reserve
+from wfm_orchestrator.resource_manager import ResourceManager
+from wfm_orchestrator.store import Store
+
+from ..conftest import SBB
+
+
+@pytest.mark.parametrize(("mb", "shown"), [(0, "0M"), (512, "512M"), (1024, "1G"),
+                                           (1536, "1.5G"), (16 * 1024, "16G"),
+                                           (1024**2 - 1, "1023G"), (1024**2, "1T"),
+                                           (3 * 1024**2 // 2, "1.5T"), (1024**3, "1P")])
+def test_short_sizes_never_round_up(mb, shown):
+    assert short_mb(mb) == shown
+
+
+def test_table_aligns_numbers_right_and_words_left():
+    lines = table(["NAME", "CORES", "WHEN"], [["dn1", "8/8", "2026"], ["dn10", "16/16", "-"]],
+                  right=("CORES",))
+    assert lines == ["NAME  CORES  WHEN", "dn1     8/8  2026", "dn10  16/16  -"]
+
+
+@pytest.mark.parametrize(("listen", "url"), [("127.0.0.1:8080", "http://127.0.0.1:8080"),
+                                             ("0.0.0.0:80", "http://127.0.0.1:80"),
+                                             ("[::]:8080", "http://[::1]:8080"),
+                                             ("[::1]:9", "http://[::1]:9"),
+                                             ("wfm.example:8080", "http://wfm.example:8080")])
+def test_commands_reach_the_service_at_its_listen_address(listen, url):
+    """A wildcard listener is reached on loopback."""
+    assert service_url(listen) == url
+
+
+def test_token_comes_from_the_environment_before_the_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("from-file\nignored\n")
+    assert read_token(str(path), {}) == "from-file"
+    assert read_token(str(path), {"WFM_ADMIN_TOKEN": "from-env"}) == "from-env"
+    assert read_token(None, {}) is None
+
+
+def test_status_screen_names_what_an_administrator_looks_at():
+    doc = {"time": "2026-12-06T22:00:00Z", "slurm": {"configured": True, "problem": ""},
+           "datanodes": [{"name": "dn1", "location": "loc1", "state": "drained",
+                          "reason": "fan", "cores": 8, "free_cores": 2, "msize": 16384,
+                          "free_msize": 1024, "ssize": 1048576, "free_ssize": 1048576}],
+           "reservations": {"QUEUED": 3, "FREE": 1, "ALLOCATED": 2, "RELEASED": 0},
+           "queue": {"length": 3, "oldest_wait": 4000.0, "items": []},
+           "services": {"count": 2, "items": [{"status": "ALLOCATED"},
+                                              {"status": "STAGINGIN"}]},
+           "steps": {"count": 1, "items": [{"status": "RUNNING"}]}}
+    text = "\n".join(render_status(doc, "9.9"))
+    assert "wfm-orchestrator 9.9 at 2026-12-06T22:00:00Z; Slurm: ok" in text
+    assert "DATANODE  LOCATION  STATE    CORES  MEMORY  STORAGE  REASON" in text
+    assert "dn1       loc1      drained    2/8  1G/16G    1T/1T  fan" in text
+    assert "1 datanodes, 0 up" in text
+    assert "reservations: 3 QUEUED, 1 FREE, 2 ALLOCATED, 0 RELEASED" in text
+    assert "queue: 3 waiting, the oldest for 66m" in text
+    assert "services: 2 live (1 ALLOCATED, 1 STAGINGIN)" in text
+    assert "steps: 1 (1 RUNNING)" in text
+
+
+def held(make_config):
+    """A stopped service's database holding SBB on dn1, its service job running."""
+    config = make_config()
+    store = Store(config.state_db)
+    rm = ResourceManager(config, store)
+    rec, ticket = rm.reserve(parse_reserve(dict(SBB), config))
+    ticket.wait()
+    store.write([("INSERT INTO service_job (name, seq, job_id, state, updated)"
+                  " VALUES (?, ?, 42, 'RUNNING', 1.0)", (rec.name, rec.seq))]).wait()
+    store.close()
+    return config
+
+
+def test_release_with_the_service_stopped_marks_it_and_its_job(make_config):
+    """RELEASED in the database, the token dropped, the job to be cancelled at start."""
+    config = held(make_config)
+    said = release_offline(config, SBB["name"], now=100.0)
+    assert said == (f"reservation {SBB['name']} released (was FREE); its Slurm job 42 is "
+                    "cancelled when the service starts")
+    store = Store(config.state_db)
+    try:
+        [row] = store.query("SELECT state, token, detail FROM reservation")
+        [job] = store.query("SELECT release_requested FROM service_job")
+        rm = ResourceManager(config, store)
+        assert rm.get(SBB["name"]).state.value == "RELEASED"
+    finally:
+        store.close()
+    assert (row["state"], row["token"]) == ("RELEASED", None)
+    assert "released by the administrator" in row["detail"]
+    assert job["release_requested"] == 100.0
+    with pytest.raises(KeyError):
+        release_offline(config, SBB["name"])
+
+
+def test_offline_commands_refuse_a_database_in_use(make_config):
+    """release takes the service's lock: refused while another holds it."""
+    config = held(make_config)
+    store = Store(config.state_db)
+    try:
+        with pytest.raises(StoreError, match="in use by another orchestrator"):
+            release_offline(config, SBB["name"])
+        facts, problems = check_database(config)  # read-only beside the holder
+        assert problems == [] and "checked read-only" in facts[0]
+    finally:
+        store.close()
+
+
+def test_db_check_finds_reservations_that_no_longer_fit(make_config, tmp_path):
+    config = held(make_config)
+    facts, problems = check_database(config)
+    assert problems == [] and "integrity: ok; schema version 8 of 8" in facts
+    text = open(config.path).read()
+    small = make_config(text=text.replace("Datanode=dn[1-4]", "Datanode=dn[2-4]")
+                        .replace("Datanodes=dn[1-2]", "Datanodes=dn2"))
+    _, problems = check_database(small)
+    assert len(problems) == 1 and "no longer fits" in problems[0]
+    assert "release NAME works with the service stopped" in problems[0]
+
+
+def test_db_backup_is_a_private_new_file(make_config, tmp_path):
+    config = held(make_config)
+    target = tmp_path / "copy.db"
+    assert backup_database(config, str(target)) > 0
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        backup_database(config, str(target))
+
+
+def test_an_invalid_configuration_is_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("listen = nowhere\n")
+    assert cli.main(["status", "--config", str(bad)]) == cli.EXIT_CONFIG
+    assert "is invalid" in capsys.readouterr().err
