@@ -102,6 +102,15 @@ SERVICE_CONF = SMALL_CONF.replace("slurmrestd_url =", "slurmrestd_url = http://1
     'EphemeralService=SBB Command="/usr/local/libexec/wfm/sbb-service --root /x"\n'
 SBB = {"name": "alice_s_sbb", "user": "alice", "user_slurm_token": "alice-token", "type": "SBB",
        "attributes": {"flavor": "small", "targets": ["/a/*", "/b/*"]}}
+LARGE = {"name": "alice_s_big", "user": "alice", "user_slurm_token": "t", "type": "SBB",
+         "attributes": {"flavor": "large", "targets": ["/a/*"]}}
+
+
+def reserve(client, body):
+    """POST reserve through a Falcon TestClient, which must answer 200: its body."""
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=body)
+    assert r.status_code == 200, r.text
+    return r.json
 
 
 @pytest.fixture

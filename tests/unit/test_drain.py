@@ -3,17 +3,8 @@ persisted, shown in server/resources and /admin/datanodes (#19 item 2)."""
 
 from __future__ import annotations
 
-from ..conftest import SBB
+from ..conftest import LARGE, SBB, reserve
 from .test_metrics import scrape, value
-
-LARGE = {"name": "alice_s_big", "user": "alice", "user_slurm_token": "t", "type": "SBB",
-         "attributes": {"flavor": "large", "targets": ["/a/*"]}}
-
-
-def reserve(client, body):
-    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=body)
-    assert r.status_code == 200, r.text
-    return r.json
 
 
 def placed_on(client, name):

@@ -3,16 +3,7 @@ datanode removed while used drains, a bad file is refused with file:line."""
 
 from __future__ import annotations
 
-from ..conftest import SBB
-
-LARGE = {"name": "alice_s_big", "user": "alice", "user_slurm_token": "t", "type": "SBB",
-         "attributes": {"flavor": "large", "targets": ["/a/*"]}}
-
-
-def reserve(client, body):
-    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=body)
-    assert r.status_code == 200, r.text
-    return r.json
+from ..conftest import LARGE, SBB, reserve
 
 
 def rewrite(rm, old: str, new: str) -> None:

@@ -39,8 +39,10 @@ def acting_for(req: falcon.Request, *names: str,
     A caller holding the burst-buffer role without admin must send every one of
     ``names``: 400 naming the first missing.
     """
-    values = {name: _uint(req, name, 1 if name == "job_id" else 0)
-              for name in (*names, *optional)}
+    # Most calls carry no query string (the spec's forms): nothing to parse then.
+    values = ({name: _uint(req, name, 1 if name == "job_id" else 0)
+               for name in (*names, *optional)}
+              if req.query_string else dict.fromkeys((*names, *optional)))
     roles = identity_of(req).roles
     if "burst-buffer" in roles and "admin" not in roles:
         for name in names:
