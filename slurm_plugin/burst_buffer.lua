@@ -1504,6 +1504,18 @@ function M.cannot_start(cfg, job_id, rec, status_text)
 	return nil, msg
 end
 
+-- The refusal of a Session Manager job's action on a service, as a held job's reason.
+function M.may_not(job_id, uid, verb, name, why)
+	return "job " .. job_id .. " (uid " .. uid .. ") may not " .. verb .. " service " .. name
+		.. ": " .. why
+end
+
+-- The cache record of a create or destroy job (what paths, data_in and teardown read).
+function M.sm_record(kind, job_id, uid, name, status)
+	return { version = M.CACHE_VERSION, kind = kind, job_id = job_id, name = name, uid = uid,
+		status = status }
+end
+
 -- create_persistent (Session Manager): the job of uid claims its user's service
 -- (the orchestrator records job_id's claim) and data_in waits until it is up.
 -- The orchestrator starts the service itself when the reservation takes its
@@ -1512,19 +1524,17 @@ function M.setup_create(cfg, job_id, uid, spec)
 	local st, err, refused = M.service_status(cfg, spec.name, uid, job_id)
 	if not st then
 		if refused then
-			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not create service "
-				.. spec.name .. ": " .. err .. " (reserve it first, as its user)"
+			return nil, M.may_not(job_id, uid, "create", spec.name, err
+				.. " (reserve it first, as its user)")
 		end
 		return nil, err
 	end
 	if M.ENDED_STATUS[st.status] then
-		return M.cannot_start(cfg, job_id, { version = M.CACHE_VERSION, kind = "create",
-			job_id = job_id, name = spec.name, uid = uid, status = st.status }, with_detail(st))
+		return M.cannot_start(cfg, job_id, M.sm_record("create", job_id, uid, spec.name,
+			st.status), with_detail(st))
 	end
-	local ok, werr = M.write_cache(cfg, job_id, {
-		version = M.CACHE_VERSION, kind = "create", job_id = job_id, name = spec.name,
-		uid = uid, status = st.status,
-	})
+	local ok, werr = M.write_cache(cfg, job_id, M.sm_record("create", job_id, uid, spec.name,
+		st.status))
 	if not ok then
 		return nil, werr
 	end
@@ -1539,8 +1549,7 @@ function M.setup_destroy(cfg, job_id, uid, spec)
 	local st, err, refused = M.service_status(cfg, spec.name, uid, job_id)
 	if not st then
 		if refused then
-			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not destroy service "
-				.. spec.name .. ": " .. err
+			return nil, M.may_not(job_id, uid, "destroy", spec.name, err)
 		end
 		return nil, err
 	end
@@ -1551,17 +1560,15 @@ function M.setup_destroy(cfg, job_id, uid, spec)
 		end
 		-- 403 naming uid: refused. 500: released meanwhile (data_in sees STOPPED).
 		if status == 403 and M.error_field(body) == "uid" then
-			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not destroy service "
-				.. spec.name .. ": " .. (M.error_description(body) or "refused")
+			return nil, M.may_not(job_id, uid, "destroy", spec.name,
+				M.error_description(body) or "refused")
 		elseif status ~= 200 and status ~= 500 then
 			return nil, "DELETE " .. M.API_RELEASE .. spec.name .. ": unexpected HTTP status "
 				.. status .. M.error_text(body)
 		end
 	end
-	local ok, werr = M.write_cache(cfg, job_id, {
-		version = M.CACHE_VERSION, kind = "destroy", job_id = job_id, name = spec.name,
-		uid = uid, status = st.status,
-	})
+	local ok, werr = M.write_cache(cfg, job_id, M.sm_record("destroy", job_id, uid, spec.name,
+		st.status))
 	if not ok then
 		return nil, werr
 	end
