@@ -37,6 +37,7 @@ import pytest
 
 from tests.conftest import SMALL_CONF, server_env
 from tests.integration.minicluster import DEVCLUSTER, REPO, user_token
+from tests.integration.raw_server import free_port
 from tests.poll import poll_until
 
 ALICE, BOB = "alice", "bob"
@@ -419,12 +420,6 @@ def alice_jobs() -> Iterator[Callable[..., Submitted]]:
 
 
 # --- further orchestrator processes on free loopback ports ----------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
