@@ -402,6 +402,10 @@ class ResourceManager:
             rec.updated = self.clock()
             ticket = self._write([rec])
             self._notify(rec)
+            # The one line that says which job holds the datanodes: a repeated setup of the
+            # same job (returned above) does not write it again.
+            log.info("reservation %s bound by %s", name,
+                     f"job {job_id}" if job_id is not None else "a caller without a job id")
             return rec.allocation(), ticket
 
     def release(self, name: str, detail: str = "reservation deleted",

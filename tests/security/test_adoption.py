@@ -39,6 +39,10 @@ from .conftest import (
 pytestmark = pytest.mark.integration
 
 LOOK_ALIKE = "#!/bin/sh\n#SBATCH -t 10\n#SBATCH -o /dev/null\n#SBATCH -D /tmp\nsleep 600\n"
+# A look-alike queued before bob's job starts is held: queued and visible to the
+# orchestrator's adoption like any job, without taking the datanode's cores that bob's
+# service job needs (running, it could keep bob's job pending on dn1 for minutes).
+HELD = "--hold"
 
 
 def crash_while_reserving(orchestrator, point: str) -> str:
@@ -93,7 +97,7 @@ def beside_a_look_alike(orchestrator, alice_jobs, partition: str) -> None:
     name = crash_while_reserving(orchestrator, "service_after_submit")
     try:
         bob_job, tag = tag_as_alice_sees_it(name)
-        copy = alice_jobs(LOOK_ALIKE, "-p", partition, f"--comment={tag}", "-J", name)
+        copy = alice_jobs(LOOK_ALIKE, HELD, "-p", partition, f"--comment={tag}", "-J", name)
         assert copy.job_id is not None, copy.err
         mark = start_again(orchestrator)
         wait_status(orchestrator, name, "ALLOCATED")
@@ -141,7 +145,7 @@ def test_a_tag_guessed_before_bobs_job_is_queued_matches_nothing(orchestrator, a
     try:
         guesses = [f"{TAG_PREFIX}{name}:{seq}{nonce}" for seq in (0, 1, 2)
                    for nonce in ("", ":0000000000000000")]
-        copies = [alice_jobs(LOOK_ALIKE, "-p", "data", f"--comment={tag}", "-J", name)
+        copies = [alice_jobs(LOOK_ALIKE, HELD, "-p", "data", f"--comment={tag}", "-J", name)
                   for tag in guesses]
         assert all(c.job_id is not None for c in copies), [c.err for c in copies]
         mark = start_again(orchestrator)
