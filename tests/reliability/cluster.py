@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -222,17 +221,16 @@ def skip_lost_job_ids(highest: int, timeout: float = 60.0) -> None:
     (22.05: "Orphan StepId=2.0 reported on node dn1", then the next test's job 2 ends
     WTERMSIG 9 a second after it started). Fresh ids keep the next test out of it.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def past() -> int | None:
         out = subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null",
                               "-J", "wfm-skip-id", "--wrap", "true"],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         job_id = int(out.stdout.strip().split(";")[0])
         subprocess.run(["scancel", str(job_id)], capture_output=True, timeout=30)
-        if job_id > highest:
-            return
-    pytest.fail(f"Slurm's job ids still not past {highest} after {timeout:g} s")
+        return job_id if job_id > highest else None
+
+    poll_until(past, f"Slurm's next job id past {highest}", timeout, 0)
 
 
 def clean_up(orch, client: SlurmClient, services: list[str], steps: list[str]) -> list[str]:
