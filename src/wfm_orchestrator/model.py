@@ -32,8 +32,8 @@ MAX_CORES = 1024
 MAX_TOKEN = 16384
 # A service for the length of one job (#18) is named after it: <user>_job<id>[_<short>].
 # The form is the job's alone: an ordinary reserve may not take such a name first.
-SHORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$")
-SHORT_RULE = "1 to 32 letters, digits or '-', starting with a letter or digit"
+SHORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")  # a letter first: WFM_JOB_<SHORT>_*
+SHORT_RULE = "1 to 32 letters, digits or '-', starting with a letter"
 JOB_SCOPED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}_job[0-9]{1,10}"
                            r"(?:_[A-Za-z0-9][A-Za-z0-9-]{0,31})?$")
 

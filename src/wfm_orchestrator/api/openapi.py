@@ -167,7 +167,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["type"],
         "properties": {
-            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$",
+            "name": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9-]{0,31}$",
                      "description": "the short name: the service is <user>_job<N>_<name>"},
             "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
             "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
