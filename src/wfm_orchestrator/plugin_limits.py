@@ -47,6 +47,7 @@ def write_limits(config: Config) -> str | None:
         return None
     text = ujson.dumps(build_limits(config), sort_keys=True) + "\n"
     directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".limits.", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
