@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from .accounts import Accounts
 from .config import Config
 from .errors import Forbidden, InvalidRequest, NoSlurm, NotFound
+from .follower import Advance, JobIndex
 from .model import SHORT_RE, SHORT_RULE, check_user, job_service_name, parse_reserve
 from .reservation import Reservation
 from .resource_manager import ResourceManager
@@ -44,6 +47,12 @@ def carries_job_directive(job: JobState) -> bool:
 
 
 class JobServices:
+    """Also a tracker of the one follower (follower.py): a service whose job Slurm lists
+    as ended, or no longer lists, for ``teardown_grace`` seconds is released, in case its
+    teardown was lost (slurmctld restarted from an older state)."""
+
+    noun = "job-scoped service"  # for the follower's logs
+
     def __init__(self, config: Config, rm: ResourceManager, services: ServiceManager,
                  slurm: SlurmJobs | None, accounts: Accounts):
         self.config = config
@@ -51,6 +60,11 @@ class JobServices:
         self.services = services
         self.slurm = slurm
         self.accounts = accounts
+        self._ended: dict[str, float] = {}  # name -> when its job was first seen ended
+        self._lock = threading.Lock()
+        if slurm is not None and not any(isinstance(t, JobServices)
+                                         for t in services.follower.trackers):
+            services.follower.add(self)
 
     # --- POST server/jobservice ---------------------------------------------------
 
@@ -134,6 +148,38 @@ class JobServices:
             log.info("job %d ended: releasing its job-scoped services %s", job_id,
                      ", ".join(names))
         return names, ticket
+
+
+    # --- the follower: a teardown that never came ---------------------------------
+
+    def live(self) -> list[tuple[str, Advance]]:
+        return [(rec.name, partial(self._advance, rec)) for rec in self.rm.live()
+                if rec.request.job_id is not None]
+
+    def _advance(self, rec: Reservation, jobs: JobIndex) -> None:
+        job_id = rec.request.job_id
+        seen = jobs.by_id.get(job_id)  # type: ignore[arg-type]
+        now = self.services.clock()
+        if seen is not None and seen.user == rec.request.user and not seen.is_terminal:
+            with self._lock:
+                self._ended.pop(rec.name, None)
+            return
+        with self._lock:
+            since = self._ended.setdefault(rec.name, now)
+        if now - since < self.config.teardown_grace:
+            return
+        how = (f"ended {seen.state}" if seen is not None and seen.user == rec.request.user
+               else "is no longer known to Slurm")
+        why = (f"job {job_id} {how} and no burst-buffer teardown released its job-scoped "
+               f"service within {self.config.teardown_grace:.0f} s (teardown_grace): "
+               "released by the orchestrator")
+        log.warning("job-scoped service %s: %s", rec.name, why)
+        try:
+            self.services.release(rec.name, why)
+        except NotFound:
+            pass  # released meanwhile
+        with self._lock:
+            self._ended.pop(rec.name, None)
 
 
 __all__ = ["BODY_KEYS", "JobServices", "carries_job_directive"]

@@ -191,6 +191,51 @@ def test_teardown_releases_every_service_of_its_job_and_nothing_else(world):
     assert names == [] and ticket is None
 
 
+# --- the follower: a teardown that never came ------------------------------------------
+
+
+def test_a_service_whose_job_ended_without_teardown_is_released_after_the_grace(world):
+    put_job(world.slurm)
+    js = job_services(world)
+    reserved(world)
+    put_job(world.slurm, state="RUNNING")
+    world.sm.follower.cycle()
+    world.clock.now += world.config.teardown_grace + 1
+    world.sm.follower.cycle()
+    assert world.status(NAME)["status"] != "STOPPED", "its job runs: kept"
+    put_job(world.slurm, state="COMPLETED")
+    world.sm.follower.cycle()
+    assert world.rm.get(NAME).state.value != "RELEASED", "not before teardown_grace"
+    world.clock.now += world.config.teardown_grace + 1
+    world.sm.follower.cycle()
+    world.sm.follower.cycle()
+    status = world.status(NAME)
+    assert status["status"] in ("STAGINGOUT", "STOPPED"), status
+    assert f"job {JOB} ended COMPLETED and no burst-buffer teardown" in status["detail"]
+    assert js.live() == [] or world.sm.job(NAME).release_requested
+
+
+def test_a_service_whose_job_slurm_forgot_is_released_after_the_grace(world):
+    put_job(world.slurm)
+    job_services(world)
+    reserved(world)
+    del world.slurm.jobs_by_id[JOB]
+    world.sm.follower.cycle()
+    world.clock.now += world.config.teardown_grace + 1
+    world.sm.follower.cycle()
+    assert "is no longer known to Slurm" in world.status(NAME)["detail"]
+
+
+def test_a_held_or_pending_job_keeps_its_services(world):
+    put_job(world.slurm, state="PENDING")
+    job_services(world)
+    reserved(world)
+    for _ in range(3):
+        world.sm.follower.cycle()
+        world.clock.now += world.config.teardown_grace + 1
+    assert world.rm.get(NAME).state.value == "FREE"
+
+
 # --- HTTP --------------------------------------------------------------------------------
 
 

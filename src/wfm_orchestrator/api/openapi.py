@@ -37,6 +37,14 @@ _ATTRIBUTES = {
     },
 }
 
+# What a service is and where: the part a reserve body and a job's line share.
+_PLACED = {
+    "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
+    "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
+    "attributes": _ATTRIBUTES,
+    "location": {"type": "array", "items": {"type": "string"}},
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -56,10 +64,7 @@ SCHEMAS: dict[str, Any] = {
             "name": _NAME,
             "user": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"},
             "user_slurm_token": {"type": "string"},
-            "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
-            "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
-            "attributes": _ATTRIBUTES,
-            "location": {"type": "array", "items": {"type": "string"}},
+            **_PLACED,
         },
     },
     "ReserveResponse": {
@@ -169,10 +174,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9-]{0,31}$",
                      "description": "the short name: the service is <user>_job<N>_<name>"},
-            "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
-            "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
-            "attributes": _ATTRIBUTES,
-            "location": {"type": "array", "items": {"type": "string"}},
+            **_PLACED,
         },
     },
     "JobServiceResponse": {
