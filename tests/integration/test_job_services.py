@@ -10,13 +10,21 @@ import uuid
 
 import pytest
 
-from .job_services import NFS, SBB, job_script, service_name, statuses, wait_free
+from .job_services import (
+    NFS,
+    SBB,
+    idle,
+    job_script,
+    service_name,
+    statuses,
+    wait_free,
+    wait_service,
+)
 from .minicluster import slurm_cmd, user_token
 from .session_manager import (
     as_user,
     bbstat,
     cancel,
-    free,
     job_info,
     sbatch,
     status,
@@ -30,17 +38,18 @@ ENV = ("echo NAME=$WFM_JOB_SCRATCH_NAME SERVERS=$WFM_JOB_SCRATCH_SERVERS "
        "COUNT=$WFM_JOB_COUNT")
 
 
-def fill_cluster(orch) -> list[str]:
-    """Both datanodes taken whole by alice's ordinary reservations: their names."""
-    names = []
+def fill_cluster(orch, names: list[str]) -> None:
+    """Both datanodes taken whole by alice's ordinary reservations, named into ``names``
+    as they are made (the caller releases them, whatever fails)."""
+    idle(orch)
     for _ in range(2):
         name = f"alice_fill_{uuid.uuid4().hex[:8]}"
         body = {"name": name, "user": "alice", "user_slurm_token": user_token("alice"),
                 "type": "SBB", "attributes": {"flavor": "large", "targets": ["/nonexistent/x"]}}
         code, answer = orch.post("/ephemeralservice/reserve", body)
-        assert code == 200 and answer["status"] == "FREE", answer
+        assert code == 200, answer
         names.append(name)
-    return names
+        assert answer["status"] == "FREE", answer
 
 
 def release(orch, *names: str) -> None:
@@ -51,7 +60,7 @@ def release(orch, *names: str) -> None:
 
 
 def test_a_job_with_one_service_gets_it_for_its_life(orchestrator, slurm_cluster):
-    before = free(orchestrator)
+    before = idle(orchestrator)
     script, out = job_script(f"{SBB} name=scratch", body=ENV)
     job = sbatch("alice", script)
     name = service_name(job, "scratch")
@@ -65,7 +74,7 @@ def test_a_job_with_one_service_gets_it_for_its_life(orchestrator, slurm_cluster
 
 
 def test_a_job_with_two_services_gets_both(orchestrator, slurm_cluster):
-    before = free(orchestrator)
+    before = idle(orchestrator)
     body = "echo $WFM_JOB_SERVICES $WFM_JOB_HOME_MOUNTPOINT $WFM_JOB_BB_TYPE"
     script, out = job_script(f"{SBB} name=bb", f"{NFS} name=home", body=body)
     job = sbatch("alice", script)
@@ -97,13 +106,14 @@ def test_a_bad_value_is_refused_at_submission_naming_it(orchestrator, slurm_clus
 
 
 def test_a_full_cluster_keeps_the_job_in_stage_in_then_it_runs(orchestrator, slurm_cluster):
-    before = free(orchestrator)
-    fillers = fill_cluster(orchestrator)
+    before = idle(orchestrator)
+    fillers: list[str] = []
     try:
+        fill_cluster(orchestrator, fillers)
         script, out = job_script(f"{SBB} name=scratch", body=ENV)
         job = sbatch("alice", script)
         name = service_name(job, "scratch")
-        st = wait_status(orchestrator, name, "STAGINGIN", timeout=90)
+        st = wait_service(orchestrator, name, "STAGINGIN", timeout=90)
         assert st["detail"].startswith("queued at position 1"), st
         info = job_info(job)
         assert info["JobState"] == "PENDING", info["_raw"]
@@ -118,13 +128,14 @@ def test_a_full_cluster_keeps_the_job_in_stage_in_then_it_runs(orchestrator, slu
 
 
 def test_a_job_cancelled_while_staging_in_leaves_nothing_reserved(orchestrator, slurm_cluster):
-    before = free(orchestrator)
-    fillers = fill_cluster(orchestrator)
+    before = idle(orchestrator)
+    fillers: list[str] = []
     try:
+        fill_cluster(orchestrator, fillers)
         script, _ = job_script(f"{SBB} name=scratch")
         job = sbatch("alice", script)
         name = service_name(job, "scratch")
-        wait_status(orchestrator, name, "STAGINGIN", timeout=90)
+        wait_service(orchestrator, name, "STAGINGIN", timeout=90)
         cancel(job)
         wait_job(job, {"CANCELLED"})
         st = wait_status(orchestrator, name, "STOPPED")
@@ -135,7 +146,7 @@ def test_a_job_cancelled_while_staging_in_leaves_nothing_reserved(orchestrator, 
 
 
 def test_a_failed_job_releases_its_service(orchestrator, slurm_cluster):
-    before = free(orchestrator)
+    before = idle(orchestrator)
     script, _ = job_script(f"{SBB} name=scratch", body="exit 3")
     job = sbatch("alice", script)
     wait_job(job, {"FAILED"}, timeout=240)
@@ -147,7 +158,7 @@ def test_a_requeued_job_keeps_its_service_until_its_real_end(orchestrator, slurm
     """The first run waits; ``scontrol requeue`` puts it back in the queue (Slurm tears its
     burst buffer down): the service stays ALLOCATED, the rerun finds it, and only the end
     of the rerun releases it."""
-    before = free(orchestrator)
+    before = idle(orchestrator)
     body = ('if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then sleep 300; fi\n'
             "echo RUN=${SLURM_RESTART_COUNT:-0} NAME=$WFM_JOB_SCRATCH_NAME")
     script, out = job_script(f"{SBB} name=scratch", body=body, sbatch="#SBATCH --requeue\n")
