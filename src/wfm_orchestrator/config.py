@@ -238,6 +238,10 @@ SETTINGS: dict[str, Setting] = {
         "", _text, "file holding the SlurmUser JWT (scontrol token)", path=True
     ),
     "slurm_user": Setting("slurm", _text, "user name the slurm_token_file token belongs to"),
+    "plugin_limits_file": Setting(
+        "", _text, "file the orchestrator writes at start-up and reload for the burst-buffer "
+        "plugin (types, flavors, locations, datanodes: what a #BB_LUA wfm_job can ever ask); "
+        "empty = not written", path=True),
     "impersonate_users": Setting(
         "no", lambda v: _choice("yes", "no")(v) == "yes",
         "yes = submit a user's job with the SlurmUser token when the user's own token is "

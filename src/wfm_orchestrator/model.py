@@ -27,6 +27,12 @@ MAX_MB = 1 << 53
 MAX_SERVERS = 4096
 MAX_CORES = 1024
 MAX_TOKEN = 16384
+# A service for the length of one job (#18) is named after it: <user>_job<id>[_<short>].
+# The form is the job's alone: an ordinary reserve may not take such a name first.
+SHORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")  # a letter first: WFM_JOB_<SHORT>_*
+SHORT_RULE = "1 to 32 letters, digits or '-', starting with a letter"
+JOB_SCOPED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}_job[0-9]{1,10}"
+                           r"(?:_[A-Za-z0-9][A-Za-z0-9-]{0,31})?$")
 
 
 class ReservationState(enum.StrEnum):
@@ -146,15 +152,20 @@ class ReserveRequest:
     flavor: str | None
     targets: tuple[str, ...]
     mountpoint: str | None
+    job_id: int | None = None  # the Slurm job a job-scoped service (#18) lives for
 
     def canonical(self) -> dict[str, Any]:
         """What two requests must share to be "the same request" (the token may be renewed)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name, "user": self.user, "type": self.type, "servers": self.servers,
             "cores": self.cores, "msize": self.msize, "ssize": self.ssize,
             "locations": list(self.locations), "flavor": self.flavor,
             "targets": list(self.targets), "mountpoint": self.mountpoint,
         }
+        if self.job_id is not None:
+            # Only when set: the stored form of every other request stays as it was.
+            out["job_id"] = self.job_id
+        return out
 
 
 _RESERVE_KEYS = {"name", "user", "user_slurm_token", "type", "servers", "attributes", "location"}
@@ -164,8 +175,17 @@ _ATTRIBUTE_KEYS = {"cores", "msize", "ssize", "gssize", "flavor", "targets", "mo
 _GLOBAL_TYPES = ("NFS", "GBF", "DASI")
 
 
-def parse_reserve(body: Any, config: Config) -> ReserveRequest:
-    """Validate a reserve body against the spec's attribute table."""
+def job_service_name(user: str, job_id: int, short: str | None = None) -> str:
+    """The name of job ``job_id``'s service (#18): ``<user>_job<id>[_<short>]``."""
+    return f"{user}_job{job_id}" + (f"_{short}" if short else "")
+
+
+def parse_reserve(body: Any, config: Config, *, job_id: int | None = None) -> ReserveRequest:
+    """Validate a reserve body against the spec's attribute table.
+
+    ``job_id``: the request is job ``job_id``'s own (#18), under its derived name; without
+    it, a name of that form is refused.
+    """
     if not isinstance(body, Mapping):
         raise InvalidRequest("body", f"expected a JSON object, got {_kind(body)}")
     if not _RESERVE_KEYS.issuperset(body):
@@ -176,6 +196,10 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
         if key not in body:
             raise InvalidRequest(key, "required field is missing")
     name = check_name(body["name"])
+    if job_id is None and JOB_SCOPED_RE.match(name):
+        raise InvalidRequest("name", f"{_shown(name)} has the form <user>_job<N>[_<short>] of "
+                             "a job-scoped service (#BB_LUA wfm_job), which only that job "
+                             "may reserve: choose another name")
     user = check_user(body["user"])
     token = _str(body["user_slurm_token"], "user_slurm_token", MAX_TOKEN)
     stype = body["type"]
@@ -243,7 +267,7 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
             raise InvalidRequest("attributes.mountpoint", "expected an absolute path")
 
     return ReserveRequest(name, user, token, stype, servers, cores, msize, ssize, locations,
-                          flavor, targets, mountpoint)
+                          flavor, targets, mountpoint, job_id)
 
 
 def parse_locations(value: Any, config: Config, field: str = "location") -> tuple[str, ...]:

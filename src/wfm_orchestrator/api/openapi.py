@@ -14,12 +14,36 @@ import falcon
 from ..model import MAX_CORES, MAX_MB, MAX_SERVERS
 
 # The version under which the specification names each path.
-CANONICAL_VERSION = {"/server/allocation/{service_name}": "v2.0.0"}
+CANONICAL_VERSION = {"/server/allocation/{service_name}": "v2.0.0",
+                     "/server/jobservice": "v2.0.0"}
 DEFAULT_VERSION = "v1.0.0"
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"}
 _SIZE = {"type": "integer", "minimum": 0, "maximum": MAX_MB}
 _SIZE_OR_TEXT = {"oneOf": [_SIZE, {"type": "string", "maxLength": 64}]}
+
+_ATTRIBUTES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "cores": {"type": "integer", "minimum": 0, "maximum": MAX_CORES},
+        "msize": _SIZE_OR_TEXT,
+        "ssize": _SIZE_OR_TEXT,
+        "gssize": _SIZE_OR_TEXT,
+        "flavor": {"type": "string"},
+        "targets": {"oneOf": [{"type": "string"},
+                              {"type": "array", "items": {"type": "string"}}]},
+        "mountpoint": {"type": "string"},
+    },
+}
+
+# What a service is and where: the part a reserve body and a job's line share.
+_PLACED = {
+    "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
+    "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
+    "attributes": _ATTRIBUTES,
+    "location": {"type": "array", "items": {"type": "string"}},
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -40,23 +64,7 @@ SCHEMAS: dict[str, Any] = {
             "name": _NAME,
             "user": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"},
             "user_slurm_token": {"type": "string"},
-            "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
-            "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
-            "attributes": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "cores": {"type": "integer", "minimum": 0, "maximum": MAX_CORES},
-                    "msize": _SIZE_OR_TEXT,
-                    "ssize": _SIZE_OR_TEXT,
-                    "gssize": _SIZE_OR_TEXT,
-                    "flavor": {"type": "string"},
-                    "targets": {"oneOf": [{"type": "string"},
-                                          {"type": "array", "items": {"type": "string"}}]},
-                    "mountpoint": {"type": "string"},
-                },
-            },
-            "location": {"type": "array", "items": {"type": "string"}},
+            **_PLACED,
         },
     },
     "ReserveResponse": {
@@ -149,7 +157,45 @@ SCHEMAS: dict[str, Any] = {
                    "addition: bbstat's bbid)"},
             "created": {"type": "string", "format": "date-time", "description": "when it "
                         "was reserved (an addition: bbstat's CreateTime)"},
+            # Additions (#18), only for a job-scoped service (#BB_LUA wfm_job).
+            "scope": {"type": "string", "enum": ["job"], "description": "job: the service "
+                      "lives for one Slurm job, asked for in its batch script"},
+            "job_id": {"type": "integer", "description": "the Slurm job it lives for"},
+            "servers": {"type": "array", "items": {"type": "string"},
+                        "description": "its datanodes (job-scoped services)"},
+            "mountpoint": {"type": "string", "description": "its mount point, '' if none "
+                           "(job-scoped services)"},
         },
+    },
+    "JobServiceRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "name": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9-]{0,31}$",
+                     "description": "the short name: the service is <user>_job<N>_<name>"},
+            **_PLACED,
+        },
+    },
+    "JobServiceResponse": {
+        "type": "object",
+        "required": ["name", "status", "message", "scope", "job_id"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["FREE", "QUEUED", "ALLOCATED"]},
+            "message": {"type": "string"},
+            "scope": {"type": "string", "enum": ["job"]},
+            "job_id": {"type": "integer"},
+            "type": {"type": "string"},
+            "mountpoint": {"type": "string"},
+        },
+    },
+    "JobServicesReleased": {
+        "type": "object",
+        "required": ["job_id", "released", "message"],
+        "properties": {"job_id": {"type": "integer"},
+                       "released": {"type": "array", "items": {"type": "string"}},
+                       "message": {"type": "string"}},
     },
     "StepLaunchRequest": {
         "type": "object",
@@ -303,6 +349,23 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                       {"403": "job_id did not bind this reservation: nothing released",
                        "500": "the release failed", "502": "allocation not found"},
                       parameters=[_JOB_ID]),
+    },
+    "/server/jobservice": {
+        "post": _op("Reserve a service for one Slurm job, for its user (the burst-buffer "
+                    "plugin, #BB_LUA wfm_job; idempotent per job and short name)",
+                    _json(_ref("JobServiceResponse"), "reserved (FREE) or queued (QUEUED), "
+                          "named <user>_job<N>[_<name>]"),
+                    {"403": "Slurm does not list job_id as a live job of uid's user carrying "
+                            "#BB_LUA wfm_job (the rule is named)",
+                     "500": "reservation failed: can never fit, or Slurm unreachable"},
+                    parameters=[{**_JOB_ID, "required": True}, {**_UID, "required": True}],
+                    requestBody={"required": True, "content": {"application/json": {
+                        "schema": _ref("JobServiceRequest")}}}),
+        "delete": _op("Stop and release every job-scoped service of one Slurm job (its "
+                      "burst-buffer teardown; nothing left is success)",
+                      _json(_ref("JobServicesReleased"), "released (maybe none)"),
+                      {"500": "request failed"},
+                      parameters=[{**_JOB_ID, "required": True}]),
     },
     "/server/resources/all": {
         "get": _op("Resources of every datanode",
