@@ -147,7 +147,8 @@ def _seconds(v: str) -> float:
     return f
 
 
-def _unclaimed(v: str) -> float:
+def _never_or_timeout(v: str) -> float:
+    # unclaimed_timeout, stuck_job_timeout: 0 turns the sweep off
     f = _number_of_seconds(v)
     if f != 0 and not 10 <= f <= 30 * 86400:
         raise ValueError("expected 0 (never) or a number of seconds from 10 to 2592000 (30 days)")
@@ -265,7 +266,7 @@ SETTINGS: dict[str, Setting] = {
         "delete its reservation before the orchestrator frees it itself"
     ),
     "unclaimed_timeout": Setting(
-        "3600", _unclaimed, "seconds a reservation may hold its resources without any claim "
+        "3600", _never_or_timeout, "seconds a reservation may hold its resources without any claim "
         "by its user (a create_persistent, use_persistent or wfm_use job, its own "
         "wfm_service job, step/launch naming it, GET server/allocation) before it is "
         "released; 0: never"
@@ -274,6 +275,12 @@ SETTINGS: dict[str, Setting] = {
         "120", _seconds, "seconds after a released service's cancel before it is sent again if "
         "the job has not ended (the stage-out grace between SIGTERM and SIGKILL is Slurm's "
         "KillWait)"
+    ),
+    "stuck_job_timeout": Setting(
+        "600", _never_or_timeout, "seconds a service job may stay PENDING after the "
+        "burst-buffer plugin bound its reservation before the orchestrator cancels it and "
+        "submits a new one, keeping the reservation (a slurmctld restart can lose the job's "
+        "burst-buffer state and leave it pending for ever); 0: never"
     ),
     "service_output": Setting(
         "/tmp/wfm-%x-%j.out",  # noqa: S108 - a path on the datanode, written by the user's job
@@ -701,7 +708,7 @@ def describe(config: Config) -> str:
 # Flavor, Datanode, EphemeralService, Tier, Limit) is reloaded.
 RELOADABLE = frozenset({"placement_policy", "queue_policy", "limit_policy", "backfill_window",
                         "released_retention", "teardown_grace", "unclaimed_timeout",
-                        "release_timeout"})
+                        "release_timeout", "stuck_job_timeout"})
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
