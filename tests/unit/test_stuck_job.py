@@ -232,22 +232,26 @@ class Crash(Exception):
 POINTS = ["service_replace_recorded", "service_replace_unbound", "service_replace_cancelled"]
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_a_crash_at_each_step_is_finished_after_the_restart(world, monkeypatch, point):
-    """Whatever step the crash cut, the restart unbinds, cancels job 100 and submits one
-    new job, which binds; the old job's teardown frees nothing."""
-    bound_pending(world)
-
+def crash_at(world, monkeypatch, point: str) -> None:
+    """One cycle that dies at fault ``point``, then a restart on the same database."""
     def fault(name):
         if name == point:
             raise Crash(name)
 
     monkeypatch.setattr(services, "fault", fault)
-    world.clock.now += TIMEOUT
     with pytest.raises(Crash):
         world.sm.reconcile()
     monkeypatch.setattr(services, "fault", lambda name: None)
     world.restart()
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_crash_at_each_step_is_finished_after_the_restart(world, monkeypatch, point):
+    """Whatever step the crash cut, the restart unbinds, cancels job 100 and submits one
+    new job, which binds; the old job's teardown frees nothing."""
+    bound_pending(world)
+    world.clock.now += TIMEOUT
+    crash_at(world, monkeypatch, point)
     assert world.sm.job(NAME).replaced_job == 100  # the intent was durable
     world.sm.reconcile()
     world.sm.reconcile()
@@ -268,16 +272,7 @@ def test_a_crash_after_the_new_submission_adopts_the_new_job(world, monkeypatch)
     """service_after_submit on the new job: adopted by its new tag, never submitted twice."""
     bound_pending(world)
     replaced(world)
-
-    def fault(name):
-        if name == "service_after_submit":
-            raise Crash(name)
-
-    monkeypatch.setattr(services, "fault", fault)
-    with pytest.raises(Crash):
-        world.sm.reconcile()
-    monkeypatch.setattr(services, "fault", lambda name: None)
-    world.restart()
+    crash_at(world, monkeypatch, "service_after_submit")
     world.sm.reconcile()
     assert world.sm.job(NAME).job_id == 101 and len(world.slurm.submitted) == 2
 
@@ -286,18 +281,9 @@ def test_an_id_slurm_gave_to_another_job_is_not_cancelled(world, monkeypatch):
     """A crash before the cancel; meanwhile Slurm lost job 100 and gave its id to bob's
     job: after the restart that job is not cancelled, the replacement goes on."""
     bound_pending(world)
-
-    def fault(name):
-        if name == "service_replace_unbound":
-            raise Crash(name)
-
-    monkeypatch.setattr(services, "fault", fault)
     world.clock.now += TIMEOUT
-    with pytest.raises(Crash):
-        world.sm.reconcile()
-    monkeypatch.setattr(services, "fault", lambda name: None)
+    crash_at(world, monkeypatch, "service_replace_unbound")
     world.slurm.put(100, "bobs", "", "PENDING", user="bob", partition="data")
-    world.restart()
     world.sm.reconcile()
     assert world.slurm.cancelled == [] and world.sm.job(NAME).replaced_job is None
     assert world.sm.job(NAME).job_id == 101
