@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import SERVICE_TYPES, Config
+from .config import SERVICE_TYPES, USER_RULE, Config, is_user_name
 from .errors import InvalidRequest, SizeError
 from .size import bytes_to_mb_up, parse_size
 
@@ -20,10 +20,7 @@ from .size import bytes_to_mb_up, parse_size
 # <user>_<session>_<service>, the public one with hyphens). They end up in
 # Slurm job names, #BB_LUA directives and file names, hence the strict set.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 NAME_RULE = "1 to 128 letters, digits, '_', '-' or '.', not starting with '-' or '.', no '..'"
-USER_RULE = ("a POSIX user name: 1 to 32 letters, digits, '_', '-' or '.', "
-             "starting with a letter or '_'")
 # Sizes are MB; 2**53 MB is far beyond any machine and keeps every value an exact
 # JSON number, an int64 in SQLite and in the compiled allocator.
 MAX_MB = 1 << 53
@@ -85,7 +82,7 @@ def check_name(value: Any, field: str = "name") -> str:
 def check_user(value: Any, field: str = "user") -> str:
     if not isinstance(value, str):
         raise InvalidRequest(field, f"expected a string ({USER_RULE})")
-    if not USER_RE.match(value) or ".." in value:
+    if not is_user_name(value):
         raise InvalidRequest(field, f"invalid user {_shown(value)}: expected {USER_RULE}")
     return value
 

@@ -247,10 +247,10 @@ class ServiceManager:
         status, detail, when = derive_status(rec, position, job, slurm=self.slurm is not None,
                                              launch=rec.request.type in
                                              self.config.service_types)
-        if job is not None and status != ServiceStatus.STOPPED:
-            detail += replacement_note(job)
         if self.follower.problem and status not in (ServiceStatus.STOPPED,):
             detail += f" [Slurm unreachable: {self.follower.problem}]"
+        if job is not None and status != ServiceStatus.STOPPED:
+            detail += replacement_note(job)
         return {"user": rec.request.user, "name": rec.name, "status": status.value,
                 "detail": detail, "time": iso_time(when), "type": rec.request.type,
                 "id": rec.seq, "created": iso_time(rec.created)}

@@ -48,7 +48,6 @@ import time
 import pytest
 
 from tests.integration.minicluster import user_token
-from tests.integration.orchestrator import reloaded_with
 from tests.poll import poll, poll_until
 
 from .cluster import (
@@ -57,6 +56,7 @@ from .cluster import (
     kill_daemon,
     release,
     reserve_body,
+    skip_lost_job_ids,
     status,
     tagged_jobs,
     unique,
@@ -113,10 +113,8 @@ def no_orphans(client, names: list[str], timeout: float = 120.0) -> None:
         wait_jobs_ended(client, name, timeout)
 
 
-# Slurm may keep a bound job PENDING for ever (module doc): replaced after this long.
-STUCK_JOB_TIMEOUT = 30
 # The slowest normal outcome (a bound job lost, freed after teardown_grace) takes ~70 s;
-# a replaced job the timeout, then a new job's start.
+# a replaced job stuck_job_timeout (the fixture's), then a new job's start.
 SETTLED_AFTER = 180.0
 
 
@@ -136,66 +134,71 @@ def bindings(orch, name: str) -> list[int]:
                                        orch.log())]
 
 
-def test_slurmctld_restart_during_setup(orchestrator, client, created):
+def test_slurmctld_restart_during_setup(orchestrator, client, created, stuck_job_timeout):
     """Killed while the service's job is being set up: one live job, ALLOCATED, then clean
     stop; a job Slurm keeps PENDING after its binding is replaced."""
     started = time.monotonic()
     seen_states = []
     calls = []
     lost = lost_bound = replaced = 0
+    highest = 0  # the highest job id seen: Slurm may hand lost ones out again
     rng = random.Random()
     try:
-        with reloaded_with(orchestrator, "stuck_job_timeout", str(STUCK_JOB_TIMEOUT)):
-            for _ in range(RESTARTS):
-                name = unique("ctldsetup")
-                created["services"].append(name)
-                code, answer = orchestrator.post("/ephemeralservice/reserve",
-                                                 reserve_body(name, user_token("alice")))
-                assert code == 200, answer
-                job_id = wait_job_id(orchestrator, name)
-                # The first kill comes at once (the job just submitted), later ones at a
-                # random moment of the next second (pending, stage-in, setup, starting).
-                time.sleep(rng.uniform(0, 1.0) if seen_states else 0)
-                seen_states.append(scontrol_state(job_id) or "?")
-                kill_daemon("slurmctld")
-                devcluster_up()
-                st = wait_status(orchestrator, name, ("ALLOCATED", "STOPPED"), SETTLED_AFTER)
-                if st["status"] == "STOPPED":
-                    # Slurm lost the job after the plugin bound the reservation: reported
-                    # (GONE) and freed after teardown_grace; nothing of it left in Slurm.
-                    assert "ended GONE" in st["detail"], st
-                    assert not tagged_jobs(client, name)
-                    lost_bound += 1
-                    calls.append(",".join(access_lines(orchestrator, name)) + " (lost, bound)")
-                    continue
-                live = active(tagged_jobs(client, name))
-                assert len(live) == 1, f"{name}: {[(j.job_id, j.state, j.reason) for j in live]}"
-                # Each binding by a distinct job, the last one by the live job; more than
-                # one only when a job Slurm kept PENDING was replaced (the status says so).
-                bound = bindings(orchestrator, name)
-                tagged = {j.job_id for j in tagged_jobs(client, name)}
-                assert bound and len(set(bound)) == len(bound) and set(bound) <= tagged \
-                    and bound[-1] == live[0].job_id, (
-                        f"{name} bound by {bound}, its jobs {tagged}, live {live[0].job_id}")
-                this_time = bool(re.search(rf"service {re.escape(name)}: Slurm job \d+ "
-                                           "stayed PENDING", orchestrator.log())) \
-                    and "[recovered" in st["detail"]
-                assert len(bound) == 1 or this_time, (bound, st)
-                replaced += this_time
-                if live[0].job_id != job_id and not this_time:
-                    # Slurm lost the job (submit answered before its state was saved):
-                    # the orchestrator submitted it again.
-                    assert f"Slurm lost job {job_id} before it started" in orchestrator.log()
-                    lost += 1
-                finish(orchestrator, client, name, replaced=len(bound) - 1)
-                lines = access_lines(orchestrator, name)
-                calls.append(",".join(lines) + (" (replaced after stuck_job_timeout)"
-                                                if this_time else ""))
-                assert lines.count("DELETE 200") <= 1, lines
+        for _ in range(RESTARTS):
+            name = unique("ctldsetup")
+            created["services"].append(name)
+            code, answer = orchestrator.post("/ephemeralservice/reserve",
+                                             reserve_body(name, user_token("alice")))
+            assert code == 200, answer
+            job_id = wait_job_id(orchestrator, name)
+            highest = max(highest, job_id)
+            # The first kill comes at once (the job just submitted), later ones at a random
+            # moment of the next second (pending, stage-in, setup, starting).
+            time.sleep(rng.uniform(0, 1.0) if seen_states else 0)
+            seen_states.append(scontrol_state(job_id) or "?")
+            kill_daemon("slurmctld")
+            devcluster_up()
+            st = wait_status(orchestrator, name, ("ALLOCATED", "STOPPED"), SETTLED_AFTER)
+            if st["status"] == "STOPPED":
+                # Slurm lost the job after the plugin bound the reservation: reported
+                # (GONE) and freed after teardown_grace; nothing of it left in Slurm.
+                assert "ended GONE" in st["detail"], st
+                assert not tagged_jobs(client, name)
+                lost_bound += 1
+                calls.append(",".join(access_lines(orchestrator, name)) + " (lost, bound)")
+                continue
+            jobs = tagged_jobs(client, name)
+            highest = max([highest, *(j.job_id for j in jobs)])
+            live = active(jobs)
+            assert len(live) == 1, f"{name}: {[(j.job_id, j.state, j.reason) for j in jobs]}"
+            # Each binding by a distinct job of the service, the last one by the live job
+            # (a job's setup run again after the restart gets its allocation again without
+            # a second binding); more than one only when a job Slurm kept PENDING was
+            # replaced, which the status says.
+            bound = bindings(orchestrator, name)
+            assert bound and len(set(bound)) == len(bound) \
+                and set(bound) <= {j.job_id for j in jobs} and bound[-1] == live[0].job_id, (
+                    f"{name} bound by {bound}, its jobs {[j.job_id for j in jobs]}")
+            this_time = bool(re.search(rf"service {re.escape(name)}: Slurm job \d+ stayed "
+                                       "PENDING", orchestrator.log())) \
+                and "[recovered" in st["detail"]
+            assert len(bound) == 1 or this_time, (bound, st)
+            replaced += this_time
+            if live[0].job_id != job_id and not this_time:
+                # Slurm lost the job (submit answered before its state was saved):
+                # the orchestrator submitted it again.
+                assert f"Slurm lost job {job_id} before it started" in orchestrator.log()
+                lost += 1
+            finish(orchestrator, client, name, replaced=len(bound) - 1)
+            lines = access_lines(orchestrator, name)
+            calls.append(",".join(lines) + (" (replaced after stuck_job_timeout)"
+                                            if this_time else ""))
+            assert lines.count("DELETE 200") <= 1, lines
         wait_all_free(orchestrator)
         no_orphans(client, created["services"])
     finally:
         devcluster_up()
+        skip_lost_job_ids(highest)
     figures("slurmctld restart during setup", restarts=RESTARTS,
             job_state_at_kill="/".join(seen_states), allocation_calls=" | ".join(calls),
             jobs_lost_by_slurm_and_submitted_again=lost,
@@ -209,6 +212,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
     """Killed while a released service's job tears down: STOPPED, freed once."""
     started = time.monotonic()
     hits = lost = stuck = repeated = attempts = 0
+    highest = 0  # the highest job id seen: Slurm may hand lost ones out again
     calls = []
     try:
         while hits < TEARDOWN_RESTARTS and attempts < TEARDOWN_ATTEMPTS:
@@ -220,6 +224,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
             assert code == 200, answer
             wait_status(orchestrator, name, "ALLOCATED")
             job_id = wait_job_id(orchestrator, name)
+            highest = max(highest, job_id)
             release(orchestrator, name)
             # The moment the job leaves RUNNING (Slurm's teardown), kill slurmctld; after a
             # minute, kill it anyway (the attempt then does not count as a hit).
@@ -246,6 +251,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
         no_orphans(client, created["services"])
     finally:
         devcluster_up()
+        skip_lost_job_ids(highest)
     figures("slurmctld restart during teardown", restarts=attempts,
             killed_while_job_ending_and_reservation_held=hits, jobs_lost_by_slurm=lost,
             jobs_left_in_stage_out_by_slurm=stuck, cancels_repeated=repeated,
