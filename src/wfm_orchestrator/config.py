@@ -301,6 +301,13 @@ SETTINGS: dict[str, Setting] = {
         "the job has not ended (the stage-out grace between SIGTERM and SIGKILL is Slurm's "
         "KillWait)"
     ),
+    "stuck_job_timeout": Setting(
+        # The bounds of unclaimed_timeout: 0 (never), or 10 s to 30 days.
+        "600", _unclaimed, "seconds a service job may stay PENDING after the "
+        "burst-buffer plugin bound its reservation before the orchestrator cancels it and "
+        "submits a new one, keeping the reservation (a slurmctld restart can lose the job's "
+        "burst-buffer state and leave it pending for ever); 0: never"
+    ),
     "service_output": Setting(
         "/tmp/wfm-%x-%j.out",  # noqa: S108 - a path on the datanode, written by the user's job
         _text,
@@ -794,7 +801,7 @@ def describe(config: Config) -> str:
 # Flavor, Datanode, EphemeralService, Tier, Limit, Account) is reloaded.
 RELOADABLE = frozenset({"placement_policy", "queue_policy", "limit_policy", "backfill_window",
                         "released_retention", "teardown_grace", "unclaimed_timeout",
-                        "release_timeout"})
+                        "release_timeout", "stuck_job_timeout"})
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:

@@ -403,6 +403,34 @@ class ResourceManager:
                 self._notify(r)
             return rec, ticket
 
+    def unbind(self, name: str, job_id: int) -> Ticket:
+        """ALLOCATED bound by ``job_id`` -> FREE, its placement kept; the commit ticket.
+
+        For the replacement of a service job Slurm keeps PENDING (stuck_job_timeout):
+        afterwards that job's teardown frees nothing and its setup binds nothing, while
+        the reservation waits, whole, for the job that replaces it. Nothing to do when
+        it is not bound (FREE or QUEUED: a replacement finished after a restart);
+        ``Forbidden`` when another job (or a call without a job id) bound it.
+        """
+        with self._lock:
+            rec = self._live(name)
+            if rec.state != State.ALLOCATED:
+                return self._pending(name)
+            if rec.bound_job != job_id:
+                by = (f"job {rec.bound_job}" if rec.bound_job is not None
+                      else "a call without a job id")
+                raise Forbidden("job_id", f"reservation {name} is bound by {by}, not by job "
+                                f"{job_id}: only the job that bound it is unbound; nothing "
+                                "changed")
+            rec.state = State.FREE
+            rec.bound_job = None
+            rec.updated = self.clock()
+            ticket = self._write([rec])
+            self._notify(rec)
+            log.info("reservation %s unbound from job %d: FREE again, its placement kept for "
+                     "the job that replaces it", name, job_id)
+            return ticket
+
     # --- drain and resume ------------------------------------------------------
 
     def _fence(self, node: str) -> None:

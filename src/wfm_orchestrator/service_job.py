@@ -34,6 +34,20 @@ class ServiceJob:
     release_requested: float | None = None
     updated: float = 0.0
     nonce: str = ""  # random, created with the record: part of the tag ("" in old rows)
+    # When the job entered ``state`` (None in rows stored before: ``updated`` counts): a
+    # bound job PENDING that long is replaced (stuck_job_timeout), not one whose reason
+    # merely changed, nor one requeued after it ran a while.
+    state_since: float | None = None
+    # A replaced job (stuck_job_timeout) still to be cancelled: kept until Slurm shows it
+    # ended or forgot it, so that a restart finishes the replacement (docs/reliability.md).
+    replaced_job: int | None = None
+    replacements: int = 0  # how many jobs of this service were replaced
+    replaced_why: str = ""  # the last replacement, as its status says it
+
+    @property
+    def pending_since(self) -> float:
+        """Since when the job is in its state (the row's last change for old rows)."""
+        return self.updated if self.state_since is None else self.state_since
 
     @property
     def tag(self) -> str:

@@ -41,7 +41,7 @@ from .impersonation import submit_as_user
 from .model import ReservationState, ServiceStatus
 from .repositories import service_jobs
 from .resource_manager import Reservation, ResourceManager, iso_time
-from .service_job import ServiceJob
+from .service_job import ServiceJob, job_tag
 from .slurm import GONE, JobSpec, exit_status_text, gone_reason, service_directive
 from .slurm.api import SlurmApi
 from .store import Store, Ticket
@@ -50,6 +50,10 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 
 State = ReservationState
+
+
+def _nothing() -> None:
+    pass
 
 
 HOUSEKEEPING_INTERVAL = 600.0  # s between two looks for released services to forget
@@ -118,6 +122,37 @@ def job_scoped(rec: Reservation) -> dict[str, Any]:
             "mountpoint": rec.request.mountpoint or ""}
 
 
+# Reasons of a job a person holds (scontrol hold, or the user's own): never replaced,
+# the hold is theirs to lift. Slurm's holds (REQUEUE_HOLD, RESV_DEL_HOLD) are job states
+# other than PENDING and so are not replaced either.
+HELD_REASONS = frozenset({"JobHeldAdmin", "JobHeldUser"})
+
+
+def stuck_for(rec: Reservation, job: ServiceJob, now: float, timeout: float) -> float | None:
+    """Seconds a bound service job has been kept PENDING, if that calls for its replacement.
+
+    Replaced (stuck_job_timeout, 0 = never): the job bound the reservation (its
+    burst buffer is set up: Slurm should start it within seconds), it has been PENDING
+    ``timeout`` s since the later of that binding and its entering PENDING (a job
+    requeued after it ran counts from the requeue), no release was asked and no person
+    holds it. None otherwise.
+    """
+    if (not timeout or rec.state != State.ALLOCATED or job.job_id is None
+            or rec.bound_job != job.job_id or job.state != "PENDING"
+            or job.reason in HELD_REASONS or job.release_requested):
+        return None
+    waited = now - max(rec.updated, job.pending_since)
+    return waited if waited >= timeout else None
+
+
+def replacement_note(job: ServiceJob) -> str:
+    """What a live service's status adds once its job was replaced ("" before)."""
+    if not job.replacements:
+        return ""
+    times = "1 time" if job.replacements == 1 else f"{job.replacements} times"
+    return f" [recovered {times}: {job.replaced_why}]"
+
+
 # --- the manager ---------------------------------------------------------------
 
 
@@ -146,6 +181,8 @@ class ServiceManager:
                                 min(UNCLAIMED_INTERVAL, max(config.unclaimed_timeout / 10, 1.0)),
                                 30.0)
         self._cancels = Cancels(config.release_timeout)  # keyed by service name
+        # Called once per service job replaced (stuck_job_timeout): metrics at the edge.
+        self.on_replaced: Callable[[], None] = _nothing
         self._load()
         rm.listeners.append(self._on_reservation)
 
@@ -162,10 +199,10 @@ class ServiceManager:
         """Does the orchestrator submit this reservation's service job itself?"""
         return self.slurm is not None and rec.request.type in self.config.service_types
 
-    def _save(self, job: ServiceJob) -> None:
-        """Record a new version of a job (caller holds self._lock)."""
+    def _save(self, job: ServiceJob) -> Ticket:
+        """Record a new version of a job (caller holds self._lock); its commit ticket."""
         self._jobs[job.name] = job
-        self.store.write([service_jobs.save(job)])
+        return self.store.write([service_jobs.save(job)])
 
     def _on_reservation(self, rec: Reservation) -> None:
         """Called by the resource manager, under its lock, when a reservation changed."""
@@ -220,6 +257,8 @@ class ServiceManager:
                                              self.config.service_types)
         if self.follower.problem and status not in (ServiceStatus.STOPPED,):
             detail += f" [Slurm unreachable: {self.follower.problem}]"
+        if job is not None and status != ServiceStatus.STOPPED:
+            detail += replacement_note(job)
         out: dict[str, Any] = {"user": rec.request.user, "name": rec.name, "status": status.value,
                                "detail": detail, "time": iso_time(when),
                                "type": rec.request.type, "id": rec.seq,
@@ -336,7 +375,8 @@ class ServiceManager:
         """
         with self._lock:
             followed = {job.name for job in self._jobs.values()
-                        if job.job_id is not None and not job.ended}
+                        if (job.job_id is not None and not job.ended)
+                        or job.replaced_job is not None}
         forgotten, forgot_rows = self.rm.forget_released(keep=followed.__contains__)
         forgot_rows.wait()  # housekeeping runs on its own thread
         if not forgotten:
@@ -363,8 +403,9 @@ class ServiceManager:
         # teardown freed the resources.
         since = self.clock() - FOLLOW_RELEASED
         with self._lock:
-            unfinished = [j for j in self._jobs.values() if j.job_id is not None
-                          and (not j.ended or (j.state != GONE and j.updated > since))]
+            unfinished = [j for j in self._jobs.values() if j.replaced_job is not None
+                          or (j.job_id is not None
+                              and (not j.ended or (j.state != GONE and j.updated > since)))]
         for job in unfinished:
             released = self.rm.get(job.name)
             if released is not None and released.state == State.RELEASED \
@@ -384,6 +425,10 @@ class ServiceManager:
         assert self.slurm is not None
         now = self.clock()
         user, partition = rec.request.user, self.config.datanode_partition
+        if job.replaced_job is not None:
+            job = self._finish_replacement(rec, job, jobs, now)
+            if rec.state == State.RELEASED and job.job_id is None:
+                return  # released during its replacement: nothing to submit
         if job.job_id is None:
             found = jobs.adoptable(job.tag, user, partition, f"service {rec.name}")
             if found is not None:
@@ -418,6 +463,10 @@ class ServiceManager:
                                nodes=",".join(seen.nodes), exit_code=seen.exit_code)
         elif gone := gone_reason(job.state, job.updated, now, taken=taken):
             job = self._update(job, state=GONE, reason=gone)
+        if seen is not None and (waited := stuck_for(rec, job, now,
+                                                     self.config.stuck_job_timeout)):
+            self._replace(rec, job, waited, jobs, now)
+            return
         # PENDING without its reservation: its setup can only fail (the job held forever).
         orphan = rec.state == State.RELEASED and job.state == "PENDING"
         if (job.release_requested or orphan) and not job.ended:
@@ -446,12 +495,75 @@ class ServiceManager:
             except NotFound:
                 pass
 
+    # --- replacing a bound job Slurm keeps PENDING (stuck_job_timeout) -------------
+
+    def _replace(self, rec: Reservation, job: ServiceJob, waited: float, jobs: JobIndex,
+                 now: float) -> None:
+        """Replace the service's job, keeping the reservation; each step durable first.
+
+        1. The record forgets the job and names it ``replaced_job`` (still to cancel),
+           with a fresh nonce: the new job's tag is one the old job does not carry, so
+           the old one is never adopted or confirmed as the service's job again.
+        2. The reservation is unbound (FREE, placement kept): the old job's teardown
+           then frees nothing (403), and its setup, should Slurm run it, binds nothing.
+        3. The old job is cancelled (only now: its teardown comes after the unbind).
+        4. The next cycle submits the new job as any first one (adoptable by its tag).
+        A restart after 1, 2 or 3 finishes the rest (``_finish_replacement``).
+        """
+        old = job.job_id
+        assert old is not None
+        servers = ", ".join(p.server for p in rec.placement or ())
+        why = (f"Slurm job {old} stayed PENDING {waited:.0f} s after its burst buffer was set "
+               f"up on {servers} (stuck_job_timeout {self.config.stuck_job_timeout:.0f} s): "
+               "cancelled and replaced by a new job, the reservation kept")
+        log.warning("service %s: %s (replacement %d)", rec.name, why, job.replacements + 1)
+        with self._lock:
+            current = self._jobs.get(job.name, job)
+            ticket = self._save(replace(
+                current, job_id=None, state="", reason="", nodes="", exit_code=None, error="",
+                nonce=secrets.token_hex(8), replaced_job=old,
+                replacements=current.replacements + 1, replaced_why=why, updated=now,
+                state_since=now))
+        ticket.wait()  # durable before the unbind: a restart must know what to finish
+        fault("service_replace_recorded")
+        self.on_replaced()
+        self._finish_replacement(rec, self._jobs[job.name], jobs, now)
+        self.follower.wake()
+
+    def _finish_replacement(self, rec: Reservation, job: ServiceJob, jobs: JobIndex,
+                            now: float) -> ServiceJob:
+        """Unbind from the replaced job and cancel it; forget it once Slurm ended it."""
+        old = job.replaced_job
+        assert old is not None
+        if rec.state == State.ALLOCATED and rec.bound_job == old:
+            # Durable before the cancel: the cancel brings the old job's teardown.
+            self.rm.unbind(rec.name, old).wait()
+            fault("service_replace_unbound")
+        seen = jobs.by_id.get(old)
+        key = (rec.name, old)
+        base = job_tag(rec.name, rec.seq)  # the replaced job's tag, but for its old nonce
+        # Still the replaced job (not an id Slurm gave to another job) and not ended?
+        if seen is None or seen.is_terminal or seen.name != rec.name \
+                or not (seen.comment == base or seen.comment.startswith(base + ":")) \
+                or not seen.runs_as(rec.request.user, self.config.datanode_partition):
+            self._cancels.forget(key)
+            return self._update(job, replaced_job=None)
+        if self._cancels.due(key, now):
+            log.info("service %s: cancelling Slurm job %d (replaced)", rec.name, old)
+            self.slurm.cancel(old, signal="SIGKILL")  # type: ignore[union-attr]
+            self._cancels.record(key, now)
+            fault("service_replace_cancelled")
+        return job
+
     def _update(self, job: ServiceJob, **changes: Any) -> ServiceJob:
         if all(getattr(job, k) == v for k, v in changes.items()):
             return job
         with self._lock:
             current = self._jobs.get(job.name, job)
-            new = replace(current, **changes, updated=self.clock())
+            now = self.clock()
+            if changes.get("state", current.state) != current.state:
+                changes["state_since"] = now
+            new = replace(current, **changes, updated=now)
             self._save(new)
         if "state" in changes:
             log.info("service %s: Slurm job %s %s%s", job.name, new.job_id, new.state,

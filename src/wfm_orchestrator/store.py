@@ -141,6 +141,15 @@ MIGRATIONS: list[str] = [
         since     REAL NOT NULL
     )
     """,
+    # 9: a bound service job Slurm kept PENDING is replaced (stuck_job_timeout): when the
+    # job entered its Slurm state (NULL in rows stored before: their 'updated' counts),
+    # the replaced job still to be cancelled, and how many were replaced and the last why
+    """
+    ALTER TABLE service_job ADD COLUMN state_since REAL;
+    ALTER TABLE service_job ADD COLUMN replaced_job INTEGER;
+    ALTER TABLE service_job ADD COLUMN replacements INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE service_job ADD COLUMN replaced_why TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 

@@ -10,7 +10,8 @@ import functools
 import os
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -150,3 +151,38 @@ def wait_for_file(path: str, timeout: float = 15.0) -> str:
 
 def devcluster(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([DEVCLUSTER, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def node_taken(node: str, user: str, partition: str, timeout: float = 60) -> Iterator[int]:
+    """Every CPU ``node`` has free taken by a job of ``user`` (RUNNING when this returns,
+    cancelled at the end): a job pinned to ``node`` meanwhile waits PENDING (Resources),
+    and Slurm sets its burst buffer up while it waits (docs/slurm.md, "A job pinned to a
+    busy node"). Its time limit lets the scheduler plan the waiting job's start (Slurm
+    sets up only a job with a planned start) and is short, 2 min: a slurmctld killed
+    soon after the cancel, before it saved it, brings the job back RUNNING until then."""
+    info = slurm_cmd("scontrol", "show", "node", "-o", node).stdout
+    idle = int(re.search(r"CPUTot=(\d+)", info).group(1)) \
+        - int(re.search(r"CPUAlloc=(\d+)", info).group(1))
+    assert idle > 0, f"{node} has no idle CPU to take: {info}"
+    out = slurm_cmd("sbatch", "--parsable", f"--partition={partition}", f"--nodelist={node}",
+                    "--nodes=1", "--ntasks=1", f"--cpus-per-task={idle}", "--mem=100",
+                    "--time=2", "--output=/dev/null", "--wrap", "sleep 120", user=user)
+    assert out.returncode == 0, f"sbatch on {node} as {user}: {out.stderr}"
+    job_id = int(out.stdout.strip().split(";")[0])
+    state = [""]
+
+    def in_state(*wanted: str) -> bool:
+        out = slurm_cmd("squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T")
+        state[0] = out.stdout.strip()
+        return state[0] in wanted
+
+    try:
+        poll_until(lambda: in_state("RUNNING"), f"job {job_id} taking {node}: expected "
+                   "RUNNING", timeout, 0.5, last=lambda: state[0])
+        yield job_id
+    finally:
+        slurm_cmd("scancel", str(job_id))
+        # Gone from the node before the next test, which may kill slurmctld.
+        poll_until(lambda: in_state("CANCELLED", "COMPLETED", ""), f"job {job_id} ended",
+                   timeout, 0.5, last=lambda: state[0])

@@ -202,6 +202,37 @@ def stop(server: Orchestrator, timeout: float = 30.0) -> None:
             server.proc.wait(10)
 
 
+@contextmanager
+def reloaded_with(server: Orchestrator, key: str, value: str,
+                  timeout: float = 30.0) -> Iterator[None]:
+    """Run ``server`` with setting ``key = value`` (one of config.RELOADABLE) for as long as
+    the ``with`` lasts: written into its wfm.conf and reloaded (SIGHUP, as an administrator
+    would), then put back and reloaded again. A restart meanwhile keeps it (same file)."""
+    with open(server.config_path, encoding="utf-8") as fh:
+        original = fh.read()
+
+    def reload(text: str, was: str) -> None:
+        with open(server.config_path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        said = len(re.findall(rf"reload: {key} = ", server.log()))
+        server.proc.send_signal(signal.SIGHUP)
+        poll_until(lambda: len(re.findall(rf"reload: {key} = ", server.log())) > said,
+                   f"the orchestrator reloads {key} ({was})", timeout,
+                   last=lambda: server.log()[-2000:])
+
+    kept = [line for line in original.splitlines(keepends=True)
+            if line.split("=", 1)[0].strip() != key]
+    reload("".join(kept) + f"{key} = {value}\n", f"to {value}")
+    try:
+        yield
+    finally:
+        if server.proc.poll() is None:
+            reload(original, "back")
+        else:
+            with open(server.config_path, "w", encoding="utf-8") as fh:
+                fh.write(original)
+
+
 def _locked(lock) -> bool:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

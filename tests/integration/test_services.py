@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -17,7 +19,8 @@ import pytest
 from tests.poll import poll_until
 from wfm_orchestrator.slurm import JobSpec, use_directive
 
-from .minicluster import user_token
+from .minicluster import node_taken, user_token
+from .orchestrator import reloaded_with
 
 pytestmark = pytest.mark.integration
 SERVICES_ROOT = "/var/tmp/wfm-services"  # noqa: S108 - the mini-cluster's service areas
@@ -162,3 +165,50 @@ def test_step_job_naming_a_service_sees_its_access_details(orchestrator, slurm_c
     assert env["WFM_SERVICE_0_STATUS"] in ("ALLOCATED", "STAGEDIN")
     release(orchestrator, name)
     wait_status(orchestrator, name, "STOPPED")
+
+
+# Above the 3-18 s Slurm takes between a job's setup (its binding) and its start: a job
+# that starts normally is never replaced.
+STUCK_JOB_TIMEOUT = 30
+
+
+def test_a_bound_job_slurm_keeps_pending_is_replaced_and_the_new_one_runs(
+        orchestrator, slurm_cluster, client):
+    """dn1 taken by bob's job: alice's service job is set up (bound) but cannot start.
+    After stuck_job_timeout it is replaced, its teardown frees nothing; once dn1 is free
+    the new job binds and runs: ALLOCATED, the status says so; release frees all."""
+    before = free_cores(orchestrator, "dn1")
+    name = unique("stuck")
+    replaced = re.compile(rf"service {name}: Slurm job (\d+) stayed PENDING")
+    with reloaded_with(orchestrator, "stuck_job_timeout", str(STUCK_JOB_TIMEOUT)):
+        with node_taken("dn1", "bob", slurm_cluster.datanode_partition):
+            reserve(orchestrator, name, location=["loc1"])
+            st = wait_status(orchestrator, name, "STAGEDIN")  # bound, pending
+            first = int(re.search(r"Slurm job (\d+) pending", st["detail"]).group(1))
+            poll_until(lambda: replaced.search(orchestrator.log()),
+                       f"service {name}: job {first} replaced", STUCK_JOB_TIMEOUT + 60, 0.5,
+                       last=lambda: orchestrator.log()[-3000:])
+        st = wait_status(orchestrator, name, "ALLOCATED", timeout=120)
+    log = orchestrator.log()
+    olds = [int(j) for j in replaced.findall(log)]
+    assert olds[0] == first and f"[recovered {len(olds)} time" in st["detail"], st
+    assert f"Slurm job {olds[-1]} stayed PENDING" in st["detail"]
+    [live] = [j for j in client.jobs() if j.name == name and j.is_active]
+    assert live.job_id not in olds and live.user == "alice" and live.nodes == ("dn1",)
+    assert re.findall(rf"reservation {name} bound by job (\d+)", log) == \
+        [str(j) for j in [*olds, live.job_id]]  # each job bound once, the live one last
+    # Each old job's teardown (its cancel) was refused: it bound nothing any more.
+    teardowns = re.findall(rf" DELETE /v2\.0\.0/server/allocation/{name} (\d{{3}}) ", log)
+    assert teardowns.count("403") >= 1 and "200" not in teardowns, teardowns
+    for old in olds:
+        code, answer = orchestrator.get(
+            f"/server/allocation/{name}?job_id={old}&uid={pwd.getpwnam('alice').pw_uid}")
+        assert code == 403 and answer["field"] == "job_id", answer  # never binds again
+    metrics = urllib.request.urlopen(  # noqa: S310 - http://127.0.0.1:8080
+        f"{orchestrator.url}/metrics", timeout=10).read()
+    assert re.search(rb"^wfm_service_jobs_replaced_total [1-9]", metrics, re.M), metrics
+    release(orchestrator, name)
+    wait_status(orchestrator, name, "STOPPED")
+    poll_until(lambda: free_cores(orchestrator, "dn1") == before, "dn1's cores free", 60, 0.5)
+    poll_until(lambda: not [j for j in client.jobs() if j.name == name and j.is_active],
+               f"no job of {name} left", 90, 0.5)

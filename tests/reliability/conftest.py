@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.conftest import client  # noqa: F401 - registered for this directory
 from tests.integration.minicluster import user_token
+from tests.integration.orchestrator import reloaded_with
 
 from .cluster import (
     clean_up,
@@ -34,6 +35,15 @@ def created(orchestrator, client):  # noqa: F811 - the fixture imported above
     done = clean_up(orchestrator, client, made["services"], made["steps"])
     if done:
         print(f"[reliability] clean-up after the test: {'; '.join(done)}")
+
+
+@pytest.fixture
+def stuck_job_timeout(orchestrator):
+    """The session orchestrator replaces a service job Slurm keeps PENDING after its
+    binding 30 s later (stuck_job_timeout, set by a reload) for the test; put back after.
+    30 s: above the 3-18 s a normal job takes from its binding to its start."""
+    with reloaded_with(orchestrator, "stuck_job_timeout", "30"):
+        yield 30
 
 
 @pytest.fixture(scope="module")

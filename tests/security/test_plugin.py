@@ -15,6 +15,8 @@ import re
 
 import pytest
 
+from tests.integration.minicluster import node_taken
+from tests.integration.orchestrator import reloaded_with
 from tests.poll import poll_until
 
 from .conftest import (
@@ -23,6 +25,7 @@ from .conftest import (
     cancel,
     job_info,
     live_job_of,
+    placement_of,
     request,
     reserve_body,
     roles,
@@ -218,5 +221,41 @@ def test_refused_jobs_leave_bob_able_to_bind_his_next_service(orchestrator, alic
         cancel(job.job_id)
         wait_status(orchestrator, name, "ALLOCATED")
         assert live_job_of(name)["UserId"].startswith(f"{BOB}(")
+    finally:
+        orchestrator.delete(f"/ephemeralservice/release/{name}")
+
+
+def test_a_replaced_job_neither_binds_nor_releases_bobs_reservation(orchestrator,
+                                                                    slurm_cluster):
+    """alice's job takes dn1: bob's service job is set up (binds) and stays PENDING; after
+    stuck_job_timeout the orchestrator replaces it. The old job's teardown (its cancel)
+    releases nothing (403 ``job_id``: the plugin logs "nothing released"), its setup sent
+    again as the plugin would binds nothing (403 ``job_id``); bob's reservation keeps its
+    placement and his new job binds it once dn1 is free."""
+    name = unique("stuckvictim")
+    since = log_end()
+    body = {**reserve_body(name, BOB), "location": ["loc1"]}
+    try:
+        with reloaded_with(orchestrator, "stuck_job_timeout", "30"), \
+                node_taken("dn1", ALICE, slurm_cluster.datanode_partition):
+            code, answer = orchestrator.post("/ephemeralservice/reserve", body)
+            assert code == 200, answer
+            st = wait_status(orchestrator, name, "STAGEDIN")  # bound, kept PENDING
+            old = int(re.search(r"Slurm job (\d+) pending", st["detail"]).group(1))
+            state, seq, placement = placement_of(orchestrator, name)
+            assert state == "ALLOCATED"
+            line = teardown_logged(old, since, timeout=120)  # replaced, then cancelled
+            assert "nothing released" in line and "reservation released" not in line, line
+            # Unbound before the cancel, never released (the new job may have bound it).
+            now, *kept = placement_of(orchestrator, name)
+            assert now in ("FREE", "ALLOCATED") and kept == [seq, placement], (now, kept)
+            code, answer = orchestrator.get(
+                f"/server/allocation/{name}?job_id={old}&uid={uid_of(BOB)}")
+            assert code == 403 and answer["field"] == "job_id", answer
+            assert "not the service job the orchestrator submitted" in answer["message"]
+        wait_status(orchestrator, name, "ALLOCATED")
+        assert placement_of(orchestrator, name) == ("ALLOCATED", seq, placement)
+        live = live_job_of(name)
+        assert live["UserId"].startswith(f"{BOB}(") and int(live["JobId"]) != old
     finally:
         orchestrator.delete(f"/ephemeralservice/release/{name}")

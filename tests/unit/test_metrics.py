@@ -139,6 +139,15 @@ def test_commit_batches_are_counted(app_factory):
     assert value(m, "wfm_store_commit_failures_total") == 0
 
 
+def test_each_replaced_service_job_is_counted(app_factory):
+    """The service manager's replacement callback (stuck_job_timeout) feeds the counter."""
+    client, _, _ = app_factory()
+    assert value(scrape(client), "wfm_service_jobs_replaced_total") == 0
+    client.services.on_replaced()
+    client.services.on_replaced()
+    assert value(scrape(client), "wfm_service_jobs_replaced_total") == 2
+
+
 def test_a_failing_commit_observer_does_not_stop_the_writer(app_factory):
     """The store calls its observer after each batch; an observer that raises is logged."""
     client, rm, store = app_factory()

@@ -124,6 +124,7 @@ class Metrics:
         self._counts_lock = threading.Lock()
         self.slurm_errors: dict[tuple[str, str], int] = {}
         self.commit_failures = 0
+        self.jobs_replaced = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.datanodes: DatanodeLines | None = None
         self._routes: dict[str | None, str] = {}
@@ -151,11 +152,16 @@ class Metrics:
             with self._counts_lock:
                 self.commit_failures += 1
 
+    def observe_replaced(self) -> None:
+        with self._counts_lock:
+            self.jobs_replaced += 1
+
     def watch(self, rm: ResourceManager, services: ServiceManager,
               steps: StepManager | None) -> None:
         """Hook the use cases' callbacks and register the scrape-time collectors."""
         rm.on_held = self.observe_held
         rm.store.on_commit = self.observe_commit
+        services.on_replaced = self.observe_replaced
         slurm = services.slurm
         if isinstance(slurm, SlurmClient):
             slurm.observe = self.observe_slurm
@@ -201,6 +207,7 @@ class Metrics:
         with self._counts_lock:
             counted = sorted(self.slurm_errors.items())
             failures = self.commit_failures
+            replaced = self.jobs_replaced
         for (operation, error), n in counted:
             errors.add_metric([operation, error], n)
         yield errors
@@ -211,6 +218,9 @@ class Metrics:
         yield CounterMetricFamily("wfm_store_commit_failures", "Group commits the state "
                                   "database refused (their requests were answered 500)",
                                   value=failures)
+        yield CounterMetricFamily("wfm_service_jobs_replaced", "Service jobs Slurm kept "
+                                  "PENDING after their binding, cancelled and replaced "
+                                  "(stuck_job_timeout)", value=replaced)
 
 
 class _EventCollector:
