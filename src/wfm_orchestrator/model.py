@@ -77,7 +77,8 @@ class ServiceStatus(enum.StrEnum):
 def check_name(value: Any, field: str = "name") -> str:
     if not isinstance(value, str):
         raise InvalidRequest(field, f"expected a string ({NAME_RULE})")
-    if not NAME_RE.match(value) or ".." in value:
+    # fullmatch: '$' would let a trailing newline through.
+    if not NAME_RE.fullmatch(value) or ".." in value:
         raise InvalidRequest(field, f"invalid name {_shown(value)}: expected {NAME_RULE}")
     return value
 
@@ -85,9 +86,14 @@ def check_name(value: Any, field: str = "name") -> str:
 def check_user(value: Any, field: str = "user") -> str:
     if not isinstance(value, str):
         raise InvalidRequest(field, f"expected a string ({USER_RULE})")
-    if not USER_RE.match(value) or ".." in value:
+    if not is_user_name(value):
         raise InvalidRequest(field, f"invalid user {_shown(value)}: expected {USER_RULE}")
     return value
+
+
+def is_user_name(value: str) -> bool:
+    """Could ``value`` be a user name (check_user would accept it)?"""
+    return USER_RE.fullmatch(value) is not None and ".." not in value
 
 
 def _shown(value: str) -> str:
