@@ -260,6 +260,10 @@ SETTINGS: dict[str, Setting] = {
         "604800", _retention, "seconds a released reservation stays listed (STOPPED) before "
         "it is forgotten: removed from memory, the status lists and the state database"
     ),
+    "step_retention": Setting(
+        "604800", _retention, "seconds an ended step stays listed before it is forgotten with "
+        "its data movers: removed from memory, the step lists and the state database"
+    ),
     "teardown_grace": Setting(
         "60", _seconds, "seconds the burst-buffer teardown has, after a service job ended, to "
         "delete its reservation before the orchestrator frees it itself"
@@ -701,7 +705,7 @@ def describe(config: Config) -> str:
 # Flavor, Datanode, EphemeralService, Tier, Limit) is reloaded.
 RELOADABLE = frozenset({"placement_policy", "queue_policy", "limit_policy", "backfill_window",
                         "released_retention", "teardown_grace", "unclaimed_timeout",
-                        "release_timeout"})
+                        "release_timeout", "step_retention"})
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:

@@ -221,6 +221,23 @@ def stubs(tmp_path):
     return path, calls, tmp_path
 
 
+# --- test_step_retention.py ---
+
+
+@pytest.fixture
+def stepped(env):
+    """(config, make, manager, slurm, services, clock): a step manager on a fake Slurm, fake
+    services and a clock the test moves (``make`` restarts it on the same database)."""
+    from ..fake_slurm import FakeServices, FakeSlurm
+    from ..jwks_fixture import FakeClock
+
+    config, make = env
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    m = make(slurm, services)
+    m.clock = FakeClock(1_000_000.0)
+    return config, make, m, slurm, services, m.clock
+
+
 # --- test_session_manager_jobs.py ---
 
 
