@@ -7,12 +7,11 @@ import sqlite3
 
 from falcon import testing
 
+from tests.poll import poll_until
 from wfm_orchestrator.api import create_app
 from wfm_orchestrator.resource_manager import ResourceManager
 from wfm_orchestrator.services import ServiceManager
 from wfm_orchestrator.steps import manager as step_manager
-
-from tests.poll import poll_until
 from wfm_orchestrator.store import Store
 
 from ..conftest import STEP_BODY as BODY
