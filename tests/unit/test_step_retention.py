@@ -107,6 +107,22 @@ def test_rows_go_in_batches_and_every_one_goes(stepped, monkeypatch):
         assert conn.execute("SELECT count(*) FROM step_job").fetchone()[0] == 0
 
 
+def test_the_cursor_of_a_forgotten_step_still_works(stepped):
+    """A page of the step list taken before a step is forgotten: its cursor (the forgotten
+    step's key) still says where the next page starts."""
+    config, make, m, slurm, services, clock = stepped
+    for i in range(4):
+        completed(m, slurm, services, {**BODY, "name": f"alice_s1_step_{i}"})
+        clock.now += 1
+    first = m.page(None, 2)
+    assert [s["name"] for s in first.items] == ["alice_s1_step_0", "alice_s1_step_1"]
+    clock.now += config.step_retention - 2.5  # steps 0 and 1 ended long enough ago
+    assert m.forget_ended() == ["alice_s1_step_0", "alice_s1_step_1"]
+    rest = m.page(first.next, 2)
+    assert [s["name"] for s in rest.items] == ["alice_s1_step_2", "alice_s1_step_3"]
+    assert rest.next is None
+
+
 def test_a_name_launched_again_keeps_none_of_the_forgotten_steps_jobs(stepped):
     """A new step under a forgotten name starts without jobs, in memory and after a
     restart (its launch clears rows the forgotten one may have left)."""
