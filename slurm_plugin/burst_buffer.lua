@@ -96,11 +96,21 @@ M.DEFAULTS = {
 	scontrol = "scontrol",
 	scancel = "scancel",
 }
+-- A service for the length of one job (issue #18): "#BB_LUA wfm_job type=... ...".
+M.MAX_JOB_SERVICES = 16
+M.JOB_TYPES = { SBB = true, NFS = true, GBF = true, DASI = true }
+-- Types sized globally (gssize over servers) that mount somewhere: as the API says.
+M.GLOBAL_TYPES = { NFS = true, GBF = true, DASI = true }
+M.SHORT_MAX = 32
+M.MAX_SERVERS = 4096
+M.MAX_CORES = 1024
+M.LIMITS_VERSION = 1
 M.CACHE_VERSION = 1
 M.API_ALLOCATION = "/v2.0.0/server/allocation/"
 M.API_STATUS = "/v1.0.0/ephemeralservice/status/"
 M.API_STATUSES = "/v1.0.0/ephemeralservice/status"
 M.API_RELEASE = "/v1.0.0/ephemeralservice/release/"
+M.API_JOBSERVICE = "/v2.0.0/server/jobservice"
 
 ---------------------------------------------------------------------------
 -- Small helpers
@@ -613,6 +623,8 @@ local CONF_KEYS = {
 		return v
 	end,
 }
+-- The orchestrator's limits file (plugin_limits_file in wfm.conf), read at submission.
+CONF_KEYS.limits_file = CONF_KEYS.token_file
 CONF_KEYS.scontrol = CONF_KEYS.curl
 CONF_KEYS.scancel = CONF_KEYS.curl
 
@@ -691,7 +703,256 @@ end
 local DIRECTIVE_KEYS = {
 	wfm_service = { name = true },
 	wfm_use = { name = true, hint = true },
+	-- The keys of the reserve request (issue #18); name is the short name.
+	wfm_job = { type = true, name = true, servers = true, location = true, flavor = true,
+		cores = true, msize = true, ssize = true, gssize = true, targets = true,
+		mountpoint = true },
 }
+
+local function count_in(v, lo, hi)
+	local n = v:match("^%d+$") and tonumber(v)
+	return n and n >= lo and n <= hi and n or nil
+end
+
+local UNIT_EXP = { K = 1, M = 2, G = 3, T = 4, P = 5 }
+
+-- A size as the API accepts it: whole MB, or a number with a unit K, M, G, T, P
+-- (then B or iB allowed; binary multiples). Returns the MB (rounded up, as the
+-- orchestrator rounds a demand) and the value to send (a number of MB, or the text,
+-- which the orchestrator parses itself), or nil, why.
+function M.size_mb(v)
+	if v:match("^%d+$") then
+		local n = tonumber(v)
+		if n > 2 ^ 53 then
+			return nil, "is larger than the largest size accepted"
+		end
+		return n, n
+	end
+	local number, unit, suffix = v:match("^(%d+%.?%d*)([KMGTPkmgtp])(%a*)$")
+	if not number or number:match("%.$") or (suffix ~= "" and suffix ~= "B" and suffix ~= "iB") then
+		return nil, "is not a size (whole MB, or a number with a unit K, M, G, T or P: 512, 10G, 1.5TB, 2TiB)"
+	end
+	local exp = UNIT_EXP[unit:upper()]
+	local bytes = math.ceil(tonumber(number) * 1024 ^ exp)
+	if bytes > 2 ^ 60 then
+		return nil, "is larger than 1 EiB"
+	end
+	return math.ceil(bytes / 1048576), v
+end
+
+local function split_commas(v)
+	local out = {}
+	for item in (v .. ","):gmatch("([^,]*),") do
+		out[#out + 1] = item
+	end
+	return out
+end
+
+-- Check a wfm_job line's keys (d, as parsed) by the reserve request's rules and build
+-- what setup sends: {keyword, short, type, body = reserve body less name/user/token,
+-- demand = {servers, cores, msize, ssize} per server (flavor: resolved with the
+-- limits file), locations}. Returns it or nil, why (naming the key).
+function M.check_job_line(d)
+	local w = "wfm_job: "
+	if not d.type then
+		return nil, w .. "missing type=<SBB|NFS|GBF|DASI>"
+	end
+	if not M.JOB_TYPES[d.type] then
+		return nil, w .. "type '" .. printable(d.type, 20) .. "' must be SBB, NFS, GBF or DASI"
+	end
+	local line = { keyword = "wfm_job", type = d.type, short = d.name }
+	if d.name and (#d.name > M.SHORT_MAX or not d.name:match("^[A-Za-z][A-Za-z0-9%-]*$")) then
+		return nil, w .. "name '" .. printable(d.name, 40) .. "' must be 1 to " .. M.SHORT_MAX
+			.. " letters, digits or '-', starting with a letter"
+	end
+	for _, key in ipairs({ "location", "flavor", "targets", "mountpoint" }) do
+		if d[key] == "" then
+			return nil, w .. key .. " is empty"
+		end
+	end
+	if d.flavor then
+		for _, key in ipairs({ "cores", "msize", "ssize", "gssize" }) do
+			if d[key] then
+				return nil, w .. key .. " is exclusive with flavor (a flavor defines cores, msize and ssize)"
+			end
+		end
+	end
+	if d.ssize and d.gssize then
+		return nil, w .. "ssize is exclusive with gssize"
+	end
+	if M.GLOBAL_TYPES[d.type] then
+		for _, key in ipairs({ "gssize", "mountpoint" }) do
+			if not d[key] then
+				return nil, w .. key .. " is required for type " .. d.type
+			end
+		end
+	elseif d.type == "SBB" then
+		for _, key in ipairs({ "flavor", "targets" }) do
+			if not d[key] then
+				return nil, w .. key .. " is required for type SBB"
+			end
+		end
+	end
+	local servers = 1
+	if d.servers then
+		servers = count_in(d.servers, 1, M.MAX_SERVERS)
+		if not servers then
+			return nil, w .. "servers '" .. printable(d.servers, 20) .. "' must be a whole number from 1 to " .. M.MAX_SERVERS
+		end
+	end
+	local attrs, demand = {}, { servers = servers, cores = 1, msize = 0, ssize = 0 }
+	if d.flavor then
+		if not d.flavor:match("^[A-Za-z0-9_.%-]+$") then
+			return nil, w .. "flavor '" .. printable(d.flavor, 40) .. "' is not a flavor name"
+		end
+		attrs.flavor = d.flavor
+		demand.flavor = d.flavor
+	end
+	if d.cores then
+		local n = count_in(d.cores, 0, M.MAX_CORES)
+		if not n then
+			return nil, w .. "cores '" .. printable(d.cores, 20) .. "' must be a whole number from 0 to " .. M.MAX_CORES
+		end
+		attrs.cores, demand.cores = n, n
+	end
+	for _, key in ipairs({ "msize", "ssize", "gssize" }) do
+		if d[key] then
+			local mb, sent = M.size_mb(d[key])
+			if not mb then
+				return nil, w .. key .. " '" .. printable(d[key], 20) .. "' " .. sent
+			end
+			attrs[key] = sent
+			if key == "gssize" then
+				demand.ssize = math.ceil(mb / servers)
+			else
+				demand[key] = mb
+			end
+		end
+	end
+	if d.targets then
+		local list = split_commas(d.targets)
+		for _, t in ipairs(list) do
+			if t == "" then
+				return nil, w .. "targets has an empty pattern (patterns are separated by ',')"
+			end
+		end
+		attrs.targets = json.array(list)
+	end
+	if d.mountpoint then
+		if d.mountpoint:sub(1, 1) ~= "/" then
+			return nil, w .. "mountpoint '" .. printable(d.mountpoint, 40) .. "' must be an absolute path"
+		end
+		attrs.mountpoint = d.mountpoint
+	end
+	local locations = {}
+	if d.location then
+		locations = split_commas(d.location)
+		for _, loc in ipairs(locations) do
+			if not loc:match("^[A-Za-z0-9_.%-]+$") then
+				return nil, w .. "location '" .. printable(d.location, 40) .. "' must be location names separated by ','"
+			end
+		end
+	end
+	line.demand, line.locations = demand, locations
+	line.body = { type = d.type, servers = servers, attributes = attrs }
+	if d.name then
+		line.body.name = d.name
+	end
+	if #locations > 0 then
+		line.body.location = json.array(locations)
+	end
+	return line
+end
+
+-- Can this wfm_job line ever fit the cluster the limits file describes (all its
+-- datanodes empty)? The orchestrator's rule (fits_ever): `servers` candidate
+-- datanodes (the requested locations and their neighbours, or all) each holding the
+-- per-server demand. Returns true or nil, why (naming the key).
+function M.check_job_fits(line, limits)
+	local w = "wfm_job: "
+	local known = {}
+	for _, t in ipairs(limits.types or {}) do
+		known[t] = true
+	end
+	if not known[line.type] then
+		return nil, w .. "type " .. line.type .. " is not served by this cluster"
+	end
+	local demand = line.demand
+	local cores, msize, ssize = demand.cores, demand.msize, demand.ssize
+	if demand.flavor then
+		local f = (limits.flavors or {})[demand.flavor]
+		if type(f) ~= "table" then
+			local names = {}
+			for n in pairs(limits.flavors or {}) do
+				names[#names + 1] = n
+			end
+			table.sort(names)
+			return nil, w .. "unknown flavor '" .. demand.flavor .. "' (valid: "
+				.. (#names > 0 and table.concat(names, ", ") or "none configured") .. ")"
+		end
+		cores, msize, ssize = f.cores, f.msize, f.ssize
+	end
+	local wanted
+	if #line.locations > 0 then
+		wanted = {}
+		for _, loc in ipairs(line.locations) do
+			local near = (limits.locations or {})[loc]
+			if type(near) ~= "table" then
+				local names = {}
+				for n in pairs(limits.locations or {}) do
+					names[#names + 1] = n
+				end
+				table.sort(names)
+				return nil, w .. "unknown location '" .. loc .. "' (valid: "
+					.. (#names > 0 and table.concat(names, ", ") or "none configured") .. ")"
+			end
+			wanted[loc] = true
+			for _, n in ipairs(near) do
+				wanted[n] = true
+			end
+		end
+	end
+	local candidates, enough = 0, 0
+	local most = { cores = 0, msize = 0, ssize = 0 }
+	for _, dn in ipairs(limits.datanodes or {}) do
+		if not wanted or wanted[dn.location] then
+			candidates = candidates + 1
+			for k in pairs(most) do
+				most[k] = math.max(most[k], tonumber(dn[k]) or 0)
+			end
+			if dn.cores >= cores and dn.msize >= msize and dn.ssize >= ssize then
+				enough = enough + 1
+			end
+		end
+	end
+	if enough >= demand.servers then
+		return true
+	end
+	return nil, string.format("%scan never fit: it needs %d datanode(s) with %d cores, %d MB of"
+		.. " memory and %d MB of storage each in %s; the %d candidate datanodes offer at most %d"
+		.. " cores, %d MB of memory and %d MB of storage each, and %d of them all of it",
+		w, demand.servers, cores, msize, ssize,
+		#line.locations > 0 and table.concat(line.locations, ",") or "any location",
+		candidates, most.cores, most.msize, most.ssize, enough)
+end
+
+-- The limits file, or nil, why (then only the syntax is checked at submission).
+function M.read_limits(cfg)
+	if not cfg.limits_file then
+		return nil, "no limits_file configured"
+	end
+	local text, err = M.read_file(cfg.limits_file)
+	if not text then
+		return nil, "cannot read limits_file " .. cfg.limits_file .. ": " .. tostring(err)
+	end
+	local limits, derr = json.decode(text)
+	if type(limits) ~= "table" or limits.version ~= M.LIMITS_VERSION
+		or type(limits.datanodes) ~= "table" then
+		return nil, "limits_file " .. cfg.limits_file .. " is not a version "
+			.. M.LIMITS_VERSION .. " limits file" .. (derr and (": " .. derr) or "")
+	end
+	return limits
+end
 
 -- Parse one directive body (the text after "#BB_LUA"). Returns
 -- {keyword=, name=, hint=} or nil, why.
@@ -711,10 +972,10 @@ function M.parse_directive(body)
 	if not allowed then
 		if keyword:sub(1, 4) == "wfm_" then
 			return nil, "unknown directive '" .. printable(keyword, 40)
-				.. "' (expected wfm_service or wfm_use)"
+				.. "' (expected wfm_service, wfm_use or wfm_job)"
 		end
 		return nil, "'" .. M.DIRECTIVE .. " " .. printable(keyword, 40)
-			.. "' is not handled by this burst buffer plugin: only wfm_service, wfm_use and"
+			.. "' is not handled by this burst buffer plugin: only wfm_service, wfm_use, wfm_job and"
 			.. " the Session Manager's '<SBB|GBF|NFS|DASI> create_persistent|use_persistent|"
 			.. "destroy_persistent Name=<service>' are supported"
 	end
@@ -732,6 +993,9 @@ function M.parse_directive(body)
 			return nil, keyword .. ": key '" .. key .. "' given twice"
 		end
 		d[key] = value
+	end
+	if keyword == "wfm_job" then
+		return M.check_job_line(d)
 	end
 	if not d.name then
 		return nil, keyword .. ": missing name=<service name>"
@@ -806,6 +1070,7 @@ function M.parse_directives(text)
 	local prefix = M.DIRECTIVE
 	local service, uses, used = nil, {}, {}
 	local sm_job  -- a create_persistent or destroy_persistent line
+	local jobs, shorts = {}, {}  -- wfm_job lines, their short names (upper case)
 	local n = 0
 	for line in (text .. "\n"):gmatch("([^\n]*)\n") do
 		n = n + 1
@@ -832,6 +1097,20 @@ function M.parse_directives(text)
 				end
 				sm_job = { kind = d.op == "create_persistent" and "create" or "destroy",
 					name = d.name, type = d.type }
+			elseif d.keyword == "wfm_job" then
+				if #jobs >= M.MAX_JOB_SERVICES then
+					return nil, string.format("line %d: wfm_job: more than %d services", n, M.MAX_JOB_SERVICES)
+				end
+				if #jobs > 0 and (not d.short or not jobs[1].short) then
+					return nil, string.format("line %d: wfm_job: a job with several wfm_job lines names each (name=<short name>)", n)
+				end
+				if d.short and shorts[d.short:upper()] then
+					return nil, string.format("line %d: wfm_job: name '%s' is given twice (names are compared without case)", n, d.short)
+				end
+				if d.short then
+					shorts[d.short:upper()] = true
+				end
+				jobs[#jobs + 1] = d
 			elseif d.keyword == "wfm_service" then
 				if service then
 					return nil, string.format("line %d: a job may carry only one wfm_service directive", n)
@@ -853,10 +1132,16 @@ function M.parse_directives(text)
 			if sm_job and (service or #uses > 0) then
 				return nil, string.format("line %d: a %s_persistent job carries no other directive", n, sm_job.kind)
 			end
+			if #jobs > 0 and (service or #uses > 0 or sm_job) then
+				return nil, string.format("line %d: wfm_job lines cannot be mixed with other directives (a job uses persistent services or its own)", n)
+			end
 		end
 	end
 	if sm_job then
 		return sm_job
+	end
+	if #jobs > 0 then
+		return { kind = "job", services = jobs }
 	end
 	if service then
 		return { kind = "service", name = service }
@@ -865,13 +1150,19 @@ function M.parse_directives(text)
 		return { kind = "step", services = uses }
 	end
 	return nil, "no '" .. prefix .. " wfm_service', '" .. prefix
-		.. " wfm_use' or Session Manager ('" .. prefix .. " SBB create_persistent ...') directive"
+		.. " wfm_use', '" .. prefix .. " wfm_job' or Session Manager ('" .. prefix .. " SBB create_persistent ...') directive"
 		.. " in the leading comment block of the job script"
 end
 
 function M.describe_spec(spec)
 	if spec.kind == "service" then
 		return "service " .. spec.name
+	elseif spec.kind == "job" then
+		local names = {}
+		for i, s in ipairs(spec.services) do
+			names[i] = s.type .. (s.short and (":" .. s.short) or "")
+		end
+		return "job-scoped services " .. table.concat(names, ",")
 	elseif spec.kind == "create" or spec.kind == "destroy" then
 		return spec.type .. " " .. spec.kind .. "_persistent " .. spec.name
 	end
@@ -1193,9 +1484,39 @@ function M.remove_cache(cfg, job_id)
 	return true
 end
 
+-- Environment lines of a wfm_job job from its services (issue #18), numbered in the
+-- lines' order, and by short name (upper case, '-' as '_') for the named ones.
+function M.job_env(services)
+	local lines, names = {}, {}
+	lines[#lines + 1] = env_line("WFM_JOB_COUNT", #services)
+	for i, s in ipairs(services) do
+		names[i] = s.name
+	end
+	lines[#lines + 1] = env_line("WFM_JOB_SERVICES", table.concat(names, ","))
+	for i, s in ipairs(services) do
+		if not M.check_name(s.name) then
+			error("cached service name is invalid")
+		end
+		local servers = table.concat(type(s.servers) == "table" and s.servers or {}, ",")
+		local prefixes = { "WFM_JOB_" .. (i - 1) .. "_" }
+		if s.short then
+			prefixes[2] = "WFM_JOB_" .. s.short:upper():gsub("%-", "_") .. "_"
+		end
+		for _, p in ipairs(prefixes) do
+			lines[#lines + 1] = env_line(p .. "NAME", s.name)
+			lines[#lines + 1] = env_line(p .. "TYPE", s.type)
+			lines[#lines + 1] = env_line(p .. "SERVERS", servers)
+			lines[#lines + 1] = env_line(p .. "MOUNTPOINT", s.mountpoint or "")
+		end
+	end
+	return lines
+end
+
 -- Environment lines for a job from its cache record. Pure.
 function M.env_from_cache(rec, job_id)
-	if rec.kind == "service" then
+	if rec.kind == "job" and type(rec.services) == "table" then
+		return M.job_env(rec.services)
+	elseif rec.kind == "service" then
 		local checked, err = M.check_allocation(rec.allocation, rec.name)
 		if not checked then
 			return nil, "cached allocation of job " .. job_id .. ": " .. err
@@ -1235,8 +1556,9 @@ function M.read_token(cfg)
 	return token
 end
 
--- One HTTP request through curl. Returns status, body or nil, err.
-function M.http(cfg, method, path)
+-- One HTTP request through curl, with a JSON body if `body` (text) is given.
+-- Returns status, body or nil, err.
+function M.http(cfg, method, path, body)
 	if not cfg.orchestrator_url then
 		return nil, "orchestrator_url is not set in " .. M.config_path()
 	end
@@ -1245,7 +1567,7 @@ function M.http(cfg, method, path)
 		return nil, terr
 	end
 	local body_file = os.tmpname()
-	local header_file
+	local header_file, data_file
 	local argv = {
 		cfg.curl, "-q", "-sS", "--max-time", tostring(cfg.timeout),
 		"-o", body_file, "-w", HTTP_MARK .. "%{http_code}",
@@ -1266,6 +1588,25 @@ function M.http(cfg, method, path)
 		argv[#argv + 1] = "-H"
 		argv[#argv + 1] = "@" .. header_file
 	end
+	if body then
+		-- Through a file too: the body may be long, and it is data, not an argument.
+		data_file = os.tmpname()
+		local f = io.open(data_file, "wb")
+		if not f then
+			os.remove(body_file)
+			os.remove(data_file)
+			if header_file then
+				os.remove(header_file)
+			end
+			return nil, "cannot write a temporary request body file"
+		end
+		f:write(body)
+		f:close()
+		argv[#argv + 1] = "-H"
+		argv[#argv + 1] = "Content-Type: application/json"
+		argv[#argv + 1] = "--data-binary"
+		argv[#argv + 1] = "@" .. data_file
+	end
 	argv[#argv + 1] = cfg.orchestrator_url .. path
 
 	local status, err
@@ -1284,15 +1625,18 @@ function M.http(cfg, method, path)
 		err = method .. " " .. path .. ": cannot reach the orchestrator at "
 			.. cfg.orchestrator_url .. (msg ~= "" and (": " .. printable(msg, 200)) or "")
 	end
-	local body = M.read_file(body_file) or ""
+	local answer = M.read_file(body_file) or ""
 	os.remove(body_file)
 	if header_file then
 		os.remove(header_file)
 	end
+	if data_file then
+		os.remove(data_file)
+	end
 	if not status then
 		return nil, err
 	end
-	return status, body
+	return status, answer
 end
 
 -- Request paths carrying whom the plugin acts for (issue #15): the
@@ -1313,6 +1657,11 @@ end
 
 function M.release_path(name, job_id, uid)
 	return M.API_RELEASE .. name .. "?job_id=" .. job_id .. "&uid=" .. uid
+end
+
+-- A job's own services (issue #18): reserved for job_id of uid, released for job_id.
+function M.jobservice_path(job_id, uid)
+	return M.API_JOBSERVICE .. "?job_id=" .. job_id .. (uid and ("&uid=" .. uid) or "")
 end
 
 -- The status list, for everybody (uid nil) or for uid's user only.
@@ -1576,9 +1925,136 @@ function M.setup_destroy(cfg, job_id, uid, spec)
 	return true
 end
 
+-- wfm_job (issue #18): reserve each line's service for this job of uid (POST
+-- server/jobservice). The orchestrator asks Slurm whether job_id is uid's and carries
+-- wfm_job, derives the name and answers it; the same line again (setup re-run,
+-- requeue) gets the same reservation. data_in then waits until each is up.
+function M.setup_job(cfg, job_id, uid, spec)
+	local services = {}
+	for i, line in ipairs(spec.services) do
+		local body = assert(json.encode(line.body))
+		local status, answer = M.http(cfg, "POST", M.jobservice_path(job_id, uid), body)
+		if not status then
+			return nil, answer
+		end
+		local what = "wfm_job" .. (line.short and (" name=" .. line.short) or "")
+		if status == 403 then
+			return nil, "job " .. job_id .. " (uid " .. uid .. ") may not have its service ("
+				.. what .. "): " .. (M.error_description(answer) or "refused (HTTP 403)")
+		elseif status ~= 200 then
+			return nil, what .. ": the orchestrator refused it (HTTP " .. status .. ")"
+				.. M.error_text(answer)
+		end
+		local got, derr = json.decode(answer)
+		if type(got) ~= "table" or not M.check_name(got.name) then
+			return nil, what .. ": the orchestrator's answer names no service"
+				.. (derr and (": " .. derr) or "")
+		end
+		services[i] = { name = got.name, short = line.short, type = line.type,
+			mountpoint = type(got.mountpoint) == "string" and got.mountpoint or "",
+			status = got.status }
+		M.log("info", job_id, got.name, "job-scoped service reserved (" .. tostring(got.status) .. ")")
+	end
+	return M.write_cache(cfg, job_id, { version = M.CACHE_VERSION, kind = "job",
+		job_id = job_id, uid = uid, services = json.array(services) })
+end
+
+-- data_in of a wfm_job job: until every service of the job is up (ALLOCATED: its
+-- service job runs on its datanodes), at most cfg.wait seconds, polling every
+-- cfg.poll; a full cluster keeps it here, the service QUEUED in the orchestrator's
+-- order. The cache then holds each service's servers for paths.
+function M.wait_job(cfg, job_id, rec)
+	local uid = tostring(rec.uid)
+	local polls = math.max(1, math.ceil(cfg.wait / cfg.poll))
+	local last = {}
+	for i = 1, polls + 1 do
+		if i > 1 then
+			M.run({ "sleep", tostring(cfg.poll) })
+		end
+		local waiting = false
+		for _, svc in ipairs(rec.services) do
+			if svc.status ~= "ALLOCATED" or not svc.servers then
+				local st, err, refused = M.service_status(cfg, svc.name, uid)
+				if st then
+					last[svc.name] = with_detail(st)
+					if M.UP_STATUS[st.status] then
+						svc.status, svc.servers = st.status, json.array(st.servers or {})
+					elseif M.ENDED_STATUS[st.status] then
+						return nil, "service " .. svc.name .. " cannot start: it is " .. last[svc.name]
+					else
+						waiting = true
+					end
+				elseif refused then
+					return nil, "service " .. svc.name .. " is gone: " .. err
+				else
+					last[svc.name], waiting = err, true
+				end
+			end
+		end
+		if not waiting then
+			local ok, werr = M.write_cache(cfg, job_id, rec)
+			if not ok then
+				return nil, werr
+			end
+			M.log("info", job_id, nil, "job-scoped services up: " .. #rec.services)
+			return true
+		end
+	end
+	local why = {}
+	for _, svc in ipairs(rec.services) do
+		if last[svc.name] and svc.status ~= "ALLOCATED" then
+			why[#why + 1] = svc.name .. " " .. last[svc.name]
+		end
+	end
+	return nil, "job-scoped services not up (ALLOCATED) after " .. cfg.wait
+		.. " s (the plugin's wait): " .. table.concat(why, "; ")
+end
+
+-- Teardown of a wfm_job job: release its services (DELETE server/jobservice, which
+-- releases every job-scoped service of job_id and nothing else; none left is
+-- success), unless the job will run again. A requeued job is torn down while
+-- scontrol still prints it COMPLETING (Slurm 22.05 and 24.11 run stage-out and
+-- teardown from job_completion_logger at the requeue): that state is read again,
+-- every cfg.poll s for at most cfg.wait s, until it says where the job goes.
+function M.teardown_job(cfg, job_id)
+	local state, serr = M.job_state(cfg, job_id)
+	local polls = math.ceil(cfg.wait / cfg.poll)
+	while state == "COMPLETING" and polls > 0 do
+		M.run({ "sleep", tostring(cfg.poll) })
+		polls = polls - 1
+		state, serr = M.job_state(cfg, job_id)
+	end
+	if not state then
+		return nil, serr
+	end
+	if state == "COMPLETING" then
+		return nil, "job " .. job_id .. " is still COMPLETING after " .. cfg.wait
+			.. " s: cannot tell a requeue from its end yet (Slurm retries the teardown)"
+	end
+	if M.WILL_RERUN_STATES[state] then
+		M.log("info", job_id, nil, "job is " .. state .. " and will run again: its job-scoped services are kept")
+		return true
+	end
+	local status, body = M.http(cfg, "DELETE", M.jobservice_path(job_id))
+	if not status then
+		return nil, body
+	end
+	if status ~= 200 then
+		return nil, "DELETE " .. M.API_JOBSERVICE .. ": unexpected HTTP status " .. status
+			.. M.error_text(body)
+	end
+	local got = json.decode(body)
+	local names = type(got) == "table" and type(got.released) == "table" and got.released or {}
+	M.log("info", job_id, nil, "job " .. state .. ": job-scoped services released: "
+		.. (#names > 0 and table.concat(names, ",") or "none left"))
+	return M.remove_cache(cfg, job_id)
+end
+
 function M.setup(cfg, job_id, uid, spec)
 	if spec.kind == "service" then
 		return M.setup_service(cfg, job_id, uid, spec.name)
+	elseif spec.kind == "job" then
+		return M.setup_job(cfg, job_id, uid, spec)
 	elseif spec.kind == "create" then
 		return M.setup_create(cfg, job_id, uid, spec)
 	elseif spec.kind == "destroy" then
@@ -1595,6 +2071,9 @@ function M.wait(cfg, job_id)
 	local rec, cerr = M.read_cache(cfg, job_id)
 	if not rec then
 		return cerr == nil or nil, cerr
+	end
+	if rec.kind == "job" then
+		return M.wait_job(cfg, job_id, rec)
 	end
 	if rec.kind ~= "create" and rec.kind ~= "destroy" then
 		return true
@@ -1703,6 +2182,9 @@ function M.teardown(cfg, job_id, job_script, hurry)
 			kind, name = spec.kind, spec.name
 		end
 	end
+	if kind == "job" then
+		return M.teardown_job(cfg, job_id)
+	end
 	if kind == "create" and rec and rec.failed then
 		-- Its service cannot start (cannot_start): end the held job. Not an
 		-- error if that fails: it stays held with its reason.
@@ -1804,6 +2286,29 @@ local function entry(hook, job_id, fn)
 	return slurm.ERROR, err
 end
 
+-- At submission (job_process, inside slurmctld: local files only): can each wfm_job
+-- line ever fit? Without a readable configuration or limits file only the syntax is
+-- checked (logged); setup's answer then says the rest.
+function M.check_job_spec(spec)
+	local cfg, cerr = M.load_config()
+	local limits, lerr
+	if cfg then
+		limits, lerr = M.read_limits(cfg)
+	end
+	if not limits then
+		M.log("info", nil, nil, "wfm_job: what can fit is not checked at submission: "
+			.. tostring(cerr or lerr))
+		return true
+	end
+	for i, line in ipairs(spec.services) do
+		local ok, err = M.check_job_fits(line, limits)
+		if not ok then
+			return nil, (#spec.services > 1 and ("wfm_job line " .. i .. ": ") or "") .. err
+		end
+	end
+	return true
+end
+
 --[[ slurm_bb_job_process(job_script [, uid, gid, job_info])
 Runs INSIDE slurmctld at submission, job lock held; must be fast; never
 killed. Validates the directives; an error rejects the job and the message
@@ -1819,6 +2324,12 @@ function slurm_bb_job_process(job_script, ...)
 		local spec, err = M.read_spec(job_script)
 		if not spec then
 			return nil, err
+		end
+		if spec.kind == "job" then
+			local ok, ferr = M.check_job_spec(spec)
+			if not ok then
+				return nil, ferr
+			end
 		end
 		M.log("debug", job_id, nil, "directives accepted: " .. M.describe_spec(spec))
 		return true

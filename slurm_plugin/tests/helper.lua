@@ -157,11 +157,12 @@ end
 -- A fake runner. routes["GET /v2.0.0/server/allocation/x"] = response or a
 -- list of responses consumed in order; a response is {code=, body=} or
 -- {transport=true}. Routes are keyed by the path without its query.
--- opts.job_state is what scontrol reports (or "GONE", "FAIL"), opts.slurm_version
+-- opts.job_state is what scontrol reports (or "GONE", "FAIL"; a list: in turn, the
+-- last for ever), opts.slurm_version
 -- what `scontrol --version` prints (default "slurm 22.05.8"). Returns
 -- run, calls; each call records argv, method, path, query (the text after
--- '?', or nil), params (query parameters by name) and the content of the
--- header file given with -H @file.
+-- '?', or nil), params (query parameters by name), the content of the
+-- header file given with -H @file and the request body (--data-binary @file).
 function H.fake_runner(routes, opts)
 	opts = opts or {}
 	local calls = {}
@@ -177,6 +178,8 @@ function H.fake_runner(routes, opts)
 					out_file = argv[i + 1]
 				elseif a == "-H" and argv[i + 1]:sub(1, 1) == "@" then
 					call.header = H.read(argv[i + 1]:sub(2))
+				elseif a == "--data-binary" then
+					call.body = H.read(argv[i + 1]:sub(2))
 				end
 			end
 			call.url = argv[#argv]
@@ -206,6 +209,10 @@ function H.fake_runner(routes, opts)
 			return true, (opts.slurm_version or "slurm 22.05.8") .. "\n", 0
 		elseif argv[1] == "scontrol" then
 			local st = opts.job_state or "COMPLETED"
+			if type(st) == "table" then
+				-- States in turn, the last one for ever.
+				st = #st > 1 and table.remove(st, 1) or st[1]
+			end
 			if st == "GONE" then
 				return false, "slurm_load_jobs error: Invalid job id specified\n", 1
 			elseif st == "FAIL" then
@@ -250,8 +257,12 @@ function H.setup_env(routes, opts)
 		.. "cache_dir = " .. ctx.cache_dir .. "\n"
 		.. "timeout = 5\nretries = " .. (opts.retries or 0) .. "\n"
 		.. (opts.wait and ("wait = " .. opts.wait .. "\npoll = 2\n") or "")
-		.. (opts.token and ("token_file = " .. dir .. "/token\n") or ""))
+		.. (opts.token and ("token_file = " .. dir .. "/token\n") or "")
+		.. (opts.limits and ("limits_file = " .. dir .. "/limits.json\n") or ""))
 	M.config_file = H.write(dir .. "/burst_buffer_wfm.conf", conf)
+	if opts.limits then
+		H.write(dir .. "/limits.json", opts.limits)
+	end
 	if opts.token then
 		H.write(dir .. "/token", opts.token)
 	end

@@ -50,6 +50,7 @@ ACTIONS = (
     "service.read",
     "service.release",
     "allocation",
+    "jobservice",
     "resources",
     "config.read",
     "step.launch",
@@ -542,6 +543,9 @@ _MATRIX: dict[str, frozenset[str]] = {
     # and only that uid's user's service (api/service_status.py Release, binding.py).
     "service.release": frozenset({"session-manager", "burst-buffer"}),
     "allocation": frozenset({"burst-buffer"}),
+    # A job's own services (#18): reserved and released for that job only, which the
+    # orchestrator checks with Slurm (job_services.py).
+    "jobservice": frozenset({"burst-buffer"}),
     "resources": frozenset(),
     "config.read": frozenset(),  # open to every authenticated identity, see below
     "step.launch": frozenset({"session-manager"}),

@@ -87,6 +87,7 @@ def build_all(config: Config):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .http.server import create_server
+    from .plugin_limits import write_limits
 
     try:
         config = load_config(args.config)
@@ -104,6 +105,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"wfm-orchestrator: state database unusable, not starting: {e}", file=sys.stderr)
         return EXIT_STORE
+
+    try:
+        write_limits(config)
+    except OSError as e:
+        store.close()
+        print(f"wfm-orchestrator: cannot write plugin_limits_file {config.plugin_limits_file}, "
+              f"not starting: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
     host, _, port = config.listen.rpartition(":")
     server = create_server(app, host.strip("[]"), int(port), config.threads, nonblocking,

@@ -4,7 +4,8 @@ Two line forms, as in the specification:
 
 * settings ``key = value`` (lower-case keys, see ``SETTINGS``);
 * Slurm-style records ``Kind=name Key=Value ...`` (``Location``, ``Flavor``,
-  ``Datanode``, ``EphemeralService``, ``Tier``); values may be quoted.
+  ``Datanode``, ``EphemeralService``, ``Tier``, ``Limit``, ``Account``); values may be
+  quoted.
 
 ``#`` starts a comment. Every problem is collected with ``file:line`` and the
 offending text, and all of them are raised together as one ConfigError, so
@@ -34,6 +35,18 @@ SERVICE_TYPES = ("NFS", "GBF", "SBB", "DASI")
 # Core ids are kept in fixed-size bitsets by the compiled allocator.
 MAX_CORE_ID = 1023
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The user of a reservation or a step, and the users of Limit and Account records.
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+USER_RULE = ("a POSIX user name: 1 to 32 letters, digits, '_', '-' or '.', "
+             "starting with a letter or '_'")
+# Limit=account:<name> bounds a Slurm account; user names cannot hold the ':'.
+ACCOUNT_PREFIX = "account:"
+
+
+def is_user_name(value: str) -> bool:
+    """Could ``value`` be a user name (model.check_user accepts it)? Matched whole: '$'
+    alone lets a trailing newline through."""
+    return bool(USER_RE.fullmatch(value)) and ".." not in value
 
 
 # --- records ----------------------------------------------------------------
@@ -74,8 +87,9 @@ class ServiceType:
 
 @dataclass(frozen=True)
 class Limit:
-    """The most one user may hold at once (``Limit=default`` or ``Limit=<user>``), summed
-    over the reservations holding resources: None where the record sets no bound."""
+    """The most one user (``Limit=default``, ``Limit=<user>``) or one Slurm account's
+    members together (``Limit=account:<name>``) may hold at once, summed over the
+    reservations holding resources: None where the record sets no bound."""
 
     name: str
     cores: int | None = None
@@ -88,6 +102,15 @@ class Limit:
         return Limit(self.name, *(getattr(self, k) if getattr(self, k) is not None
                                   else getattr(other, k)
                                   for k in ("cores", "msize", "ssize", "services")))
+
+
+@dataclass(frozen=True)
+class SlurmAccount:
+    """The users whose default Slurm account is ``name`` (``Account=<name> Users=...``),
+    as the site's Slurm associations say: what ``Limit=account:<name>`` bounds."""
+
+    name: str
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -217,6 +240,10 @@ SETTINGS: dict[str, Setting] = {
         "", _text, "file holding the SlurmUser JWT (scontrol token)", path=True
     ),
     "slurm_user": Setting("slurm", _text, "user name the slurm_token_file token belongs to"),
+    "plugin_limits_file": Setting(
+        "", _text, "file the orchestrator writes at start-up and reload for the burst-buffer "
+        "plugin (types, flavors, locations, datanodes: what a #BB_LUA wfm_job can ever ask); "
+        "empty = not written", path=True),
     "impersonate_users": Setting(
         "no", lambda v: _choice("yes", "no")(v) == "yes",
         "yes = submit a user's job with the SlurmUser token when the user's own token is "
@@ -249,7 +276,8 @@ SETTINGS: dict[str, Setting] = {
     ),
     "limit_policy": Setting(
         "queue", _choice("queue", "refuse"),
-        "a reservation over its user's Limit: waits in the queue, or is refused"
+        "a reservation over its user's or its account's Limit: waits in the queue, "
+        "or is refused"
     ),
     "backfill_window": Setting(
         "300", _seconds, "backfill: a later reservation may pass the head only while "
@@ -312,7 +340,11 @@ class Config:
     datanodes: MappingProxyType  # name -> DatanodeSpec, in file order
     service_types: MappingProxyType  # type -> ServiceType
     tiers: MappingProxyType  # name -> Tier
-    limits: MappingProxyType = field(  # "default" or a user -> Limit
+    limits: MappingProxyType = field(  # "default", a user or "account:<name>" -> Limit
+        default_factory=lambda: MappingProxyType({}))
+    slurm_accounts: MappingProxyType = field(  # name -> SlurmAccount, in file order
+        default_factory=lambda: MappingProxyType({}))
+    account_of_user: MappingProxyType = field(  # user -> its account's name (the reverse)
         default_factory=lambda: MappingProxyType({}))
     _extra: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -329,6 +361,12 @@ class Config:
         if own is None:
             return default
         return own.over(default) if default is not None else own
+
+    def account_limit_for(self, user: str) -> tuple[str, Limit | None]:
+        """``user``'s Slurm account ('' when no Account record lists the user) and the
+        bounds of that account (None when it has no Limit record)."""
+        account = self.account_of_user.get(user, "")
+        return account, self.limits.get(ACCOUNT_PREFIX + account) if account else None
 
     def neighbours_map(self) -> dict[str, list[str]]:
         return {name: list(loc.neighbours) for name, loc in self.locations.items()}
@@ -360,6 +398,7 @@ _RECORD_FIELDS = {
     "EphemeralService": {"Command"},
     "Tier": {"Root"},
     "Limit": {"Cores", "MemorySize", "StorageSize", "Services"},
+    "Account": {"Users"},
 }
 
 
@@ -437,6 +476,7 @@ def parse_config(text: str, file: str = "wfm.conf") -> Config:
 
     locations, flavors, datanodes, services, tiers, limits = _build_records(records, settings,
                                                                             out)
+    accounts, account_of_user = _build_accounts(records, limits, out)
     _check_settings(settings, raw_settings, out)
     if out.problems:
         raise ConfigError(sorted(out.problems, key=lambda p: p.line))
@@ -449,6 +489,8 @@ def parse_config(text: str, file: str = "wfm.conf") -> Config:
         service_types=MappingProxyType(services),
         tiers=MappingProxyType(tiers),
         limits=MappingProxyType(limits),
+        slurm_accounts=MappingProxyType(accounts),
+        account_of_user=MappingProxyType(account_of_user),
     )
 
 
@@ -540,12 +582,11 @@ def _build_records(records, settings, out: _Collector):  # noqa: C901 - one pass
                     raise ValueError("Tier needs Root=<absolute path>")
                 tiers[name] = Tier(name, os.path.normpath(root))
             elif kind == "Limit":
-                if name.startswith("account:"):
-                    raise ValueError("limits per Slurm account are not supported yet (the "
-                                     "orchestrator does not know a user's account): "
-                                     "Limit=default or Limit=<user>")
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", name):
-                    raise ValueError(f"Limit {name!r}: expected default or a user name")
+                if name.startswith(ACCOUNT_PREFIX):
+                    _check_name(name.removeprefix(ACCOUNT_PREFIX), "Limit=account:")
+                elif not is_user_name(name):
+                    raise ValueError(f"Limit {name!r}: expected default, a user name "
+                                     f"({USER_RULE}) or account:<Slurm account>")
                 if name in limits:
                     raise ValueError(f"Limit {name} configured twice")
                 if not f:
@@ -588,6 +629,56 @@ def _build_records(records, settings, out: _Collector):  # noqa: C901 - one pass
         for name, (_, _, core_list, msize, ssize) in inventory.items()
     }
     return locations, flavors, datanodes, services, tiers, limits
+
+
+def _build_accounts(records, limits: dict[str, Limit], out: _Collector
+                    ) -> tuple[dict[str, SlurmAccount], dict[str, str]]:
+    """The Account records and their reverse index (user -> account). A user is in one
+    record at most: the records mirror each user's default account. Each
+    ``Limit=account:<name>`` needs the Account record saying who its members are."""
+    accounts: dict[str, SlurmAccount] = {}
+    first_line: dict[str, int] = {}
+    account_of_user: dict[str, str] = {}
+    refused: set[str] = set()  # an invalid record: its Limit is not blamed a second time
+    for lineno, line, kind, name, f in records:
+        if kind != "Account":
+            continue
+        try:
+            _check_name(name, "Account")
+            if name in accounts:
+                raise ValueError(f"Account {name} configured twice "
+                                 f"(first at line {first_line[name]})")
+            users = tuple(u.strip() for u in f.get("Users", "").split(",") if u.strip())
+            if not users:
+                raise ValueError(f"Account {name} needs Users=<user>,<user>,... (the users "
+                                 "whose default Slurm account it is)")
+            for user in users:
+                if not is_user_name(user):
+                    raise ValueError(f"Account {name}: user {user!r} is invalid: expected "
+                                     f"{USER_RULE}")
+                if users.count(user) > 1:
+                    raise ValueError(f"Account {name}: user {user} listed twice")
+                other = account_of_user.get(user)
+                if other is not None:
+                    raise ValueError(
+                        f"user {user} is in Account {other} (line {first_line[other]}) and in "
+                        f"Account {name}: list each user under one account, its default "
+                        "Slurm account (sacctmgr show user format=defaultaccount,user)")
+        except ValueError as e:
+            out.add(lineno, line, str(e))
+            refused.add(name)
+            continue
+        accounts[name] = SlurmAccount(name, users)
+        first_line[name] = lineno
+        account_of_user.update(dict.fromkeys(users, name))
+    for lineno, line, kind, name, _ in records:
+        account = name.removeprefix(ACCOUNT_PREFIX)
+        if (kind == "Limit" and name.startswith(ACCOUNT_PREFIX) and name in limits
+                and account not in accounts and account not in refused):
+            out.add(lineno, line, f"Limit={name}: no Account={account} record says who its "
+                                  f"members are (add 'Account={account} Users=<user>,...', "
+                                  "generated as docs/configuration.md shows)")
+    return accounts, account_of_user
 
 
 def _int_field(f: dict[str, str], key: str) -> int:
@@ -680,6 +771,10 @@ def describe(config: Config) -> str:
         lines.append("Tiers:")
         for t in config.tiers.values():
             lines.append(f"  {t.name}: {t.root}")
+    if config.slurm_accounts:
+        lines.append(f"Slurm accounts ({len(config.slurm_accounts)}):")
+        for acct in config.slurm_accounts.values():
+            lines.append(f"  {acct.name}: {', '.join(acct.users)}")
     if config.limits:
         lines.append(f"Limits ({config.limit_policy} when over):")
         for lim in config.limits.values():
@@ -702,7 +797,7 @@ def describe(config: Config) -> str:
 # Settings a reload changes: they are read at each decision. The others shaped the
 # listener, the store, the identity provider or the Slurm client at start: a reload keeps
 # their running values and says that a restart applies them. Every record (Location,
-# Flavor, Datanode, EphemeralService, Tier, Limit) is reloaded.
+# Flavor, Datanode, EphemeralService, Tier, Limit, Account) is reloaded.
 RELOADABLE = frozenset({"placement_policy", "queue_policy", "limit_policy", "backfill_window",
                         "released_retention", "teardown_grace", "unclaimed_timeout",
                         "release_timeout", "step_retention"})
@@ -723,7 +818,8 @@ def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
 def changes(old: Config, new: Config) -> list[str]:
     """What a reload changes, one line each (for the log and the reload's answer)."""
     out = []
-    for kind in ("locations", "flavors", "datanodes", "service_types", "tiers", "limits"):
+    for kind in ("locations", "flavors", "datanodes", "service_types", "tiers", "limits",
+                 "slurm_accounts"):
         before, after = getattr(old, kind), getattr(new, kind)
         label = kind.rstrip("s").replace("_", " ")
         out += [f"{label} {n} added" for n in after if n not in before]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import SERVICE_TYPES, Config
+from .config import SERVICE_TYPES, USER_RULE, Config, is_user_name
 from .errors import InvalidRequest, SizeError
 from .size import bytes_to_mb_up, parse_size
 
@@ -20,16 +20,19 @@ from .size import bytes_to_mb_up, parse_size
 # <user>_<session>_<service>, the public one with hyphens). They end up in
 # Slurm job names, #BB_LUA directives and file names, hence the strict set.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 NAME_RULE = "1 to 128 letters, digits, '_', '-' or '.', not starting with '-' or '.', no '..'"
-USER_RULE = ("a POSIX user name: 1 to 32 letters, digits, '_', '-' or '.', "
-             "starting with a letter or '_'")
 # Sizes are MB; 2**53 MB is far beyond any machine and keeps every value an exact
 # JSON number, an int64 in SQLite and in the compiled allocator.
 MAX_MB = 1 << 53
 MAX_SERVERS = 4096
 MAX_CORES = 1024
 MAX_TOKEN = 16384
+# A service for the length of one job (#18) is named after it: <user>_job<id>[_<short>].
+# The form is the job's alone: an ordinary reserve may not take such a name first.
+SHORT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")  # a letter first: WFM_JOB_<SHORT>_*
+SHORT_RULE = "1 to 32 letters, digits or '-', starting with a letter"
+JOB_SCOPED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}_job[0-9]{1,10}"
+                           r"(?:_[A-Za-z0-9][A-Za-z0-9-]{0,31})?$")
 
 
 class ReservationState(enum.StrEnum):
@@ -91,11 +94,6 @@ def check_user(value: Any, field: str = "user") -> str:
     return value
 
 
-def is_user_name(value: str) -> bool:
-    """Could ``value`` be a user name (check_user would accept it)?"""
-    return USER_RE.fullmatch(value) is not None and ".." not in value
-
-
 def _shown(value: str) -> str:
     return repr(value if len(value) <= 64 else value[:64] + "...")
 
@@ -155,15 +153,20 @@ class ReserveRequest:
     flavor: str | None
     targets: tuple[str, ...]
     mountpoint: str | None
+    job_id: int | None = None  # the Slurm job a job-scoped service (#18) lives for
 
     def canonical(self) -> dict[str, Any]:
         """What two requests must share to be "the same request" (the token may be renewed)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name, "user": self.user, "type": self.type, "servers": self.servers,
             "cores": self.cores, "msize": self.msize, "ssize": self.ssize,
             "locations": list(self.locations), "flavor": self.flavor,
             "targets": list(self.targets), "mountpoint": self.mountpoint,
         }
+        if self.job_id is not None:
+            # Only when set: the stored form of every other request stays as it was.
+            out["job_id"] = self.job_id
+        return out
 
 
 _RESERVE_KEYS = {"name", "user", "user_slurm_token", "type", "servers", "attributes", "location"}
@@ -173,8 +176,17 @@ _ATTRIBUTE_KEYS = {"cores", "msize", "ssize", "gssize", "flavor", "targets", "mo
 _GLOBAL_TYPES = ("NFS", "GBF", "DASI")
 
 
-def parse_reserve(body: Any, config: Config) -> ReserveRequest:
-    """Validate a reserve body against the spec's attribute table."""
+def job_service_name(user: str, job_id: int, short: str | None = None) -> str:
+    """The name of job ``job_id``'s service (#18): ``<user>_job<id>[_<short>]``."""
+    return f"{user}_job{job_id}" + (f"_{short}" if short else "")
+
+
+def parse_reserve(body: Any, config: Config, *, job_id: int | None = None) -> ReserveRequest:
+    """Validate a reserve body against the spec's attribute table.
+
+    ``job_id``: the request is job ``job_id``'s own (#18), under its derived name; without
+    it, a name of that form is refused.
+    """
     if not isinstance(body, Mapping):
         raise InvalidRequest("body", f"expected a JSON object, got {_kind(body)}")
     if not _RESERVE_KEYS.issuperset(body):
@@ -185,6 +197,10 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
         if key not in body:
             raise InvalidRequest(key, "required field is missing")
     name = check_name(body["name"])
+    if job_id is None and JOB_SCOPED_RE.match(name):
+        raise InvalidRequest("name", f"{_shown(name)} has the form <user>_job<N>[_<short>] of "
+                             "a job-scoped service (#BB_LUA wfm_job), which only that job "
+                             "may reserve: choose another name")
     user = check_user(body["user"])
     token = _str(body["user_slurm_token"], "user_slurm_token", MAX_TOKEN)
     stype = body["type"]
@@ -252,7 +268,7 @@ def parse_reserve(body: Any, config: Config) -> ReserveRequest:
             raise InvalidRequest("attributes.mountpoint", "expected an absolute path")
 
     return ReserveRequest(name, user, token, stype, servers, cores, msize, ssize, locations,
-                          flavor, targets, mountpoint)
+                          flavor, targets, mountpoint, job_id)
 
 
 def parse_locations(value: Any, config: Config, field: str = "location") -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from .config import Config, changes, load_config, reloaded
+from .plugin_limits import write_limits
 from .resource_manager import ResourceManager
 from .store import Ticket
 
@@ -32,6 +33,12 @@ def reload(config: Config, rm: ResourceManager) -> tuple[dict[str, Any], Ticket]
         effective, restart = reloaded(config, new)
         said = changes(config, effective)
         kept, ticket = rm.reload(effective)
+        try:
+            write_limits(effective)
+        except OSError as e:
+            # The reload itself is done; the plugin keeps judging by the file it has.
+            log.error("reload: cannot write plugin_limits_file %s: %s (the plugin keeps "
+                      "the previous one)", effective.plugin_limits_file, e)
     for line in said:
         log.warning("reload: %s", line)
     for name in kept:

@@ -37,6 +37,7 @@ from .errors import (
     StoreError,
     UnknownDatanode,
 )
+from .limits import Usage
 from .model import DatanodeState, ReservationState, ReserveRequest
 from .paging import Page, take
 from .repositories import datanodes as drains
@@ -140,8 +141,8 @@ class ResourceManager:
         self._drained: dict[str, tuple[str, float]] = {}
         # datanodes a reload removed while reservations held them: drained, in memory only
         self._removed: set[str] = set()
-        # user -> [cores, msize, ssize, services] held (FREE or ALLOCATED): Limit records
-        self._usage: dict[str, list[int]] = {}
+        # what each user and Slurm account holds (FREE or ALLOCATED): the Limit records
+        self._usage = Usage(self.config)
         for rec in reservations.load_all(self.store):
             self._seq = max(self._seq, rec.seq)
             if rec.state in (State.FREE, State.ALLOCATED):
@@ -149,7 +150,7 @@ class ResourceManager:
                     raise StoreError(f"reservation {rec.name} is {rec.state} without placement")
                 try:
                     self.allocator.restore(rec.name, rec.placement)
-                    self._count(rec, 1)
+                    self._usage.add(rec.request)
                 except (NoCapacity, UnknownDatanode) as e:
                     # The inventory shrank under held reservations: say so loudly
                     # rather than over-commit or drop them silently.
@@ -224,7 +225,7 @@ class ResourceManager:
         now = self._now_checked(req)
         self._seq += 1
         rec = Reservation(req, State.QUEUED, self._seq, now, now)
-        over = self._over_limit(req)
+        over = self._usage.over(req)
         if over and self.config.limit_policy == "refuse":
             raise RequestFailed(f"reservation {req.name!r} refused: {over} "
                                 "(limit_policy = refuse)")
@@ -264,52 +265,12 @@ class ResourceManager:
         return locs
 
     def _now_checked(self, req: ReserveRequest) -> float:
-        """The time of a new reservation, once it is known not to exceed its user's limit
-        alone (it would wait for ever): refused then, naming the limit."""
-        limit = self.config.limit_for(req.user) if self.config.limits else None
-        if limit is not None:
-            demand = self._demand(req)
-            for i, (label, bound) in enumerate(self._bounds(limit)):
-                if bound is not None and demand[i] > bound:
-                    raise RequestFailed(
-                        f"reservation {req.name!r} can never fit {req.user}'s limit: it asks "
-                        f"{demand[i]} {label}, the limit is {bound} "
-                        f"(Limit={limit.name} in {self.config.path})")
+        """The time of a new reservation, once it is known not to exceed its user's or its
+        account's limit alone (it would wait for ever): refused then, naming the limit."""
+        beyond = self._usage.beyond(req)
+        if beyond:
+            raise RequestFailed(f"reservation {req.name!r} can never fit {beyond}")
         return self.clock()
-
-    @staticmethod
-    def _demand(req: ReserveRequest) -> tuple[int, int, int, int]:
-        n = req.servers
-        return n * req.cores, n * req.msize, n * req.ssize, 1
-
-    @staticmethod
-    def _bounds(limit) -> list[tuple[str, int | None]]:
-        return [("cores", limit.cores), ("MB of memory", limit.msize),
-                ("MB of storage", limit.ssize), ("services", limit.services)]
-
-    def _count(self, rec: Reservation, sign: int) -> None:
-        """Add (1) or take (-1) what ``rec`` holds to its user's usage."""
-        used = self._usage.setdefault(rec.request.user, [0, 0, 0, 0])
-        for i, amount in enumerate(self._demand(rec.request)):
-            used[i] += sign * amount
-        if not any(used):
-            del self._usage[rec.request.user]
-
-    def _over_limit(self, req: ReserveRequest) -> str:
-        """'' when ``req`` fits its user's limit on top of what the user holds; else what
-        it would exceed, named (the queued reservation's status says it)."""
-        if not self.config.limits:
-            return ""
-        limit = self.config.limit_for(req.user)
-        if limit is None:
-            return ""
-        used = self._usage.get(req.user, (0, 0, 0, 0))
-        demand = self._demand(req)
-        for i, (label, bound) in enumerate(self._bounds(limit)):
-            if bound is not None and used[i] + demand[i] > bound:
-                return (f"{req.user}'s limit: {used[i]} {label} held + {demand[i]} asked > "
-                        f"{bound} (Limit={limit.name} in {self.config.path})")
-        return ""
 
     def _may_pass_queue(self, now: float) -> bool:
         head = self._head()
@@ -321,10 +282,10 @@ class ResourceManager:
 
     def _head(self) -> Reservation | None:
         """The first queued reservation that waits for resources: one waiting for its
-        user's limit blocks nobody else."""
+        user's or its account's limit blocks nobody else."""
         if not self.config.limits:
             return self._queue[0] if self._queue else None
-        return next((r for r in self._queue if not self._over_limit(r.request)), None)
+        return next((r for r in self._queue if not self._usage.over(r.request)), None)
 
     def _take(self, rec: Reservation, now: float) -> None:
         req = rec.request
@@ -335,7 +296,7 @@ class ResourceManager:
         rec.updated = now
         rec.held_since = now
         rec.detail = ""
-        self._count(rec, 1)
+        self._usage.add(req)
         self.on_held(now - rec.created)
 
     def _admit_queued(self, now: float) -> list[Reservation]:
@@ -352,10 +313,10 @@ class ResourceManager:
         for rec in self._queue:
             req = rec.request
             if limits:
-                over = self._over_limit(req)
+                over = self._usage.over(req)
                 if over:
                     rec.detail = f"waiting for {over}"
-                    continue  # waits for its user's releases, blocks nobody
+                    continue  # waits for its user's or account's releases, blocks nobody
                 rec.detail = "waiting for resources"
             demand = (req.servers, req.cores, req.msize, req.ssize, req.locations)
             if demand not in failed:
@@ -433,7 +394,7 @@ class ResourceManager:
                 detail = "removed from the queue"
             else:
                 self.allocator.release(name)
-                self._count(rec, -1)
+                self._usage.remove(rec.request)
                 self._refence(p.server for p in rec.placement or ())
                 if rec.detail:  # why its release was asked (release_reason)
                     detail = f"{rec.detail}; {detail}"
@@ -549,7 +510,11 @@ class ResourceManager:
             for name in self._drained:
                 self._fence(name)
             adopt(self.config, effective)
+            self._usage.regroup()  # the Account records may have moved users
             admitted = self._admit_queued(now)
+            for rec in self._queue:  # each one left says why under the new Limit records
+                over = self._usage.over(rec.request)
+                rec.detail = f"waiting for {over}" if over else "waiting for resources"
             ticket = self._write(admitted) if admitted else DONE
             for rec in admitted:
                 self._notify(rec)

@@ -111,6 +111,14 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
             "burst-buffer plugin", when)
 
 
+def job_scoped(rec: Reservation) -> dict[str, Any]:
+    """The keys marking a job-scoped service (#18) in its status; what its job's
+    environment needs too (servers, mount point)."""
+    return {"scope": "job", "job_id": rec.request.job_id,
+            "servers": [p.server for p in rec.placement or ()],
+            "mountpoint": rec.request.mountpoint or ""}
+
+
 # --- the manager ---------------------------------------------------------------
 
 
@@ -204,7 +212,7 @@ class ServiceManager:
 
     # --- status -------------------------------------------------------------
 
-    def _status(self, rec: Reservation, position: int) -> dict[str, str]:
+    def _status(self, rec: Reservation, position: int) -> dict[str, Any]:
         job = self.job(rec.name)
         if job is not None and job.seq != rec.seq:
             job = None
@@ -213,9 +221,13 @@ class ServiceManager:
                                              self.config.service_types)
         if self.follower.problem and status not in (ServiceStatus.STOPPED,):
             detail += f" [Slurm unreachable: {self.follower.problem}]"
-        return {"user": rec.request.user, "name": rec.name, "status": status.value,
-                "detail": detail, "time": iso_time(when), "type": rec.request.type,
-                "id": rec.seq, "created": iso_time(rec.created)}
+        out: dict[str, Any] = {"user": rec.request.user, "name": rec.name, "status": status.value,
+                               "detail": detail, "time": iso_time(when),
+                               "type": rec.request.type, "id": rec.seq,
+                               "created": iso_time(rec.created)}
+        if rec.request.job_id is not None:
+            out.update(job_scoped(rec))
+        return out
 
     def status(self, name: str) -> dict[str, str] | None:
         found = self.rm.snapshot(name)

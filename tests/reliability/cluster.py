@@ -212,6 +212,27 @@ def devcluster_up(timeout: float = 240) -> str:
     return out.stderr
 
 
+def skip_lost_job_ids(highest: int, timeout: float = 60.0) -> None:
+    """After slurmctld restarts that lost jobs: make Slurm's next job id greater than
+    ``highest`` (the highest the test saw), by submitting and cancelling held no-op jobs.
+
+    Slurm hands the ids of jobs it lost (accepted, not yet saved) out again, and a slurmd
+    that still ran a lost job kills a new job under the same id: its credential is revoked
+    (22.05: "Orphan StepId=2.0 reported on node dn1", then the next test's job 2 ends
+    WTERMSIG 9 a second after it started). Fresh ids keep the next test out of it.
+    """
+    def past() -> int | None:
+        out = subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null",
+                              "-J", "wfm-skip-id", "--wrap", "true"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        job_id = int(out.stdout.strip().split(";")[0])
+        subprocess.run(["scancel", str(job_id)], capture_output=True, timeout=30)
+        return job_id if job_id > highest else None
+
+    poll_until(past, f"Slurm's next job id past {highest}", timeout, 0)
+
+
 def clean_up(orch, client: SlurmClient, services: list[str], steps: list[str]) -> list[str]:
     """After a test, passed or failed: release its services, abort its steps, cancel any of
     their jobs still active, so that the mini-cluster is left clean. Returns what it did."""

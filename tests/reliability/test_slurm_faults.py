@@ -55,6 +55,7 @@ from .cluster import (
     kill_daemon,
     release,
     reserve_body,
+    skip_lost_job_ids,
     status,
     tagged_jobs,
     unique,
@@ -143,6 +144,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
     seen_states = []
     calls = []
     lost = lost_bound = wedged = 0
+    highest = 0  # the highest job id seen: Slurm may hand lost ones out again
     rng = random.Random()
     try:
         for _ in range(RESTARTS):
@@ -152,6 +154,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
                                              reserve_body(name, user_token("alice")))
             assert code == 200, answer
             job_id = wait_job_id(orchestrator, name)
+            highest = max(highest, job_id)
             # The first kill comes at once (the job just submitted), later ones at a random
             # moment of the next second (pending, stage-in, setup, starting).
             time.sleep(rng.uniform(0, 1.0) if seen_states else 0)
@@ -174,6 +177,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
                 calls.append(",".join(access_lines(orchestrator, name)) + " (lost, bound)")
                 continue
             jobs = tagged_jobs(client, name)
+            highest = max([highest, *(j.job_id for j in jobs)])
             assert len(jobs) == 1 and active(jobs), (
                 f"{name}: {[(j.job_id, j.state, j.reason) for j in jobs]}")
             if jobs[0].job_id != job_id:
@@ -194,6 +198,7 @@ def test_slurmctld_restart_during_setup(orchestrator, client, created):
         no_orphans(client, created["services"])
     finally:
         devcluster_up()
+        skip_lost_job_ids(highest)
     figures("slurmctld restart during setup", restarts=RESTARTS,
             job_state_at_kill="/".join(seen_states), allocation_calls=" | ".join(calls),
             jobs_lost_by_slurm_and_submitted_again=lost,
@@ -207,6 +212,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
     """Killed while a released service's job tears down: STOPPED, freed once."""
     started = time.monotonic()
     hits = lost = stuck = repeated = attempts = 0
+    highest = 0  # the highest job id seen: Slurm may hand lost ones out again
     calls = []
     try:
         while hits < TEARDOWN_RESTARTS and attempts < TEARDOWN_ATTEMPTS:
@@ -218,6 +224,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
             assert code == 200, answer
             wait_status(orchestrator, name, "ALLOCATED")
             job_id = wait_job_id(orchestrator, name)
+            highest = max(highest, job_id)
             release(orchestrator, name)
             # The moment the job leaves RUNNING (Slurm's teardown), kill slurmctld; after a
             # minute, kill it anyway (the attempt then does not count as a hit).
@@ -244,6 +251,7 @@ def test_slurmctld_restart_during_teardown(orchestrator, client, created):
         no_orphans(client, created["services"])
     finally:
         devcluster_up()
+        skip_lost_job_ids(highest)
     figures("slurmctld restart during teardown", restarts=attempts,
             killed_while_job_ending_and_reservation_held=hits, jobs_lost_by_slurm=lost,
             jobs_left_in_stage_out_by_slurm=stuck, cancels_repeated=repeated,

@@ -569,6 +569,7 @@ MATRIX = {
     "service.read":    (T,    F,    F,       T,   T,   F,   F,  T),
     "service.release": (F,    F,    F,       T,   T,   F,   F,  T),
     "allocation":      (F,    F,    F,       F,   T,   F,   F,  T),
+    "jobservice":      (F,    F,    F,       F,   T,   F,   F,  T),
     "resources":       (F,    F,    F,       F,   F,   F,   F,  T),
     "config.read":     (T,    T,    T,       T,   T,   T,   T,  T),
     "step.launch":     (F,    F,    F,       T,   F,   F,   F,  T),

@@ -17,6 +17,8 @@ MATRIX = [
     ("POST", "/v1.0.0/ephemeralservice/reserve", RESERVE, {"sm", "admin"}),
     ("GET", "/v2.0.0/server/allocation/alice_s_x", None, {"bb", "admin"}),
     ("DELETE", "/v2.0.0/server/allocation/alice_s_x", None, {"bb", "admin"}),
+    ("POST", "/v2.0.0/server/jobservice?job_id=7&uid=1001", {"type": "GBF"}, {"bb", "admin"}),
+    ("DELETE", "/v2.0.0/server/jobservice?job_id=7", None, {"bb", "admin"}),
     ("GET", "/v1.0.0/server/resources/all", None, {"admin"}),
     ("GET", "/v1.0.0/server/resources/dn1", None, {"admin"}),
     ("GET", "/v1.0.0/location/list", None, set(CALLERS)),

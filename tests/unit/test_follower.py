@@ -139,14 +139,16 @@ def test_a_cancel_is_sent_again_only_after_the_interval_or_when_undone():
 
 
 def test_the_server_gives_services_and_steps_one_follower(make_config):
-    """cli.build_all wires both managers to the same follower (one read per cycle)."""
+    """cli.build_all wires both managers, and the job-scoped services (#18), to the same
+    follower (one read per cycle)."""
     from tests.conftest import SERVICE_CONF
     from wfm_orchestrator.cli import build_all
 
     _app, _nonblocking, _rm, services, steps, store = build_all(make_config(SERVICE_CONF))
     try:
         assert services.follower is steps.follower
-        assert [t.noun for t in services.follower.trackers] == ["service", "step"]
+        assert [t.noun for t in services.follower.trackers] == ["service", "step",
+                                                                  "job-scoped service"]
     finally:
         store.close()
 

@@ -14,10 +14,21 @@ import falcon
 
 from ..binding import Binding
 from ..config import Config
+from ..job_services import JobServices
 from ..resource_manager import ResourceManager
 from ..services import ServiceManager
 from ..steps import StepManager
-from . import admin, dashboard, errors, info, openapi, reservations, service_status, steps
+from . import (
+    admin,
+    dashboard,
+    errors,
+    info,
+    job_services,
+    openapi,
+    reservations,
+    service_status,
+    steps,
+)
 from .auth import Authorization, build_verifier
 from .media import MAX_BODY, json_handler
 from .metrics import Metrics, MetricsPage
@@ -109,6 +120,8 @@ def routes(config: Config, rm: ResourceManager, services: ServiceManager,
     return [
         ("/ephemeralservice/reserve", reservations.Reserve(rm)),
         ("/server/allocation/{service_name}", reservations.Allocation(binding)),
+        ("/server/jobservice", job_services.JobService(
+            JobServices(config, rm, services, services.slurm, rm.accounts))),
         ("/server/resources/all", reservations.AllServerResources(rm)),
         ("/server/resources/{server_name}", reservations.ServerResources(rm)),
         ("/location/list", info.Locations(config)),

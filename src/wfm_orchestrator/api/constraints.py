@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 from ..config import Config
-from ..model import MAX_CORES, MAX_MB, MAX_SERVERS, MAX_TOKEN
+from ..model import JOB_SCOPED_RE, MAX_CORES, MAX_MB, MAX_SERVERS, MAX_TOKEN, SHORT_RE
 from ..sbatch import DENIED_ENV_RE, MAX_COMMAND_CHARS
 from ..steps.request import HINTS, MAX_ELEMENTS, TRIGGERS
 
@@ -91,38 +91,62 @@ def locations(config: Config | None) -> dict[str, Any]:
             else {"type": "array", "nullable": True, "maxItems": 0})
 
 
-def reserve_request(config: Config | None) -> dict[str, Any]:
-    """The reserve body (model.parse_reserve): one form per kind of type, so that the
-    exclusive and required attributes of each are said."""
-    common = {
-        "name": NAME,
-        "user": user(config),
-        "user_slurm_token": text(MAX_TOKEN),
-        "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
-        "location": locations(config),
-    }
+def _service_forms(config: Config | None, common: dict[str, Any], required: list[str],
+                   types: list[str] | None = None) -> dict[str, Any]:
+    """A reserve body (model.parse_reserve) with ``common`` fields: one form per kind of
+    type, so that the exclusive and required attributes of each are said; ``types`` (all
+    by default) are those the request may name."""
+    allowed = types if types is not None else ["NFS", "GBF", "DASI", "SBB"]
     cores = {"type": "integer", "minimum": 0, "maximum": MAX_CORES}
+    fields = {**common, "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS,
+                                    "default": 1},
+              "location": locations(config)}
 
-    def form(types: list[str], attributes: dict[str, Any], required: list[str]
+    def form(kinds: list[str], attributes: dict[str, Any], needed: list[str]
              ) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": False,
-                "required": ["name", "user", "user_slurm_token", "type", "attributes"],
-                "properties": {**common, "type": {"type": "string", "enum": types},
+                "required": [*required, "type", "attributes"],
+                "properties": {**fields, "type": {"type": "string", "enum": kinds},
                                "attributes": {"type": "object", "additionalProperties": False,
-                                              "required": required,
+                                              "required": needed,
                                               "properties": attributes}}}
 
-    forms = [form(["NFS", "GBF", "DASI"],
-                  {"cores": cores, "msize": SIZE, "gssize": SIZE, "mountpoint": MOUNTPOINT,
-                   "targets": TARGETS}, ["gssize", "mountpoint"])]
+    forms = []
+    sized = [t for t in ("NFS", "GBF", "DASI") if t in allowed]
+    if sized:
+        forms.append(form(sized, {"cores": cores, "msize": SIZE, "gssize": SIZE,
+                                  "mountpoint": MOUNTPOINT, "targets": TARGETS},
+                          ["gssize", "mountpoint"]))
     flavors = list(config.flavors) if config is not None else None
-    if flavors is None or flavors:
+    if "SBB" in allowed and (flavors is None or flavors):
         flavor = {"type": "string"} if flavors is None else {"type": "string", "enum": flavors}
         forms.append(form(["SBB"], {"flavor": flavor, "targets": TARGETS,
                                     "mountpoint": MOUNTPOINT}, ["flavor", "targets"]))
     return {"description": "NFS, GBF and DASI: gssize and mountpoint, per-server cores and "
                            "msize (no flavor, no ssize); SBB: a flavor and targets (no sizes)",
-            "oneOf": forms}
+            "oneOf": forms or [{"not": {}}]}
+
+
+def reserve_request(config: Config | None) -> dict[str, Any]:
+    """The reserve body: a name not of the job-scoped form <user>_job<N>[_<short>], which
+    only that job may reserve (POST server/jobservice)."""
+    name = {**NAME, "not": {"pattern": JOB_SCOPED_RE.pattern},
+            "description": "not of the form <user>_job<N>[_<short>] (a job-scoped service's)"}
+    return _service_forms(config, {"name": name, "user": user(config),
+                                   "user_slurm_token": text(MAX_TOKEN)},
+                          ["name", "user", "user_slurm_token"])
+
+
+def job_service_request(config: Config | None) -> dict[str, Any]:
+    """A job's service (job_services.JobServices.reserve): a reserve body without name,
+    user and token, with an optional short name. Types the orchestrator starts itself are
+    started with the SlurmUser's token: refused unless impersonate_users = yes."""
+    types = None
+    if config is not None and config.slurmrestd_url and not config.impersonate_users:
+        types = [t for t in ("NFS", "GBF", "DASI", "SBB") if t not in config.service_types]
+    short = {"type": "string", "pattern": SHORT_RE.pattern,
+             "description": "the short name: the service is <user>_job<N>_<name>"}
+    return _service_forms(config, {"name": short}, [], types)
 
 
 # sbatch.translate: a few options, each at most once, then the script and plain words.

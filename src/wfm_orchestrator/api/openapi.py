@@ -21,7 +21,8 @@ from .constraints import NAME as _NAME
 from .paging import CURSOR_PATTERNS, MAX_LIMIT, NEXT_CURSOR
 
 # The version under which the specification names each path.
-CANONICAL_VERSION = {"/server/allocation/{service_name}": "v2.0.0"}
+CANONICAL_VERSION = {"/server/allocation/{service_name}": "v2.0.0",
+                     "/server/jobservice": "v2.0.0"}
 DEFAULT_VERSION = "v1.0.0"
 
 SCHEMAS: dict[str, Any] = {
@@ -125,7 +126,35 @@ SCHEMAS: dict[str, Any] = {
                    "addition: bbstat's bbid)"},
             "created": {"type": "string", "format": "date-time", "description": "when it "
                         "was reserved (an addition: bbstat's CreateTime)"},
+            # Additions (#18), only for a job-scoped service (#BB_LUA wfm_job).
+            "scope": {"type": "string", "enum": ["job"], "description": "job: the service "
+                      "lives for one Slurm job, asked for in its batch script"},
+            "job_id": {"type": "integer", "description": "the Slurm job it lives for"},
+            "servers": {"type": "array", "items": {"type": "string"},
+                        "description": "its datanodes (job-scoped services)"},
+            "mountpoint": {"type": "string", "description": "its mount point, '' if none "
+                           "(job-scoped services)"},
         },
+    },
+    "JobServiceResponse": {
+        "type": "object",
+        "required": ["name", "status", "message", "scope", "job_id"],
+        "properties": {
+            "name": {"type": "string"},
+            "status": {"type": "string", "enum": ["FREE", "QUEUED", "ALLOCATED"]},
+            "message": {"type": "string"},
+            "scope": {"type": "string", "enum": ["job"]},
+            "job_id": {"type": "integer"},
+            "type": {"type": "string"},
+            "mountpoint": {"type": "string"},
+        },
+    },
+    "JobServicesReleased": {
+        "type": "object",
+        "required": ["job_id", "released", "message"],
+        "properties": {"job_id": {"type": "integer"},
+                       "released": {"type": "array", "items": {"type": "string"}},
+                       "message": {"type": "string"}},
     },
     "StepLaunchResponse": {
         "type": "object",
@@ -200,6 +229,8 @@ def _query_uint(name: str, description: str, minimum: int) -> dict[str, Any]:
 _JOB_ID = _query_uint("job_id", "the Slurm job the burst-buffer plugin acts for (an addition "
                       "to the spec; the plugin's role must send it, an administrator may "
                       "leave it out)", 1)
+_UID = _query_uint("uid", "the uid of that job's user (an addition to the spec; required "
+                   "from the plugin's role)", 0)
 # GET server/allocation: job_id and uid together or neither. OpenAPI 3.0 says so of one
 # object parameter only: exploded in the form style, its properties are the query
 # parameters ?job_id=N&uid=U.
@@ -292,6 +323,23 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                       {"403": "job_id did not bind this reservation: nothing released",
                        "500": "the release failed", "502": "allocation not found"},
                       parameters=[_JOB_ID]),
+    },
+    "/server/jobservice": {
+        "post": _op("Reserve a service for one Slurm job, for its user (the burst-buffer "
+                    "plugin, #BB_LUA wfm_job; idempotent per job and short name)",
+                    _json(_ref("JobServiceResponse"), "reserved (FREE) or queued (QUEUED), "
+                          "named <user>_job<N>[_<name>]"),
+                    {"403": "Slurm does not list job_id as a live job of uid's user carrying "
+                            "#BB_LUA wfm_job (the rule is named)",
+                     "500": "reservation failed: can never fit, or Slurm unreachable"},
+                    parameters=[{**_JOB_ID, "required": True}, {**_UID, "required": True}],
+                    requestBody={"required": True, "content": {"application/json": {
+                        "schema": _ref("JobServiceRequest")}}}),
+        "delete": _op("Stop and release every job-scoped service of one Slurm job (its "
+                      "burst-buffer teardown; nothing left is success)",
+                      _json(_ref("JobServicesReleased"), "released (maybe none)"),
+                      {"500": "request failed"},
+                      parameters=[{**_JOB_ID, "required": True}]),
     },
     "/server/resources/all": {
         "get": _op("Resources of every datanode, in inventory order",
@@ -610,6 +658,7 @@ def document(paths: list[str], bearer: bool = False,
         out_paths[path] = operations
     components: dict[str, Any] = {"schemas": {
         **SCHEMAS, "ReserveRequest": constraints.reserve_request(config),
+        "JobServiceRequest": constraints.job_service_request(config),
         "StepLaunchRequest": constraints.step_launch_request(config)}}
     security: dict[str, Any] = {}
     if bearer:
@@ -638,7 +687,8 @@ def document(paths: list[str], bearer: bool = False,
 def _configured(config: Config) -> tuple[Any, ...]:
     """What of ``config`` the document names: it is made again when a reload changes it."""
     return (tuple(config.flavors), tuple(config.locations), config.target_tier_list,
-            config.datamover_operation_list, config.slurm_user)
+            config.datamover_operation_list, config.slurm_user,
+            tuple(config.service_types), config.impersonate_users)
 
 
 class OpenAPI:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from ..binding import Binding, MustAskSlurm
 from ..errors import NotFound
 from ..model import check_name, parse_reserve
+from ..reservation import Reservation
 from ..resource_manager import ResourceManager
 from . import paging
 from .errors import APIError
@@ -28,14 +31,19 @@ class Reserve:
         request = parse_reserve(read_json(req), self.rm.config)
         rec, ticket = self.rm.reserve(request)
         answer_after(req, ticket)
-        body = {"name": rec.name, "status": rec.state.value, "message": "reserved"}
-        if rec.state.value == "QUEUED":
-            found = self.rm.snapshot(rec.name)
-            position = found[1] if found else 0
-            body["message"] = (f"queued at position {position}: {rec.detail}"
-                               if rec.detail.startswith("waiting for") and "limit" in rec.detail
-                               else f"not enough resources now: queued at position {position}")
-        resp.media = body
+        resp.media = reserve_answer(self.rm, rec)
+
+
+def reserve_answer(rm: ResourceManager, rec: Reservation) -> dict[str, Any]:
+    """The answer to a reserve: the name, the state, and where it waits if queued."""
+    body = {"name": rec.name, "status": rec.state.value, "message": "reserved"}
+    if rec.state.value == "QUEUED":
+        found = rm.snapshot(rec.name)
+        position = found[1] if found else 0
+        body["message"] = (f"queued at position {position}: {rec.detail}"
+                           if rec.detail.startswith("waiting for") and "limit" in rec.detail
+                           else f"not enough resources now: queued at position {position}")
+    return body
 
 
 class Allocation:

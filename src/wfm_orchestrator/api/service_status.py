@@ -6,8 +6,9 @@ import falcon
 
 from ..auth import visible
 from ..binding import Binding, NotUsable
+from ..config import is_user_name
 from ..errors import Forbidden, NotFound
-from ..model import check_name, is_user_name
+from ..model import check_name
 from ..reservation import Reservation
 from ..services import ServiceManager
 from . import paging

@@ -5,8 +5,9 @@ from __future__ import annotations
 import falcon
 
 from ..auth import visible
+from ..config import is_user_name
 from ..errors import NoSlurm, NotFound
-from ..model import check_name, is_user_name
+from ..model import check_name
 from ..paging import Page
 from ..steps import StepManager
 from . import paging

@@ -57,7 +57,8 @@ def load_all(store: Store) -> list[Reservation]:
             servers=canonical["servers"], cores=canonical["cores"],
             msize=canonical["msize"], ssize=canonical["ssize"],
             locations=tuple(canonical["locations"]), flavor=canonical["flavor"],
-            targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"])
+            targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"],
+            job_id=canonical.get("job_id"))
         rec = Reservation(req, ReservationState(row["state"]), row["seq"], row["created"],
                           row["updated"], detail=row["detail"], bound_job=row["bound_job"],
                           held_since=row["held_since"], claimed=row["claimed"])

@@ -124,6 +124,7 @@ class JobState:
     start_time: int = 0
     end_time: int = 0
     burst_buffer_state: str = ""
+    burst_buffer: str = ""  # the job's #BB_LUA directive lines, as Slurm recorded them
 
     @property
     def is_terminal(self) -> bool:

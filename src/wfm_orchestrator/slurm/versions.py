@@ -166,6 +166,7 @@ def _job_state(job: dict[str, Any], state: str, exit_code: int | None, signal: i
         start_time=number(job.get("start_time")),
         end_time=number(job.get("end_time")),
         burst_buffer_state=str(job.get("burst_buffer_state") or ""),
+        burst_buffer=str(job.get("burst_buffer") or ""),
     )
 
 
