@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import state_files
@@ -30,6 +30,7 @@ from .errors import ApiFailed, ServiceUnreachable, StoreError
 # The API version prefix the commands use for the specification's endpoints.
 V = "/v1.0.0"
 TIMEOUT = 30.0  # seconds: a release waits for its commit, never for Slurm
+PAGE = 10_000  # items a list command asks for at once (the API's largest limit)
 
 
 # --- talking to the running service -------------------------------------------------
@@ -71,6 +72,24 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None,
              params: dict[str, str] | None = None) -> Any:
+        return self._exchange(method, path, body, params)[0]
+
+    def every(self, path: str, params: dict[str, str] | None = None) -> list[Any]:
+        """Every item of a list, PAGE at a time (the API's X-Next-Cursor): no answer holds
+        more than a page, however long the list."""
+        items: list[Any] = []
+        query = {**(params or {}), "limit": str(PAGE)}
+        while True:
+            page, headers = self._exchange("GET", path, None, query)
+            items += page
+            after = headers.get("X-Next-Cursor")
+            if after is None:
+                return items
+            query["after"] = after
+
+    def _exchange(self, method: str, path: str, body: Any,
+                  params: dict[str, str] | None) -> tuple[Any, Mapping[str, str]]:
+        """(the JSON answer, its headers)."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         url = self.base_url + urllib.parse.quote(path) + (
             "?" + urllib.parse.urlencode(query) if query else "")
@@ -85,12 +104,13 @@ class Api:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
                 raw = resp.read()
+                headers = resp.headers
         except urllib.error.HTTPError as e:
             raise _failure(e.code, e.read()) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ServiceUnreachable(self.base_url, str(reason)) from None
-        return json.loads(raw) if raw else None
+        return (json.loads(raw) if raw else None), headers
 
 
 def _failure(status: int, raw: bytes) -> ApiFailed:

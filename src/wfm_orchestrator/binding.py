@@ -138,9 +138,11 @@ class Binding:
             return status
         raise NotUsable(name, uid, verb)
 
-    def owned(self, uid: int, statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The statuses of uid's user's services (``scontrol show bbstat`` for uid, 23.02+)."""
-        return [s for s in statuses if self.accounts.lookup(s["user"]) == uid]
+    def users_of(self, uid: int) -> set[str]:
+        """The users of reservations whose account has ``uid``: the services a list for uid
+        shows (``scontrol show bbstat`` for uid, 23.02+). Resolved before the list is read,
+        so that no account lookup runs under the resource manager's lock."""
+        return {user for user in self.rm.users() if self.accounts.lookup(user) == uid}
 
 
 class NotUsable(NotFound):

@@ -248,15 +248,15 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 def cmd_datanodes(args: argparse.Namespace, config: Config) -> int:
     from .admin import render_datanodes
 
-    doc = _api(args, config).call("GET", "/admin/datanodes")
+    doc = _api(args, config).every("/admin/datanodes")
     return _show(args, doc, lambda: render_datanodes(doc))
 
 
 def cmd_reservations(args: argparse.Namespace, config: Config) -> int:
     from .admin import render_reservations
 
-    doc = _api(args, config).call("GET", "/admin/reservations",
-                                  params={"user": args.user, "state": args.state})
+    doc = _api(args, config).every("/admin/reservations",
+                                   params={"user": args.user, "state": args.state})
     return _show(args, doc, lambda: render_reservations(doc))
 
 
@@ -294,7 +294,7 @@ def cmd_release(args: argparse.Namespace, config: Config) -> int:
 def cmd_steps(args: argparse.Namespace, config: Config) -> int:
     from .admin import V, render_steps
 
-    doc = _api(args, config).call("GET", f"{V}/step/status")
+    doc = _api(args, config).every(f"{V}/step/status")
     if args.user:
         doc = [s for s in doc if s.get("user") == args.user]
     return _show(args, doc, lambda: render_steps(doc))

@@ -44,7 +44,9 @@ ACCOUNT_PREFIX = "account:"
 
 
 def is_user_name(value: str) -> bool:
-    return bool(USER_RE.match(value)) and ".." not in value
+    """Could ``value`` be a user name (model.check_user accepts it)? Matched whole: '$'
+    alone lets a trailing newline through."""
+    return bool(USER_RE.fullmatch(value)) and ".." not in value
 
 
 # --- records ----------------------------------------------------------------
@@ -285,6 +287,10 @@ SETTINGS: dict[str, Setting] = {
     "released_retention": Setting(
         "604800", _retention, "seconds a released reservation stays listed (STOPPED) before "
         "it is forgotten: removed from memory, the status lists and the state database"
+    ),
+    "step_retention": Setting(
+        "604800", _retention, "seconds an ended step stays listed before it is forgotten with "
+        "its data movers: removed from memory, the step lists and the state database"
     ),
     "teardown_grace": Setting(
         "60", _seconds, "seconds the burst-buffer teardown has, after a service job ended, to "
@@ -801,7 +807,7 @@ def describe(config: Config) -> str:
 # Flavor, Datanode, EphemeralService, Tier, Limit, Account) is reloaded.
 RELOADABLE = frozenset({"placement_policy", "queue_policy", "limit_policy", "backfill_window",
                         "released_retention", "teardown_grace", "unclaimed_timeout",
-                        "release_timeout", "stuck_job_timeout"})
+                        "release_timeout", "stuck_job_timeout", "step_retention"})
 
 
 def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:

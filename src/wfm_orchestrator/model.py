@@ -80,7 +80,8 @@ class ServiceStatus(enum.StrEnum):
 def check_name(value: Any, field: str = "name") -> str:
     if not isinstance(value, str):
         raise InvalidRequest(field, f"expected a string ({NAME_RULE})")
-    if not NAME_RE.match(value) or ".." in value:
+    # fullmatch: '$' would let a trailing newline through.
+    if not NAME_RE.fullmatch(value) or ".." in value:
         raise InvalidRequest(field, f"invalid name {_shown(value)}: expected {NAME_RULE}")
     return value
 

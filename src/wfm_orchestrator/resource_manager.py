@@ -39,6 +39,7 @@ from .errors import (
 )
 from .limits import Usage
 from .model import DatanodeState, ReservationState, ReserveRequest
+from .paging import Page, take
 from .repositories import datanodes as drains
 from .repositories import reservations
 from .reservation import Reservation
@@ -159,6 +160,8 @@ class ResourceManager:
             elif rec.state == State.QUEUED:
                 self._queue.append(rec)
             self._records[rec.name] = rec
+        # The records in seq order, for pages (page()): bisected, never sorted per request.
+        self._order = sorted(self._records.values(), key=_seq)
         for name, (reason, since) in drains.load_drained(self.store).items():
             if name not in self.config.datanodes:
                 log.warning("datanode %s was drained but is no longer configured: ignored", name)
@@ -237,6 +240,7 @@ class ResourceManager:
         if rec.state == State.QUEUED:
             self._queue.append(rec)
             rec.detail = rec.detail or "waiting for resources"
+        self._reorder(self._records.get(req.name), rec)
         self._records[req.name] = rec
         ticket = self._write([rec])
         self._notify(rec)
@@ -601,6 +605,7 @@ class ResourceManager:
             for rec in old:
                 del self._records[rec.name]
                 self._tickets.pop(rec.name, None)
+            self._order = [r for r in self._order if self._records.get(r.name) is r]
             ticket = self.store.write([reservations.forget(rec) for rec in old],
                                       on_failure=self._resync)
         return [(rec.name, rec.seq) for rec in old], ticket
@@ -639,6 +644,33 @@ class ResourceManager:
         with self._lock:
             rec = self._records.get(name)
             return (rec, self._position(rec)) if rec else None
+
+    def _reorder(self, old: Reservation | None, new: Reservation) -> None:
+        """Keep ``_order`` in seq order: ``new`` (the highest seq) at the end, the released
+        record of the same name it replaces out."""
+        if old is not None:
+            i = bisect.bisect_left(self._order, old.seq, key=_seq)
+            if i < len(self._order) and self._order[i] is old:
+                del self._order[i]
+        self._order.append(new)
+
+    def page(self, after: int | None, limit: int | None,
+             keep: Callable[[Reservation], bool] | None = None
+             ) -> Page[tuple[Reservation, int]]:
+        """The reservations after seq ``after`` in arrival order (at most ``limit``, those
+        ``keep`` accepts) with their queue positions: one snapshot, under the lock.
+
+        The start is found by bisection: a page costs its own length, not the list's.
+        """
+        with self._lock:
+            start = 0 if after is None else bisect.bisect_right(self._order, after, key=_seq)
+            found = take(self._order, start, limit, keep, _seq)
+            return Page([(r, self._position(r)) for r in found.items], found.next)
+
+    def users(self) -> set[str]:
+        """The users of the reservations in memory (live, and released until forgotten)."""
+        with self._lock:
+            return {r.request.user for r in self._records.values()}
 
     def snapshots(self, user: str | None = None) -> list[tuple[Reservation, int]]:
         with self._lock:
@@ -682,11 +714,15 @@ class ResourceManager:
         with self._lock:
             return dict(self._drained)
 
-    def datanodes(self) -> list[DatanodeView]:
-        """Every configured datanode with its capacity, what is free and its state."""
+    def datanodes(self, names: list[str] | None = None) -> list[DatanodeView]:
+        """Every configured datanode (or those of ``names``) with its capacity, what is free
+        and its state."""
         out = []
         with self._lock:
-            for name, spec in self.config.datanodes.items():
+            for name in self.config.datanodes if names is None else names:
+                spec = self.config.datanodes.get(name)
+                if spec is None:
+                    continue  # removed by a reload since ``names`` was read
                 free = self._free(name)
                 cap = self.allocator.capacity(name)
                 state, reason = self.datanode_state(name)
@@ -709,6 +745,7 @@ class ResourceManager:
         with self._lock:
             return self._queue[:limit]
 
-    def all_resources(self) -> list[dict[str, Any]]:
+    def all_resources(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """server/resources of every datanode (or of those of ``names``)."""
         return [{"server_name": name, "server_resources": self.resources(name)}
-                for name in self.config.datanodes]
+                for name in (self.config.datanodes if names is None else names)]

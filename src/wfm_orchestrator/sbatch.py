@@ -168,7 +168,7 @@ def _split_item(item: str, field: str) -> tuple[str, str]:
 
 
 def check_env_name(name: str, field: str = "command_env") -> str:
-    if not ENV_NAME_RE.match(name):
+    if not ENV_NAME_RE.fullmatch(name):  # "$" alone lets a trailing newline through
         raise InvalidRequest(field, f"{_shown(name)} is not a variable name "
                                     "([A-Za-z_][A-Za-z0-9_]*, at most 128 characters)")
     if DENIED_ENV_RE.match(name):
@@ -191,7 +191,7 @@ def substitute(word: str, env: Mapping[str, str], field: str = "command",
         if m.group(0) == "$$":
             return "$"
         name = m.group(1) if m.group(1) is not None else m.group(2)
-        if not ENV_NAME_RE.match(name or ""):
+        if not ENV_NAME_RE.fullmatch(name or ""):
             raise InvalidRequest(field, f"{_shown(m.group(0))} is not a variable reference "
                                         "(write $$ for a literal $)")
         if name not in env:

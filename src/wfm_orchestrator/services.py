@@ -39,6 +39,7 @@ from .fault import fault
 from .follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from .impersonation import submit_as_user
 from .model import ReservationState, ServiceStatus
+from .paging import Page
 from .repositories import service_jobs
 from .resource_manager import Reservation, ResourceManager, iso_time
 from .service_job import ServiceJob, job_tag
@@ -273,6 +274,13 @@ class ServiceManager:
 
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
         return [self._status(rec, pos) for rec, pos in self.rm.snapshots(user)]
+
+    def status_page(self, after: int | None, limit: int | None,
+                    keep: Callable[[Reservation], bool] | None = None
+                    ) -> Page[dict[str, str]]:
+        """Statuses in arrival order after reservation seq ``after`` (ResourceManager.page)."""
+        found = self.rm.page(after, limit, keep)
+        return Page([self._status(rec, pos) for rec, pos in found.items], found.next)
 
     # --- release ----------------------------------------------------------------
 

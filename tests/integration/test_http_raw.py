@@ -356,6 +356,36 @@ def test_http_1_0_with_transfer_encoding_is_400_and_closes(tmp_path, fast_path):
         stop_server(srv)
 
 
+@pytest.mark.parametrize("fast_path", ["on", "off"])
+def test_a_page_carries_its_next_cursor_on_either_path(tmp_path, fast_path):
+    """The next-page headers of a list reach the client whether the request is served on
+    the event loop or by a worker (the status list is a non-blocking endpoint)."""
+    srv = start_server(tmp_path, fast_path=fast_path)
+    try:
+        for i in range(2):
+            body = json.dumps({"name": f"alice_p_{i}", "user": "alice", "user_slurm_token": "t",
+                               "type": "NFS", "attributes": {"cores": 0, "gssize": 0,
+                                                             "mountpoint": "/m"}}).encode()
+            reply = exchange(srv.port, (f"POST /v1.0.0/ephemeralservice/reserve HTTP/1.1\r\n"
+                                        f"Host: x\r\nContent-Length: {len(body)}\r\n"
+                                        f"Connection: close\r\n\r\n").encode() + body)
+            assert parse_responses(reply.raw)[0].status == 200, reply.raw[:300]
+        reply = exchange(srv.port, get("/v1.0.0/ephemeralservice/status?limit=1",
+                                       "Connection: close\r\n"))
+        [resp] = parse_responses(reply.raw)
+        assert resp.status == 200 and [s["name"] for s in json.loads(resp.body)] == ["alice_p_0"]
+        after = resp.headers["x-next-cursor"]
+        assert resp.headers["link"] == (f"</v1.0.0/ephemeralservice/status?limit=1&after={after}>"
+                                        '; rel="next"')
+        reply = exchange(srv.port, get(f"/v1.0.0/ephemeralservice/status?limit=1&after={after}",
+                                       "Connection: close\r\n"))
+        [resp] = parse_responses(reply.raw)
+        assert [s["name"] for s in json.loads(resp.body)] == ["alice_p_1"]
+        assert "x-next-cursor" not in resp.headers
+    finally:
+        stop_server(srv)
+
+
 # --- shutdown -----------------------------------------------------------------
 
 

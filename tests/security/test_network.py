@@ -9,6 +9,7 @@ host's network address, where she listens for the SlurmUser token.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ import threading
 
 import pytest
 
-from .conftest import free_port, request, roles, run_serve, write_conf
+from .conftest import ALICE, BOB, free_port, request, roles, run_serve, unique, write_conf
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +105,40 @@ def test_a_token_whose_issuer_is_a_prefix_of_ours_is_refused(kc_server, bob_thin
                                    forged)
         assert_token_refused(code, headers, "bad_issuer", "not issued by the configured realm")
     assert (bob_reservation(port, tokens, key, name), bob_things()) == before
+
+
+def test_alices_pages_of_the_lists_hold_none_of_bobs(kc_server):
+    """alice, with her own valid token, pages the service list one by one and sends cursors
+    of her choosing (one before everything, one taken from an administrator's page right
+    after bob's reservation): every page holds her services only, and no next cursor tells
+    her that bob's come after her last one."""
+    port, tokens, key, bobs = kc_server
+    sm = tokens.make(key, preferred_username="iosea-sm", **roles("session-manager"))
+    alice = tokens.make(key, preferred_username=ALICE, **roles())
+    admin = tokens.make(key, preferred_username="ops", **roles("admin"))
+    body = {"user_slurm_token": "t", "type": "GBF",  # noqa: S106 - not a secret
+            "attributes": {"cores": 1, "msize": 10, "gssize": 0, "mountpoint": "/mnt/x"}}
+    mine = [unique("page", ALICE) for _ in range(2)]
+    for name, user in ((mine[0], ALICE), (mine[1], ALICE), (unique("page"), BOB)):
+        code, _, answer = request(port, "POST", "/v1.0.0/ephemeralservice/reserve", sm,
+                                  {**body, "name": name, "user": user})
+        assert code == 200, answer
+    status = "/v1.0.0/ephemeralservice/status"
+    seen, after = [], ""
+    for _ in range(5):
+        code, headers, page = request(port, "GET", f"{status}?limit=1{after}", alice)
+        assert code == 200, page
+        seen += [s["name"] for s in page]
+        if "x-next-cursor" not in headers:
+            break
+        after = f"&after={headers['x-next-cursor']}"
+    assert seen == mine
+    _, headers, _ = request(port, "GET", f"{status}?limit=1", admin)  # after bob's first
+    for cursor in ("r~0", headers["x-next-cursor"]):
+        code, headers, page = request(port, "GET", f"{status}?limit=5&after={cursor}", alice)
+        assert code == 200 and [s["name"] for s in page] == mine, page
+        assert "x-next-cursor" not in headers
+    assert bobs not in json.dumps(seen)
 
 
 def test_a_token_with_a_non_string_sub_is_refused(kc_server, bob_things):

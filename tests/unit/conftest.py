@@ -55,11 +55,20 @@ def scan(request):
     _compiled._use_avx2(True)
 
 
+# The accounts of the Schemathesis run (test_openapi.py): every user name the document
+# allows is an ordinary account there; it excludes these three by name.
+SCHEMA_ACCOUNTS = {"root": 0, "nobody": 65534, "slurm": 64030}
+
+
 @pytest.fixture
-def web_schema(app_factory):
-    """The served OpenAPI document as a Schemathesis schema over the in-process application."""
+def web_schema(app_factory, monkeypatch, account_table):
+    """The served OpenAPI document as a Schemathesis schema over the in-process application,
+    whose account table holds every user name the document allows."""
     import schemathesis
 
+    from wfm_orchestrator import accounts
+
+    monkeypatch.setattr(accounts, "passwd_uid", lambda name: SCHEMA_ACCOUNTS.get(name, 5000))
     client, _, _ = app_factory()
     return schemathesis.openapi.from_wsgi("/openapi.json", client.app)
 
@@ -219,6 +228,23 @@ def stubs(tmp_path):
         stub.chmod(0o755)
     path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     return path, calls, tmp_path
+
+
+# --- test_step_retention.py ---
+
+
+@pytest.fixture
+def stepped(env):
+    """(config, make, manager, slurm, services, clock): a step manager on a fake Slurm, fake
+    services and a clock the test moves (``make`` restarts it on the same database)."""
+    from ..fake_slurm import FakeServices, FakeSlurm
+    from ..jwks_fixture import FakeClock
+
+    config, make = env
+    slurm, services = FakeSlurm(cancel_ends_jobs=True), FakeServices()
+    m = make(slurm, services)
+    m.clock = FakeClock(1_000_000.0)
+    return config, make, m, slurm, services, m.clock
 
 
 # --- test_session_manager_jobs.py ---

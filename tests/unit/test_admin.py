@@ -9,6 +9,8 @@ import pytest
 
 from wfm_orchestrator import cli
 from wfm_orchestrator.admin import (
+    PAGE,
+    Api,
     backup_database,
     check_database,
     read_token,
@@ -48,6 +50,23 @@ def test_table_aligns_numbers_right_and_words_left():
 def test_commands_reach_the_service_at_its_listen_address(listen, url):
     """A wildcard listener is reached on loopback."""
     assert service_url(listen) == url
+
+
+def test_list_commands_follow_the_next_cursor_page_by_page():
+    """Api.every asks PAGE items at a time and follows X-Next-Cursor to the last page,
+    keeping the command's own parameters."""
+    pages = {None: ([1, 2], {"X-Next-Cursor": "r~2"}), "r~2": ([3], {})}
+    asked = []
+
+    class Recorded(Api):
+        def _exchange(self, method, path, body, params):
+            asked.append((method, path, dict(params)))
+            return pages[params.get("after")]
+
+    assert Recorded("http://x").every("/admin/reservations", {"user": "bob"}) == [1, 2, 3]
+    assert asked == [("GET", "/admin/reservations", {"user": "bob", "limit": str(PAGE)}),
+                     ("GET", "/admin/reservations", {"user": "bob", "limit": str(PAGE),
+                                                     "after": "r~2"})]
 
 
 def test_token_comes_from_the_environment_before_the_file(tmp_path):

@@ -119,6 +119,37 @@ def test_lists_never_show_another_users_items(secured):
     assert names("owner", "/v1.0.0/ephemeralservice/status/alice") == ["alice_s_x"]
 
 
+def test_pages_never_show_another_users_items(secured):
+    """Paged lists are filtered before their limit, like whole ones: an ordinary user's pages
+    and next cursors come from his own items only, whatever cursor he sends (one made up,
+    one of a list he may not read whole)."""
+    client, tokens = secured
+    for i in range(3):
+        for user in ("alice", "bob"):
+            body = dict(RESERVE, name=f"{user}_s_{i}", user=user)
+            r = call(client, "POST", "/v1.0.0/ephemeralservice/reserve", body, tokens["sm"])
+            assert r.status_code == 200, r.text
+
+    def page(caller, query, path="/v1.0.0/ephemeralservice/status"):
+        r = client.simulate_get(path, query_string=query,
+                                headers={"Authorization": f"Bearer {tokens[caller]}"})
+        assert r.status_code == 200, r.text
+        return [s["name"] for s in r.json], r.headers.get("x-next-cursor")
+
+    seen, after = [], None
+    while True:
+        names, after = page("owner", "limit=1" + (f"&after={after}" if after else ""))
+        seen += names
+        if after is None:
+            break
+    assert seen == ["alice_s_0", "alice_s_1", "alice_s_2"]
+    _, admins = page("admin", "limit=1")  # the cursor after alice_s_0, taken by the admin
+    assert page("owner", f"limit=5&after={admins}")[0] == ["alice_s_1", "alice_s_2"]
+    assert page("other", "limit=5&after=r~0")[0] == ["bob_s_0", "bob_s_1", "bob_s_2"]
+    assert page("other", "limit=2") == (["bob_s_0", "bob_s_1"], page("admin", "limit=4")[1])
+    assert page("other", "limit=5", "/v1.0.0/ephemeralservice/status/alice") == ([], None)
+
+
 def test_openapi_document_is_public(secured):
     """/openapi.json needs no token."""
     client, _ = secured

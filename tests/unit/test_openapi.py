@@ -1,11 +1,14 @@
 """The OpenAPI document tells the truth: it matches the routes, and Schemathesis agrees."""
 
+import json
+
 import pytest
 import schemathesis
 import schemathesis.specs.openapi.checks as oac
 from hypothesis import HealthCheck, settings
 
 from wfm_orchestrator.api.app import VERSIONS, operator_routes, routes
+from wfm_orchestrator.api.media import MAX_BODY
 from wfm_orchestrator.api.metrics import Metrics
 from wfm_orchestrator.api.openapi import CANONICAL_VERSION, DEFAULT_VERSION
 
@@ -88,24 +91,71 @@ def no_undocumented_server_error(ctx, response, case):
     return None
 
 
+def too_large(response, case) -> bool:
+    """A 413 for a body over MAX_BODY: a limit of the transport, which JSON Schema cannot
+    state (the document names it in the 413 answer)."""
+    return response.status_code == 413 and \
+        len(json.dumps(case.body, ensure_ascii=False).encode()) > MAX_BODY
+
+
+def invalid_data_refused(ctx, response, case):
+    """negative_data_rejection, a 413 for an oversized body counting as a refusal."""
+    return None if too_large(response, case) else oac.negative_data_rejection(ctx, response,
+                                                                              case)
+
+
+def distinct_names(body) -> bool:
+    """Does a step/launch body keep the three rules OpenAPI 3.0 cannot state (the document
+    describes them, api/constraints.py): distinct service names, distinct data mover
+    names, distinct command_env variables?"""
+    if not isinstance(body, dict):
+        return True
+    services = body.get("services")
+    services = [s for s in services if isinstance(s, dict)] if isinstance(services, list) else []
+    movers = [m.get("name") for s in services if isinstance(s.get("datamovers"), list)
+              for m in s["datamovers"] if isinstance(m, dict)]
+    env = body.get("command_env")
+    items = env.split() if isinstance(env, str) else env if isinstance(env, list) else []
+    keys = [str(item).partition("=")[0] for item in items]
+    names = [s.get("name") for s in services]
+    return all(len(set(map(repr, group))) == len(group) for group in (names, movers, keys))
+
+
+def valid_data_accepted(ctx, response, case):
+    """positive_data_acceptance for requests generated valid in every part: the coverage
+    phase of Schemathesis 4.32 may pair a valid path parameter with an invalid body and
+    still call the case positive (its issue #4592 and kin). Not judged: a 413 for an
+    oversized body (not a refusal of the data), a step/launch body breaking a rule the
+    document only describes."""
+    meta = case.meta
+    if meta is not None and any(not c.mode.is_positive for c in meta.components.values()):
+        return None
+    if too_large(response, case) or not distinct_names(case.body):
+        return None
+    return oac.positive_data_acceptance(ctx, response, case)
+
+
 # The spec defines 500/501/502 for well-formed requests that fail (a missing
 # reservation, an unknown datanode): the generic "no server error" check is
-# replaced by one that allows exactly those. Positive-data acceptance cannot
-# hold where valid JSON names an unknown flavor, location or reservation.
+# replaced by one that allows exactly those. Positive-data acceptance: a request the
+# document allows is never refused with 400, since the document declares what the
+# server refuses (api/constraints.py, and web_schema's accounts).
 CHECKED = [
     oac.status_code_conformance,
     oac.content_type_conformance,
     oac.response_schema_conformance,
     oac.response_headers_conformance,
-    oac.negative_data_rejection,
+    invalid_data_refused,
+    valid_data_accepted,
     oac.unsupported_method,
 ]
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
 def test_api_conforms_to_its_document(case):
-    """Generated valid and invalid requests: no undocumented error, no contradiction."""
+    """Generated valid and invalid requests: no undocumented error, no contradiction, no
+    valid request refused."""
     case.call_and_validate(checks=[*CHECKED, no_undocumented_server_error])

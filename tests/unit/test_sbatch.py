@@ -147,6 +147,8 @@ def test_command_env_forms(value, expected):
     ("WFM_ARGV_0=/bin/sh", "may not be set"),
     ("1A=x", "not a variable name"),
     ("A-B=x", "not a variable name"),
+    (["A\n=x"], "not a variable name"),
+    ({"A\n": "x"}, "not a variable name"),
     ("NOEQUALS", "not a KEY=value"),
     ("A=1 A=2", "twice"),
     (["A=\0"], "NUL"),

@@ -13,8 +13,10 @@ import falcon
 
 from ..errors import ConfigError, InvalidRequest, NotFound, ReloadRefused
 from ..model import ReservationState, check_name, check_user
+from ..paging import Page
 from ..reservation import Reservation
 from ..resource_manager import ResourceManager, iso_time
+from . import paging
 from .errors import APIError
 from .media import read_json
 from .serving import answer_after
@@ -41,7 +43,8 @@ def reservation_item(rec: Reservation, position: int) -> dict[str, Any]:
 
 
 class Datanodes:
-    """GET /admin/datanodes: every datanode, its capacity, what is free, its state."""
+    """GET /admin/datanodes: every datanode, its capacity, what is free, its state; paged
+    (api/paging.py)."""
 
     auth_actions = {"GET": "admin.read"}
 
@@ -49,7 +52,9 @@ class Datanodes:
         self.rm = rm
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = [datanode_item(v) for v in self.rm.datanodes()]
+        paging.answer_configured(req, resp, "d", list(self.rm.config.datanodes),
+                                 lambda names: [datanode_item(v)
+                                                for v in self.rm.datanodes(names)])
 
 
 class Drain:
@@ -98,7 +103,7 @@ def _one(rm: ResourceManager, name: str) -> dict[str, Any]:
 
 class Reservations:
     """GET /admin/reservations[?user=U][&state=S]: live reservations (RELEASED ones
-    only when asked by state), in arrival order."""
+    only when asked by state), in arrival order; paged (api/paging.py)."""
 
     auth_actions = {"GET": "admin.read"}
 
@@ -116,10 +121,16 @@ class Reservations:
             except ValueError:
                 raise InvalidRequest("state", f"unknown state {state!r} (valid: "
                                      f"{', '.join(s.value for s in ReservationState)})") from None
-        snaps = self.rm.snapshots(user)
-        resp.media = [reservation_item(rec, pos) for rec, pos in snaps
-                      if (rec.state == wanted if state is not None
-                          else rec.state != ReservationState.RELEASED)]
+        after, limit = paging.requested(req, "r")
+
+        def keep(rec: Reservation) -> bool:
+            return ((user is None or rec.request.user == user)
+                    and (rec.state == wanted if state is not None
+                         else rec.state != ReservationState.RELEASED))
+
+        found = self.rm.page(after, limit, keep)
+        paging.answer(req, resp, Page([reservation_item(rec, pos) for rec, pos in found.items],
+                                      found.next), "r", limit)
 
 
 class OneReservation:

@@ -188,7 +188,7 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
     for path, resource in operator_routes(config, rm, services, step_manager, metrics):
         app.add_route(path, resource)
     app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table],
-                                                   bearer=verifier is not None))
+                                                   bearer=verifier is not None, config=config))
     return app, nonblocking_requests(table)
 
 

@@ -2,7 +2,9 @@
 
 It lists the specification's canonical paths; every path is also served
 under the other version prefixes (/v1.0.0, /v2.0.0, /v2.1.0) as an alias.
-A test compares it with the application's routes.
+A test compares it with the application's routes. It declares what the server
+refuses (api/constraints.py, with the configured flavors, locations and tiers), the
+paging parameters of every list and their next-page headers (api/paging.py).
 """
 
 from __future__ import annotations
@@ -11,39 +13,17 @@ from typing import Any
 
 import falcon
 
-from ..model import MAX_CORES, MAX_MB, MAX_SERVERS
+from ..config import Config
+from ..model import ReservationState
+from . import constraints
+from .admin import MAX_REASON
+from .constraints import NAME as _NAME
+from .paging import CURSOR_PATTERNS, MAX_LIMIT, NEXT_CURSOR
 
 # The version under which the specification names each path.
 CANONICAL_VERSION = {"/server/allocation/{service_name}": "v2.0.0",
                      "/server/jobservice": "v2.0.0"}
 DEFAULT_VERSION = "v1.0.0"
-
-_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"}
-_SIZE = {"type": "integer", "minimum": 0, "maximum": MAX_MB}
-_SIZE_OR_TEXT = {"oneOf": [_SIZE, {"type": "string", "maxLength": 64}]}
-
-_ATTRIBUTES = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "cores": {"type": "integer", "minimum": 0, "maximum": MAX_CORES},
-        "msize": _SIZE_OR_TEXT,
-        "ssize": _SIZE_OR_TEXT,
-        "gssize": _SIZE_OR_TEXT,
-        "flavor": {"type": "string"},
-        "targets": {"oneOf": [{"type": "string"},
-                              {"type": "array", "items": {"type": "string"}}]},
-        "mountpoint": {"type": "string"},
-    },
-}
-
-# What a service is and where: the part a reserve body and a job's line share.
-_PLACED = {
-    "type": {"type": "string", "enum": ["NFS", "GBF", "SBB", "DASI"]},
-    "servers": {"type": "integer", "minimum": 1, "maximum": MAX_SERVERS, "default": 1},
-    "attributes": _ATTRIBUTES,
-    "location": {"type": "array", "items": {"type": "string"}},
-}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -54,17 +34,6 @@ SCHEMAS: dict[str, Any] = {
             "description": {"type": "string"},
             "message": {"type": "string", "description": "the human-readable reason"},
             "field": {"type": "string", "description": "the request field at fault"},
-        },
-    },
-    "ReserveRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "user", "user_slurm_token", "type", "attributes"],
-        "properties": {
-            "name": _NAME,
-            "user": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"},
-            "user_slurm_token": {"type": "string"},
-            **_PLACED,
         },
     },
     "ReserveResponse": {
@@ -167,16 +136,6 @@ SCHEMAS: dict[str, Any] = {
                            "(job-scoped services)"},
         },
     },
-    "JobServiceRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["type"],
-        "properties": {
-            "name": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9-]{0,31}$",
-                     "description": "the short name: the service is <user>_job<N>_<name>"},
-            **_PLACED,
-        },
-    },
     "JobServiceResponse": {
         "type": "object",
         "required": ["name", "status", "message", "scope", "job_id"],
@@ -196,45 +155,6 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"job_id": {"type": "integer"},
                        "released": {"type": "array", "items": {"type": "string"}},
                        "message": {"type": "string"}},
-    },
-    "StepLaunchRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["name", "user", "command"],
-        "properties": {
-            "name": _NAME,
-            "user": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$"},
-            "location": {"type": "array", "items": {"type": "string"}},
-            "command_env": {
-                "description": "KEY=value items: a string (separated by spaces or new lines), "
-                               "a list of \"KEY=value\" strings or an object",
-                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
-                          {"type": "object", "additionalProperties": {"type": "string"}}]},
-            "command": {"type": "string", "description": "an sbatch command line "
-                                                        "(docs/steps.md lists the options)"},
-            "services": {"type": "array", "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name"],
-                "properties": {
-                    "name": _NAME,
-                    "hint": {"type": "string", "enum": ["RO", "RW", "WO"], "default": "RW"},
-                    "datamovers": {"type": "array", "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "trigger", "target", "operation", "elements"],
-                        "properties": {
-                            "name": _NAME,
-                            "trigger": {"type": "string", "enum": ["step_start", "step_stop"]},
-                            "target": {"type": "string"},
-                            "operation": {"type": "string"},
-                            "elements": {"type": "array", "minItems": 1,
-                                         "items": {"type": "string"}},
-                        },
-                    }},
-                },
-            }},
-        },
     },
     "StepLaunchResponse": {
         "type": "object",
@@ -298,7 +218,7 @@ def _error(description: str) -> dict[str, Any]:
 
 def _path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string"}}
+            "schema": _NAME}
 
 
 def _query_uint(name: str, description: str, minimum: int) -> dict[str, Any]:
@@ -311,12 +231,66 @@ _JOB_ID = _query_uint("job_id", "the Slurm job the burst-buffer plugin acts for 
                       "leave it out)", 1)
 _UID = _query_uint("uid", "the uid of that job's user (an addition to the spec; required "
                    "from the plugin's role)", 0)
+# GET server/allocation: job_id and uid together or neither. OpenAPI 3.0 says so of one
+# object parameter only: exploded in the form style, its properties are the query
+# parameters ?job_id=N&uid=U.
+_BINDER = {"name": "binder", "in": "query", "required": False, "style": "form",
+           "explode": True,
+           "description": "?job_id=N&uid=U, both or neither: the Slurm job the burst-buffer "
+                          "plugin binds for and that job's uid (an addition to the spec; the "
+                          "plugin's role must send them, an administrator may leave them out)",
+           "schema": {"type": "object", "additionalProperties": False,
+                      "properties": {
+                          "job_id": {"type": "integer", "minimum": 1, "maximum": 2**32 - 1},
+                          "uid": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}},
+                      "anyOf": [{"required": ["job_id", "uid"]}, {"maxProperties": 0}]}}
+
+
+def _paged(kind: str, what: str) -> dict[str, Any]:
+    """The paging parameters of a list of ``kind`` (api/paging.py)."""
+    return {"parameters": [
+        {"name": "limit", "in": "query", "required": False,
+         "description": f"at most this many {what} (an addition to the spec: without it, "
+                        "every one); the next page's cursor is then in X-Next-Cursor",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}},
+        {"name": "after", "in": "query", "required": False,
+         "description": "the X-Next-Cursor of the previous page, unchanged (opaque; an "
+                        "addition to the spec): the page starts after its item, which may "
+                        "be gone since",
+         "schema": {"type": "string", "maxLength": 256, "pattern": CURSOR_PATTERNS[kind]}}],
+        "headers": {
+            NEXT_CURSOR: {"description": "the cursor of the next page (with limit, when more "
+                                         "items follow)",
+                          "schema": {"type": "string", "pattern": CURSOR_PATTERNS[kind]}},
+            "Link": {"description": "<this request with after=the next cursor>; "
+                                    'rel="next" (with limit, when more items follow)',
+                     "schema": {"type": "string"}}}}
+
+
+def _list(kind: str, what: str, ok: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """(the 200 answer of a paged list with its headers, its paging parameters)."""
+    paged = _paged(kind, what)
+    return {**ok, "headers": paged["headers"]}, paged["parameters"]
+
+
+def _one_or_list(kind: str, noun: str, item: str) -> tuple[dict[str, Any], list[Any]]:
+    """status/{ident}: one status by name, or the paged list of a user id's."""
+    return _list(kind, f"{noun}s of the user",
+                 _json({"oneOf": [_ref(item), {"type": "array", "items": _ref(item)}]},
+                       f"one status ({noun} name) or a list (user id)"))
+
 
 _COMMON = {"400": _error("malformed request (the field and the fix are named)"),
            "404": _error("unknown route")}
 
 
-def _op(summary: str, ok: dict[str, Any], errors: dict[str, str], **extra: Any) -> dict[str, Any]:
+def _op(summary: str, ok: dict[str, Any], *rest: Any, **extra: Any) -> dict[str, Any]:
+    """An operation: ``_op(summary, ok, errors)``, or ``_op(summary, ok, parameters, errors)``
+    for a list (``_list``); ``extra=[...]`` adds parameters to a list's."""
+    *paging, errors = rest
+    parameters = [*(paging[0] if paging else []), *extra.pop("extra", [])]
+    if parameters:
+        extra["parameters"] = [*parameters, *extra.get("parameters", [])]
     responses = {"200": ok, **_COMMON, **{code: _error(text) for code, text in errors.items()}}
     return {"summary": summary, "responses": responses, **extra}
 
@@ -343,7 +317,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                     "409": "the reservation is still queued",
                     "500": "the reservation is missing",
                     "501": "the reservation is already ALLOCATED (by another job)"},
-                   parameters=[_JOB_ID, _UID]),
+                   parameters=[_BINDER]),
         "delete": _op("Delete a reservation (its resources return to the pool)",
                       _json(_ref("Released"), "released"),
                       {"403": "job_id did not bind this reservation: nothing released",
@@ -368,8 +342,10 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                       parameters=[{**_JOB_ID, "required": True}]),
     },
     "/server/resources/all": {
-        "get": _op("Resources of every datanode",
-                   _json({"type": "array", "items": _ref("ServerResourcesEntry")}, "all"),
+        "get": _op("Resources of every datanode, in inventory order",
+                   *_list("d", "datanodes",
+                          _json({"type": "array", "items": _ref("ServerResourcesEntry")},
+                                "all")),
                    {"500": "request failed"}),
     },
     "/server/resources/{server_name}": {
@@ -379,19 +355,25 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     },
     "/location/list": {
         "get": _op("Configured MSA locations",
-                   _json({"type": "array", "items": _ref("Location")}, "locations"), {}),
+                   *_list("l", "locations",
+                          _json({"type": "array", "items": _ref("Location")}, "locations")),
+                   {}),
     },
     "/ephemeralservice/flavors": {
         "get": _op("Configured flavors",
-                   _json({"type": "array", "items": _ref("Flavor")}, "flavors"), {}),
+                   *_list("f", "flavors",
+                          _json({"type": "array", "items": _ref("Flavor")}, "flavors")),
+                   {}),
     },
     "/ephemeralservice/status": {
-        "get": _op("Status of every ephemeral service",
-                   _json({"type": "array", "items": _ref("ServiceStatus")}, "statuses"), {},
-                   parameters=[_query_uint("uid", "only the services of this uid's user "
-                                           "(an addition to the spec: the burst-buffer "
-                                           "plugin's scontrol show bbstat where Slurm says "
-                                           "who asks; optional)", 0)]),
+        "get": _op("Status of every ephemeral service, oldest first",
+                   *_list("r", "services",
+                          _json({"type": "array", "items": _ref("ServiceStatus")},
+                                "statuses")),
+                   {}, extra=[_query_uint("uid", "only the services of this uid's user "
+                                          "(an addition to the spec: the burst-buffer "
+                                          "plugin's scontrol show bbstat where Slurm says "
+                                          "who asks; optional)", 0)]),
     },
     "/ephemeralservice/release/{service_name}": {
         "parameters": [_path_param("service_name", "the service name")],
@@ -410,14 +392,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                               "from the plugin's role)", 0)]),
     },
     "/ephemeralservice/status/{ident}": {
-        "parameters": [_path_param("ident", "a service name (looked up first) or a user id")],
-        "get": _op("Status of one service, or of every service of a user",
-                   _json({"oneOf": [_ref("ServiceStatus"),
-                                    {"type": "array", "items": _ref("ServiceStatus")}]},
-                         "one status (service name) or a list (user id)"),
+        "parameters": [_path_param("ident", "a service name (looked up first) or a user id "
+                                   "([] for a name that is neither)")],
+        "get": _op("Status of one service, or of every service of a user (oldest first)",
+                   *_one_or_list("r", "service", "ServiceStatus"),
                    {"500": "with uid: no such service of that uid's user (a job may use "
                            "only its own user's services)"},
-                   parameters=[_query_uint("uid", "the uid of the step job the burst-buffer "
+                   extra=[_query_uint("uid", "the uid of the step job the burst-buffer "
                                            "plugin checks for (an addition to the spec): the "
                                            "segment is then a service name, answered only "
                                            "if it is that user's; required from the "
@@ -450,15 +431,16 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         )
     },
     "/step/status": {
-        "get": _op("Status of every step",
-                   _json({"type": "array", "items": _ref("StepStatus")}, "statuses"), {}),
+        "get": _op("Status of every step, oldest first (ended ones until step_retention)",
+                   *_list("s", "steps",
+                          _json({"type": "array", "items": _ref("StepStatus")}, "statuses")),
+                   {}),
     },
     "/step/status/{ident}": {
-        "parameters": [_path_param("ident", "a step name (looked up first) or a user id")],
-        "get": _op("Status of one step, or of every step of a user",
-                   _json({"oneOf": [_ref("StepStatus"),
-                                    {"type": "array", "items": _ref("StepStatus")}]},
-                         "one status (step name) or a list (user id)"),
+        "parameters": [_path_param("ident", "a step name (looked up first) or a user id ([] "
+                                   "for a name that is neither, or a forgotten step)")],
+        "get": _op("Status of one step, or of every step of a user (oldest first)",
+                   *_one_or_list("s", "step", "StepStatus"),
                    {}),
     },
     "/step/abort/{step_id}": {
@@ -570,17 +552,23 @@ SCHEMAS["AdminReservation"] = {
 _DN_PARAM = [_path_param("name", "a datanode of wfm.conf")]
 _ADMIN_ERRORS = {"400": _error("malformed request (the field and the fix are named)"),
                  "404": _error("no such datanode or reservation")}
+_DN_OK, _DN_PAGING = _list("d", "datanodes",
+                           _json({"type": "array", "items": _ref("Datanode")}, "datanodes"))
+_RES_OK, _RES_PAGING = _list("r", "reservations",
+                             _json({"type": "array", "items": _ref("AdminReservation")},
+                                   "reservations"))
 OPERATOR_OPERATIONS.update({
     "/admin/datanodes": {"get": {
-        "summary": "Every datanode: capacity, free, state (admin)",
-        "responses": {"200": _json({"type": "array", "items": _ref("Datanode")}, "datanodes")}}},
+        "summary": "Every datanode: capacity, free, state, in inventory order (admin)",
+        "parameters": _DN_PAGING,
+        "responses": {"200": _DN_OK, "400": _ADMIN_ERRORS["400"]}}},
     "/admin/datanodes/{name}/drain": {"parameters": _DN_PARAM, "post": {
         "summary": "Drain a datanode: no new placement there, existing reservations stay; "
                    "draining again replaces the reason (admin)",
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "required": ["reason"],
-            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 1024,
-                                      "pattern": "\\S"}}}}}},
+            "properties": {"reason": {**constraints.text(MAX_REASON, blank=False),
+                                      "description": "why (not blank)"}}}}}},
         "responses": {"200": _json(_ref("Datanode"), "the datanode, drained"),
                       **_ADMIN_ERRORS}}},
     "/admin/datanodes/{name}/resume": {"parameters": _DN_PARAM, "post": {
@@ -590,13 +578,13 @@ OPERATOR_OPERATIONS.update({
     "/admin/reservations": {"get": {
         "summary": "Reservations in arrival order: live ones, or those of one state (admin)",
         "parameters": [
-            {"name": "user", "in": "query", "required": False, "schema": {"type": "string"},
-             "description": "only this user's"},
+            {"name": "user", "in": "query", "required": False,
+             "schema": constraints.USER_NAME, "description": "only this user's"},
             {"name": "state", "in": "query", "required": False,
-             "schema": {"type": "string", "enum": ["QUEUED", "FREE", "ALLOCATED", "RELEASED"]},
-             "description": "only those in this state (RELEASED ones until forgotten)"}],
-        "responses": {"200": _json({"type": "array", "items": _ref("AdminReservation")},
-                                   "reservations"), **_ADMIN_ERRORS}}},
+             "schema": {"type": "string", "enum": [s.value for s in ReservationState]},
+             "description": "only those in this state (RELEASED ones until forgotten)"},
+            *_RES_PAGING],
+        "responses": {"200": _RES_OK, **_ADMIN_ERRORS}}},
     "/admin/reload": {"post": {
         "summary": "Read wfm.conf again: records and the reloadable settings take effect; "
                    "a file with errors, or one that would not hold the reservations, is "
@@ -646,8 +634,10 @@ def _with_bearer_errors(responses: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
-    """The OpenAPI document of ``paths``; ``bearer`` when the API asks for tokens."""
+def document(paths: list[str], bearer: bool = False,
+             config: Config | None = None) -> dict[str, Any]:
+    """The OpenAPI document of ``paths``; ``bearer`` when the API asks for tokens;
+    ``config``: what the request bodies may name (flavors, locations, tiers, ...)."""
     out_paths = {}
     for path in paths:
         version = CANONICAL_VERSION.get(path, DEFAULT_VERSION)
@@ -666,7 +656,10 @@ def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
         elif bearer:
             operations = {method: {**op, "security": []} for method, op in operations.items()}
         out_paths[path] = operations
-    components: dict[str, Any] = {"schemas": SCHEMAS}
+    components: dict[str, Any] = {"schemas": {
+        **SCHEMAS, "ReserveRequest": constraints.reserve_request(config),
+        "JobServiceRequest": constraints.job_service_request(config),
+        "StepLaunchRequest": constraints.step_launch_request(config)}}
     security: dict[str, Any] = {}
     if bearer:
         components["securitySchemes"] = {"bearerAuth": BEARER_SCHEME}
@@ -680,7 +673,9 @@ def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
                 "The IO-SEA Orchestrator API. Paths are listed under the specification's "
                 "version prefix; every path is also served, identically, under /v1.0.0, "
                 "/v2.0.0 and /v2.1.0 (aliases for the IO-SEA Session Manager and Resource "
-                "Manager). Every error body carries title, description and message."
+                "Manager). Every error body carries title, description and message. Every "
+                "list takes limit and after (paging: docs/api.md); the next page's cursor "
+                "is in X-Next-Cursor."
             ),
         },
         "paths": out_paths,
@@ -689,11 +684,24 @@ def document(paths: list[str], bearer: bool = False) -> dict[str, Any]:
     }
 
 
+def _configured(config: Config) -> tuple[Any, ...]:
+    """What of ``config`` the document names: it is made again when a reload changes it."""
+    return (tuple(config.flavors), tuple(config.locations), config.target_tier_list,
+            config.datamover_operation_list, config.slurm_user,
+            tuple(config.service_types), config.impersonate_users)
+
+
 class OpenAPI:
     auth_actions = {"GET": "public"}
 
-    def __init__(self, paths: list[str], bearer: bool = False):
-        self.doc = document(paths, bearer)
+    def __init__(self, paths: list[str], bearer: bool = False, config: Config | None = None):
+        self.paths = paths
+        self.bearer = bearer
+        self.config = config
+        self._made: tuple[Any, dict[str, Any]] | None = None
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.doc
+        key = _configured(self.config) if self.config is not None else None
+        if self._made is None or self._made[0] != key:
+            self._made = (key, document(self.paths, self.bearer, self.config))
+        resp.media = self._made[1]

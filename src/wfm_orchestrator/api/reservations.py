@@ -11,6 +11,7 @@ from ..errors import NotFound
 from ..model import check_name, parse_reserve
 from ..reservation import Reservation
 from ..resource_manager import ResourceManager
+from . import paging
 from .errors import APIError
 from .media import read_json
 from .plugin_identity import acting_for
@@ -100,6 +101,8 @@ class ServerResources:
 
 
 class AllServerResources:
+    """GET server/resources/all: every datanode in inventory order; paged (api/paging.py)."""
+
     nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "resources"}
 
@@ -107,4 +110,8 @@ class AllServerResources:
         self.rm = rm
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = self.rm.all_resources()
+        if not req.query_string:
+            resp.media = self.rm.all_resources()
+            return
+        paging.answer_configured(req, resp, "d", list(self.rm.config.datanodes),
+                                 self.rm.all_resources)

@@ -6,9 +6,12 @@ import falcon
 
 from ..auth import visible
 from ..binding import Binding, NotUsable
-from ..errors import Forbidden, InvalidRequest, NotFound
-from ..model import check_name, check_user
+from ..config import is_user_name
+from ..errors import Forbidden, NotFound
+from ..model import check_name
+from ..reservation import Reservation
 from ..services import ServiceManager
+from . import paging
 from .auth import identity_of
 from .errors import APIError
 from .plugin_identity import acting_for
@@ -17,7 +20,7 @@ from .serving import answer_after
 
 class AllServiceStatus:
     """Every status the caller may read; with ``?uid=U`` (the plugin, for ``scontrol show
-    bbstat`` asked by uid U) only that uid's user's services."""
+    bbstat`` asked by uid U) only that uid's user's services. Paged (api/paging.py)."""
 
     nonblocking = True  # may be served on the server's event loop (api/serving.py)
     auth_actions = {"GET": "service.read"}
@@ -30,8 +33,14 @@ class AllServiceStatus:
         identity = identity_of(req)
         # Optional even for the plugin: Slurm 22.05 does not say who runs bbstat.
         uid = acting_for(req, optional=("uid",))["uid"]
-        found = [s for s in self.services.statuses() if visible(identity, s["user"])]
-        resp.media = found if uid is None else self.binding.owned(uid, found)
+        after, limit = paging.requested(req, "r")
+        users = None if uid is None else self.binding.users_of(uid)
+
+        def keep(rec: Reservation) -> bool:
+            user = rec.request.user
+            return visible(identity, user) and (users is None or user in users)
+
+        paging.answer(req, resp, self.services.status_page(after, limit, keep), "r", limit)
 
 
 class Release:
@@ -72,7 +81,8 @@ class Release:
 
 
 class ServiceStatus:
-    """A service name is looked up first; otherwise the segment is a user id (a list).
+    """A service name is looked up first; otherwise the segment is a user id (a list,
+    paged like every list; ``[]`` for a name no service and no user has).
 
     A service the caller may not read is treated as unknown (never 403: its
     existence is not revealed). With ``?uid=U`` (the plugin, for a step job's
@@ -90,6 +100,7 @@ class ServiceStatus:
     def on_get(self, req: falcon.Request, resp: falcon.Response, ident: str) -> None:
         check_name(ident, "ephemeralservice_id")
         identity = identity_of(req)
+        after, limit = paging.requested(req, "r")  # checked whatever the segment names
         status = self.services.status(ident)
         who = acting_for(req, "uid", optional=("job_id",))
         uid = who["uid"]
@@ -102,11 +113,8 @@ class ServiceStatus:
         if status is not None and visible(identity, status["user"]):
             resp.media = status
             return
-        try:
-            check_user(ident, "user_id")
-        except InvalidRequest:
-            raise InvalidRequest(
-                "ephemeralservice_id",
-                f"no service named {ident!r}, and it is not a valid user id either") from None
-        resp.media = [s for s in self.services.statuses(user=ident)
-                      if visible(identity, s["user"])]
+        if not visible(identity, ident) or not is_user_name(ident):
+            resp.media = []  # as a user id: nothing the caller may read, or no such user
+            return
+        page = self.services.status_page(after, limit, lambda rec: rec.request.user == ident)
+        paging.answer(req, resp, page, "r", limit)

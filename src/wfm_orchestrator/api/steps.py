@@ -5,9 +5,12 @@ from __future__ import annotations
 import falcon
 
 from ..auth import visible
-from ..errors import InvalidRequest, NoSlurm, NotFound
-from ..model import check_name, check_user
+from ..config import is_user_name
+from ..errors import NoSlurm, NotFound
+from ..model import check_name
+from ..paging import Page
 from ..steps import StepManager
+from . import paging
 from .auth import identity_of
 from .errors import APIError
 from .media import read_json
@@ -52,6 +55,8 @@ class Progress:
 
 
 class AllStepStatus:
+    """Every status the caller may read, oldest first; paged (api/paging.py)."""
+
     auth_actions = {"GET": "step.read"}
 
     def __init__(self, steps: StepManager | None):
@@ -59,12 +64,16 @@ class AllStepStatus:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         identity = identity_of(req)
-        statuses = self.steps.statuses() if self.steps is not None else []
-        resp.media = [s for s in statuses if visible(identity, s["user"], "step.read")]
+        after, limit = paging.requested(req, "s")
+        page = (self.steps.page(after, limit,
+                                lambda s: visible(identity, s.user, "step.read"))
+                if self.steps is not None else Page())
+        paging.answer(req, resp, page, "s", limit)
 
 
 class StepStatus:
-    """A step name is looked up first; otherwise the segment is a user id (a list).
+    """A step name is looked up first; otherwise the segment is a user id (a list, paged
+    like every list; ``[]`` for a name no step and no user has: a forgotten step too).
 
     A step the caller may not read is treated as unknown (its existence is not revealed).
     """
@@ -77,18 +86,17 @@ class StepStatus:
     def on_get(self, req: falcon.Request, resp: falcon.Response, ident: str) -> None:
         check_name(ident, "step_id")
         identity = identity_of(req)
+        after, limit = paging.requested(req, "s")  # checked whatever the segment names
         status = self.steps.status(ident) if self.steps is not None else None
         if status is not None and visible(identity, status["user"], "step.read"):
             resp.media = status
             return
-        try:
-            check_user(ident, "user_id")
-        except InvalidRequest:
-            raise InvalidRequest(
-                "step_id", f"no step named {ident!r}, and it is not a valid user id either"
-            ) from None
-        statuses = self.steps.statuses(user=ident) if self.steps is not None else []
-        resp.media = [s for s in statuses if visible(identity, s["user"], "step.read")]
+        if (self.steps is None or not visible(identity, ident, "step.read")
+                or not is_user_name(ident)):
+            resp.media = []  # as a user id: nothing the caller may read, or no such user
+            return
+        paging.answer(req, resp, self.steps.page(after, limit, lambda s: s.user == ident),
+                      "s", limit)
 
 
 class Abort:

@@ -28,6 +28,13 @@ _JOB_UPSERT = (
     " nodes=excluded.nodes, exit_code=excluded.exit_code, progress=excluded.progress,"
     " progress_time=excluded.progress_time, updated=excluded.updated"
 )
+# A step forgotten (step_retention) is deleted by name and launch id: a step launched again
+# under its name meanwhile keeps its row, and its jobs (those of the forgotten one went
+# with that launch: clear_jobs).
+_FORGET_STEP = "DELETE FROM step WHERE name = ? AND launch_id = ?"
+_FORGET_JOBS = ("DELETE FROM step_job WHERE step = ? AND NOT EXISTS "
+                "(SELECT 1 FROM step WHERE name = step_job.step)")
+_CLEAR_JOBS = "DELETE FROM step_job WHERE step = ?"
 
 
 def save_step(s: Step) -> Statement:
@@ -43,12 +50,25 @@ def save_job(j: StepJob) -> Statement:
                           j.progress, j.progress_time, j.updated))
 
 
+def clear_jobs(name: str) -> Statement:
+    """Drop the job rows left under ``name`` by a forgotten step (before a new launch of it)."""
+    return (_CLEAR_JOBS, (name,))
+
+
+def forget(steps: list[Step]) -> list[Statement]:
+    """Drop the rows of ended steps and of their jobs (step_retention): the steps first, so
+    that each kind runs as one executemany."""
+    return ([(_FORGET_STEP, (s.name, s.launch_id)) for s in steps]
+            + [(_FORGET_JOBS, (s.name,)) for s in steps])
+
+
 def load_steps(store: Store) -> list[Step]:
+    """Every stored step, in the order of the step lists (created, then name)."""
     return [Step(row["name"], row["user"],
                  StepRequest.from_canonical(ujson.loads(row["request"])), row["launch_id"],
                  StepPhase(row["phase"]), row["detail"], row["abort_requested"], row["created"],
                  row["updated"], row["mover_secret"])
-            for row in store.query("SELECT * FROM step")]
+            for row in store.query("SELECT * FROM step ORDER BY created, name")]
 
 
 def load_jobs(store: Store) -> list[StepJob]:

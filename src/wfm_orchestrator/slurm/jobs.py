@@ -171,7 +171,7 @@ def check_text(field_name: str, value: object, max_chars: int = MAX_VALUE_CHARS)
 
 def _match(field_name: str, value: object, pattern: re.Pattern[str], what: str) -> str:
     text = check_text(field_name, value, 2048)
-    if not pattern.match(text):
+    if not pattern.fullmatch(text):  # "$" alone lets a trailing newline through
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise InvalidRequest(field_name, f"{shown!r} is invalid: expected {what}")
     return text

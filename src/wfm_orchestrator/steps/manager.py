@@ -7,6 +7,7 @@ lock is held.
 
 from __future__ import annotations
 
+import bisect
 import hmac
 import logging
 import secrets
@@ -33,16 +34,19 @@ from ..fault import fault
 from ..follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
+from ..paging import Page, take
 from ..repositories import steps as step_rows
 from ..resource_manager import iso_time
 from ..sbatch import translate
+from ..services import HOUSEKEEPING_INTERVAL
 from ..slurm import GONE, JobSpec, JobState, gone_reason
 from ..slurm.api import SlurmApi
 from ..store import Store, Ticket
+from ..worker import Worker
 from .jobs import build_mover_job, build_step_job, job_partition, job_tag
 from .records import Step, StepJob
 from .request import kind_of, parse_launch
-from .status import derive_status
+from .status import derive_status, last_change
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,9 @@ USABLE = ("ALLOCATED", "STAGEDIN")
 NOT_USABLE = ("STOPPED", "STAGINGOUT", "STAGEDOUT", "TEARDOWN")
 MAX_PROGRESS = 1024
 CANCEL_REPEAT = 60.0  # s before a step's job is cancelled again
+# Steps whose rows one write deletes (step_retention): the requests' writes commit between
+# two such writes instead of waiting behind a year of steps.
+FORGET_BATCH = 1000
 
 
 def check_mover_secret(step: Step, given: str | None) -> None:
@@ -86,6 +93,8 @@ class StepManager:
         self.home = home
         self._lock = threading.Lock()
         self._steps: dict[str, Step] = {}
+        # The names in the order of the step lists, (created, name): pages are bisected in it.
+        self._order: list[str] = []
         self._jobs: dict[str, dict[str, StepJob]] = {}
         self._waiting: dict[str, str] = {}  # name -> what it waits for (not durable)
         self._cancels = Cancels(CANCEL_REPEAT)  # keyed by (step, job key)
@@ -93,11 +102,15 @@ class StepManager:
         self.follower = follower or Follower(slurm, config.reconcile_interval,
                                              config.slurm_timeout * 3, flush=store.flush)
         self.follower.add(self)
+        # Forgets the steps ended more than step_retention ago; runs with or without Slurm.
+        self.housekeeping = Worker("step-housekeeping", self.forget_ended,
+                                   HOUSEKEEPING_INTERVAL, 30.0)
         self._load()
 
     def _load(self) -> None:
-        for step in step_rows.load_steps(self.store):
+        for step in step_rows.load_steps(self.store):  # in (created, name) order
             self._steps[step.name] = step
+        self._order = list(self._steps)
         for job in step_rows.load_jobs(self.store):
             self._jobs.setdefault(job.step, {})[job.key] = job
 
@@ -109,8 +122,10 @@ class StepManager:
         self.accounts.check(req.user)
         if self.slurm is None:
             raise NoSlurm()
-        now = self.clock()
         with self._lock:
+            # Taken under the lock: steps enter the lists in launch order, at the end of
+            # the pages (a clock stepped back aside).
+            now = self.clock()
             old = self._steps.get(req.name)
             if old is not None:
                 if old.request.canonical() != req.canonical():
@@ -123,7 +138,9 @@ class StepManager:
                             None, now, now, mover_secret=secrets.token_urlsafe(24))
                 self._steps[req.name] = step
                 self._jobs[req.name] = {}
-                ticket = self.store.write([step_rows.save_step(step)])
+                bisect.insort(self._order, req.name, key=self._order_key)
+                ticket = self.store.write([step_rows.clear_jobs(req.name),
+                                           step_rows.save_step(step)])
                 created = True
         if created:
             log.info("step %s accepted for %s", req.name, req.user)
@@ -208,10 +225,25 @@ class StepManager:
             return self._status(step) if step is not None else None
 
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
+        """Every status (of ``user``'s steps), oldest first."""
+        return self.page(None, None, None if user is None else lambda s: s.user == user).items
+
+    def _order_key(self, name: str) -> tuple[float, str]:
+        return self._steps[name].created, name
+
+    def page(self, after: tuple[float, str] | None, limit: int | None,
+             keep: Callable[[Step], bool] | None = None) -> Page[dict[str, str]]:
+        """The statuses of the steps after key ``after`` = (created, name), oldest first (at
+        most ``limit``, those ``keep`` accepts): one snapshot, under the lock. The start is
+        found by bisection: a page costs its own length, not the list's."""
         with self._lock:
-            return [self._status(s) for s in sorted(self._steps.values(),
-                                                    key=lambda s: (s.created, s.name))
-                    if user is None or s.user == user]
+            steps = self._steps
+            start = 0 if after is None else bisect.bisect_right(self._order, after,
+                                                                key=self._order_key)
+            found = take(self._order, start, limit,
+                         None if keep is None else lambda name: keep(steps[name]),
+                         self._order_key)
+            return Page([self._status(steps[name]) for name in found.items], found.next)
 
     def step(self, name: str) -> Step | None:
         with self._lock:
@@ -225,9 +257,45 @@ class StepManager:
 
     def start(self) -> None:
         self.follower.start()
+        self.housekeeping.start()
 
     def stop(self) -> None:
+        self.housekeeping.stop()
         self.follower.stop()
+
+    def _ended_at(self, step: Step) -> float | None:
+        """When ``step`` ended (its records' last change); None while it is followed."""
+        if step.phase == Phase.DONE or (step.phase == Phase.FAILED and self._settled(step)):
+            return last_change(step, self._jobs.get(step.name, {}))
+        return None
+
+    def forget_ended(self) -> list[str]:
+        """Forget the steps that ended more than ``step_retention`` ago, with their jobs
+        (data movers included): their records leave memory (and so the step lists) and
+        their rows the state database. Returns their names.
+
+        Without this, every step ever launched stayed in both, and memory, the lists and
+        start-up grew for ever. A forgotten step is answered as an unknown one; its name
+        may be launched again. The rows go in writes of FORGET_BATCH steps, each committed
+        before the next is queued.
+        """
+        cutoff = self.clock() - self.config.step_retention
+        with self._lock:
+            old = [s for s in self._steps.values()
+                   if (ended := self._ended_at(s)) is not None and ended < cutoff]
+            if not old:
+                return []
+            for step in old:
+                del self._steps[step.name]
+                for key in self._jobs.pop(step.name, {}):
+                    self._cancels.forget((step.name, key))
+                self._waiting.pop(step.name, None)
+            self._order = [name for name in self._order if name in self._steps]
+        for i in range(0, len(old), FORGET_BATCH):
+            self.store.write(step_rows.forget(old[i:i + FORGET_BATCH])).wait()
+        log.info("forgot %d step(s) ended more than %.0f s ago (step_retention)", len(old),
+                 self.config.step_retention)
+        return [step.name for step in old]
 
     def _settled(self, step: Step) -> bool:
         jobs = self._jobs.get(step.name, {})

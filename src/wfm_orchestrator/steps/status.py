@@ -26,13 +26,18 @@ def _mover_text(dm: DataMover, job: StepJob | None) -> str:
     return f"{dm.stage} mover {dm.name} {(job.state or 'submitted').lower()}{why}"
 
 
+def last_change(step: Step, jobs: Mapping[str, StepJob]) -> float:
+    """When a step's records last changed: its status' ``time``, and for an ended step the
+    start of its retention (step_retention)."""
+    return max([step.updated, *(j.updated for j in jobs.values()),
+                *(j.progress_time for j in jobs.values() if j.progress_time)])
+
+
 def derive_status(step: Step, jobs: Mapping[str, StepJob], waiting: str = ""
                   ) -> tuple[str, str, float]:
     """(status, detail, time of the last change) of a step, from its records only."""
     req = step.request
-    times = [step.updated] + [j.updated for j in jobs.values()] + \
-            [j.progress_time for j in jobs.values() if j.progress_time]
-    when = max(times)
+    when = last_change(step, jobs)
     main = jobs.get("main")
     start = [dm for dm in req.movers if dm.trigger == "step_start"]
     stop = [dm for dm in req.movers if dm.trigger == "step_stop"]
