@@ -165,6 +165,17 @@ def test_a_data_mover_element_the_document_allows_is_accepted(value):
                 assert accepted(parse_element, value, "e", target, steps, "alice"), value
 
 
+@pytest.mark.parametrize(("name", "ours"), [("alice_job5", False), ("alice_job5_x-1", False),
+                                           ("bob_job1234567890", False), ("alice_jobs", True),
+                                           ("alice_job5_", True), ("job5", True)])
+def test_names_of_the_job_scoped_form_are_outside_the_reserve_body(name, ours):
+    """<user>_job<N>[_<short>] is a job's own (POST server/jobservice): the document keeps
+    it out of a reserve's name, as the server does."""
+    schema = constraints.reserve_request(config())["oneOf"][0]["properties"]["name"]
+    assert valid(schema, name) == ours == reserve_accepts({"gssize": 1, "mountpoint": "/m"},
+                                                          name=name)
+
+
 def test_the_document_names_the_configured_flavors_locations_and_tiers():
     forms = constraints.reserve_request(config())["oneOf"]
     sbb = next(f for f in forms if f["properties"]["type"]["enum"] == ["SBB"])
