@@ -494,7 +494,7 @@ class ResourceManager:
             rows = [drains.resume(node)]
             if self._drained.pop(node, None) is not None:
                 if node in self._slurm:  # fenced until Slurm reports it up too
-                    log.warning("datanode %s resumed, but Slurm keeps it from new jobs (%s): "
+                    log.warning("datanode %s resumed, but Slurm keeps it from new jobs: %s; "
                                 "no new placement until Slurm reports it up", node,
                                 self._slurm[node].text)
                     return self.store.write(rows, on_failure=self._resync)
