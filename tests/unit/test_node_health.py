@@ -66,6 +66,15 @@ def test_which_slurm_states_keep_a_datanode_from_new_placements(state, flags, av
     assert (node.available, node.down) == (available, down)
 
 
+def test_a_reason_is_shown_only_for_the_states_it_explains():
+    """DOWN, DRAIN and FAIL carry Slurm's reason; a reason left from an earlier drain on a
+    node now only not responding is not shown."""
+    assert NodeState("dn1", "DOWN", (), "fan").describe() == "DOWN (fan)"
+    assert NodeState("dn1", "MIXED", ("FAIL",), "fan").describe() == "MIXED+FAIL (fan)"
+    assert NodeState("dn1", "MIXED", ("NOT_RESPONDING",), "old drain").describe() == (
+        "MIXED+NOT_RESPONDING")
+
+
 def test_reports_carry_slurms_words_and_reason_and_skip_what_slurm_does_not_list():
     """The report says IDLE+DRAIN (why); a datanode Slurm does not list, or lists in another
     partition, is not followed (a configuration mismatch, not the node's health)."""

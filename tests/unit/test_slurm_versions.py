@@ -220,6 +220,7 @@ def test_every_version_reads_a_node_that_stopped_answering(version):
     quiet = nodes_of(version, "nodes_not_responding")
     assert (quiet["dn2"].words, quiet["dn2"].available, quiet["dn2"].down) == (
         "IDLE+NOT_RESPONDING", False, True)
+    assert quiet["dn2"].describe() == "IDLE+NOT_RESPONDING"  # 24.11's reason is stale
     assert quiet["dn1"].available  # 24.11 keeps the reason of its last FAIL: still up
     gone = nodes_of(version, "nodes_down_not_responding")["dn2"]
     assert (gone.words, gone.available, gone.down) == ("DOWN+NOT_RESPONDING", False, True)

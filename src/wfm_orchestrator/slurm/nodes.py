@@ -26,6 +26,9 @@ from dataclasses import dataclass
 UNAVAILABLE_STATES = frozenset({"DOWN", "FUTURE", "UNKNOWN"})
 UNAVAILABLE_FLAGS = frozenset({"DRAIN", "FAIL", "NOT_RESPONDING", "INVALID_REG",
                                "REBOOT_ISSUED"})
+# Slurm keeps a node's last reason after a resume (both versions): it is the reason of the
+# state only where sinfo -R shows it, DOWN, DRAIN and FAIL.
+REASONED_FLAGS = frozenset({"DRAIN", "FAIL"})
 
 
 @dataclass(frozen=True)
@@ -61,5 +64,7 @@ class NodeState:
         return self.state == "DOWN" or "NOT_RESPONDING" in self.flags
 
     def describe(self) -> str:
-        """``IDLE+DRAIN (disk swap)``: Slurm's words and its reason."""
-        return f"{self.words} ({self.reason})" if self.reason else self.words
+        """``IDLE+DRAIN (disk swap)``: Slurm's words and its reason, where the reason is the
+        state's (a reason left from an earlier drain is not)."""
+        current = self.state == "DOWN" or REASONED_FLAGS.intersection(self.flags)
+        return f"{self.words} ({self.reason})" if self.reason and current else self.words
