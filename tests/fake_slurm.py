@@ -1,7 +1,8 @@
 """The one fake Slurm of the unit tests, and the fake service statuses steps wait for.
 
 :class:`FakeSlurm` satisfies ``wfm_orchestrator.slurm.api.SlurmApi`` (what the
-service and step managers call), as the real ``SlurmClient`` does:
+service and step managers call) and ``SlurmNodes`` (the datanodes' health), as the real
+``SlurmClient`` does:
 tests/unit/test_slurm_api.py runs mypy on this file to keep it so. It holds
 jobs in a dict the test edits (``put``, ``set_state``, or ``jobs_by_id``
 directly, as slurmctld losing or reusing an id would) and records every call.
@@ -14,6 +15,7 @@ import itertools
 
 from wfm_orchestrator.errors import SlurmAuthError, SlurmUnavailable
 from wfm_orchestrator.slurm import JobSpec, JobState
+from wfm_orchestrator.slurm.nodes import NodeState
 
 
 class FakeSlurm:
@@ -34,6 +36,8 @@ class FakeSlurm:
         self.ids = itertools.count(100)
         self.down = False  # slurmrestd cannot reach slurmctld
         self.refuse_user_tokens = False  # slurmctld refuses users' own tokens
+        self.node_states: dict[str, NodeState] = {}  # what nodes() lists (set_node)
+        self.node_reads = 0  # calls of nodes()
 
     # --- the interface the managers use (slurm/api.py) ---------------------------
 
@@ -54,6 +58,12 @@ class FakeSlurm:
         if self.down:
             raise SlurmUnavailable("connection refused")
         return list(self.jobs_by_id.values())
+
+    def nodes(self) -> list[NodeState]:
+        self.node_reads += 1
+        if self.down:
+            raise SlurmUnavailable("connection refused")
+        return list(self.node_states.values())
 
     def cancel(self, job_id: int, signal: str = "SIGTERM", user: str | None = None,
                user_token: str | None = None) -> bool:
@@ -82,6 +92,11 @@ class FakeSlurm:
             partition = listed.partition if listed is not None else ""
         self.jobs_by_id[job_id] = JobState(job_id, name, comment, state, reason, nodes,
                                            exit_code, user, partition)
+
+    def set_node(self, name: str, state: str = "IDLE", *flags: str, reason: str = "",
+                 partitions: tuple[str, ...] = ("data",)) -> None:
+        """Make Slurm list node ``name`` in ``state`` with ``flags`` (IDLE: up)."""
+        self.node_states[name] = NodeState(name, state, flags, reason, partitions)
 
     def set_state(self, job_id: int, state: str, exit_code: int | None = None,
                   nodes: tuple[str, ...] = ("cn1",)) -> None:

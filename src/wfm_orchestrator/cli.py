@@ -64,6 +64,7 @@ def build_all(config: Config):
     which requests the server may serve on its event loop."""
     from .api import build_api
     from .follower import Follower
+    from .node_health import NodeHealth
     from .resource_manager import ResourceManager
     from .services import ServiceManager
     from .slurm import SlurmClient
@@ -77,6 +78,8 @@ def build_all(config: Config):
         # One follower for both: one read of Slurm's jobs per cycle, services first.
         follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
                             flush=store.flush)
+        if slurm is not None and config.node_poll_interval:
+            follower.add_poll(NodeHealth(slurm, rm, config.node_poll_interval).poll)
         services = ServiceManager(config, rm, store, slurm, follower=follower)
         steps = StepManager(config, store, services, slurm, follower=follower)
     except BaseException:

@@ -170,6 +170,13 @@ def _seconds(v: str) -> float:
     return f
 
 
+def _seconds_or_off(v: str) -> float:
+    f = _number_of_seconds(v)
+    if not 0 <= f <= 86400:
+        raise ValueError("expected 0 (off) or a number of seconds up to 86400")
+    return f
+
+
 def _unclaimed(v: str) -> float:
     f = _number_of_seconds(v)
     if f != 0 and not 10 <= f <= 30 * 86400:
@@ -284,6 +291,10 @@ SETTINGS: dict[str, Setting] = {
         "the head has waited less than this many seconds"
     ),
     "reconcile_interval": Setting("2", _seconds, "seconds between two polls of slurmrestd"),
+    "node_poll_interval": Setting(
+        "10", _seconds_or_off, "seconds between two reads of Slurm's node states (GET /nodes, "
+        "on the follower's cycles): a datanode Slurm keeps from new jobs (DOWN, DRAIN, FAIL, "
+        "NOT_RESPONDING) gets no new placement; 0: not followed"),
     "released_retention": Setting(
         "604800", _retention, "seconds a released reservation stays listed (STOPPED) before "
         "it is forgotten: removed from memory, the status lists and the state database"

@@ -13,7 +13,9 @@ rest, on one worker thread that does all of their Slurm I/O:
 * per-item isolation: a typed error while moving one record forward is logged
   and the cycle goes on with the next one (only "Slurm unreachable" stops it);
 * cancel throttling (:class:`Cancels`): a cancel is sent again only after an
-  interval, not at every cycle.
+  interval, not at every cycle;
+* the other reads of Slurm (:meth:`Follower.add_poll`: the datanodes' health,
+  node_health.py) run on the same thread, at the start of each cycle.
 
 Which Slurm states are final, when a job counts as gone and how an exit status
 reads live in :mod:`wfm_orchestrator.slurm.states`.
@@ -113,10 +115,13 @@ class Outage:
     """slurmrestd or slurmctld unreachable: what the statuses say ("" while reachable)."""
 
     problem: str = ""
+    # The lines logged: a read failing (what waits meanwhile, the error), the recovery.
+    failed: str = "cannot read Slurm jobs (%s wait): %s"
+    back: str = "Slurm is reachable again"
 
     def read_failed(self, error: WfmError, waiting: str) -> None:
         if self.problem != str(error):
-            log.warning("cannot read Slurm jobs (%s wait): %s", waiting, error)
+            log.warning(self.failed, waiting, error)
         self.problem = str(error)
 
     def lost(self, error: SlurmUnavailable, noun: str, name: str) -> None:
@@ -125,7 +130,7 @@ class Outage:
 
     def reached(self) -> None:
         if self.problem:
-            log.info("Slurm is reachable again")
+            log.info("%s", self.back)
         self.problem = ""
 
 
@@ -141,6 +146,7 @@ class Follower:
         self._flush = flush
         self.outage = Outage()
         self._trackers: list[Tracker] = []
+        self._polls: list[Callable[[], None]] = []
         self.worker = Worker("slurm-follower", self.cycle, interval, stop_timeout)
 
     @property
@@ -151,6 +157,12 @@ class Follower:
     def add(self, tracker: Tracker) -> None:
         """Follow this tracker's records too (after those added before it, in each cycle)."""
         self._trackers.append(tracker)
+
+    def add_poll(self, poll: Callable[[], None]) -> None:
+        """Call ``poll`` at the start of every full cycle, on this thread: another read of
+        Slurm (the datanodes' health); it decides itself whether one is due, and handles
+        its own errors."""
+        self._polls.append(poll)
 
     @property
     def trackers(self) -> tuple[Tracker, ...]:
@@ -167,8 +179,13 @@ class Follower:
         self.worker.stop()
 
     def cycle(self, trackers: Sequence[Tracker] | None = None) -> None:
-        """One cycle: read every job in one call, then move each live record forward."""
+        """One cycle: the polls (a full cycle only), then read every job in one call and
+        move each live record forward."""
         assert self.slurm is not None
+        if trackers is None:
+            for poll in self._polls:
+                poll()
+                self._flush()  # what it admitted from the queue, to the writer now
         work = [(t, t.live()) for t in (self._trackers if trackers is None else trackers)]
         work = [(t, items) for t, items in work if items]
         if not work:

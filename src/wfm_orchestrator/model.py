@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +48,33 @@ class DatanodeState(enum.StrEnum):
     """Whether a datanode takes new placements (``server/resources``, metrics, dashboard).
 
     ``ResourceManager.datanode_state`` is the one place every reader asks: drain and
-    resume set DRAINED; DOWN (Slurm's node states, issue #19 item 2) is not produced yet.
+    resume set DRAINED; Slurm's node states (read every ``node_poll_interval``) set
+    DOWN. A node both drained and down in Slurm is DRAINED, its reason naming both.
     """
 
     UP = "up"  # takes new placements
     DRAINED = "drained"  # taken out by an administrator: existing services stay
-    DOWN = "down"  # Slurm reports it DOWN, DRAIN or FAIL
+    DOWN = "down"  # Slurm keeps it from new jobs: DOWN, DRAIN, FAIL, NOT_RESPONDING, ...
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What Slurm says of a datanode it keeps from new jobs (docs/operations.md).
+
+    ``text`` is Slurm's state and reason (``IDLE+DRAIN (disk swap)``, ``DOWN+NOT_RESPONDING
+    (Not responding)``); ``down``: the jobs running there are lost or stalled, so the
+    services there say so in their status (a drain leaves them running).
+    """
+
+    text: str
+    down: bool = False
+
+
+def down_note(servers: Iterable[str], down: Mapping[str, str], verb: str = "is") -> str:
+    """``datanode dn2 is down in Slurm: DOWN (fan)`` for each of ``servers`` in ``down``
+    (name -> Slurm's words), joined by "; "; "" when none is. A service's status says it."""
+    return "; ".join(f"datanode {s} {verb} down in Slurm: {down[s]}"
+                     for s in dict.fromkeys(servers) if s in down)
 
 
 class StepPhase(enum.StrEnum):

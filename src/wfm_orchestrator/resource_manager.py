@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -38,7 +38,7 @@ from .errors import (
     UnknownDatanode,
 )
 from .limits import Usage
-from .model import DatanodeState, ReservationState, ReserveRequest
+from .model import DatanodeState, NodeReport, ReservationState, ReserveRequest, down_note
 from .paging import Page, take
 from .repositories import datanodes as drains
 from .repositories import reservations
@@ -96,9 +96,10 @@ class Counts:
 
 _SWEEP_MIN = 1024
 
-# A drained datanode's free resources are held in the allocator under this name, so
-# no placement can land there (reservation names never start with '-': model.NAME_RE).
-# Given back and taken again whenever a release frees resources on it.
+# A fenced datanode's free resources (drained, or kept from new jobs by Slurm) are held in
+# the allocator under this name, so no placement can land there (reservation names never
+# start with '-': model.NAME_RE). Given back and taken again whenever a release frees
+# resources on it.
 _FENCE = "-drained:"
 
 
@@ -121,6 +122,12 @@ class ResourceManager:
         # Committed ones are swept when the table has doubled (amortised: O(1) a write).
         self._tickets: dict[str, Ticket] = {}
         self._sweep_at = _SWEEP_MIN
+        # name -> what Slurm says of the datanodes it keeps from new jobs (set_slurm_states):
+        # in memory only, Slurm is the source and the first read after a start sets it.
+        self._slurm: dict[str, NodeReport] = {}
+        # name -> Slurm's words, of those whose running jobs are lost (services say so);
+        # replaced whole, never changed, so statuses read it without the lock.
+        self._down: Mapping[str, str] = MappingProxyType({})
         self._load()
 
     # --- start -------------------------------------------------------------
@@ -168,6 +175,9 @@ class ResourceManager:
                 continue
             self._drained[name] = (reason, since)
             self._fence(name)
+        for name in self._slurm:  # after a failed commit's reload: Slurm's say is kept
+            if name not in self._drained:
+                self._fence(name)
         log.info("resource manager: %d reservations loaded (%d queued)",
                  sum(r.state != State.RELEASED for r in self._records.values()), len(self._queue))
 
@@ -398,6 +408,10 @@ class ResourceManager:
                 self._refence(p.server for p in rec.placement or ())
                 if rec.detail:  # why its release was asked (release_reason)
                     detail = f"{rec.detail}; {detail}"
+                # Why the service ended, most likely: said in its STOPPED status.
+                note = down_note((p.server for p in rec.placement or ()), self._down, "was")
+                if note:
+                    detail = f"{detail}; {note}"
             rec.state = State.RELEASED
             rec.updated = now
             rec.detail = detail
@@ -437,8 +451,12 @@ class ResourceManager:
 
     # --- drain and resume ------------------------------------------------------
 
+    def _fenced(self, node: str) -> bool:
+        """Is ``node`` kept from new placements: drained (or removed), or down in Slurm?"""
+        return node in self._drained or node in self._slurm
+
     def _fence(self, node: str) -> None:
-        """Hold what is free on drained ``node`` so that nothing new is placed there."""
+        """Hold what is free on fenced ``node`` so that nothing new is placed there."""
         free = self.allocator.free(node)
         if free.core_list or free.msize or free.ssize:
             self.allocator.restore(_FENCE + node,
@@ -449,9 +467,9 @@ class ResourceManager:
             self.allocator.release(_FENCE + node)
 
     def _refence(self, nodes) -> None:
-        """After a release: the fence of each drained node among ``nodes`` takes what it freed."""
+        """After a release: the fence of each fenced node among ``nodes`` takes what it freed."""
         for node in set(nodes):
-            if node in self._drained:
+            if self._fenced(node):
                 self._unfence(node)
                 self._fence(node)
 
@@ -462,7 +480,7 @@ class ResourceManager:
             if node not in self.config.datanodes:
                 raise NotFound("datanode", node)
             since = self._drained.get(node, (reason, self.clock()))[1]
-            if node not in self._drained:
+            if not self._fenced(node):
                 self._fence(node)
             self._drained[node] = (reason, since)
             log.warning("datanode %s drained: %s", node, reason)
@@ -479,6 +497,11 @@ class ResourceManager:
                                     "record back and reload to keep it")
             rows = [drains.resume(node)]
             if self._drained.pop(node, None) is not None:
+                if node in self._slurm:  # fenced until Slurm reports it up too
+                    log.warning("datanode %s resumed, but Slurm keeps it from new jobs: %s; "
+                                "no new placement until Slurm reports it up", node,
+                                self._slurm[node].text)
+                    return self.store.write(rows, on_failure=self._resync)
                 self._unfence(node)
                 log.warning("datanode %s resumed", node)
                 admitted = self._admit_queued(self.clock())
@@ -489,6 +512,54 @@ class ResourceManager:
                     self._notify(rec)
                 return ticket
             return self.store.write(rows, on_failure=self._resync)
+
+    # --- Slurm's node states ---------------------------------------------------
+
+    def set_slurm_states(self, reports: Mapping[str, NodeReport]) -> Ticket:
+        """Follow Slurm's say on the datanodes: ``reports`` names each one Slurm keeps from
+        new jobs (DOWN, DRAIN, FAIL, ...; node_health.py decides), every other one is up.
+
+        A node named is fenced like a drained one (no new placement; its reservations
+        stay); one no longer named takes placements again, unless an administrator
+        drained it, and the queue is admitted as after a resume. Each change is logged
+        once. Returns the commit ticket of what the queue admitted.
+        """
+        with self._lock:
+            reports = {n: r for n, r in reports.items() if n in self.config.datanodes}
+            if reports == self._slurm:
+                return DONE
+            freed = False
+            for node in self.config.datanodes:
+                old, new = self._slurm.get(node), reports.get(node)
+                if old == new:
+                    continue
+                was = self._fenced(node)
+                if new is None:
+                    del self._slurm[node]
+                    drained = self._drained.get(node)
+                    log.warning("datanode %s is up again in Slurm%s", node,
+                                f" (still drained: {drained[0]})" if drained else "")
+                else:
+                    self._slurm[node] = new
+                    log.warning("datanode %s is %s in Slurm: no new placement", node, new.text)
+                if self._fenced(node) and not was:
+                    self._fence(node)
+                elif was and not self._fenced(node):
+                    self._unfence(node)
+                    freed = True
+            self._down = MappingProxyType({n: r.text for n, r in self._slurm.items() if r.down})
+            admitted = self._admit_queued(self.clock()) if freed else []
+            if not admitted:
+                return DONE
+            ticket = self._write(admitted)
+            for rec in admitted:
+                self._notify(rec)
+            return ticket
+
+    def down_in_slurm(self) -> Mapping[str, str]:
+        """name -> Slurm's words, of the datanodes whose running jobs Slurm lost (DOWN, not
+        responding): the services there say so. Read without the lock (never changed)."""
+        return self._down
 
     # --- reload ----------------------------------------------------------------
 
@@ -535,8 +606,12 @@ class ResourceManager:
             for name in kept:
                 self._drained.setdefault(name, (f"removed from {new.path}: drains until "
                                                 "its reservations end", now))
-            for name in self._drained:
-                self._fence(name)
+            self._slurm = {n: r for n, r in self._slurm.items() if n in datanodes}
+            self._down = MappingProxyType({n: t for n, t in self._down.items()
+                                           if n in datanodes})
+            for name in datanodes:
+                if self._fenced(name):
+                    self._fence(name)
             adopt(self.config, effective)
             self._usage.regroup()  # the Account records may have moved users
             admitted = self._admit_queued(now)
@@ -703,10 +778,15 @@ class ResourceManager:
                     free.ssize + p.ssize)
 
     def datanode_state(self, name: str) -> tuple[DatanodeState, str]:
-        """(state, reason) of a datanode: the one place readers ask."""
+        """(state, reason) of a datanode: the one place readers ask. Drained by an
+        administrator wins over down in Slurm; the reason then names both."""
         drained = self._drained.get(name)
+        slurm = self._slurm.get(name)
         if drained is not None:
-            return DatanodeState.DRAINED, drained[0]
+            also = f"; Slurm: {slurm.text}" if slurm is not None else ""
+            return DatanodeState.DRAINED, drained[0] + also
+        if slurm is not None:
+            return DatanodeState.DOWN, f"Slurm: {slurm.text}"
         return DatanodeState.UP, ""
 
     def drained(self) -> dict[str, tuple[str, float]]:

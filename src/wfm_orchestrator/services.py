@@ -38,7 +38,7 @@ from .errors import NoSlurm, NotFound, SlurmUnavailable, WfmError
 from .fault import fault
 from .follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from .impersonation import submit_as_user
-from .model import ReservationState, ServiceStatus
+from .model import ReservationState, ServiceStatus, down_note
 from .paging import Page
 from .repositories import service_jobs
 from .resource_manager import Reservation, ResourceManager, iso_time
@@ -256,6 +256,11 @@ class ServiceManager:
         status, detail, when = derive_status(rec, position, job, slurm=self.slurm is not None,
                                              launch=rec.request.type in
                                              self.config.service_types)
+        down = self.rm.down_in_slurm()
+        if down and rec.state in (State.FREE, State.ALLOCATED):
+            note = down_note((p.server for p in rec.placement or ()), down)
+            if note:
+                detail += f"; {note}"
         if self.follower.problem and status not in (ServiceStatus.STOPPED,):
             detail += f" [Slurm unreachable: {self.follower.problem}]"
         if job is not None and status != ServiceStatus.STOPPED:

@@ -67,11 +67,12 @@ class Orchestrator:
             return fh.read()
 
     def request(self, method: str, path: str, body: object = None,
-                timeout: float = 30.0) -> tuple[int, object]:
-        """(status, decoded JSON body or text) of ``method /v1.0.0<path>``."""
+                timeout: float = 30.0, prefix: str = "/v1.0.0") -> tuple[int, object]:
+        """(status, decoded JSON body or text) of ``method <prefix><path>`` (prefix "" for
+        the administrator's /admin/...)."""
         data = None if body is None else ujson.dumps(body).encode()
         req = urllib.request.Request(  # noqa: S310 - always http://127.0.0.1:8080
-            f"{self.url}/v1.0.0{path}", data=data, method=method,
+            f"{self.url}{prefix}{path}", data=data, method=method,
             headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
@@ -123,6 +124,9 @@ def _port_free(port: int) -> bool:
 
 
 MOVER = os.path.join(REPO, "src", "wfm_orchestrator", "datamover.py")
+# Settings of the session orchestrator beyond wfm.conf's: Slurm's node states followed at
+# every cycle (test_datanode_state.py waits for them).
+SESSION_SETTINGS = "node_poll_interval = 1\n"
 
 
 def write_config(directory: str, port: int = PORT, extra: str = "") -> tuple[str, str]:
@@ -260,7 +264,7 @@ def session_orchestrator() -> Iterator[Orchestrator]:
                                  "Stop that orchestrator first."))
         directory = tempfile.mkdtemp(prefix="wfm-e2e-")
         os.chmod(directory, 0o755)  # noqa: S103 - as before: readable by the cluster's users
-        server = start(directory)
+        server = start(directory, extra=SESSION_SETTINGS)
         try:
             yield server
         finally:

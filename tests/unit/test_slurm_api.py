@@ -19,7 +19,7 @@ from ..conftest import ROOT
 
 SNIPPET = textwrap.dedent("""
     from tests.fake_slurm import FakeSlurm
-    from wfm_orchestrator.slurm.api import SlurmApi, SlurmJobs
+    from wfm_orchestrator.slurm.api import SlurmApi, SlurmJobs, SlurmNodes
     from wfm_orchestrator.slurm.client import SlurmClient
 
 
@@ -34,6 +34,8 @@ SNIPPET = textwrap.dedent("""
         real_api: SlurmApi = real
         fake_read: SlurmJobs = fake
         real_read: SlurmJobs = real
+        fake_nodes: SlurmNodes = fake
+        real_nodes: SlurmNodes = real
         drifted_api: SlurmApi = drifted  # the one error expected
 """)
 

@@ -19,6 +19,7 @@ from wfm_orchestrator.slurm.versions import (
     offered_versions,
     parse_cancel,
     parse_jobs,
+    parse_nodes,
     parse_ping,
     state_word,
 )
@@ -166,6 +167,92 @@ def test_a_v0042_cancel_refusal_is_an_error():
 def test_openapi_lists_the_versions_served(version, offered):
     """/openapi/v3's paths name the versions: 22.05 v0.0.38; 24.11 v0.0.40 to v0.0.42."""
     assert offered_versions(cap(version, "openapi_paths")[1]) == offered
+
+
+# --- node states (capture.py --nodes: the same states made on each version) ---------
+
+
+def nodes_of(version, name):
+    """The datanodes of a capture, by name."""
+    status, body, text = cap(version, name)
+    return {n.name: n for n in parse_nodes(status, body, version, text)
+            if n.name.startswith("dn")}
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_every_version_reads_up_nodes_and_their_partitions(version):
+    """IDLE and MIXED (a job on 4 of 16 CPUs) take placements; partitions as listed."""
+    status, body, text = cap(version, "nodes_up")
+    every = {n.name: n for n in parse_nodes(status, body, version, text)}
+    assert {n: (s.words, s.available, s.partitions) for n, s in every.items()} == {
+        "cn1": ("IDLE", True, ("compute",)), "cn2": ("IDLE", True, ("compute",)),
+        "dn1": ("IDLE", True, ("data",)), "dn2": ("MIXED", True, ("data",))}
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_every_version_reads_drained_and_draining_nodes_alike(version):
+    """scontrol state=drain: IDLE+DRAIN (drained), MIXED+DRAIN (draining): no new
+    placement, running jobs not lost; Slurm's reason kept."""
+    nodes = nodes_of(version, "nodes_drain")
+    assert [(n.words, n.reason, n.available, n.down) for n in nodes.values()] == [
+        ("IDLE+DRAIN", "capture: disk swap", False, False),
+        ("MIXED+DRAIN", "capture: draining", False, False)]
+    assert nodes["dn1"].describe() == "IDLE+DRAIN (capture: disk swap)"
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_every_version_reads_down_and_failing_nodes(version):
+    """state=down: DOWN (its jobs lost); state=fail: FAIL (no placement). Both also carry
+    NOT_RESPONDING until Slurm's next ping, as 24.11 shows here."""
+    nodes = nodes_of(version, "nodes_down")
+    dn1, dn2 = nodes["dn1"], nodes["dn2"]
+    assert (dn2.state, dn2.reason, dn2.available, dn2.down) == ("DOWN", "capture: fan",
+                                                                 False, True)
+    assert (dn1.state, "FAIL" in dn1.flags, dn1.reason, dn1.available) == (
+        "IDLE", True, "capture: failing", False)
+    assert set(dn1.flags + dn2.flags) <= {"FAIL", "NOT_RESPONDING"}
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_every_version_reads_a_node_that_stopped_answering(version):
+    """slurmd stopped: IDLE+NOT_RESPONDING (Slurm starts nothing there), then DOWN after
+    SlurmdTimeout, reason "Not responding". An up node's stale reason does not fence it."""
+    quiet = nodes_of(version, "nodes_not_responding")
+    assert (quiet["dn2"].words, quiet["dn2"].available, quiet["dn2"].down) == (
+        "IDLE+NOT_RESPONDING", False, True)
+    assert quiet["dn2"].describe() == "IDLE+NOT_RESPONDING"  # 24.11's reason is stale
+    assert quiet["dn1"].available  # 24.11 keeps the reason of its last FAIL: still up
+    gone = nodes_of(version, "nodes_down_not_responding")["dn2"]
+    assert (gone.words, gone.available, gone.down) == ("DOWN+NOT_RESPONDING", False, True)
+    assert gone.reason.endswith("Not responding")
+
+
+@pytest.mark.parametrize("version,state,reason", [
+    ("v0.0.38", "PENDING", ""),  # requeued: v0.0.38 ignores requeue=false
+    *[(v, "NODE_FAIL", "NodeDown") for v in NEW],
+])
+def test_a_job_on_a_node_set_down(version, state, reason):
+    """22.05 requeues the job (PENDING again, no nodes); 24.11 ends it NODE_FAIL."""
+    [job] = [j for j in parse_jobs(*cap(version, "jobs_node_down")[:2], version)
+             if j.name.startswith("cap_node_job") and j.state != "CANCELLED"]
+    assert (job.state, job.reason) == (state, reason)
+
+
+def test_the_client_reads_every_node_in_one_call(token_file):
+    """GET /slurm/<v>/nodes with the SlurmUser token; every node, read by its version."""
+    c, s = auto_client(token_file, captured("v0.0.42", "ping_ok"),
+                       captured("v0.0.42", "nodes_drain"))
+    assert [n.words for n in c.nodes()] == ["IDLE", "IDLE", "IDLE+DRAIN", "MIXED+DRAIN"]
+    method, url, headers, *_ = s.calls[1]
+    assert (method, url.rsplit("6820", 1)[1], headers["X-SLURM-USER-NAME"]) == (
+        "GET", "/slurm/v0.0.42/nodes", "slurm")
+
+
+def test_a_nodes_answer_without_nodes_is_an_error():
+    """No nodes list: SlurmError naming the call (never an empty list, which would
+    read as every node up)."""
+    with pytest.raises(SlurmError, match="read nodes: the response has no nodes list"):
+        parse_nodes(200, {"meta": {}}, "v0.0.42")
 
 
 # --- choosing the version (auto) ----------------------------------------------------

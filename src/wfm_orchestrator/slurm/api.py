@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .jobs import JobSpec
+from .nodes import NodeState
 from .states import JobState
 
 
@@ -17,6 +18,12 @@ class SlurmJobs(Protocol):
     """The follower's read: every job slurmctld knows, in one call."""
 
     def jobs(self) -> list[JobState]: ...
+
+
+class SlurmNodes(Protocol):
+    """The follower's other read: every node's state (the datanodes' health), in one call."""
+
+    def nodes(self) -> list[NodeState]: ...
 
 
 class SlurmApi(SlurmJobs, Protocol):

@@ -7,6 +7,7 @@
     client.cancel(job_id, signal="SIGTERM")
     states = client.job_states([job_id, ...])    # one GET /jobs, filtered here
     client.jobs(); client.job(job_id); client.ping()
+    client.nodes()                               # one GET /nodes: every node's state
 
 Every call has a deadline of ``timeout`` seconds (connect + read, retries
 included). Connection errors are retried within that deadline -- except
@@ -45,6 +46,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from ..errors import InvalidRequest, SlurmAuthError, SlurmError, SlurmUnavailable
 from .jobs import JobSpec
+from .nodes import NodeState
 from .states import (
     JobState,
     format_errors,
@@ -63,6 +65,7 @@ from .versions import (
     parse_cancel,
     parse_job_states,
     parse_jobs,
+    parse_nodes,
     parse_ping,
 )
 
@@ -432,6 +435,13 @@ class SlurmClient:
         found = [j for j in parse_jobs(status, parsed, self.api_version, what, text)
                  if j.job_id == job_id]
         return found[0] if found else None
+
+    @_observed("nodes")
+    def nodes(self) -> list[NodeState]:
+        """Every node slurmctld knows, with its state, flags and reason (``GET /nodes``)."""
+        status, parsed, text = self._call("GET", "/nodes", "read nodes",
+                                          self._headers(None, None))
+        return parse_nodes(status, parsed, self.api_version, text)
 
     @_observed("ping")
     def ping(self) -> list[dict[str, Any]]:

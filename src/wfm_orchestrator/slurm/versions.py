@@ -24,6 +24,11 @@ times               ``N``                         ``{"set": true, "number": N}``
 ping                ``ping: "UP"``                ``pinged: "UP"``
 cancel unknown job  500, error 2017               v0.0.40/41: 200, no error (!);
                                                   v0.0.42: 200, ``status[].error.code`` 2017
+node state          ``state: "mixed"`` (lower     ``state: ["MIXED", "DRAIN"]``
+                    case) + ``state_flags:``      (base + flags, upper case)
+                    ``["DRAIN"]``
+job on DOWN node    requeued (v0.0.38 ignores     ended NODE_FAIL (reason NodeDown)
+                    ``requeue: false``)
 =================== ============================= =====================================
 
 The client's ``auto`` takes the newest of :data:`SUPPORTED` that slurmrestd
@@ -40,6 +45,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, SlurmError, SlurmUnavailable
 from .jobs import JobSpec, build_job_script, format_dependency, job_environment, validate_spec
+from .nodes import NodeState
 from .states import (
     TERMINAL_STATES,
     JobState,
@@ -74,6 +80,7 @@ class Dialect:
     read_job: Callable[[dict[str, Any]], JobState]
     ping_up: Callable[[dict[str, Any]], bool]
     cancel_errors: Callable[[Any], list[dict[str, Any]]]  # per-job refusals of a 200
+    read_node: Callable[[dict[str, Any]], NodeState]
 
 
 # --- builders -----------------------------------------------------------------
@@ -212,6 +219,32 @@ def read_job_v004x(job: dict[str, Any]) -> JobState:
     return _job_state(job, state_word(job.get("job_state")), exit_code, signal, set_number)
 
 
+def _words(value: Any) -> tuple[str, ...]:
+    """A list of Slurm words (or one word) in upper case, empty ones left out."""
+    listed = value if isinstance(value, list) else [value]
+    return tuple(str(w).upper() for w in listed if w not in (None, ""))
+
+
+def _node_state(node: dict[str, Any], words: tuple[str, ...], flags: tuple[str, ...]
+                ) -> NodeState:
+    return NodeState(name=str(node.get("name") or ""),
+                     state=words[0] if words else "UNKNOWN",
+                     flags=tuple(dict.fromkeys((*words[1:], *flags))),
+                     reason=str(node.get("reason") or ""),
+                     partitions=tuple(str(p) for p in node.get("partitions") or ()
+                                      if isinstance(p, str)))
+
+
+def read_node_v0038(node: dict[str, Any]) -> NodeState:
+    """One node of ``GET /slurm/v0.0.38/nodes``: ``state`` one word, ``state_flags`` a list."""
+    return _node_state(node, _words(node.get("state")), _words(node.get("state_flags")))
+
+
+def read_node_v004x(node: dict[str, Any]) -> NodeState:
+    """One node of ``GET /slurm/v0.0.4x/nodes``: ``state`` lists the base state and flags."""
+    return _node_state(node, _words(node.get("state")), ())
+
+
 def cancel_errors_none(body: Any) -> list[dict[str, Any]]:
     """v0.0.38 to v0.0.41 put a cancel's refusals in ``errors`` (an HTTP error) only."""
     return []
@@ -230,14 +263,14 @@ def cancel_errors_v0042(body: Any) -> list[dict[str, Any]]:
 
 
 V0038 = Dialect("v0.0.38", "22.05", submit_body_v0038, read_job_v0038,
-                lambda p: p.get("ping") == "UP", cancel_errors_none)
+                lambda p: p.get("ping") == "UP", cancel_errors_none, read_node_v0038)
 DIALECTS: dict[str, Dialect] = {d.version: d for d in (
     Dialect("v0.0.42", "24.11", submit_body_v004x, read_job_v004x,
-            lambda p: p.get("pinged") == "UP", cancel_errors_v0042),
+            lambda p: p.get("pinged") == "UP", cancel_errors_v0042, read_node_v004x),
     Dialect("v0.0.41", "24.11", submit_body_v004x, read_job_v004x,
-            lambda p: p.get("pinged") == "UP", cancel_errors_none),
+            lambda p: p.get("pinged") == "UP", cancel_errors_none, read_node_v004x),
     Dialect("v0.0.40", "24.11", submit_body_v004x, read_job_v004x,
-            lambda p: p.get("pinged") == "UP", cancel_errors_none),
+            lambda p: p.get("pinged") == "UP", cancel_errors_none, read_node_v004x),
     V0038,
 )}
 SUPPORTED = tuple(DIALECTS)  # newest first
@@ -276,6 +309,16 @@ def parse_job_states(status: int, body: Any, job_ids: Iterable[int], api_version
     wanted = set(job_ids)
     return {j.job_id: j for j in parse_jobs(status, body, api_version, "read job states", text)
             if j.job_id in wanted}
+
+
+def parse_nodes(status: int, body: Any, api_version: str, text: str = "") -> list[NodeState]:
+    """Every node of a ``GET .../nodes`` response."""
+    read = dialect(api_version).read_node
+    raise_for_response(status, body, "read nodes", text)
+    nodes = body.get("nodes") if isinstance(body, dict) else None
+    if not isinstance(nodes, list):
+        raise SlurmError("read nodes: the response has no nodes list", status, [])
+    return [read(n) for n in nodes if isinstance(n, dict)]
 
 
 def parse_ping(status: int, body: Any, api_version: str, text: str = "") -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ Run as root from the repository, with the mini-cluster up (deploy/devcluster up
 Without versions, every version of ours the running slurmrestd serves is captured
 (22.05: v0.0.38; 24.11: v0.0.40, v0.0.41, v0.0.42). ``--ctld-down`` then stops
 slurmctld (by its devcluster pid file) and captures what reads and pings answer
-without it: bring the cluster up again afterwards.
+without it: bring the cluster up again afterwards. ``--nodes`` captures only the node
+states (``nodes_*.json``, ``jobs_node_down.json``): it drains, downs, fails and stops
+(SIGSTOP) the datanodes' slurmd in turn, about two minutes, and resumes them at the end.
 
 Each file is tests/unit/captured/<version>/<name>.json, ``{"request": ..., "status": N,
 "body": <JSON or null>, "text": <raw if not JSON>, "seconds": S}`` with tokens removed.
@@ -30,7 +32,7 @@ from tests.poll import poll_until  # noqa: E402
 
 from wfm_orchestrator.config import load_config  # noqa: E402
 from wfm_orchestrator.slurm.jobs import Dependency, JobSpec  # noqa: E402
-from wfm_orchestrator.slurm.versions import SUPPORTED, build_submit_body  # noqa: E402
+from wfm_orchestrator.slurm.versions import SUPPORTED, build_submit_body, dialect  # noqa: E402
 
 CONF = load_config(os.path.join(REPO, "wfm.conf"))
 BAD = "garbage"  # noqa: S105 - a deliberately bad token
@@ -150,9 +152,93 @@ def stop_slurmctld() -> None:
     poll_until(lambda: not os.path.exists(f"/proc/{pid}"), f"slurmctld {pid} stopping")
 
 
+def scontrol(*args: str) -> str:
+    out = subprocess.run([os.path.join(REPO, "deploy", "devcluster"), "run", "scontrol", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"scontrol {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def resume(node: str, slurm: str) -> None:
+    """``scontrol update state=resume`` until the node is up. 22.05 refuses it ("Invalid node
+    state specified") while the node is NOT_RESPONDING, as it is right after state=down or
+    fail, until its next ping; a node DOWN for not responding is pinged no more, so its
+    slurmd is restarted (deploy/devcluster up --slurm <slurm>): registering brings it back
+    (ReturnToService=2)."""
+    def up() -> bool:
+        if not any(w in node_state(node) for w in ("DOWN", "DRAIN", "FAIL", "NOT_RESP")):
+            return True
+        subprocess.run([os.path.join(REPO, "deploy", "devcluster"), "run", "scontrol",
+                        "update", f"nodename={node}", "state=resume"],
+                       capture_output=True, timeout=60)
+        return False
+
+    try:
+        poll_until(up, f"{node} resumed", 60, interval=3)
+    except AssertionError:
+        pid = int(open(f"/run/wfm-devcluster/slurmd-{node}.pid").read().strip())
+        os.kill(pid, signal.SIGTERM)
+        poll_until(lambda: not os.path.exists(f"/proc/{pid}"), f"slurmd {node} stopping")
+        subprocess.run([os.path.join(REPO, "deploy", "devcluster"), "up", "--slurm", slurm],
+                       check=True, capture_output=True, timeout=600)
+        poll_until(up, f"{node} resumed after its slurmd restarted", 60, interval=3)
+
+
+def node_state(node: str) -> str:
+    """``State=...`` of ``scontrol show node``, e.g. ``IDLE+DRAIN``."""
+    text = scontrol("show", "node", node)
+    return text.split("State=", 1)[1].split()[0]
+
+
+def capture_nodes(versions: list[str]) -> None:
+    """Every node state the orchestrator reads, for each version, on dn1 and dn2."""
+    caps = [Capture(v) for v in versions]
+
+    def snap(name: str) -> None:
+        for c in caps:
+            c.call(name, "GET", "/nodes")
+
+    first = caps[0]
+    slurm = dialect(first.version).slurm
+    job = first.submit(None, JobSpec(name="cap_node_job", command=["/bin/sleep", "600"],
+                                     partition="data", nodes=["dn2"], cpus_per_node=4,
+                                     memory_per_node=1000))["job_id"]
+    slurmd = int(open("/run/wfm-devcluster/slurmd-dn2.pid").read().strip())
+    try:
+        poll_until(lambda: node_state("dn2").startswith("MIXED"), "dn2 MIXED (job running)")
+        snap("nodes_up")  # dn1 IDLE, dn2 MIXED
+        scontrol("update", "nodename=dn1", "state=drain", "reason=capture: disk swap")
+        scontrol("update", "nodename=dn2", "state=drain", "reason=capture: draining")
+        snap("nodes_drain")  # dn1 IDLE+DRAIN (drained), dn2 MIXED+DRAIN (draining)
+        resume("dn1", slurm)
+        resume("dn2", slurm)
+        scontrol("update", "nodename=dn1", "state=fail", "reason=capture: failing")
+        scontrol("update", "nodename=dn2", "state=down", "reason=capture: fan")
+        snap("nodes_down")  # dn1 IDLE+FAIL, dn2 DOWN (its job killed, or requeued: 22.05)
+        for c in caps:
+            c.call("jobs_node_down", "GET", "/jobs")
+        resume("dn1", slurm)
+        resume("dn2", slurm)
+        poll_until(lambda: node_state("dn2") == "IDLE", "dn2 IDLE after resume", 60)
+        os.kill(slurmd, signal.SIGSTOP)  # slurmd stops answering slurmctld's pings
+        poll_until(lambda: "NOT_RESPONDING" in node_state("dn2"), "dn2 NOT_RESPONDING", 180,
+                   interval=2)
+        snap("nodes_not_responding")
+        poll_until(lambda: node_state("dn2").startswith("DOWN"), "dn2 DOWN", 180, interval=2)
+        snap("nodes_down_not_responding")
+    finally:
+        os.kill(slurmd, signal.SIGCONT)
+        first.call(None, "DELETE", f"/job/{job}", params={"signal": "SIGKILL"})
+        for node in ("dn1", "dn2"):
+            resume(node, slurm)
+
+
 def main(argv: list[str]) -> None:
     ctld_down = "--ctld-down" in argv
     versions = [a for a in argv if not a.startswith("--")] or served()
+    if "--nodes" in argv:
+        capture_nodes(versions)
+        return
     for v in versions:
         print(f"capturing {v}", flush=True)
         Capture(v).run()
