@@ -20,7 +20,7 @@ import pytest
 from tests.poll import poll_until
 
 from .minicluster import RUN_DIR, slurm_cmd, user_token, wait_for_state
-from .test_services import release, reserve, wait_status
+from .test_services import reserve, wait_status
 
 pytestmark = pytest.mark.integration
 POLLS = 30  # s: a few of the orchestrator's cycles (reconcile_interval 2 s) and then some
@@ -71,6 +71,16 @@ def slurm_state(node: str) -> str:
     out = slurm_cmd("scontrol", "show", "node", node)
     assert out.returncode == 0, out.stderr
     return out.stdout.split("State=", 1)[1].split()[0]
+
+
+def released(orch, *names: str) -> None:
+    """Release each service that was reserved and wait until it is STOPPED: the next test
+    module finds every core free again."""
+    for name in names:
+        orch.delete(f"/ephemeralservice/release/{name}")
+    for name in names:
+        if orch.get(f"/ephemeralservice/status/{name}")[0] == 200:
+            wait_status(orch, name, "STOPPED", timeout=150)
 
 
 def set_node(node: str, state: str, reason: str) -> None:
@@ -138,8 +148,7 @@ def test_a_datanode_drained_in_slurm_takes_nothing_new_until_resumed(orchestrato
         assert wait_node(orchestrator, "dn2", "up")["reason"] == ""
         assert sorted(placed_on(orchestrator, both)) == ["dn1", "dn2"]
     finally:
-        for name in (one, both):
-            orchestrator.delete(f"/ephemeralservice/release/{name}")
+        released(orchestrator, one, both)
 
 
 def test_a_service_on_a_datanode_gone_down_says_so_and_ends_as_documented(
@@ -180,11 +189,10 @@ def test_a_service_on_a_datanode_gone_down_says_so_and_ends_as_documented(
                 reserve(orchestrator, other, location=["loc2"])
                 assert placed_on(orchestrator, other) == ["dn1"]
             finally:
-                orchestrator.delete(f"/ephemeralservice/release/{other}")
+                released(orchestrator, other)
         wait_node(orchestrator, "dn2", "up")
     finally:
-        orchestrator.delete(f"/ephemeralservice/release/{name}")
-    wait_status(orchestrator, name, "STOPPED")
+        released(orchestrator, name)
 
 
 def test_the_administrators_drain_keeps_services_off_a_datanode(orchestrator,
@@ -202,4 +210,4 @@ def test_the_administrators_drain_keeps_services_off_a_datanode(orchestrator,
     finally:
         code, answer = orchestrator.request("POST", "/admin/datanodes/dn2/resume", prefix="")
         assert code == 200 and answer["state"] == "up", answer
-        release(orchestrator, name)
+        released(orchestrator, name)
