@@ -211,7 +211,10 @@ def test_alices_job_under_bobs_stored_job_id_is_not_followed(orchestrator, alice
     finally:
         if orchestrator.proc.poll() is not None:
             start_again(orchestrator)
-        release(orchestrator, name)
+        # bob's cancelled job's teardown (its job bound the reservation) may have released
+        # it already, as soon as the orchestrator answered again: then nothing is left.
+        code, answer = orchestrator.delete(f"/ephemeralservice/release/{name}")
+        assert code == 200 or "already released" in str(answer), (code, answer)
     assert bob_things() == before
 
 
