@@ -68,6 +68,14 @@ def test_status_json_names_the_running_daemons_and_their_roles(ha_cluster):
         assert comm(e["pid"]) == "etcd", e
 
 
+def test_a_second_up_starts_and_rewrites_nothing(ha_cluster):
+    """`up` on a running cluster is harmless: same daemons, same roles, no file written."""
+    before = status()
+    out = up()
+    assert status() == before
+    assert "started" not in out.stderr and "wrote" not in out.stderr, out.stderr
+
+
 def test_a_committed_write_is_on_the_synchronous_replica(ha_cluster):
     """A transaction committed through the two-host connection string (which picks the
     primary) is on the replica's disk when the commit returns: the replica is the
