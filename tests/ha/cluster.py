@@ -105,7 +105,8 @@ def kill9(*pids: int) -> None:
 
 class Writer(threading.Thread):
     """Inserts 0, 1, 2, ... into ``table`` through ``dsn``, one transaction each, and
-    records each id the database acknowledged (its commit returned) with the time.
+    records each id the database acknowledged (its commit returned) with the time and
+    the port of the node that acknowledged it.
 
     A write whose commit fails or whose answer never came is not acknowledged: it may be
     in the table or not, both are fine. Reconnects after every error (the two-host
@@ -114,7 +115,7 @@ class Writer(threading.Thread):
     def __init__(self, dsn: str, table: str, pause: float = 0.003):
         super().__init__(daemon=True, name=f"writer-{table}")
         self.dsn, self.table, self.pause = dsn, table, pause
-        self.acked: list[tuple[int, float]] = []
+        self.acked: list[tuple[int, float, int]] = []
         self.errors: list[str] = []
         self.stopping = threading.Event()
 
@@ -128,7 +129,7 @@ class Writer(threading.Thread):
                     while not self.stopping.is_set():
                         conn.execute(f"INSERT INTO {self.table} (id) VALUES (%s)",  # noqa: S608 - the test's own name
                                      (next_id,))
-                        self.acked.append((next_id, time.monotonic()))
+                        self.acked.append((next_id, time.monotonic(), int(conn.info.port)))
                         next_id += 1
                         # Gentle on the machine's shared cores: a few hundred writes/s.
                         self.stopping.wait(self.pause)
@@ -143,10 +144,11 @@ class Writer(threading.Thread):
         self.join(timeout=30)
         assert not self.is_alive(), "the writer did not stop"
 
-    def acked_after(self, t: float) -> list[tuple[int, float]]:
-        return [a for a in list(self.acked) if a[1] > t]
+    def acked_by_another_node(self, port: int) -> list[tuple[int, float, int]]:
+        """The writes acknowledged by another node than the one on ``port``."""
+        return [a for a in list(self.acked) if a[2] != port]
 
     def longest_gap(self) -> float:
         """The longest time between two acknowledged writes: how long writes blocked."""
-        times = [t for _, t in list(self.acked)]
+        times = [t for _, t, _ in list(self.acked)]
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
