@@ -92,6 +92,7 @@ M.WILL_RERUN_STATES = {
 M.DEFAULTS = {
 	timeout = 10,
 	retries = 2,
+	retry_for = 0,
 	wait = 100,
 	poll = 2,
 	cache_dir = "/var/spool/slurm/wfm_bb",
@@ -571,13 +572,23 @@ local SAFE_PATH = "^/[A-Za-z0-9_./%-]*$"
 local SAFE_PROGRAM = "^[A-Za-z0-9_./%-]+$"
 
 local CONF_KEYS = {
+	-- One URL, or several separated by commas (issue #20: the orchestrators of a
+	-- highly available pair, tried in order). A list of URLs.
 	orchestrator_url = function(v)
-		local url = v:gsub("/+$", "")
-		if not url:match("^https?://[A-Za-z0-9._~%-]+[A-Za-z0-9._~:%-%[%]]*[A-Za-z0-9._~/%-]*$")
-			or url:find("%.%.") then
-			return nil, "must be http(s)://host[:port][/path] with no query, quotes or spaces"
+		local urls = {}
+		for item in (v .. ","):gmatch("%s*([^,]-)%s*,") do
+			local url = item:gsub("/+$", "")
+			if not url:match("^https?://[A-Za-z0-9._~%-]+[A-Za-z0-9._~:%-%[%]]*[A-Za-z0-9._~/%-]*$")
+				or url:find("%.%.") then
+				return nil, "must be http(s)://host[:port][/path] with no query, quotes or spaces"
+					.. " (several: separated by commas)"
+			end
+			urls[#urls + 1] = url
 		end
-		return url
+		if #urls > 8 then
+			return nil, "names at most 8 orchestrators"
+		end
+		return urls
 	end,
 	token_file = function(v)
 		if not v:match(SAFE_PATH) then
@@ -602,6 +613,13 @@ local CONF_KEYS = {
 		local n = tonumber(v)
 		if not v:match("^%d+$") or n > 10 then
 			return nil, "must be a whole number between 0 and 10"
+		end
+		return n
+	end,
+	retry_for = function(v)
+		local n = tonumber(v)
+		if not v:match("^%d+$") or n > 3600 then
+			return nil, "must be a whole number of seconds between 0 and 3600"
 		end
 		return n
 	end,
@@ -1610,24 +1628,7 @@ function M.http(cfg, method, path, body)
 		argv[#argv + 1] = "--data-binary"
 		argv[#argv + 1] = "@" .. data_file
 	end
-	argv[#argv + 1] = cfg.orchestrator_url .. path
-
-	local status, err
-	for attempt = 0, cfg.retries do
-		if attempt > 0 then
-			M.run({ "sleep", "1" })
-		end
-		local _, out = M.run(argv)
-		out = out or ""
-		local code = out:match(HTTP_MARK .. "(%d%d%d)")
-		if code and code ~= "000" then
-			status, err = tonumber(code), nil
-			break
-		end
-		local msg = trim(out:gsub(HTTP_MARK .. "%d*", ""))
-		err = method .. " " .. path .. ": cannot reach the orchestrator at "
-			.. cfg.orchestrator_url .. (msg ~= "" and (": " .. printable(msg, 200)) or "")
-	end
+	local status, err = M.exchange(cfg, argv, method, path, body_file)
 	local answer = M.read_file(body_file) or ""
 	os.remove(body_file)
 	if header_file then
@@ -1640,6 +1641,44 @@ function M.http(cfg, method, path, body)
 		return nil, err
 	end
 	return status, answer
+end
+
+-- Run curl's argv (its URL still to add) against the orchestrators in turn until one
+-- answers. A round tries each configured URL in order; an orchestrator that cannot be
+-- reached, or that answers 503 while another is configured (a standby: issue #20),
+-- sends the request to the next one. Rounds are repeated, a second apart, `retries`
+-- times, and for as long as `retry_for` seconds from the first (longer than a
+-- failover, where the orchestrators are a pair). Every request the plugin sends is
+-- safe to repeat (idempotent reserve, bind and release). Returns status or nil, err;
+-- the answer's body is in body_file.
+function M.exchange(cfg, argv, method, path, body_file)
+	local urls = cfg.orchestrator_url
+	local deadline = os.time() + cfg.retry_for
+	local n = #argv + 1
+	local err
+	local round = 0
+	while true do
+		for _, url in ipairs(urls) do
+			argv[n] = url .. path
+			local _, out = M.run(argv)
+			out = out or ""
+			local code = out:match(HTTP_MARK .. "(%d%d%d)")
+			if code == "503" and #urls > 1 then
+				err = method .. " " .. path .. ": " .. url .. " answered 503 (not the leading orchestrator)"
+			elseif code and code ~= "000" then
+				return tonumber(code)
+			else
+				local msg = trim(out:gsub(HTTP_MARK .. "%d*", ""))
+				err = method .. " " .. path .. ": cannot reach the orchestrator at "
+					.. url .. (msg ~= "" and (": " .. printable(msg, 200)) or "")
+			end
+		end
+		round = round + 1
+		if round > cfg.retries and os.time() >= deadline then
+			return nil, err
+		end
+		M.run({ "sleep", "1" })
+	end
 end
 
 -- Request paths carrying whom the plugin acts for (issue #15): the
