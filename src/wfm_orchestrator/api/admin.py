@@ -13,7 +13,6 @@ import falcon
 
 from ..errors import ConfigError, InvalidRequest, NotFound, ReloadRefused
 from ..model import ReservationState, check_name, check_user
-from ..paging import Page
 from ..reservation import Reservation
 from ..resource_manager import ResourceManager, iso_time
 from . import paging
@@ -122,15 +121,18 @@ class Reservations:
                 raise InvalidRequest("state", f"unknown state {state!r} (valid: "
                                      f"{', '.join(s.value for s in ReservationState)})") from None
         after, limit = paging.requested(req, "r")
+        users = None if user is None else (user,)
 
         def keep(rec: Reservation) -> bool:
-            return ((user is None or rec.request.user == user)
-                    and (rec.state == wanted if state is not None
-                         else rec.state != ReservationState.RELEASED))
+            return (rec.state == wanted if state is not None
+                    else rec.state != ReservationState.RELEASED)
 
-        found = self.rm.page(after, limit, keep)
-        paging.answer(req, resp, Page([reservation_item(rec, pos) for rec, pos in found.items],
-                                      found.next), "r", limit)
+        if paging.streamed(req, limit):
+            _, chunks = self.rm.listing(after, keep, users)
+            paging.whole(resp, chunks(reservation_item, paging.CHUNK))
+            return
+        paging.answer(req, resp, self.rm.page(after, limit, keep, users, reservation_item),
+                      "r", limit)
 
 
 class OneReservation:
