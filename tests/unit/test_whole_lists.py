@@ -47,7 +47,7 @@ def test_a_streamed_list_is_the_bytes_of_one_dumps(chunks):
 
 
 def test_unpaged_lists_stream_the_bytes_of_the_whole_list(app_factory):
-    """status, status/{user}, admin/reservations and server/resources/all: no
+    """status, status/{user}, admin/reservations, server/resources/all, admin/datanodes: no
     Content-Length (streamed), the same bytes as the list rendered at once."""
     client, rm, _ = app_factory()
     for i in range(7):
@@ -58,6 +58,7 @@ def test_unpaged_lists_stream_the_bytes_of_the_whole_list(app_factory):
         f"{STATUS}/alice": services.status_page(None, None, users=("alice",)).items,
         "/admin/reservations": rm.page(None, None, render=_admin_item).items,
         "/v1.0.0/server/resources/all": rm.all_resources(),
+        "/admin/datanodes": [_datanode_item(v) for v in rm.datanodes()],
     }
     for path, expected in cases.items():
         r = client.simulate_get(path)
@@ -67,6 +68,11 @@ def test_unpaged_lists_stream_the_bytes_of_the_whole_list(app_factory):
         assert r.json, path
     assert [s["name"] for s in client.simulate_get(f"{STATUS}/alice").json] == \
         ["alice_s_1", "alice_s_3", "alice_s_5"]
+
+
+def _datanode_item(view):
+    from wfm_orchestrator.api.admin import datanode_item
+    return datanode_item(view)
 
 
 def _admin_item(rec, position):

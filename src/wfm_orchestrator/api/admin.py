@@ -7,6 +7,7 @@ Outside the specification's versions, like /metrics and /ui; every one is admin 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import falcon
@@ -53,7 +54,13 @@ class Datanodes:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         paging.answer_configured(req, resp, "d", list(self.rm.config.datanodes),
                                  lambda names: [datanode_item(v)
-                                                for v in self.rm.datanodes(names)])
+                                                for v in self.rm.datanodes(names)],
+                                 self._chunks)
+
+    def _chunks(self, names: list[str]) -> Iterator[list[dict[str, Any]]]:
+        views = self.rm.datanodes(names)  # one snapshot, under the lock
+        for i in range(0, len(views), paging.CHUNK):
+            yield [datanode_item(v) for v in views[i:i + paging.CHUNK]]
 
 
 class Drain:
