@@ -68,6 +68,7 @@ def build_all(config: Config):
     from .resource_manager import ResourceManager
     from .services import ServiceManager
     from .slurm import SlurmClient
+    from .stage_in_nudge import StageInNudge
     from .steps import StepManager
     from .store import Store
 
@@ -80,6 +81,8 @@ def build_all(config: Config):
                             flush=store.flush)
         if slurm is not None and config.node_poll_interval:
             follower.add_poll(NodeHealth(slurm, rm, config.node_poll_interval).poll)
+        if slurm is not None:
+            follower.add_reader(StageInNudge(slurm))
         services = ServiceManager(config, rm, store, slurm, follower=follower)
         steps = StepManager(config, store, services, slurm, follower=follower)
     except BaseException:
