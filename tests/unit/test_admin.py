@@ -3,7 +3,6 @@ token, and the state database with the service stopped (admin.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -178,53 +177,7 @@ def test_an_invalid_configuration_is_exit_2(tmp_path, capsys):
 # --- several orchestrators (docs/ha.md) -------------------------------------------------
 
 
-class _Answering:
-    """A loopback HTTP server answering every request with ``status`` and a JSON body;
-    counts the requests it got."""
-
-    def __init__(self, status: int, body: dict):
-        import http.server
-        import threading
-
-        outer = self
-        self.hits = 0
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's name
-                outer.hits += 1
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 STANDBY_BODY = {"title": "Not the leader", "description": "a standby", "leader": "x"}
-
-
-@pytest.fixture
-def answering():
-    made: list[_Answering] = []
-
-    def make(status: int, body: dict) -> _Answering:
-        made.append(_Answering(status, body))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
 
 
 def closed_url() -> str:
