@@ -33,7 +33,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from . import state_files
@@ -383,6 +383,19 @@ class Store:
         conn.row_factory = sqlite3.Row
         try:
             return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def rows(self, sql: str, params: Sequence[Any] = (), chunk: int = 4096
+             ) -> Iterator[tuple[Any, ...]]:
+        """Stream the rows of ``sql`` as plain tuples, ``chunk`` at a time, on a connection
+        of its own: a start reads every live record, and a list of all of them at once
+        costs its whole size again for a moment (and leaves memory fragmented)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            cursor = conn.execute(sql, params)
+            while batch := cursor.fetchmany(chunk):
+                yield from batch
         finally:
             conn.close()
 
