@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .accounts import Accounts
-from .allocator import Allocator, Datanode, Free, InvalidDemand, NoCapacity, Placement
+from .allocator import Allocator, Datanode, Free, InvalidDemand, NoCapacity
 from .config import Config, DatanodeSpec, adopt
 from .errors import (
     AllocatorError,
@@ -172,17 +172,30 @@ class ResourceManager:
         # The records in seq order, for pages (page()): bisected, never sorted per request.
         # The rows come in seq order and names are unique among them.
         self._order: list[Reservation] = []
-        with objects_that_live():
-            for rec in reservations.load_all(self.store, self._restore):
-                if rec.state in (State.FREE, State.ALLOCATED):
-                    if rec.placement is None:
+        restore, records, order = self.allocator.restore, self._records, self._order
+        holding: list[ReserveRequest] = []
+        rec = None
+        try:
+            with objects_that_live():
+                for rec, placement in reservations.load_all(self.store):
+                    if placement is not None:
+                        rec.placement = restore(rec.name, placement)
+                        holding.append(rec.request)
+                    elif rec.state in (State.FREE, State.ALLOCATED):
                         raise StoreError(f"reservation {rec.name} is {rec.state} without "
                                          "placement")
-                    self._usage.add(rec.request)
-                elif rec.state == State.QUEUED:
-                    self._queue.append(rec)
-                self._records[rec.name] = rec
-                self._order.append(rec)
+                    elif rec.state == State.QUEUED:
+                        self._queue.append(rec)
+                    records[rec.name] = rec
+                    order.append(rec)
+        except (NoCapacity, UnknownDatanode, InvalidDemand) as e:
+            # The inventory shrank under held reservations: say so loudly
+            # rather than over-commit or drop them silently.
+            assert rec is not None
+            raise StoreError(
+                f"reservation {rec.name} no longer fits the configured datanodes "
+                f"({e}); restore the Datanode records or release it") from e
+        self._usage.add_all(holding)
         if self._order:
             self._seq = self._order[-1].seq
         for name, (reason, since) in drains.load_drained(self.store).items():
@@ -196,17 +209,6 @@ class ResourceManager:
                 self._fence(name)
         log.info("resource manager: %d reservations loaded (%d queued)",
                  sum(r.state != State.RELEASED for r in self._records.values()), len(self._queue))
-
-    def _restore(self, name: str, placement: list) -> list[Placement]:
-        """Hold a stored reservation's resources again (at start): the allocator's records."""
-        try:
-            return self.allocator.restore(name, placement)
-        except (NoCapacity, UnknownDatanode, InvalidDemand) as e:
-            # The inventory shrank under held reservations: say so loudly
-            # rather than over-commit or drop them silently.
-            raise StoreError(
-                f"reservation {name} no longer fits the configured datanodes "
-                f"({e}); restore the Datanode records or release it") from e
 
     def _resync(self) -> None:
         """After a failed commit, forget the in-memory changes: reload the durable state."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import ujson
@@ -84,26 +84,26 @@ def forget(rec: Reservation) -> Statement:
     return (_FORGET, (rec.name, rec.seq))
 
 
-def load_all(store: Store, hold: Callable[[str, list[Any]], list[Placement]]
-             ) -> Iterator[Reservation]:
-    """Every stored reservation, in arrival (seq) order, read as a stream.
+def load_all(store: Store) -> Iterator[tuple[Reservation, list[Any] | None]]:
+    """Every stored reservation, in arrival (seq) order, read as a stream: (record, stored
+    placement) for one holding resources (FREE or ALLOCATED), whose ``placement`` the
+    caller sets from its allocator's ``restore`` (the records then share it); (record,
+    None) for the others.
 
-    ``hold(name, placement)`` is given the stored placement (lists) of each one holding
-    resources (FREE or ALLOCATED) and returns the records to keep: the allocator's own
-    (restore), so that the record and the allocator share them. The strings many
-    reservations repeat (users, types, tokens, locations, ...) are interned: one copy each.
+    The strings many reservations repeat (users, types, tokens, locations, ...) are
+    interned: one copy each.
     """
     intern = sys.intern
+    make = ReserveRequest._make
     for (name, token, state, seq, request, placement, detail, created, updated, bound_job,
          held_since, claimed) in store.rows(_LOAD):
         c = ujson.loads(request)
         flavor, mountpoint = c["flavor"], c["mountpoint"]
-        req = ReserveRequest(
-            name, intern(c["user"]), intern(token) if token else "", intern(c["type"]),
-            c["servers"], c["cores"], c["msize"], c["ssize"],
-            tuple(map(intern, c["locations"])), flavor and intern(flavor),
-            tuple(map(intern, c["targets"])), mountpoint and intern(mountpoint),
-            c.get("job_id"))
+        req = make((name, intern(c["user"]), intern(token) if token else "",
+                    intern(c["type"]), c["servers"], c["cores"], c["msize"], c["ssize"],
+                    tuple(map(intern, c["locations"])), flavor and intern(flavor),
+                    tuple(map(intern, c["targets"])), mountpoint and intern(mountpoint),
+                    c.get("job_id")))
         state = _STATES[state]
         # The same float object when the times are equal (most are): 24 bytes each.
         if updated == created:
@@ -112,8 +112,10 @@ def load_all(store: Store, hold: Callable[[str, list[Any]], list[Placement]]
             held_since = created
         rec = Reservation(req, state, seq, created, updated, None, intern(detail), bound_job,
                           held_since, intern(claimed))
-        if placement is not None:
-            stored = ujson.loads(placement)
-            rec.placement = (hold(name, stored) if state in _HOLDING
-                             else [Placement(s, c, m, z) for s, c, m, z in stored])
-        yield rec
+        if placement is None:
+            yield rec, None
+        elif state in _HOLDING:
+            yield rec, ujson.loads(placement)
+        else:
+            rec.placement = [Placement(s, c, m, z) for s, c, m, z in ujson.loads(placement)]
+            yield rec, None
