@@ -174,11 +174,13 @@ def prepare(cache: str, datanodes: int, reservations: int, steps: int) -> dict[s
 class Server:
     """``wfm-orchestrator serve`` on ``db``: this interpreter, this checkout's src."""
 
+    src = SRC  # --src: another checkout's, for before/after figures
+
     def __init__(self, db: str, datanodes: int):
         self.home = tempfile.mkdtemp(prefix="wfm-scale-")
         self.port = free_port()
         conf = write_conf(self.home, datanodes, db, self.port)
-        env = dict(os.environ, PYTHONPATH=SRC)
+        env = dict(os.environ, PYTHONPATH=self.src)
         self.log = open(os.path.join(self.home, "server.log"), "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -317,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
                         "server (RSS before and after, same process) instead of loading them")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "wfm-scale-state"),
                    help="where the built databases are kept (reused while the schema is)")
+    p.add_argument("--src", default=SRC,
+                   help="the src directory the server runs from (default: this checkout's); "
+                        "the databases are always built by this checkout's code")
     args = p.parse_args(argv)
+    Server.src = os.path.abspath(args.src)
     dbs = {} if args.command == "memory" and args.through_api else \
         prepare(args.cache, args.datanodes, args.reservations,
                 args.steps if args.command == "restart" else 0)
