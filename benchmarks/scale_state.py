@@ -25,6 +25,7 @@ temporary config, a free port on 127.0.0.1) is started on it:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -109,6 +110,7 @@ def build_steps(db: str, count: int, now: float) -> None:
     from wfm_orchestrator.repositories import steps as rows
     from wfm_orchestrator.steps.records import Step, StepJob
     from wfm_orchestrator.steps.request import DataMover, ServiceUse, StepRequest
+    from wfm_orchestrator.steps.status import derive_status
     from wfm_orchestrator.store import Store
 
     user = ordinary_user()
@@ -130,7 +132,9 @@ def build_steps(db: str, count: int, now: float) -> None:
                             None, t + 3 * k + 3)
                     for k, key in enumerate(("dm:in", "main", "dm:out"))]
             step = replace(step, updated=t + 9)
-            ticket = store.write([rows.save_step(step, t + 9), *map(rows.save_job, jobs)])
+            status, detail, when = derive_status(step, {j.key: j for j in jobs})
+            ticket = store.write([rows.save_step(step, when, (status, detail)),
+                                  *map(rows.save_job, jobs)])
             if i % 20000 == 19999:
                 store.flush()
         if ticket is not None:
@@ -139,9 +143,10 @@ def build_steps(db: str, count: int, now: float) -> None:
         store.close()
 
 
-def schema_version() -> int:
+def schema_version() -> str:
+    """The schema's version and a digest of its text: a database is rebuilt when it moved."""
     from wfm_orchestrator.store import MIGRATIONS
-    return len(MIGRATIONS)
+    return f"{len(MIGRATIONS)}-{hashlib.sha256(''.join(MIGRATIONS).encode()).hexdigest()[:8]}"
 
 
 def prepare(cache: str, datanodes: int, reservations: int, steps: int) -> dict[str, str]:

@@ -154,11 +154,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE service_job ADD COLUMN replacements INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE service_job ADD COLUMN replaced_why TEXT NOT NULL DEFAULT ''
     """,
-    # 10: an ended step's last change (the start of its step_retention), NULL while it is
-    # followed: a start loads only the steps without it, the others are read on demand,
-    # in the order of the step lists. Steps stored before get it at their first start.
+    # 10: an ended step's last change (the start of its step_retention, its status' time),
+    # NULL while it is followed, and its status and detail as derived from the rows written
+    # with them: a start loads only the steps without it; the others are read on demand, and
+    # the lists read their status without their request and jobs. Steps stored before get
+    # them at their first start.
     """
     ALTER TABLE step ADD COLUMN ended REAL;
+    ALTER TABLE step ADD COLUMN status TEXT NOT NULL DEFAULT '';
+    ALTER TABLE step ADD COLUMN status_detail TEXT NOT NULL DEFAULT '';
     CREATE INDEX step_ended ON step(ended);
     CREATE INDEX step_order ON step(created, name)
     """,

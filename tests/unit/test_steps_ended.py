@@ -135,3 +135,32 @@ def test_steps_ended_before_the_column_existed_are_recorded_at_the_first_start(s
     assert NAME not in m2._steps
     assert ended_column(config, NAME) is not None
     assert m2.status(NAME)["status"] == "COMPLETED"
+
+
+def test_the_status_stored_with_an_ended_step_is_the_one_its_records_give(stepped):
+    """The lists show an ended step's status as stored with its rows: the same as derived
+    from its records, for a step completed, one whose stage-in mover failed, one aborted."""
+    config, make, m, slurm, services, clock = stepped
+    completed(m, slurm, services)
+    services.usable()
+    m.launch({**BODY, "name": "alice_s1_step_f"})
+    m.reconcile()
+    first = min(j for j in slurm.specs if "alice_s1_step_f" in slurm.specs[j].name)
+    slurm.set_state(first, "FAILED", 1)
+    m.reconcile()
+    m.reconcile()
+    m.launch({**BODY, "name": "alice_s1_step_a"})
+    m.reconcile()
+    m.abort("alice_s1_step_a")
+    m.reconcile()
+    m.reconcile()
+    m.store.write([]).wait()
+    for name, status in ((NAME, "COMPLETED"), ("alice_s1_step_f", "FAILED"),
+                         ("alice_s1_step_a", "CANCELLED")):
+        assert name not in m._steps
+        with m._lock:
+            derived = m._status(*m._stored(name))
+        assert m.status(name) == derived and derived["status"] == status
+    # Launched at the same time: in name order.
+    assert [s["name"] for s in m.statuses()] == sorted([NAME, "alice_s1_step_f",
+                                                        "alice_s1_step_a"])

@@ -3,13 +3,14 @@ one row per Slurm job of a step (``key`` = ``main`` or ``dm:<data mover>``).
 
 A step's ``ended`` column is its last change once it ended (the start of its
 step_retention), NULL while it is followed: a start loads the steps without it
-(``load_live``); the ended ones are read on demand (``load_one``, ``load_after``).
+(``load_live``); the ended ones are read on demand (``load_one``), and the lists read
+their status as stored with their rows, not their request and jobs (``listed_after``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import ujson
 
@@ -23,9 +24,10 @@ if TYPE_CHECKING:
 # The request, user, creation time and mover secret of a step never change after its launch.
 _STEP_UPSERT = (
     "INSERT INTO step (name, user, request, launch_id, phase, detail, abort_requested, created,"
-    " updated, mover_secret, ended) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE"
-    " SET phase=excluded.phase, detail=excluded.detail,"
-    " abort_requested=excluded.abort_requested, updated=excluded.updated, ended=excluded.ended"
+    " updated, mover_secret, ended, status, status_detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(name) DO UPDATE SET phase=excluded.phase, detail=excluded.detail,"
+    " abort_requested=excluded.abort_requested, updated=excluded.updated, ended=excluded.ended,"
+    " status=excluded.status, status_detail=excluded.status_detail"
 )
 _JOB_UPSERT = (
     "INSERT INTO step_job (step, key, job_id, state, reason, nodes, exit_code, progress,"
@@ -51,21 +53,24 @@ _LIVE_JOBS = ("SELECT step, key, job_id, state, reason, nodes, exit_code, progre
               " WHERE step IN (SELECT name FROM step WHERE ended IS NULL)")
 _ONE = ("SELECT name, user, request, launch_id, phase, detail, abort_requested, created,"
         " updated, mover_secret FROM step WHERE name = ?")
-_FIRST = ("SELECT name, user, request, launch_id, phase, detail, abort_requested, created,"
-          " updated, mover_secret FROM step ORDER BY created, name LIMIT ?")
-_AFTER = ("SELECT name, user, request, launch_id, phase, detail, abort_requested, created,"
-          " updated, mover_secret FROM step WHERE (created, name) > (?, ?)"
-          " ORDER BY created, name LIMIT ?")
 _ENDED_BEFORE = "SELECT name, launch_id FROM step WHERE ended < ? LIMIT ?"
+_LISTED_FIRST = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
+                 " ORDER BY created, name LIMIT ?")
+_LISTED_AFTER = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
+                 " WHERE (created, name) > (?, ?) ORDER BY created, name LIMIT ?")
+_LISTED_ONE = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
+               " WHERE name = ?")
 # Names per "IN (...)" of a read: below SQLite's smallest limit of variables (999).
 _IN_CHUNK = 500
 
 
-def save_step(s: Step, ended: float | None = None) -> Statement:
-    """Record this version of a step; ``ended``: its last change if it ended, else None."""
+def save_step(s: Step, ended: float | None = None, status: tuple[str, str] = ("", "")
+              ) -> Statement:
+    """Record this version of a step; ``ended``: its last change if it ended, else None, and
+    then ``status``: its (status, detail) derived from the records written with it."""
     return (_STEP_UPSERT, (s.name, s.user, ujson.dumps(s.request.canonical(), sort_keys=True),
                            s.launch_id, str(s.phase), s.detail, s.abort_requested, s.created,
-                           s.updated, s.mover_secret, ended))
+                           s.updated, s.mover_secret, ended, *status))
 
 
 def save_job(j: StepJob) -> Statement:
@@ -126,15 +131,31 @@ def load_one(store: Store, name: str) -> tuple[Step, dict[str, StepJob]] | None:
     return _step(rows[0]), _jobs_of(store, [name])[name]
 
 
-def load_after(store: Store, after: tuple[float, str] | None, limit: int
-               ) -> list[tuple[Step, dict[str, StepJob]]]:
+class Listed(NamedTuple):
+    """A step as the lists read it from the database: its key, its user, and for an ended
+    step its status as derived when its rows were last written (``ended`` None while it is
+    followed: its records in memory say more)."""
+
+    created: float
+    name: str
+    user: str
+    phase: str
+    status: str
+    detail: str
+    ended: float | None
+
+
+def listed_after(store: Store, after: tuple[float, str] | None, limit: int) -> list[Listed]:
     """At most ``limit`` steps after key ``after`` = (created, name) in the order of the
-    step lists, with their jobs, as committed."""
-    rows = (store.rows(_FIRST, (limit,)) if after is None
-            else store.rows(_AFTER, (*after, limit)))
-    steps = [_step(row) for row in rows]
-    jobs = _jobs_of(store, [s.name for s in steps])
-    return [(s, jobs[s.name]) for s in steps]
+    step lists, as committed."""
+    rows = (store.rows(_LISTED_FIRST, (limit,)) if after is None
+            else store.rows(_LISTED_AFTER, (*after, limit)))
+    return list(map(Listed._make, rows))
+
+
+def listed(store: Store, name: str) -> Listed | None:
+    """Step ``name`` as the lists read it, or None."""
+    return next(map(Listed._make, store.rows(_LISTED_ONE, (name,))), None)
 
 
 def ended_before(store: Store, cutoff: float, limit: int) -> list[tuple[str, str]]:

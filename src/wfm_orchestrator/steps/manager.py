@@ -36,12 +36,13 @@ from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
 from ..paging import Page
 from ..repositories import steps as step_rows
+from ..repositories.steps import Listed
 from ..resource_manager import iso_time
 from ..sbatch import translate
 from ..services import HOUSEKEEPING_INTERVAL
 from ..slurm import GONE, JobSpec, JobState, gone_reason
 from ..slurm.api import SlurmApi
-from ..store import Store, Ticket
+from ..store import Statement, Store, Ticket
 from ..worker import Worker
 from .jobs import build_mover_job, build_step_job, job_partition, job_tag
 from .records import Step, StepJob
@@ -132,7 +133,7 @@ class StepManager:
         with self._lock:
             ended = [(s, when) for s in steps if (when := self._ended_at(s)) is not None]
             if ended:
-                ticket = self.store.write([step_rows.save_step(s, when) for s, when in ended])
+                ticket = self.store.write([self._ended_row(s, when) for s, when in ended])
                 for s, _ in ended:
                     self._pending[s.name] = ticket
                     ticket.add_done_callback(partial(self._leave_memory, s.name))
@@ -148,8 +149,10 @@ class StepManager:
         start of its step_retention). An ended step leaves memory once committed."""
         step = self._steps[name]
         ended = self._ended_at(step)
-        if step_changed or ended is not None:
-            statements = [*statements, step_rows.save_step(step, ended)]
+        if ended is not None:
+            statements = [*statements, self._ended_row(step, ended)]
+        elif step_changed:
+            statements = [*statements, step_rows.save_step(step)]
         ticket = self.store.write(statements)
         if ended is None:
             self._pending.pop(name, None)
@@ -157,6 +160,12 @@ class StepManager:
             self._pending[name] = ticket
             ticket.add_done_callback(partial(self._leave_memory, name))
         return ticket
+
+    def _ended_row(self, step: Step, ended: float) -> Statement:
+        """The row of ended ``step`` (caller holds the lock), with the status its records
+        give: what the lists show of it once it left memory."""
+        status, detail, _ = derive_status(step, self._jobs.get(step.name, {}))
+        return step_rows.save_step(step, ended, (status, detail))
 
     def _leave_memory(self, name: str, ticket: Ticket) -> None:
         """(On the store's writer thread) the last write of ended step ``name`` committed:
@@ -316,8 +325,23 @@ class StepManager:
             step = self._steps.get(name)
             if step is not None:
                 return self._status(step)
-            stored = self._stored(name)
-            return self._status(*stored) if stored is not None else None
+            if name in self._forgetting:
+                return None
+            row = step_rows.listed(self.store, name)
+            return self._listed_status(row) if row is not None else None
+
+    def _listed_status(self, row: Listed) -> dict[str, str]:
+        """The status of a step read from the database (caller holds the lock): an ended
+        one's as stored with its rows; else derived from its records (not expected: a step
+        not known to have ended is in memory)."""
+        if row.ended is None:
+            stored = self._stored(row.name)
+            return self._status(*stored) if stored is not None else {}
+        detail = row.detail
+        if self.follower.problem and row.phase != Phase.DONE:
+            detail += f" [Slurm unreachable: {self.follower.problem}]"
+        return {"user": row.user, "name": row.name, "status": row.status, "detail": detail,
+                "time": iso_time(row.ended)}
 
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
         """Every status (of ``user``'s steps), oldest first."""
@@ -327,12 +351,14 @@ class StepManager:
         return self._steps[name].created, name
 
     def page(self, after: tuple[float, str] | None, limit: int | None,
-             keep: Callable[[Step], bool] | None = None) -> Page[dict[str, str]]:
+             keep: Callable[[Step | Listed], bool] | None = None) -> Page[dict[str, str]]:
         """The statuses of the steps after key ``after`` = (created, name), oldest first (at
-        most ``limit``, those ``keep`` accepts).
+        most ``limit``, those ``keep`` accepts: it is given a Step, or the Listed row of an
+        ended step read from the database, and may read their ``name`` and ``user``).
 
-        The ended steps are read from the database in the list's order, a chunk of keys at
-        a time, each chunk merged with the steps in memory in the same keys under the lock
+        The steps are read from the database in the list's order, a chunk of keys at a
+        time (their name, user and, for an ended one, the status stored with its rows), and
+        merged with the steps in memory of the same keys under the lock, memory winning
         (one snapshot per chunk: a page of up to PAGE_CHUNK - 1 items is one snapshot). The
         start is found by the database's index and by bisection in memory: a page costs its
         own length, not the list's.
@@ -342,24 +368,24 @@ class StepManager:
         last: tuple[float, str] | None = None
         while True:
             with self._lock:
-                stored = step_rows.load_after(self.store, after, chunk)
+                rows = step_rows.listed_after(self.store, after, chunk)
                 # The chunk covers the keys up to its last one (to the end when not full).
-                upto = (stored[-1][0].created, stored[-1][0].name) if len(stored) == chunk \
-                    else None
-                order, key = self._order, self._order_key
+                upto = (rows[-1].created, rows[-1].name) if len(rows) == chunk else None
+                order, key, steps = self._order, self._order_key, self._steps
                 start = 0 if after is None else bisect.bisect_right(order, after, key=key)
                 end = len(order) if upto is None else bisect.bisect_right(order, upto, key=key)
-                merged: list[tuple[tuple[float, str], Step, dict[str, StepJob] | None]] = [
-                    (key(name), self._steps[name], None) for name in order[start:end]]
-                merged += [((s.created, s.name), s, jobs) for s, jobs in stored
-                           if s.name not in self._steps and s.name not in self._forgetting]
+                merged: list[tuple[tuple[float, str], Step | Listed]] = [
+                    (key(name), steps[name]) for name in order[start:end]]
+                merged += [((row.created, row.name), row) for row in rows
+                           if row.name not in steps and row.name not in self._forgetting]
                 merged.sort(key=_first)
-                for at, step, jobs in merged:
-                    if keep is not None and not keep(step):
+                for at, item in merged:
+                    if keep is not None and not keep(item):
                         continue
                     if limit is not None and len(items) == limit:
                         return Page(items, last)
-                    items.append(self._status(step, jobs))
+                    items.append(self._status(item) if isinstance(item, Step)
+                                 else self._listed_status(item))
                     last = at
             if upto is None:
                 return Page(items)
