@@ -164,7 +164,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE step ADD COLUMN status TEXT NOT NULL DEFAULT '';
     ALTER TABLE step ADD COLUMN status_detail TEXT NOT NULL DEFAULT '';
     CREATE INDEX step_ended ON step(ended);
-    CREATE INDEX step_order ON step(created, name)
+    CREATE INDEX step_order ON step(created, name);
+    CREATE INDEX step_user_order ON step(user, created, name)
     """,
 ]
 

@@ -164,3 +164,26 @@ def test_the_status_stored_with_an_ended_step_is_the_one_its_records_give(steppe
     # Launched at the same time: in name order.
     assert [s["name"] for s in m.statuses()] == sorted([NAME, "alice_s1_step_f",
                                                         "alice_s1_step_a"])
+
+
+def test_a_list_of_one_users_steps_merges_alike(stepped, monkeypatch):
+    """page(user=...) (the database's index) gives what keep filtering by user gives."""
+    config, make, m, slurm, services, clock = stepped
+    for i in range(6):
+        body = {**BODY, "name": f"s_{i}"}
+        if i % 2:
+            waiting(m, services, body["name"])
+        else:
+            completed(m, slurm, services, body)
+        clock.now += 1
+    with sqlite3.connect(config.state_db) as conn:  # two of them as another user's
+        conn.execute("UPDATE step SET user = 'bob' WHERE name IN ('s_2', 's_3')")
+    m._steps["s_3"] = m._steps["s_3"].__class__(**{**m._steps["s_3"].__dict__, "user": "bob"})
+    monkeypatch.setattr(step_manager, "PAGE_CHUNK", 2)
+    for user in ("alice", "bob"):
+        by_keep = [s["name"] for s in m.page(None, None, lambda s, u=user: s.user == u).items]
+        assert [s["name"] for s in m.statuses(user)] == by_keep
+        first = m.page(None, 1, user=user)
+        assert [s["name"] for s in first.items + m.page(first.next, 5, user=user).items] \
+            == by_keep
+    assert [s["name"] for s in m.statuses("bob")] == ["s_2", "s_3"]

@@ -58,6 +58,11 @@ _LISTED_FIRST = ("SELECT created, name, user, phase, status, status_detail, ende
                  " ORDER BY created, name LIMIT ?")
 _LISTED_AFTER = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
                  " WHERE (created, name) > (?, ?) ORDER BY created, name LIMIT ?")
+_LISTED_USER_FIRST = ("SELECT created, name, user, phase, status, status_detail, ended"
+                      " FROM step WHERE user = ? ORDER BY created, name LIMIT ?")
+_LISTED_USER_AFTER = ("SELECT created, name, user, phase, status, status_detail, ended"
+                      " FROM step WHERE user = ? AND (created, name) > (?, ?)"
+                      " ORDER BY created, name LIMIT ?")
 _LISTED_ONE = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
                " WHERE name = ?")
 # Names per "IN (...)" of a read: below SQLite's smallest limit of variables (999).
@@ -145,11 +150,16 @@ class Listed(NamedTuple):
     ended: float | None
 
 
-def listed_after(store: Store, after: tuple[float, str] | None, limit: int) -> list[Listed]:
-    """At most ``limit`` steps after key ``after`` = (created, name) in the order of the
-    step lists, as committed."""
-    rows = (store.rows(_LISTED_FIRST, (limit,)) if after is None
-            else store.rows(_LISTED_AFTER, (*after, limit)))
+def listed_after(store: Store, after: tuple[float, str] | None, limit: int,
+                 user: str | None = None) -> list[Listed]:
+    """At most ``limit`` steps (of ``user``) after key ``after`` = (created, name) in the
+    order of the step lists, as committed."""
+    if user is None:
+        rows = (store.rows(_LISTED_FIRST, (limit,)) if after is None
+                else store.rows(_LISTED_AFTER, (*after, limit)))
+    else:
+        rows = (store.rows(_LISTED_USER_FIRST, (user, limit)) if after is None
+                else store.rows(_LISTED_USER_AFTER, (user, *after, limit)))
     return list(map(Listed._make, rows))
 
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..accounts import Accounts, home_of
 from ..config import Config
@@ -36,7 +36,6 @@ from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
 from ..paging import Page
 from ..repositories import steps as step_rows
-from ..repositories.steps import Listed
 from ..resource_manager import iso_time
 from ..sbatch import translate
 from ..services import HOUSEKEEPING_INTERVAL
@@ -48,6 +47,9 @@ from .jobs import build_mover_job, build_step_job, job_partition, job_tag
 from .records import Step, StepJob
 from .request import kind_of, parse_launch
 from .status import derive_status, last_change
+
+if TYPE_CHECKING:  # repositories.steps imports steps.records: no import cycle at run time
+    from ..repositories.steps import Listed
 
 log = logging.getLogger(__name__)
 
@@ -345,16 +347,19 @@ class StepManager:
 
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
         """Every status (of ``user``'s steps), oldest first."""
-        return self.page(None, None, None if user is None else lambda s: s.user == user).items
+        return self.page(None, None, user=user).items
 
     def _order_key(self, name: str) -> tuple[float, str]:
         return self._steps[name].created, name
 
     def page(self, after: tuple[float, str] | None, limit: int | None,
-             keep: Callable[[Step | Listed], bool] | None = None) -> Page[dict[str, str]]:
+             keep: Callable[[Step | Listed], bool] | None = None, user: str | None = None
+             ) -> Page[dict[str, str]]:
         """The statuses of the steps after key ``after`` = (created, name), oldest first (at
         most ``limit``, those ``keep`` accepts: it is given a Step, or the Listed row of an
         ended step read from the database, and may read their ``name`` and ``user``).
+        ``user``: only that user's steps, chosen by the database's index (``keep`` would
+        read every row before the page).
 
         The steps are read from the database in the list's order, a chunk of keys at a
         time (their name, user and, for an ended one, the status stored with its rows), and
@@ -368,14 +373,15 @@ class StepManager:
         last: tuple[float, str] | None = None
         while True:
             with self._lock:
-                rows = step_rows.listed_after(self.store, after, chunk)
+                rows = step_rows.listed_after(self.store, after, chunk, user)
                 # The chunk covers the keys up to its last one (to the end when not full).
                 upto = (rows[-1].created, rows[-1].name) if len(rows) == chunk else None
                 order, key, steps = self._order, self._order_key, self._steps
                 start = 0 if after is None else bisect.bisect_right(order, after, key=key)
                 end = len(order) if upto is None else bisect.bisect_right(order, upto, key=key)
                 merged: list[tuple[tuple[float, str], Step | Listed]] = [
-                    (key(name), steps[name]) for name in order[start:end]]
+                    (key(name), steps[name]) for name in order[start:end]
+                    if user is None or steps[name].user == user]
                 merged += [((row.created, row.name), row) for row in rows
                            if row.name not in steps and row.name not in self._forgetting]
                 merged.sort(key=_first)
