@@ -187,3 +187,18 @@ def test_a_list_of_one_users_steps_merges_alike(stepped, monkeypatch):
         assert [s["name"] for s in first.items + m.page(first.next, 5, user=user).items] \
             == by_keep
     assert [s["name"] for s in m.statuses("bob")] == ["s_2", "s_3"]
+
+
+def test_counts_are_the_lists_statuses_counted(stepped):
+    config, make, m, slurm, services, clock = stepped
+    completed(m, slurm, services)
+    completed(m, slurm, services, {**BODY, "name": "s_done"})
+    waiting(m, services, "s_waits")
+    m.abort("s_done")[1].wait()  # an ended step in the database, written again
+    counted: dict[str, int] = {}
+    for st in m.statuses():
+        counted[st["status"]] = counted.get(st["status"], 0) + 1
+    assert m.counts() == counted and sum(counted.values()) == 3
+    with m._lock:  # an ended step held in memory counts once
+        m._hold(NAME)
+    assert m.counts() == counted

@@ -63,6 +63,9 @@ _LISTED_USER_FIRST = ("SELECT created, name, user, phase, status, status_detail,
 _LISTED_USER_AFTER = ("SELECT created, name, user, phase, status, status_detail, ended"
                       " FROM step WHERE user = ? AND (created, name) > (?, ?)"
                       " ORDER BY created, name LIMIT ?")
+# The ended steps by status, but for those named (in memory: their records there count).
+_COUNT_ENDED = ("SELECT status, count(*) FROM step WHERE ended IS NOT NULL"
+                " AND name NOT IN (SELECT value FROM json_each(?)) GROUP BY status")
 _LISTED_ONE = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
                " WHERE name = ?")
 # Names per "IN (...)" of a read: below SQLite's smallest limit of variables (999).
@@ -171,3 +174,8 @@ def listed(store: Store, name: str) -> Listed | None:
 def ended_before(store: Store, cutoff: float, limit: int) -> list[tuple[str, str]]:
     """(name, launch id) of at most ``limit`` steps that ended before ``cutoff``."""
     return list(store.rows(_ENDED_BEFORE, (cutoff, limit)))
+
+
+def count_ended(store: Store, but: Iterable[str]) -> dict[str, int]:
+    """The ended steps by their stored status, but for those named in ``but``."""
+    return dict(store.rows(_COUNT_ENDED, (ujson.dumps(list(but)),)))

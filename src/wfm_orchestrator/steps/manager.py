@@ -65,7 +65,7 @@ FORGET_BATCH = 1000
 PAGE_CHUNK = 1001
 
 
-def _first(item: tuple) -> object:
+def _first(item: tuple[tuple[float, str], Any]) -> tuple[float, str]:
     return item[0]
 
 
@@ -348,6 +348,17 @@ class StepManager:
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
         """Every status (of ``user``'s steps), oldest first."""
         return self.page(None, None, user=user).items
+
+    def counts(self) -> dict[str, int]:
+        """How many steps have each status, as the step lists show them: the followed ones
+        derived, the ended ones counted by the database. What a gauge needs, without making
+        every status (statuses() of a year of steps, 1,000,000: ~7 s)."""
+        with self._lock:
+            out = step_rows.count_ended(self.store, [*self._steps, *self._forgetting])
+            for step in self._steps.values():
+                status = self._status(step)["status"]
+                out[status] = out.get(status, 0) + 1
+            return out
 
     def _order_key(self, name: str) -> tuple[float, str]:
         return self._steps[name].created, name
