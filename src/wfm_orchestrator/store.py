@@ -165,7 +165,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE step ADD COLUMN status_detail TEXT NOT NULL DEFAULT '';
     CREATE INDEX step_ended ON step(ended);
     CREATE INDEX step_order ON step(created, name);
-    CREATE INDEX step_user_order ON step(user, created, name)
+    CREATE INDEX step_user_order ON step(user, created, name);
+    CREATE INDEX step_status ON step(status) WHERE ended IS NOT NULL
     """,
 ]
 
