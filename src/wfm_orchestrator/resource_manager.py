@@ -16,6 +16,7 @@ import bisect
 import contextlib
 import functools
 import gc
+import itertools
 import logging
 import threading
 import time
@@ -170,7 +171,6 @@ class ResourceManager:
         # what each user and Slurm account holds (FREE or ALLOCATED): the Limit records
         self._usage = Usage(self.config)
         # The records in seq order, for pages (page()): bisected, never sorted per request.
-        # The rows come in seq order and names are unique among them.
         self._order: list[Reservation] = []
         restore, records, order = self.allocator.restore, self._records, self._order
         holding: list[ReserveRequest] = []
@@ -196,8 +196,12 @@ class ResourceManager:
                 f"reservation {rec.name} no longer fits the configured datanodes "
                 f"({e}); restore the Datanode records or release it") from e
         self._usage.add_all(holding)
-        if self._order:
-            self._seq = self._order[-1].seq
+        if any(a.seq > b.seq for a, b in itertools.pairwise(order)):  # mostly sorted already
+            order.sort(key=_seq)
+            self._queue.sort(key=_seq)
+            self._records = {rec.name: rec for rec in order}
+        if order:
+            self._seq = order[-1].seq
         for name, (reason, since) in drains.load_drained(self.store).items():
             if name not in self.config.datanodes:
                 log.warning("datanode %s was drained but is no longer configured: ignored", name)
