@@ -101,20 +101,22 @@ def load_all(store: Store) -> Iterator[tuple[Reservation, list[Any] | None]]:
     for (name, token, state, seq, request, placement, detail, created, updated, bound_job,
          held_since, claimed) in store.rows(_LOAD):
         c = ujson.loads(request)
-        flavor, mountpoint = c["flavor"], c["mountpoint"]
-        req = make((name, intern(c["user"]), intern(token) if token else "",
+        flavor, mountpoint, locations, targets = (c["flavor"], c["mountpoint"],
+                                                  c["locations"], c["targets"])
+        req = make((name, intern(c["user"]), token and intern(token) or "",
                     intern(c["type"]), c["servers"], c["cores"], c["msize"], c["ssize"],
-                    tuple(map(intern, c["locations"])), flavor and intern(flavor),
-                    tuple(map(intern, c["targets"])), mountpoint and intern(mountpoint),
-                    c.get("job_id")))
-        state = _STATES[state]
+                    tuple(map(intern, locations)) if locations else (),
+                    flavor and intern(flavor),
+                    tuple(map(intern, targets)) if targets else (),
+                    mountpoint and intern(mountpoint), c.get("job_id")))
         # The same float object when the times are equal (most are): 24 bytes each.
         if updated == created:
             updated = created
         if held_since == created:
             held_since = created
-        rec = Reservation(req, state, seq, created, updated, None, intern(detail), bound_job,
-                          held_since, intern(claimed))
+        state = _STATES[state]
+        rec = Reservation(req, state, seq, created, updated, None, detail and intern(detail),
+                          bound_job, held_since, claimed and intern(claimed))
         if placement is None:
             yield rec, None
         elif state in _HOLDING:
