@@ -93,13 +93,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: str, cpus: str, python: str,
-                 log_level: str = "WARNING") -> tuple[subprocess.Popen, int]:
+def start_server(tmp: str, cpus: str, python: str, log_level: str = "WARNING",
+                 template: str = CONF) -> tuple[subprocess.Popen, int]:
+    """``wfm-orchestrator serve`` on a free port and a fresh state database, with the
+    configuration ``template`` (formatted with port, db and cpus); (process, port)."""
     port = free_port()
     home = tempfile.mkdtemp(dir=tmp)  # a fresh state database for every server
     conf = os.path.join(home, "wfm.conf")
     with open(conf, "w") as fh:
-        fh.write(CONF.format(port=port, db=os.path.join(home, "state.db"), cpus=cpus))
+        fh.write(template.format(port=port, db=os.path.join(home, "state.db"), cpus=cpus))
     log = open(os.path.join(home, "server.log"), "w")
     proc = subprocess.Popen(
         [python, "-m", "wfm_orchestrator.cli", "--log-level", log_level, "serve",

@@ -7,14 +7,17 @@ Binds Slurm jobs to ephemeral-service reservations held by the orchestrator
   #BB_LUA wfm_service name=<service>            the job IS the service
   #BB_LUA wfm_use name=<service> [hint=RO|RW|WO] the job USES a service
 
+  #BB_LUA wfm_job type=<T> [name=<short>] ...  a service for this job only (#18)
+
 and the IO-SEA Session Manager's dialect (issue #17), <T> being SBB, GBF, NFS or DASI:
 
   #BB_LUA <T> create_persistent Name=<service> ...  waits until the service is up
   #BB_LUA <T> use_persistent Name=<service>         the job uses it (as wfm_use)
   #BB_LUA <T> destroy_persistent Name=<service>     stops it, waits until it is
 
-Written for Slurm 22.05 (Lua 5.1); also defines slurm_bb_test_data_in/out,
-which Slurm 24.05+ requires before it loads the script.
+Written for Slurm 22.05 (Lua 5.1) and 24.11: 24.05+ requires
+slurm_bb_test_data_in/out before it loads the script, and polls
+test_data_in, where a 24.05+ stage-in waits (22.05: inside data_in).
 
 Layout: constants; JSON codec; the one command runner (M.run) every
 external command goes through; configuration; pure directive parsing;
@@ -89,6 +92,7 @@ M.WILL_RERUN_STATES = {
 M.DEFAULTS = {
 	timeout = 10,
 	retries = 2,
+	retry_for = 0,
 	wait = 100,
 	poll = 2,
 	cache_dir = "/var/spool/slurm/wfm_bb",
@@ -568,13 +572,23 @@ local SAFE_PATH = "^/[A-Za-z0-9_./%-]*$"
 local SAFE_PROGRAM = "^[A-Za-z0-9_./%-]+$"
 
 local CONF_KEYS = {
+	-- One URL, or several separated by commas (issue #20: the orchestrators of a
+	-- highly available pair, tried in order). A list of URLs.
 	orchestrator_url = function(v)
-		local url = v:gsub("/+$", "")
-		if not url:match("^https?://[A-Za-z0-9._~%-]+[A-Za-z0-9._~:%-%[%]]*[A-Za-z0-9._~/%-]*$")
-			or url:find("%.%.") then
-			return nil, "must be http(s)://host[:port][/path] with no query, quotes or spaces"
+		local urls = {}
+		for item in (v .. ","):gmatch("%s*([^,]-)%s*,") do
+			local url = item:gsub("/+$", "")
+			if not url:match("^https?://[A-Za-z0-9._~%-]+[A-Za-z0-9._~:%-%[%]]*[A-Za-z0-9._~/%-]*$")
+				or url:find("%.%.") then
+				return nil, "must be http(s)://host[:port][/path] with no query, quotes or spaces"
+					.. " (several: separated by commas)"
+			end
+			urls[#urls + 1] = url
 		end
-		return url
+		if #urls > 8 then
+			return nil, "names at most 8 orchestrators"
+		end
+		return urls
 	end,
 	token_file = function(v)
 		if not v:match(SAFE_PATH) then
@@ -599,6 +613,13 @@ local CONF_KEYS = {
 		local n = tonumber(v)
 		if not v:match("^%d+$") or n > 10 then
 			return nil, "must be a whole number between 0 and 10"
+		end
+		return n
+	end,
+	retry_for = function(v)
+		local n = tonumber(v)
+		if not v:match("^%d+$") or n > 3600 then
+			return nil, "must be a whole number of seconds between 0 and 3600"
 		end
 		return n
 	end,
@@ -1607,24 +1628,7 @@ function M.http(cfg, method, path, body)
 		argv[#argv + 1] = "--data-binary"
 		argv[#argv + 1] = "@" .. data_file
 	end
-	argv[#argv + 1] = cfg.orchestrator_url .. path
-
-	local status, err
-	for attempt = 0, cfg.retries do
-		if attempt > 0 then
-			M.run({ "sleep", "1" })
-		end
-		local _, out = M.run(argv)
-		out = out or ""
-		local code = out:match(HTTP_MARK .. "(%d%d%d)")
-		if code and code ~= "000" then
-			status, err = tonumber(code), nil
-			break
-		end
-		local msg = trim(out:gsub(HTTP_MARK .. "%d*", ""))
-		err = method .. " " .. path .. ": cannot reach the orchestrator at "
-			.. cfg.orchestrator_url .. (msg ~= "" and (": " .. printable(msg, 200)) or "")
-	end
+	local status, err = M.exchange(cfg, argv, method, path, body_file)
 	local answer = M.read_file(body_file) or ""
 	os.remove(body_file)
 	if header_file then
@@ -1637,6 +1641,44 @@ function M.http(cfg, method, path, body)
 		return nil, err
 	end
 	return status, answer
+end
+
+-- Run curl's argv (its URL still to add) against the orchestrators in turn until one
+-- answers. A round tries each configured URL in order; an orchestrator that cannot be
+-- reached, or that answers 503 while another is configured (a standby: issue #20),
+-- sends the request to the next one. Rounds are repeated, a second apart, `retries`
+-- times, and for as long as `retry_for` seconds from the first (longer than a
+-- failover, where the orchestrators are a pair). Every request the plugin sends is
+-- safe to repeat (idempotent reserve, bind and release). Returns status or nil, err;
+-- the answer's body is in body_file.
+function M.exchange(cfg, argv, method, path, body_file)
+	local urls = cfg.orchestrator_url
+	local deadline = os.time() + cfg.retry_for
+	local n = #argv + 1
+	local err
+	local round = 0
+	while true do
+		for _, url in ipairs(urls) do
+			argv[n] = url .. path
+			local _, out = M.run(argv)
+			out = out or ""
+			local code = out:match(HTTP_MARK .. "(%d%d%d)")
+			if code == "503" and #urls > 1 then
+				err = method .. " " .. path .. ": " .. url .. " answered 503 (not the leading orchestrator)"
+			elseif code and code ~= "000" then
+				return tonumber(code)
+			else
+				local msg = trim(out:gsub(HTTP_MARK .. "%d*", ""))
+				err = method .. " " .. path .. ": cannot reach the orchestrator at "
+					.. url .. (msg ~= "" and (": " .. printable(msg, 200)) or "")
+			end
+		end
+		round = round + 1
+		if round > cfg.retries and os.time() >= deadline then
+			return nil, err
+		end
+		M.run({ "sleep", "1" })
+	end
 end
 
 -- Request paths carrying whom the plugin acts for (issue #15): the
@@ -1959,55 +2001,40 @@ function M.setup_job(cfg, job_id, uid, spec)
 		job_id = job_id, uid = uid, services = json.array(services) })
 end
 
--- data_in of a wfm_job job: until every service of the job is up (ALLOCATED: its
--- service job runs on its datanodes), at most cfg.wait seconds, polling every
--- cfg.poll; a full cluster keeps it here, the service QUEUED in the orchestrator's
--- order. The cache then holds each service's servers for paths.
-function M.wait_job(cfg, job_id, rec)
+-- One look at the services of a wfm_job job: true once every one is up (ALLOCATED:
+-- its service job runs on its datanodes; the cache then holds each service's servers
+-- for paths), false and the statuses while one is not (a full cluster keeps it
+-- QUEUED in the orchestrator's order), nil and why when one ended or is gone.
+function M.job_services_once(cfg, job_id, rec)
 	local uid = tostring(rec.uid)
-	local polls = math.max(1, math.ceil(cfg.wait / cfg.poll))
-	local last = {}
-	for i = 1, polls + 1 do
-		if i > 1 then
-			M.run({ "sleep", tostring(cfg.poll) })
-		end
-		local waiting = false
-		for _, svc in ipairs(rec.services) do
-			if svc.status ~= "ALLOCATED" or not svc.servers then
-				local st, err, refused = M.service_status(cfg, svc.name, uid)
-				if st then
-					last[svc.name] = with_detail(st)
-					if M.UP_STATUS[st.status] then
-						svc.status, svc.servers = st.status, json.array(st.servers or {})
-					elseif M.ENDED_STATUS[st.status] then
-						return nil, "service " .. svc.name .. " cannot start: it is " .. last[svc.name]
-					else
-						waiting = true
-					end
-				elseif refused then
-					return nil, "service " .. svc.name .. " is gone: " .. err
-				else
-					last[svc.name], waiting = err, true
-				end
-			end
-		end
-		if not waiting then
-			local ok, werr = M.write_cache(cfg, job_id, rec)
-			if not ok then
-				return nil, werr
-			end
-			M.log("info", job_id, nil, "job-scoped services up: " .. #rec.services)
-			return true
-		end
-	end
-	local why = {}
+	local waiting = {}
 	for _, svc in ipairs(rec.services) do
-		if last[svc.name] and svc.status ~= "ALLOCATED" then
-			why[#why + 1] = svc.name .. " " .. last[svc.name]
+		if svc.status ~= "ALLOCATED" or not svc.servers then
+			local st, err, refused = M.service_status(cfg, svc.name, uid)
+			if st then
+				if M.UP_STATUS[st.status] then
+					svc.status, svc.servers = st.status, json.array(st.servers or {})
+				elseif M.ENDED_STATUS[st.status] then
+					return nil, "service " .. svc.name .. " cannot start: it is " .. with_detail(st)
+				else
+					waiting[#waiting + 1] = svc.name .. " " .. with_detail(st)
+				end
+			elseif refused then
+				return nil, "service " .. svc.name .. " is gone: " .. err
+			else
+				waiting[#waiting + 1] = svc.name .. " " .. err
+			end
 		end
 	end
-	return nil, "job-scoped services not up (ALLOCATED) after " .. cfg.wait
-		.. " s (the plugin's wait): " .. table.concat(why, "; ")
+	if #waiting > 0 then
+		return false, "job-scoped services not up (ALLOCATED)", table.concat(waiting, "; ")
+	end
+	local ok, werr = M.write_cache(cfg, job_id, rec)
+	if not ok then
+		return nil, werr
+	end
+	M.log("info", job_id, nil, "job-scoped services up: " .. #rec.services)
+	return true
 end
 
 -- Teardown of a wfm_job job: release its services (DELETE server/jobservice, which
@@ -2063,55 +2090,93 @@ function M.setup(cfg, job_id, uid, spec)
 	return M.setup_step(cfg, job_id, uid, spec.services)
 end
 
--- data_in of a create_persistent job: until the service is up (ALLOCATED);
--- of a destroy_persistent job: until it is STOPPED (its datanodes free). At
--- most cfg.wait seconds, polling every cfg.poll; other jobs return at once.
--- On success the cache records the status paths exports.
+-- One look at what the stage-in of job_id waits for: a wfm_job job's services up, a
+-- create_persistent job's service up (ALLOCATED), a destroy_persistent job's
+-- STOPPED (its datanodes free); other jobs wait for nothing. true when done (the
+-- cache then records the status paths exports), false, what is awaited and the
+-- last status while waiting, nil and why on failure.
+function M.stage_in_once(cfg, job_id, rec)
+	if rec.kind == "job" then
+		return M.job_services_once(cfg, job_id, rec)
+	end
+	if rec.kind ~= "create" and rec.kind ~= "destroy" then
+		return true
+	end
+	local name = rec.name
+	local st, err, refused = M.service_status(cfg, name, tostring(rec.uid))
+	if not st then
+		if refused and rec.kind == "destroy" then
+			return true -- forgotten after released_retention: long stopped
+		elseif refused then
+			return nil, "service " .. name .. " is gone: " .. err
+		end
+		return false, M.not_yet(rec), err
+	end
+	local last = with_detail(st)
+	if rec.kind == "create" and M.UP_STATUS[st.status]
+		or rec.kind == "destroy" and st.status == "STOPPED" then
+		rec.status = st.status
+		local ok, werr = M.write_cache(cfg, job_id, rec)
+		if not ok then
+			return nil, werr
+		end
+		M.log("info", job_id, name, rec.kind .. "_persistent: service " .. st.status)
+		return true
+	end
+	if rec.kind == "create" and M.ENDED_STATUS[st.status] then
+		return M.cannot_start(cfg, job_id, rec, last)
+	end
+	return false, M.not_yet(rec), last
+end
+
+function M.not_yet(rec)
+	return "service " .. rec.name .. " is not "
+		.. (rec.kind == "create" and "up (ALLOCATED)" or "STOPPED")
+end
+
+-- Slurm 24.05 and newer poll slurm_bb_test_data_in after data_in (every
+-- PollInterval, for at most StageInTimeout in all) and say so by defining
+-- slurm.SLURM_BB_BUSY; 22.05 has neither.
+function M.polls_stage_in()
+	return slurm.SLURM_BB_BUSY ~= nil
+end
+
+-- data_in: with a Slurm that polls, one look (a failure shows at once) and the rest
+-- is test_data_in's; otherwise wait here, looking every cfg.poll seconds for at most
+-- cfg.wait seconds, holding this slurmscriptd process meanwhile.
 function M.wait(cfg, job_id)
 	local rec, cerr = M.read_cache(cfg, job_id)
 	if not rec then
 		return cerr == nil or nil, cerr
 	end
-	if rec.kind == "job" then
-		return M.wait_job(cfg, job_id, rec)
-	end
-	if rec.kind ~= "create" and rec.kind ~= "destroy" then
+	local done, what, last = M.stage_in_once(cfg, job_id, rec)
+	if done ~= false then
+		return done, what
+	elseif M.polls_stage_in() then
 		return true
 	end
-	local name, uid = rec.name, tostring(rec.uid)
 	local polls = math.max(1, math.ceil(cfg.wait / cfg.poll))
-	local last = "no answer yet"
-	for i = 1, polls + 1 do
-		if i > 1 then
-			M.run({ "sleep", tostring(cfg.poll) })
-		end
-		local st, err, refused = M.service_status(cfg, name, uid)
-		if st then
-			last = with_detail(st)
-			if rec.kind == "create" and M.UP_STATUS[st.status]
-				or rec.kind == "destroy" and st.status == "STOPPED" then
-				rec.status = st.status
-				local ok, werr = M.write_cache(cfg, job_id, rec)
-				if not ok then
-					return nil, werr
-				end
-				M.log("info", job_id, name, rec.kind .. "_persistent: service " .. st.status)
-				return true
-			end
-			if rec.kind == "create" and M.ENDED_STATUS[st.status] then
-				return M.cannot_start(cfg, job_id, rec, last)
-			end
-		elseif refused and rec.kind == "destroy" then
-			-- Forgotten after released_retention: long stopped.
-			return true
-		elseif refused then
-			return nil, "service " .. name .. " is gone: " .. err
-		else
-			last = err
+	for _ = 1, polls do
+		M.run({ "sleep", tostring(cfg.poll) })
+		done, what, last = M.stage_in_once(cfg, job_id, rec)
+		if done ~= false then
+			return done, what
 		end
 	end
-	return nil, "service " .. name .. " is not " .. (rec.kind == "create" and "up (ALLOCATED)"
-		or "STOPPED") .. " after " .. cfg.wait .. " s (the plugin's wait): " .. last
+	return nil, what .. " after " .. cfg.wait .. " s (the plugin's wait): " .. last
+end
+
+-- test_data_in (Slurm 24.05+): one look; "busy" while waiting.
+function M.test_stage_in(cfg, job_id)
+	local rec, cerr = M.read_cache(cfg, job_id)
+	if not rec then
+		return cerr == nil or nil, cerr
+	end
+	local done, what = M.stage_in_once(cfg, job_id, rec)
+	if done == false then
+		return "busy"
+	end
+	return done, what
 end
 
 -- Slurm's version as {major, minor} from `scontrol --version`, or nil.
@@ -2398,10 +2463,12 @@ end
 
 --[[ slurm_bb_data_in(job_id, job_script [, uid, gid, job_info])
 slurmscriptd, StageInTimeout. Nothing to stage: data movers are separate
-jobs started by the orchestrator. A Session Manager create_persistent job
-waits here until its service is up, a destroy_persistent job until its
-service is STOPPED (at most `wait` seconds, below StageInTimeout); a failure
-holds the job with the reason. Other jobs: SUCCESS at once. ]]
+jobs started by the orchestrator. A wfm_job job waits until its services are
+up, a Session Manager create_persistent job until its service is up, a
+destroy_persistent job until its service is STOPPED. On 22.05 that wait is
+here (at most `wait` seconds, below StageInTimeout); on 24.05+ here is one
+look and slurm_bb_test_data_in does the rest. A failure holds the job with
+the reason. Other jobs: SUCCESS at once. ]]
 function slurm_bb_data_in(job_id, job_script, ...)
 	return entry("data_in", job_id, function()
 		local id, err = M.check_job_id(job_id)
@@ -2417,9 +2484,31 @@ function slurm_bb_data_in(job_id, job_script, ...)
 end
 
 --[[ slurm_bb_test_data_in(job_id, job_script, uid, gid, job_info)
-Slurm 24.05+ only (polls stage-in). Stage-in is complete at once. ]]
+Slurm 24.05+ only: slurmscriptd, called every PollInterval after data_in
+while it answers BUSY, for at most StageInTimeout in all (then Slurm holds
+the job: "Poll exceeded time limit"). One look at what data_in waits for:
+BUSY while the services are not up, so a waiting job holds no process. ]]
 function slurm_bb_test_data_in(job_id, job_script, ...)
-	return slurm.SUCCESS
+	local busy = false
+	local rc, msg = entry("test_data_in", job_id, function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return nil, err
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return nil, cerr
+		end
+		local done, last = M.test_stage_in(cfg, id)
+		busy = done == "busy"
+		return done, last
+	end)
+	if busy then
+		return slurm.SUCCESS, slurm.SLURM_BB_BUSY or "BUSY"
+	elseif msg == nil then
+		return rc -- 24.11 refuses a second value that is not a string, nil included
+	end
+	return rc, msg
 end
 
 --[[ slurm_bb_real_size(job_id [, uid, gid, job_info])

@@ -193,7 +193,12 @@ function H.fake_runner(routes, opts)
 				call.params[k] = v
 			end
 			local key = call.method .. " " .. call.path
-			local r = routes[key]
+			-- A route may name the orchestrator too ("GET http://b:8080/v1.0.0/..."),
+			-- for the tests of a list of orchestrators.
+			local r = routes[call.method .. " " .. call.url:match("^(https?://[^/]+)") .. call.path]
+			if r == nil then
+				r = routes[key]
+			end
 			if r == nil then
 				error("unexpected request " .. key)
 			end

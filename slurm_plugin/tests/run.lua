@@ -10,7 +10,8 @@ local H = require("helper")
 
 for _, file in ipairs({ "test_load", "test_directives", "test_json",
 	"test_runner", "test_config", "test_service", "test_step",
-	"test_teardown", "test_status", "test_shapes", "test_session_manager", "test_job" }) do
+	"test_teardown", "test_status", "test_shapes", "test_session_manager", "test_job",
+	"test_failover" }) do
 	dofile(here .. "/" .. file .. ".lua")
 end
 

@@ -218,6 +218,41 @@ test("wfm_job: a service that ends while staging in, or is not up within wait, f
 	contains(msg, "not up (ALLOCATED) after 4 s (the plugin's wait): alice_job42_scratch STAGINGIN: d")
 end)
 
+test("wfm_job on Slurm 24.05+: data_in looks once, test_data_in answers BUSY until up, holding no wait", function()
+	local st = "GET /v1.0.0/ephemeralservice/status/alice_job42_scratch"
+	local ctx = H.setup_env({
+		["POST /v2.0.0/server/jobservice"] = RESERVED_SCRATCH,
+		[st] = { status("alice_job42_scratch", "QUEUED"), status("alice_job42_scratch", "STAGINGIN"),
+			status("alice_job42_scratch", "ALLOCATED", '["dn1", "dn2"]') },
+	}, { wait = 100 })
+	ctx.slurm.SLURM_BB_BUSY = "BUSY"
+	local script = ctx.script(ONE)
+	eq(ctx.env.slurm_bb_setup("42", "1001", "1001", "", 0, script), 0)
+	eq(ctx.env.slurm_bb_data_in("42", script, "1001", "1001", {}), 0, "data_in returns at once")
+	eq(H.count(ctx.calls, "sleep"), 0, "and never sleeps: Slurm polls test_data_in")
+	local rc, busy = ctx.env.slurm_bb_test_data_in("42", script, "1001", "1001", {})
+	eq(rc, 0); eq(busy, "BUSY", "STAGINGIN: still busy")
+	rc, busy = ctx.env.slurm_bb_test_data_in("42", script, "1001", "1001", {})
+	eq(rc, 0); eq(busy, nil, "ALLOCATED: stage-in complete")
+	eq(H.count(ctx.calls, "sleep"), 0)
+	local rec = assert(ctx.M.read_cache(ctx.M.load_config(), "42"))
+	eq(rec.services[1].status, "ALLOCATED"); eq(rec.services[1].servers[2], "dn2")
+end)
+
+test("wfm_job on Slurm 24.05+: a service that ends while test_data_in polls fails it with its status", function()
+	local ctx = H.setup_env({
+		["POST /v2.0.0/server/jobservice"] = RESERVED_SCRATCH,
+		["GET /v1.0.0/ephemeralservice/status/alice_job42_scratch"] = {
+			status("alice_job42_scratch", "QUEUED"), status("alice_job42_scratch", "STOPPED") },
+	})
+	ctx.slurm.SLURM_BB_BUSY = "BUSY"
+	local script = ctx.script(ONE)
+	eq(ctx.env.slurm_bb_setup("42", "1001", "1001", "", 0, script), 0)
+	eq(ctx.env.slurm_bb_data_in("42", script, "1001", "1001", {}), 0)
+	local rc, msg = ctx.env.slurm_bb_test_data_in("42", script, "1001", "1001", {})
+	eq(rc, -1); contains(msg, "service alice_job42_scratch cannot start: it is STOPPED: d")
+end)
+
 local RELEASED = { code = 200, body = '{"job_id": 42, "released": ["alice_job42_scratch"], "message": "1"}' }
 
 test("wfm_job teardown: an ended job releases its services by job id, cache or not, and again is success", function()

@@ -244,3 +244,22 @@ test("the 24.11 hook arguments (uid, gid, job_info after the script) change noth
 	eq(ctx.env.slurm_bb_job_teardown("82", script, false, 1001, 1001, {}), 0)
 	ok(true)
 end)
+
+test("create and destroy on Slurm 24.05+: data_in looks once, test_data_in answers BUSY until done", function()
+	local ctx = H.setup_env({ [STATUS] = { status("STAGINGIN"), status("STAGINGIN"), status("STAGINGIN"),
+		status("ALLOCATED"), status("ALLOCATED"), status("STOPPED"), status("STOPPED") }, [RELEASE] = { code = 200, body = "{}" } }, { wait = 100 })
+	ctx.slurm.SLURM_BB_BUSY = "BUSY"
+	local script = ctx.script(CREATE_SBB)
+	eq(ctx.env.slurm_bb_setup("83", 1001, 1001, "", 0, script, {}), 0)
+	eq(ctx.env.slurm_bb_data_in("83", script, 1001, 1001, {}), 0)
+	local rc, busy = ctx.env.slurm_bb_test_data_in("83", script, 1001, 1001, {})
+	eq(rc, 0); eq(busy, "BUSY")
+	rc, busy = ctx.env.slurm_bb_test_data_in("83", script, 1001, 1001, {})
+	eq(rc, 0); eq(busy, nil, "ALLOCATED: the create job runs")
+	eq(H.count(ctx.calls, "sleep"), 0, "no wait inside a hook")
+	script = ctx.script(DESTROY)
+	eq(ctx.env.slurm_bb_setup("84", 1001, 1001, "", 0, script, {}), 0)
+	eq(ctx.env.slurm_bb_data_in("84", script, 1001, 1001, {}), 0)
+	rc, busy = ctx.env.slurm_bb_test_data_in("84", script, 1001, 1001, {})
+	eq(rc, 0); eq(busy, nil, "STOPPED: the destroy job runs")
+end)

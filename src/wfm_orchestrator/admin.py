@@ -20,12 +20,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import state_files
 from .config import Config
-from .errors import ApiFailed, ServiceUnreachable, StoreError
+from .errors import ApiFailed, ServiceUnreachable, StoreError, WfmError
 
 # The API version prefix the commands use for the specification's endpoints.
 V = "/v1.0.0"
@@ -59,12 +59,31 @@ def read_token(token_file: str | None, environ: dict[str, str] | None = None) ->
 
 
 class Api:
-    """Requests to the running orchestrator; JSON in and out."""
+    """Requests to the running orchestrator; JSON in and out.
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = TIMEOUT):
-        self.base_url = base_url
+    Several base URLs (orchestrators on more than one admin node, docs/ha.md) are asked in
+    order: one that cannot be reached, or that answers 503 (a standby) while another is
+    configured, passes the request on; rounds a second apart go on for ``retry_for``
+    seconds (longer than a failover). Its leader URL in a 503 is not followed: only the
+    configured orchestrators get the admin token.
+    """
+
+    def __init__(self, base_url: str | Sequence[str], token: str | None = None,
+                 timeout: float = TIMEOUT, retry_for: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.base_urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not self.base_urls:
+            raise ValueError("no orchestrator URL")
         self.token = token
         self.timeout = timeout
+        self.retry_for = retry_for
+        self._clock = clock
+        self._sleep = sleep
+
+    @property
+    def base_url(self) -> str:
+        return self.base_urls[0]
 
     @classmethod
     def for_config(cls, config: Config, token: str | None) -> Api:
@@ -89,9 +108,9 @@ class Api:
 
     def _exchange(self, method: str, path: str, body: Any,
                   params: dict[str, str] | None) -> tuple[Any, Mapping[str, str]]:
-        """(the JSON answer, its headers)."""
+        """(the JSON answer, its headers), from the first orchestrator that answers."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        url = self.base_url + urllib.parse.quote(path) + (
+        target = urllib.parse.quote(path) + (
             "?" + urllib.parse.urlencode(query) if query else "")
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
@@ -99,18 +118,35 @@ class Api:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - http
+        deadline = self._clock() + self.retry_for
+        while True:
+            for base in self.base_urls:
+                try:
+                    return self._once(base, target, method, data, headers)
+                except ServiceUnreachable as e:
+                    last: WfmError = e
+                except ApiFailed as e:
+                    if e.status != 503 or len(self.base_urls) == 1:
+                        raise
+                    last = e
+            if self._clock() >= deadline:
+                raise last
+            self._sleep(1.0)
+
+    def _once(self, base: str, target: str, method: str, data: bytes | None,
+              headers: dict[str, str]) -> tuple[Any, Mapping[str, str]]:
+        request = urllib.request.Request(base + target, data=data, method=method,  # noqa: S310 - http
                                          headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
                 raw = resp.read()
-                headers = resp.headers
+                answer_headers = resp.headers
         except urllib.error.HTTPError as e:
             raise _failure(e.code, e.read()) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ServiceUnreachable(self.base_url, str(reason)) from None
-        return (json.loads(raw) if raw else None), headers
+            raise ServiceUnreachable(base, str(reason)) from None
+        return (json.loads(raw) if raw else None), answer_headers
 
 
 def _failure(status: int, raw: bytes) -> ApiFailed:

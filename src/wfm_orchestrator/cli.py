@@ -68,6 +68,7 @@ def build_all(config: Config):
     from .resource_manager import ResourceManager
     from .services import ServiceManager
     from .slurm import SlurmClient
+    from .stage_in_nudge import StageInNudge
     from .steps import StepManager
     from .store import Store
 
@@ -80,6 +81,8 @@ def build_all(config: Config):
                             flush=store.flush)
         if slurm is not None and config.node_poll_interval:
             follower.add_poll(NodeHealth(slurm, rm, config.node_poll_interval).poll)
+        if slurm is not None:
+            follower.add_reader(StageInNudge(slurm))
         services = ServiceManager(config, rm, store, slurm, follower=follower)
         steps = StepManager(config, store, services, slurm, follower=follower)
     except BaseException:
@@ -233,7 +236,30 @@ def _admin(command: Callable[[argparse.Namespace, Config], int]):
 def _api(args: argparse.Namespace, config: Config):
     from .admin import Api, read_token
 
-    return Api.for_config(config, read_token(args.token_file))
+    token = read_token(args.token_file)
+    if args.url:
+        return Api(args.url, token, retry_for=args.retry_for)
+    return Api.for_config(config, token)
+
+
+def _urls(text: str) -> list[str]:
+    """``--url``: one orchestrator URL or several, comma-separated (docs/ha.md)."""
+    urls = [u.strip().rstrip("/") for u in text.split(",")]
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or any(c in url for c in " ?#"):
+            raise argparse.ArgumentTypeError(
+                f"{url!r} is not an http(s)://host[:port] URL (several: separated by commas)")
+    return urls
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+    return value
 
 
 def _show(args: argparse.Namespace, doc, lines: Callable[[], list[str]]) -> int:
@@ -398,6 +424,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="a file whose first line is an admin token (default: "
                             "$WFM_ADMIN_TOKEN_FILE; $WFM_ADMIN_TOKEN wins)")
     admin.add_argument("--json", action="store_true", help="print JSON for scripts")
+    admin.add_argument("--url", type=_urls, default=os.environ.get("WFM_ORCHESTRATOR_URL"),
+                       help="the orchestrator(s) to ask, comma-separated, tried in order "
+                            "(a standby answering 503 passes the request on; default: "
+                            "$WFM_ORCHESTRATOR_URL, else the configuration's listen address)")
+    admin.add_argument("--retry-for", type=_seconds,
+                       default=os.environ.get("WFM_RETRY_FOR", "0"),
+                       help="seconds to keep trying when no orchestrator answers as the "
+                            "leader, e.g. during a failover (default: $WFM_RETRY_FOR, else 0)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help: str, parents=(admin,)) -> argparse.ArgumentParser:

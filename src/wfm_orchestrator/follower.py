@@ -15,7 +15,8 @@ rest, on one worker thread that does all of their Slurm I/O:
 * cancel throttling (:class:`Cancels`): a cancel is sent again only after an
   interval, not at every cycle;
 * the other reads of Slurm (:meth:`Follower.add_poll`: the datanodes' health,
-  node_health.py) run on the same thread, at the start of each cycle.
+  node_health.py) run on the same thread, at the start of each cycle;
+* readers (:meth:`Follower.add_reader`) see every job list read (stage_in_nudge.py).
 
 Which Slurm states are final, when a job counts as gone and how an exit status
 reads live in :mod:`wfm_orchestrator.slurm.states`.
@@ -147,6 +148,7 @@ class Follower:
         self.outage = Outage()
         self._trackers: list[Tracker] = []
         self._polls: list[Callable[[], None]] = []
+        self._readers: list[Callable[[JobIndex], None]] = []
         self.worker = Worker("slurm-follower", self.cycle, interval, stop_timeout)
 
     @property
@@ -163,6 +165,11 @@ class Follower:
         Slurm (the datanodes' health); it decides itself whether one is due, and handles
         its own errors."""
         self._polls.append(poll)
+
+    def add_reader(self, reader: Callable[[JobIndex], None]) -> None:
+        """Hand ``reader`` every job list this thread reads, before the trackers move
+        (stage_in_nudge.py); it handles its own errors."""
+        self._readers.append(reader)
 
     @property
     def trackers(self) -> tuple[Tracker, ...]:
@@ -196,6 +203,8 @@ class Follower:
             self.outage.read_failed(e, " and ".join(f"{t.noun}s" for t, _ in work))
             return
         self.outage.reached()
+        for reader in self._readers:
+            reader(jobs)
         for tracker, items in work:
             for name, advance in items:
                 try:

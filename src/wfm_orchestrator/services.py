@@ -26,7 +26,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -249,20 +249,28 @@ class ServiceManager:
 
     # --- status -------------------------------------------------------------
 
-    def _status(self, rec: Reservation, position: int) -> dict[str, Any]:
-        job = self.job(rec.name)
+    def _status(self, rec: Reservation, position: int,
+                seen: tuple[Mapping[str, ServiceJob], Mapping[str, str], str] | None = None
+                ) -> dict[str, Any]:
+        """The status of ``rec``; with ``seen`` (_seen()) as the service jobs, the datanodes
+        down in Slurm and Slurm's problem were then, else as they are now."""
+        if seen is None:
+            job = self.job(rec.name)
+            down, problem = self.rm.down_in_slurm(), self.follower.problem
+        else:
+            jobs, down, problem = seen
+            job = jobs.get(rec.name)
         if job is not None and job.seq != rec.seq:
             job = None
         status, detail, when = derive_status(rec, position, job, slurm=self.slurm is not None,
                                              launch=rec.request.type in
                                              self.config.service_types)
-        down = self.rm.down_in_slurm()
         if down and rec.state in (State.FREE, State.ALLOCATED):
             note = down_note((p.server for p in rec.placement or ()), down)
             if note:
                 detail += f"; {note}"
-        if self.follower.problem and status not in (ServiceStatus.STOPPED,):
-            detail += f" [Slurm unreachable: {self.follower.problem}]"
+        if problem and status not in (ServiceStatus.STOPPED,):
+            detail += f" [Slurm unreachable: {problem}]"
         if job is not None and status != ServiceStatus.STOPPED:
             detail += replacement_note(job)
         out: dict[str, Any] = {"user": rec.request.user, "name": rec.name, "status": status.value,
@@ -281,11 +289,28 @@ class ServiceManager:
         return [self._status(rec, pos) for rec, pos in self.rm.snapshots(user)]
 
     def status_page(self, after: int | None, limit: int | None,
-                    keep: Callable[[Reservation], bool] | None = None
-                    ) -> Page[dict[str, str]]:
-        """Statuses in arrival order after reservation seq ``after`` (ResourceManager.page)."""
-        found = self.rm.page(after, limit, keep)
-        return Page([self._status(rec, pos) for rec, pos in found.items], found.next)
+                    keep: Callable[[Reservation], bool] | None = None,
+                    users: Iterable[str] | None = None) -> Page[dict[str, str]]:
+        """Statuses in arrival order after reservation seq ``after`` (ResourceManager.page),
+        rendered under its lock: one snapshot."""
+        return self.rm.page(after, limit, keep, users, self._status)
+
+    def status_chunks(self, after: int | None = None,
+                      keep: Callable[[Reservation], bool] | None = None,
+                      users: Iterable[str] | None = None, size: int = 256
+                      ) -> Iterator[list[dict[str, Any]]]:
+        """Every status ``status_page`` would give without a limit, as one snapshot (the
+        reservations, their jobs, Slurm's word) taken now and rendered ``size`` at a time
+        (ResourceManager.listing): for the spec's unpaged list, streamed."""
+        seen, chunks = self.rm.listing(after, keep, users, self._seen)
+        return chunks(lambda rec, pos: self._status(rec, pos, seen), size)
+
+    def _seen(self) -> tuple[Mapping[str, ServiceJob], Mapping[str, str], str]:
+        """What a status reads beside its reservation, as it is now (called under the
+        resource manager's lock: jobs change under ours, taken after it, as listeners do)."""
+        with self._lock:
+            jobs = self._jobs.copy()  # immutable jobs, replaced whole: a copy of references
+        return jobs, self.rm.down_in_slurm(), self.follower.problem
 
     # --- release ----------------------------------------------------------------
 

@@ -37,24 +37,6 @@ def statuses(orch: Orchestrator, job_id: int) -> list[dict]:
     return [s for s in listed if s.get("scope") == "job" and s.get("job_id") == job_id]
 
 
-def idle(orch: Orchestrator, timeout: float = 120) -> dict:
-    """Until no datanode holds anything (an earlier test's services released): the free
-    cores of each, as ``free`` gives them."""
-    seen: list[object] = [None]
-
-    def empty() -> dict | None:
-        code, res = orch.get("/server/resources/all")
-        assert code == 200, res
-        seen[0] = res
-        if all(r["server_resources"]["free_core_list"] == r["server_resources"]["core_list"]
-               for r in res):
-            return {r["server_name"]: r["server_resources"]["free_core_list"] for r in res}
-        return None
-
-    return poll_until(empty, "every datanode free", timeout, 0.5,
-                      last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
-
-
 def wait_service(orch: Orchestrator, name: str, wanted: str, timeout: float = 120) -> dict:
     """The status of ``name`` once it is ``wanted``; it may not exist yet (the job's setup
     has not run: the status path then reads the name as a user id and answers a list)."""

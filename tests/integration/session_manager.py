@@ -158,6 +158,24 @@ def free(orch: Orchestrator) -> dict:
     return {r["server_name"]: r["server_resources"]["free_core_list"] for r in res}
 
 
+def idle(orch: Orchestrator, timeout: float = 120) -> dict:
+    """Until no datanode holds anything (an earlier test's services released): the free
+    cores of each, as ``free`` gives them."""
+    seen: list[object] = [None]
+
+    def empty() -> dict | None:
+        code, res = orch.get("/server/resources/all")
+        assert code == 200, res
+        seen[0] = res
+        if all(r["server_resources"]["free_core_list"] == r["server_resources"]["core_list"]
+               for r in res):
+            return {r["server_name"]: r["server_resources"]["free_core_list"] for r in res}
+        return None
+
+    return poll_until(empty, "every datanode free", timeout, 0.5,
+                      last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
+
+
 def cancel(*job_ids: int) -> None:
     slurm_cmd("scancel", *map(str, job_ids), timeout=20)
 

@@ -6,6 +6,8 @@ when the job ends (docs/burst_buffer_plugin.md)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -13,7 +15,6 @@ import pytest
 from .job_services import (
     NFS,
     SBB,
-    idle,
     job_script,
     service_name,
     statuses,
@@ -25,6 +26,7 @@ from .session_manager import (
     as_user,
     bbstat,
     cancel,
+    idle,
     job_info,
     sbatch,
     status,
@@ -105,7 +107,28 @@ def test_a_bad_value_is_refused_at_submission_naming_it(orchestrator, slurm_clus
         out.stderr
 
 
-def test_a_full_cluster_keeps_the_job_in_stage_in_then_it_runs(orchestrator, slurm_cluster):
+PLUGIN_SLEEP = re.compile(r"sh -c (-- )?'sleep' ")
+
+
+def plugin_sleeps(samples: int = 6, every: float = 1.5) -> int:
+    """In how many of ``samples`` looks, ``every`` s apart, a hook of the plugin was
+    sleeping between two looks at the orchestrator: the plugin's runner (io.popen) runs
+    ``sh -c 'sleep' '<poll>' ...`` (``sh -c -- ...`` with Debian 13's C library), and
+    nothing else does."""
+    seen = 0
+    for i in range(samples):
+        if i:
+            time.sleep(every)
+        out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+        seen += any(PLUGIN_SLEEP.match(line) for line in out.splitlines())
+    return seen
+
+
+def test_a_full_cluster_keeps_the_job_in_stage_in_then_it_runs(orchestrator, slurm_cluster,
+                                                                 slurm_version):
+    """On 24.05+ the wait holds no process (Slurm polls slurm_bb_test_data_in, BUSY, and
+    StageInTimeout alone bounds it); on 22.05 data_in waits inside, sleeping between looks."""
     before = idle(orchestrator)
     fillers: list[str] = []
     try:
@@ -118,6 +141,12 @@ def test_a_full_cluster_keeps_the_job_in_stage_in_then_it_runs(orchestrator, slu
         info = job_info(job)
         assert info["JobState"] == "PENDING", info["_raw"]
         assert [x for x in bbstat("alice") if f" Name={name} State=staging-in " in x]
+        sleeping = plugin_sleeps()
+        if slurm_version == "22.05":
+            assert sleeping >= 4, "data_in waits inside the hook on 22.05"
+        else:
+            assert sleeping == 0, "no hook waits on 24.05+: Slurm polls test_data_in"
+        assert job_info(job)["JobState"] == "PENDING"
         release(orchestrator, fillers[0])
         wait_job(job, {"COMPLETED"}, timeout=240)
         assert open(out).read().startswith(f"NAME={name} ")

@@ -197,8 +197,13 @@ def test_a_bound_job_slurm_keeps_pending_is_replaced_and_the_new_one_runs(
     assert live.job_id not in olds and live.user == "alice" and live.nodes == ("dn1",)
     assert re.findall(rf"reservation {name} bound by job (\d+)", log) == \
         [str(j) for j in [*olds, live.job_id]]  # each job bound once, the live one last
-    # Each old job's teardown (its cancel) was refused: it bound nothing any more.
-    teardowns = re.findall(rf" DELETE /v2\.0\.0/server/allocation/{name} (\d{{3}}) ", log)
+    # Each old job's teardown (its cancel) was refused: it bound nothing any more. Slurm
+    # runs that teardown when it gets to it, which may be after the new job is up.
+    teardowns = poll_until(
+        lambda: re.findall(rf" DELETE /v2\.0\.0/server/allocation/{name} (\d{{3}}) ",
+                           orchestrator.log()),
+        f"the teardown of {name}'s replaced job", 90, 0.5,
+        last=lambda: orchestrator.log()[-3000:])
     assert teardowns.count("403") >= 1 and "200" not in teardowns, teardowns
     for old in olds:
         code, answer = orchestrator.get(

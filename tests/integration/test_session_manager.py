@@ -18,6 +18,7 @@ from .session_manager import (
     create_file,
     destroy_file,
     free,
+    idle,
     name,
     reserve_sbb,
     run_session,
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 def test_an_sbb_session_created_asynchronously_runs_a_step_and_ends_stopped(orchestrator,
                                                                             slurm_cluster):
     svc = name("sbb")
-    before = free(orchestrator)
+    before = idle(orchestrator)
     reserve_sbb(orchestrator, svc)
     run_session(orchestrator, svc, before, sbb_line(svc))
 
@@ -42,7 +43,7 @@ def test_an_nfs_session_created_asynchronously_runs_a_step_and_ends_stopped(orch
                                                                            slurm_cluster):
     """NFS: the SM reserves with a gssize string and writes a GBF line; --exclusive."""
     svc = name("nfs")
-    before = free(orchestrator)
+    before = idle(orchestrator)
     body = {"name": svc, "user": "alice", "user_slurm_token": user_token("alice"),
             "type": "NFS", "servers": 1,
             "attributes": {"gssize": "2GiB", "mountpoint": "/tmp/sm-nfs-mnt"}}  # noqa: S108
@@ -57,7 +58,7 @@ def test_synchronous_create_use_and_destroy_with_srun_bb(orchestrator, slurm_clu
     """srun --bb "#BB_LUA SBB create_persistent ..." hostname returns once the service is
     up; srun --bb use_persistent sees it; srun --bb destroy_persistent stops it."""
     svc = name("sync")
-    before = free(orchestrator)
+    before = idle(orchestrator)
     reserve_sbb(orchestrator, svc)
     out = as_user("alice", "srun", "-J", "create", EXPORT, "--bb", f"#BB_LUA {sbb_line(svc)}",
                   "hostname")
@@ -86,7 +87,7 @@ def test_a_stop_during_a_start_waits_for_the_start_then_stops(orchestrator, slur
     """create, and at once destroy with afterany:create (the SM's stop while starting):
     the create completes once up, the destroy then stops it; nothing is left."""
     svc = name("stop")
-    before = free(orchestrator)
+    before = idle(orchestrator)
     reserve_sbb(orchestrator, svc)
     create = sbatch("alice", "-J", "create", EXPORT, create_file(svc, sbb_line(svc)))
     destroy = sbatch("alice", "-J", "destroy", EXPORT, f"--dependency=afterany:{create}",
@@ -103,7 +104,7 @@ def test_a_create_whose_service_cannot_start_ends_with_the_reason(orchestrator,
     waits): the create job ends CANCELLED with the plugin's reason in Reason and
     SystemComment, so the SM's destroy (afterany) still runs; nothing is left."""
     svc = name("gone")
-    before = free(orchestrator)
+    before = idle(orchestrator)
     reserve_sbb(orchestrator, svc)
     create = sbatch("alice", "-J", "create", EXPORT, create_file(svc, sbb_line(svc)))
     destroy = sbatch("alice", "-J", "destroy", EXPORT, f"--dependency=afterany:{create}",

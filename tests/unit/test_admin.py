@@ -3,6 +3,7 @@ token, and the state database with the service stopped (admin.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -20,7 +21,7 @@ from wfm_orchestrator.admin import (
     short_mb,
     table,
 )
-from wfm_orchestrator.errors import StoreError
+from wfm_orchestrator.errors import ApiFailed, ServiceUnreachable, StoreError
 from wfm_orchestrator.model import parse_reserve
 from wfm_orchestrator.resource_manager import ResourceManager
 from wfm_orchestrator.store import MIGRATIONS, Store
@@ -172,3 +173,107 @@ def test_an_invalid_configuration_is_exit_2(tmp_path, capsys):
     bad.write_text("listen = nowhere\n")
     assert cli.main(["status", "--config", str(bad)]) == cli.EXIT_CONFIG
     assert "is invalid" in capsys.readouterr().err
+
+
+# --- several orchestrators (docs/ha.md) -------------------------------------------------
+
+
+class _Answering:
+    """A loopback HTTP server answering every request with ``status`` and a JSON body;
+    counts the requests it got."""
+
+    def __init__(self, status: int, body: dict):
+        import http.server
+        import threading
+
+        outer = self
+        self.hits = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                outer.hits += 1
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+STANDBY_BODY = {"title": "Not the leader", "description": "a standby", "leader": "x"}
+
+
+@pytest.fixture
+def answering():
+    made: list[_Answering] = []
+
+    def make(status: int, body: dict) -> _Answering:
+        made.append(_Answering(status, body))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def closed_url() -> str:
+    """A loopback URL nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_commands_ask_the_next_orchestrator_when_one_is_down_or_a_standby(answering):
+    """A closed port, then a standby's 503, then the leader: the leader's answer."""
+    standby, leader = answering(503, STANDBY_BODY), answering(200, {"ok": 1})
+    api = Api([closed_url(), standby.url, leader.url])
+    assert api.call("GET", "/v1.0.0/location/list") == {"ok": 1}
+    assert (standby.hits, leader.hits) == (1, 1)
+
+
+def test_with_one_orchestrator_a_503_is_its_answer(answering):
+    only = answering(503, STANDBY_BODY)
+    with pytest.raises(ApiFailed) as e:
+        Api(only.url).call("GET", "/v1.0.0/location/list")
+    assert e.value.status == 503 and only.hits == 1
+
+
+def test_commands_keep_trying_for_retry_for_seconds_then_name_the_last_answer(answering):
+    """Rounds a second apart (on the command's clock) while nobody answers as leader."""
+    standby = answering(503, STANDBY_BODY)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    api = Api([closed_url(), standby.url], retry_for=3, clock=lambda: now[0], sleep=sleep)
+    with pytest.raises(ApiFailed) as e:
+        api.call("GET", "/v1.0.0/location/list")
+    assert e.value.status == 503 and standby.hits == 4 and slept == [1.0, 1.0, 1.0]
+    with pytest.raises(ServiceUnreachable) as down:
+        Api([closed_url(), closed_url()], retry_for=0).call("GET", "/v1.0.0/location/list")
+    assert "no orchestrator answers at http://127.0.0.1:" in str(down.value)
+
+
+def test_url_option_takes_a_list_and_refuses_anything_but_http_urls(capsys):
+    args = cli._parser().parse_args(["status", "--url", "http://a:8080/, https://b:8443",
+                                          "--retry-for", "45"])
+    assert args.url == ["http://a:8080", "https://b:8443"] and args.retry_for == 45
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["status", "--url", "ftp://a"])
+    assert "'ftp://a' is not an http(s)://host[:port] URL" in capsys.readouterr().err

@@ -77,14 +77,17 @@ def render(tmp_path, version):
 
 
 def test_both_versions_get_the_same_cluster_and_24_11_runs_without_cgroups(tmp_path):
-    """Same nodes, ports, partitions and plugin set-up; 24.11 adds cgroup.conf only."""
+    """Same nodes, ports, partitions and plugin set-up; 24.11 adds cgroup.conf and the
+    burst buffer's PollInterval (its test_data_in poll), which 22.05's slurmctld refuses."""
     old, new = render(tmp_path, "22.05"), render(tmp_path, "24.11")
     assert "cgroup.conf" not in old
     assert "CgroupPlugin=disabled" in new.pop("cgroup.conf").splitlines()
     assert new["slurm.conf"] == old["slurm.conf"]
     assert "ProctrackType=proctrack/linuxproc" in new["slurm.conf"].splitlines()
     assert "TaskPlugin=task/none" in new["slurm.conf"].splitlines()
-    assert new["burst_buffer.conf"] == old["burst_buffer.conf"]
+    assert "PollInterval=3" in new["burst_buffer.conf"].splitlines()
+    assert "PollInterval" not in old["burst_buffer.conf"]
+    assert new["burst_buffer.conf"].replace("PollInterval=3\n", "") == old["burst_buffer.conf"]
     assert new["burst_buffer_wfm.conf"] == old["burst_buffer_wfm.conf"]
     assert "WFM_SLURM_VERSION=22.05" in old["env"].splitlines()
     assert "WFM_SLURM_VERSION=24.11" in new["env"].splitlines()

@@ -175,3 +175,14 @@ def test_without_the_flush_the_write_would_stay_queued(world, make_config):
     bare.cycle([world.sm])
     assert world.sm.job("alice_s_sbb").job_id is not None
     assert world.store.query("SELECT job_id FROM service_job")[0]["job_id"] is None
+
+
+def test_a_reader_sees_every_job_list_read_before_the_trackers_move():
+    seen: list[tuple[str, object]] = []
+    f = follower()
+    f.add_reader(lambda jobs: seen.append(("reader", jobs)))
+    t = Tracker(("a", None))
+    t._advance = lambda name, err, jobs: seen.append(("advance", jobs))  # type: ignore
+    f.add(t)
+    f.cycle()
+    assert [what for what, _ in seen] == ["reader", "advance"] and seen[0][1] is seen[1][1]

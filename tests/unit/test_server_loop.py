@@ -315,3 +315,33 @@ def test_with_the_fast_path_off_stock_waitress_serves_the_api(make_config):
         server.close()
         thread.join(5)
         store.close()
+
+
+def test_worker_threads_give_the_cpu_to_the_loop_first():
+    """Worker threads run at WORKER_NICE, the loop thread at the process's own priority:
+    a worker rendering a whole list does not keep the loop's requests waiting for a CPU."""
+    import os
+
+    from wfm_orchestrator.http.dispatcher import WORKER_NICE
+
+    class Nice:
+        def on_get(self, req, resp):
+            resp.media = {"nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())}
+
+    app = falcon.App()
+    app.add_route("/loop", Nice())
+    app.add_route("/worker", Nice())
+    server = create_server(app, "127.0.0.1", 0, threads=1,
+                           nonblocking=lambda method, path: path == "/loop")
+    thread = threading.Thread(target=server.run, name="loop", daemon=True)
+    thread.start()
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        for path, nice in (("/loop", own), ("/worker", min(19, own + WORKER_NICE))):
+            with connect(server.effective_port) as sock:
+                sock.sendall(request("GET", path, close=True))
+                reply = read_for(sock, 2.0)
+            assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == {"nice": nice}, path
+    finally:
+        server.close()
+        thread.join(5)

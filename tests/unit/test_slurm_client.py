@@ -236,3 +236,17 @@ def test_unsupported_api_version_is_refused():
     """Only versions with builders and readers (or auto)."""
     with pytest.raises(InvalidRequest):
         SlurmClient("http://x", api_version="v0.0.39")
+
+
+def test_touch_updates_a_job_with_its_own_comment_and_an_unknown_job_is_false(token_file):
+    """stage_in_nudge.py's update: POST /job/{id} {"comment": ...} as the SlurmUser
+    (answers captured from slurmrestd 22.05)."""
+    c, s = client(token_file, captured("update_ok"), captured("update_unknown"))
+    assert c.touch(12, "wfm:tag") is True
+    method, url, headers, data, _, _ = s.calls[0]
+    assert (method, url) == ("POST", "http://127.0.0.1:6820/slurm/v0.0.38/job/12")
+    assert json.loads(data) == {"comment": "wfm:tag"}
+    assert headers["X-SLURM-USER-NAME"] == "slurm"
+    assert c.touch(999999, "x") is False
+    assert c.schedules_after_stage_in is False
+    assert client(token_file, api_version="v0.0.42")[0].schedules_after_stage_in is True

@@ -118,6 +118,7 @@ TIMED_RUNS = {
     "tests/reliability/test_concurrency.py": 1,  # each client's traffic until the run ends
     "tests/reliability/test_slurm_faults.py": 1,  # requests during a slurmrestd outage
     "tests/unit/test_server_loop.py": 1,  # read_for: what a socket sends in a set time
+    "tests/ha/cluster.py": 2,  # Writer: writes until stopped, each acknowledgement timed
 }
 
 
@@ -176,7 +177,7 @@ def test_every_test_using_the_mini_cluster_is_marked_integration():
     assert server.markers == [] and plain.markers == []
 
 
-@pytest.mark.parametrize("marker", ["integration", "server", "reliability"])
+@pytest.mark.parametrize("marker", ["integration", "server", "reliability", "ha"])
 def test_markers_are_registered_and_documented(marker):
     """Each marker is registered (pytest runs with --strict-markers) and explained."""
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as fh:

@@ -86,6 +86,8 @@ METHODS = [
      "http/dispatcher.py LoopDispatcher.add_task (override: receives the channel)"),
     ("waitress.task", "ThreadedTaskDispatcher", "set_thread_count", ("self", "count"),
      "http/server.py create_server"),
+    ("waitress.task", "ThreadedTaskDispatcher", "handler_thread", ("self", "thread_no"),
+     "http/dispatcher.py LoopDispatcher.handler_thread (override: the worker's priority)"),
     ("waitress.task", "ThreadedTaskDispatcher", "shutdown", None, "http/server.py run_loop"),
     ("waitress.channel", "HTTPChannel", "received", ("self", "data"),
      "http/channel.py LoopChannel.received (override)"),

@@ -7,13 +7,13 @@ Outside the specification's versions, like /metrics and /ui; every one is admin 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import falcon
 
 from ..errors import ConfigError, InvalidRequest, NotFound, ReloadRefused
 from ..model import ReservationState, check_name, check_user
-from ..paging import Page
 from ..reservation import Reservation
 from ..resource_manager import ResourceManager, iso_time
 from . import paging
@@ -54,7 +54,13 @@ class Datanodes:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         paging.answer_configured(req, resp, "d", list(self.rm.config.datanodes),
                                  lambda names: [datanode_item(v)
-                                                for v in self.rm.datanodes(names)])
+                                                for v in self.rm.datanodes(names)],
+                                 self._chunks)
+
+    def _chunks(self, names: list[str]) -> Iterator[list[dict[str, Any]]]:
+        views = self.rm.datanodes(names)  # one snapshot, under the lock
+        for i in range(0, len(views), paging.CHUNK):
+            yield [datanode_item(v) for v in views[i:i + paging.CHUNK]]
 
 
 class Drain:
@@ -122,15 +128,18 @@ class Reservations:
                 raise InvalidRequest("state", f"unknown state {state!r} (valid: "
                                      f"{', '.join(s.value for s in ReservationState)})") from None
         after, limit = paging.requested(req, "r")
+        users = None if user is None else (user,)
 
         def keep(rec: Reservation) -> bool:
-            return ((user is None or rec.request.user == user)
-                    and (rec.state == wanted if state is not None
-                         else rec.state != ReservationState.RELEASED))
+            return (rec.state == wanted if state is not None
+                    else rec.state != ReservationState.RELEASED)
 
-        found = self.rm.page(after, limit, keep)
-        paging.answer(req, resp, Page([reservation_item(rec, pos) for rec, pos in found.items],
-                                      found.next), "r", limit)
+        if paging.streamed(req, limit):
+            _, chunks = self.rm.listing(after, keep, users)
+            paging.whole(resp, chunks(reservation_item, paging.CHUNK))
+            return
+        paging.answer(req, resp, self.rm.page(after, limit, keep, users, reservation_item),
+                      "r", limit)
 
 
 class OneReservation:

@@ -110,8 +110,7 @@ class AllServerResources:
         self.rm = rm
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not req.query_string:
-            resp.media = self.rm.all_resources()
-            return
+        # Without a limit, rendered by a worker thread and streamed (api/paging.py: whole).
         paging.answer_configured(req, resp, "d", list(self.rm.config.datanodes),
-                                 self.rm.all_resources)
+                                 self.rm.all_resources,
+                                 lambda names: self.rm.resources_chunks(names, paging.CHUNK))

@@ -34,13 +34,19 @@ class AllServiceStatus:
         # Optional even for the plugin: Slurm 22.05 does not say who runs bbstat.
         uid = acting_for(req, optional=("uid",))["uid"]
         after, limit = paging.requested(req, "r")
+        whole = paging.streamed(req, limit)
+        # The uid's users' lists (an index of the resource manager): what it costs is
+        # their length, not the list of every reservation's.
         users = None if uid is None else self.binding.users_of(uid)
 
         def keep(rec: Reservation) -> bool:
-            user = rec.request.user
-            return visible(identity, user) and (users is None or user in users)
+            return visible(identity, rec.request.user)
 
-        paging.answer(req, resp, self.services.status_page(after, limit, keep), "r", limit)
+        if whole:
+            paging.whole(resp, self.services.status_chunks(after, keep, users, paging.CHUNK))
+            return
+        paging.answer(req, resp, self.services.status_page(after, limit, keep, users), "r",
+                      limit)
 
 
 class Release:
@@ -116,5 +122,9 @@ class ServiceStatus:
         if not visible(identity, ident) or not is_user_name(ident):
             resp.media = []  # as a user id: nothing the caller may read, or no such user
             return
-        page = self.services.status_page(after, limit, lambda rec: rec.request.user == ident)
-        paging.answer(req, resp, page, "r", limit)
+        if paging.streamed(req, limit):
+            paging.whole(resp, self.services.status_chunks(after, users=(ident,),
+                                                            size=paging.CHUNK))
+            return
+        paging.answer(req, resp, self.services.status_page(after, limit, users=(ident,)), "r",
+                      limit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from ..auth import visible
@@ -65,10 +67,18 @@ class AllStepStatus:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         identity = identity_of(req)
         after, limit = paging.requested(req, "s")
-        page = (self.steps.page(after, limit,
-                                lambda s: visible(identity, s.user, "step.read"))
-                if self.steps is not None else Page())
-        paging.answer(req, resp, page, "s", limit)
+        steps = self.steps
+        if steps is None:
+            paging.answer(req, resp, Page(), "s", limit)
+            return
+
+        def page(after: Any, limit: int | None) -> Page[dict[str, str]]:
+            return steps.page(after, limit, lambda s: visible(identity, s.user, "step.read"))
+
+        if paging.streamed(req, limit):
+            paging.whole(resp, paging.walk(page, after))
+            return
+        paging.answer(req, resp, page(after, limit), "s", limit)
 
 
 class StepStatus:
@@ -95,8 +105,15 @@ class StepStatus:
                 or not is_user_name(ident)):
             resp.media = []  # as a user id: nothing the caller may read, or no such user
             return
-        paging.answer(req, resp, self.steps.page(after, limit, lambda s: s.user == ident),
-                      "s", limit)
+        steps = self.steps
+
+        def page(after: Any, limit: int | None) -> Page[dict[str, str]]:
+            return steps.page(after, limit, lambda s: s.user == ident)
+
+        if paging.streamed(req, limit):
+            paging.whole(resp, paging.walk(page, after))
+            return
+        paging.answer(req, resp, page(after, limit), "s", limit)
 
 
 class Abort:

@@ -402,6 +402,24 @@ class SlurmClient:
                                           params={"signal": signal})
         return parse_cancel(status, parsed, self.api_version, what, text)
 
+    @_observed("touch")
+    def touch(self, job_id: int, comment: str) -> bool:
+        """Update job ``job_id`` with its own ``comment`` (as the SlurmUser): it changes
+        nothing of the job, and a job update makes slurmctld schedule (stage_in_nudge.py).
+        False when Slurm no longer knows the job."""
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+            raise InvalidRequest("job_id", f"{job_id!r} is not a job id")
+        what = f"update job {job_id}"
+        status, parsed, text = self._call("POST", f"/job/{job_id}", what,
+                                          self._headers(None, None),
+                                          body={"comment": comment})
+        return parse_cancel(status, parsed, self.api_version, what, text)
+
+    @property
+    def schedules_after_stage_in(self) -> bool:
+        """False on Slurm 22.05 (v0.0.38): see stage_in_nudge.py."""
+        return dialect(self.api_version).schedules_after_stage_in
+
     @_observed("job_states")
     def job_states(self, job_ids: list[int] | tuple[int, ...] | set[int],
                    user: str | None = None, user_token: str | None = None

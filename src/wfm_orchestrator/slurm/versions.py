@@ -81,6 +81,10 @@ class Dialect:
     ping_up: Callable[[dict[str, Any]], bool]
     cancel_errors: Callable[[Any], list[dict[str, Any]]]  # per-job refusals of a 200
     read_node: Callable[[dict[str, Any]], NodeState]
+    # Does slurmctld schedule a job as soon as its burst-buffer stage-in completes?
+    # 22.05's burst_buffer_lua.c calls queue_job_scheduler() there only for a stage-in
+    # with a size (ours have none); 24.11 always does (stage_in_nudge.py).
+    schedules_after_stage_in: bool = True
 
 
 # --- builders -----------------------------------------------------------------
@@ -263,7 +267,8 @@ def cancel_errors_v0042(body: Any) -> list[dict[str, Any]]:
 
 
 V0038 = Dialect("v0.0.38", "22.05", submit_body_v0038, read_job_v0038,
-                lambda p: p.get("ping") == "UP", cancel_errors_none, read_node_v0038)
+                lambda p: p.get("ping") == "UP", cancel_errors_none, read_node_v0038,
+                schedules_after_stage_in=False)
 DIALECTS: dict[str, Dialect] = {d.version: d for d in (
     Dialect("v0.0.42", "24.11", submit_body_v004x, read_job_v004x,
             lambda p: p.get("pinged") == "UP", cancel_errors_v0042, read_node_v004x),

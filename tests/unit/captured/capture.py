@@ -76,6 +76,15 @@ class Capture:
         return self.call(name, "POST", "/job/submit", user=user,
                          body=build_submit_body(spec, self.version))[1]
 
+    def touch(self):
+        """A job updated with its own comment (stage_in_nudge.py), and an unknown one."""
+        v = self.version.replace(".", "")
+        job = self.submit(None, JobSpec(name=f"cap_touch_{v}", command=["/bin/sleep", "60"],
+                                        partition="compute", comment="wfm:capture"))["job_id"]
+        self.call("update_ok", "POST", f"/job/{job}", body={"comment": "wfm:capture"})
+        self.call("update_unknown", "POST", "/job/999999", body={"comment": "x"})
+        self.call(None, "DELETE", f"/job/{job}", params={"signal": "SIGKILL"})
+
     def run(self):
         v = self.version.replace(".", "")
         self.call("ping_ok", "GET", "/ping")
@@ -238,6 +247,10 @@ def main(argv: list[str]) -> None:
     versions = [a for a in argv if not a.startswith("--")] or served()
     if "--nodes" in argv:
         capture_nodes(versions)
+        return
+    if "--touch" in argv:
+        for v in versions:
+            Capture(v).touch()
         return
     for v in versions:
         print(f"capturing {v}", flush=True)

@@ -1,0 +1,154 @@
+"""Helpers of the HA suite: deploy/hacluster as a command, its status, the processes it
+runs, and a writer that counts the writes the cluster acknowledged."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from ..conftest import ROOT
+
+HACLUSTER = os.path.join(ROOT, "deploy", "hacluster")
+STATE_DIR = "/var/lib/wfm-hacluster"
+
+
+def hacluster(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run deploy/hacluster ARGS (as the root running the tests)."""
+    return subprocess.run([HACLUSTER, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def up() -> subprocess.CompletedProcess:
+    """`up`; the first one on a machine installs Debian's packages (minutes)."""
+    out = hacluster("up", timeout=900)
+    assert out.returncode == 0, f"hacluster up failed:\n{out.stderr}\n{out.stdout}"
+    return out
+
+
+def status() -> dict:
+    out = hacluster("status", "--json", timeout=60)
+    assert out.returncode in (0, 3), out.stderr
+    return json.loads(out.stdout)
+
+
+def dsn() -> str:
+    out = hacluster("dsn", timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def by_role(st: dict) -> dict[str | None, dict]:
+    """{"primary": node, "replica": node} of a status (a role seen twice fails)."""
+    roles = [p["role"] for p in st["postgres"]]
+    assert len(set(roles)) == len(roles), f"two nodes with one role: {st['postgres']}"
+    return {p["role"]: p for p in st["postgres"]}
+
+
+def comm(pid: int) -> str | None:
+    """The process' name, None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+    return None if rest.split()[0] in ("Z", "X") else name
+
+
+def parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(pids: set[int]) -> set[int]:
+    """``pids`` and every live process below them (a postmaster's backends, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (ppid := parent(int(entry))) is not None:
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found and comm(pid):
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def processes_using_state_dir() -> dict[int, str]:
+    """Live processes whose command line names the cluster's state directory."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if STATE_DIR in argv and comm(int(entry)):
+            found[int(entry)] = argv
+    return found
+
+
+def kill9(*pids: int) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+class Writer(threading.Thread):
+    """Inserts 0, 1, 2, ... into ``table`` through ``dsn``, one transaction each, and
+    records each id the database acknowledged (its commit returned) with the time and
+    the port of the node that acknowledged it.
+
+    A write whose commit fails or whose answer never came is not acknowledged: it may be
+    in the table or not, both are fine. Reconnects after every error (the two-host
+    connection string finds the new primary)."""
+
+    def __init__(self, dsn: str, table: str, pause: float = 0.003):
+        super().__init__(daemon=True, name=f"writer-{table}")
+        self.dsn, self.table, self.pause = dsn, table, pause
+        self.acked: list[tuple[int, float, int]] = []
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        next_id = 0
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    while not self.stopping.is_set():
+                        conn.execute(f"INSERT INTO {self.table} (id) VALUES (%s)",  # noqa: S608 - the test's own name
+                                     (next_id,))
+                        self.acked.append((next_id, time.monotonic(), int(conn.info.port)))
+                        next_id += 1
+                        # Gentle on the machine's shared cores: a few hundred writes/s.
+                        self.stopping.wait(self.pause)
+            except psycopg.Error as e:
+                if not self.errors or self.errors[-1] != str(e):
+                    self.errors.append(str(e))
+                next_id += 1  # the failed id may or may not be in the table
+                self.stopping.wait(0.1)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+        assert not self.is_alive(), "the writer did not stop"
+
+    def acked_by_another_node(self, port: int) -> list[tuple[int, float, int]]:
+        """The writes acknowledged by another node than the one on ``port``."""
+        return [a for a in list(self.acked) if a[2] != port]
+
+    def longest_gap(self) -> float:
+        """The longest time between two acknowledged writes: how long writes blocked."""
+        times = [t for _, t, _ in list(self.acked)]
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)

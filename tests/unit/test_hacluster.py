@@ -1,0 +1,71 @@
+"""deploy/hacluster's fixed facts: ports apart from the Slurm mini-cluster's, Patroni's
+timing rule, synchronous mode, the connection string; and its refusals. Nothing is
+started here (tests/ha starts the cluster)."""
+
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
+import sys
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from ..conftest import ROOT
+
+HACLUSTER = os.path.join(ROOT, "deploy", "hacluster")
+
+
+def load():
+    """deploy/hacluster as a module (it has no .py suffix: it is a command)."""
+    loader = importlib.machinery.SourceFileLoader("hacluster", HACLUSTER)
+    spec = importlib.util.spec_from_loader("hacluster", loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hacluster"] = module  # its dataclasses look their module up there
+    try:
+        loader.exec_module(module)
+    finally:
+        del sys.modules["hacluster"]
+    return module
+
+
+def test_ports_are_distinct_loopback_ports_apart_from_the_other_servers():
+    """Every port once, none of the mini-cluster's (slurmctld 6817, slurmrestd 6820, the
+    slurmd 17001+), nor 8080, nor the ephemeral range the tests' servers draw from."""
+    h = load()
+    ports = [p for e in h.ETCDS for p in (e.client_port, e.peer_port)] + \
+        [p for n in h.NODES for p in (n.pg_port, n.rest_port)]
+    assert len(set(ports)) == len(ports) == 10
+    taken = {6817, 6820, 8080, *range(17001, 17100)}
+    assert not set(ports) & taken
+    assert all(1024 < p < 32768 for p in ports)
+
+
+def test_patroni_runs_in_synchronous_mode_within_its_timing_rule():
+    """synchronous_mode on; loop_wait + 2 * retry_timeout <= ttl (else Patroni demotes a
+    healthy primary), and a ttl that lets a failover end well within 30 s."""
+    h = load()
+    config = h.patroni_config(h.NODES[0], {"superuser": "s", "replication": "r", "wfm": "w"})
+    dcs = config["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"] <= 20
+    assert config["etcd3"]["hosts"] == [f"127.0.0.1:{e.client_port}" for e in h.ETCDS]
+    assert config["postgresql"]["data_dir"].startswith(h.STATE_DIR + "/")
+
+
+def test_the_connection_string_names_both_nodes_and_asks_for_the_writable_one():
+    h = load()
+    url = urlsplit(h.dsn({"superuser": "s", "replication": "r", "wfm": "secret"}))
+    assert url.username == "wfm" and url.password == "secret"  # noqa: S105
+    assert url.netloc.split("@")[1] == ",".join(f"127.0.0.1:{n.pg_port}" for n in h.NODES)
+    assert url.path == "/wfm"
+    assert parse_qs(url.query)["target_session_attrs"] == ["read-write"]
+
+
+@pytest.mark.parametrize("argv", [[], ["bogus"], ["up", "--now"], ["status", "--xml"],
+                                  ["down", "--all"]])
+def test_unknown_commands_print_the_usage(argv):
+    out = subprocess.run([sys.executable, HACLUSTER, *argv], capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr
