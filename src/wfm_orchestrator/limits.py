@@ -9,7 +9,7 @@ lock: the resource manager calls it under its own lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .config import Config, Limit
 from .model import ReserveRequest
@@ -50,6 +50,24 @@ class Usage:
     def add(self, req: ReserveRequest) -> None:
         """``req`` took its resources."""
         self._change(req, 1)
+
+    def add_all(self, requests: Iterable[ReserveRequest]) -> None:
+        """Every one of ``requests`` took its resources (a start): summed per user first."""
+        per_user: dict[str, list[int]] = {}
+        for req in requests:
+            used = per_user.get(req.user)
+            if used is None:
+                used = per_user[req.user] = [0, 0, 0, 0]
+            n = req.servers
+            used[0] += n * req.cores
+            used[1] += n * req.msize
+            used[2] += n * req.ssize
+            used[3] += 1
+        for user, used in per_user.items():
+            _add(self._users, user, used, 1)
+            account = self.config.account_of_user.get(user)
+            if account is not None:
+                _add(self._accounts, account, used, 1)
 
     def remove(self, req: ReserveRequest) -> None:
         """``req`` gave its resources back."""

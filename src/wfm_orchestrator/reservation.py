@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .allocator import Placement
 from .model import ReservationState, ReserveRequest
 
 
-@dataclass
+# slots: one of these lives per reservation (100,000 and more), a __dict__ each cost
+# ~100 bytes more.
+@dataclass(slots=True)
 class Reservation:
     request: ReserveRequest
     state: ReservationState
     seq: int
     created: float
     updated: float
+    # Shared with the allocator while it holds resources (its reserve's or restore's list).
     placement: list[Placement] | None = None
     detail: str = ""
     # The Slurm job that bound it (plugin setup with its job id): the only job whose
@@ -27,9 +30,6 @@ class Reservation:
     # Who first claimed it for its user ("job 42 of uid 1001", "step alice_s1_step_0"):
     # "" while none did. An unclaimed reservation is released after unclaimed_timeout.
     claimed: str = ""
-    # (request, placement, their JSON): a reservation is written several times
-    # (reserve, allocation, release) and both rarely change in between.
-    _json: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:

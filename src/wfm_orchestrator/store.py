@@ -33,7 +33,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from . import state_files
@@ -42,6 +42,10 @@ from .errors import CommitRefused, CommitTimeout, StoreError, WaitOnEventLoop
 log = logging.getLogger(__name__)
 
 SLOW_COMMIT = 1.0  # seconds
+# At start a database up to this size gets SQLite's quick_check whole; a larger one every
+# table but the ended steps' history (Store._check).
+FULL_CHECK_BYTES = 64 << 20
+HISTORY_TABLES = frozenset({"step", "step_job"})
 
 APPLICATION_ID = 0x57464D4F  # "WFMO": marks a database as ours
 Statement = tuple[str, Sequence[Any]]
@@ -149,6 +153,20 @@ MIGRATIONS: list[str] = [
     ALTER TABLE service_job ADD COLUMN replaced_job INTEGER;
     ALTER TABLE service_job ADD COLUMN replacements INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE service_job ADD COLUMN replaced_why TEXT NOT NULL DEFAULT ''
+    """,
+    # 10: an ended step's last change (the start of its step_retention, its status' time),
+    # NULL while it is followed, and its status and detail as derived from the rows written
+    # with them: a start loads only the steps without it; the others are read on demand, and
+    # the lists read their status without their request and jobs. Steps stored before get
+    # them at their first start.
+    """
+    ALTER TABLE step ADD COLUMN ended REAL;
+    ALTER TABLE step ADD COLUMN status TEXT NOT NULL DEFAULT '';
+    ALTER TABLE step ADD COLUMN status_detail TEXT NOT NULL DEFAULT '';
+    CREATE INDEX step_ended ON step(ended);
+    CREATE INDEX step_order ON step(created, name);
+    CREATE INDEX step_user_order ON step(user, created, name);
+    CREATE INDEX step_status ON step(status) WHERE ended IS NOT NULL
     """,
 ]
 
@@ -341,7 +359,7 @@ class Store:
                     f"{path} is an SQLite database of another application "
                     f"(application_id {app_id:#x}, {tables} tables): refusing to use it"
                 )
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            check = Store._check(conn, path)
             if check != "ok":
                 conn.close()
                 raise StoreError(f"state database {path} is corrupt: {check}")
@@ -352,6 +370,32 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"state database {path} is unusable: {e}") from e
         return conn
+
+    @staticmethod
+    def _check(conn: sqlite3.Connection, path: str) -> str:
+        """SQLite's quick_check of the database ("ok"), before anything is read from it.
+
+        It reads every page: with a year of ended steps (1,000,000: ~1 GB) that alone took
+        ~2 s of every start. A database larger than FULL_CHECK_BYTES is therefore checked
+        table by table, all but the ended steps' history (HISTORY_TABLES), which a start
+        does not read (only its live rows, through an index): SQLite checks those pages
+        as it reads them, and a corrupt one fails that read.
+        """
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = 0
+        if size <= FULL_CHECK_BYTES:
+            return conn.execute("PRAGMA quick_check").fetchone()[0]
+        tables = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        for table in tables:
+            if table not in HISTORY_TABLES:
+                check = conn.execute("SELECT * FROM pragma_quick_check(?)",
+                                     (table,)).fetchone()[0]
+                if check != "ok":
+                    return check
+        return "ok"
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -383,6 +427,23 @@ class Store:
         conn.row_factory = sqlite3.Row
         try:
             return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def rows(self, sql: str, params: Sequence[Any] = (), chunk: int = 4096
+             ) -> Iterator[tuple[Any, ...]]:
+        """Stream the rows of ``sql`` as plain tuples, ``chunk`` at a time, on a connection
+        of its own: a start reads every live record, and a list of all of them at once
+        costs its whole size again for a moment (and leaves memory fragmented)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            cursor = conn.execute(sql, params)
+            while batch := cursor.fetchmany(chunk):
+                yield from batch
+        except sqlite3.DatabaseError as e:
+            # A page SQLite finds corrupt as it reads it (the step history is not checked
+            # at start: _check): the state database's error, for the start and the API.
+            raise StoreError(f"state database {self.path} is unusable: {e}") from e
         finally:
             conn.close()
 

@@ -404,6 +404,23 @@ def test_restore_checks_its_input(Allocator):
         a.restore("r", [Placement("d2", [0], 1, 1)])
 
 
+def test_restore_takes_records_in_any_form_alike(Allocator):
+    """Plain tuples or lists, core ids out of order: held as Placements with ascending core
+    lists; a repeated core id is refused and nothing is taken (the compiled restore's fast
+    path takes only the store's own form and leaves the rest to the shared checks)."""
+    a = Allocator([dn("d1"), dn("d2")])
+    held = a.restore("r", (["d2", (7, 5), 10, 20], ("d1", [3], 1, 2)))
+    assert held == [Placement("d2", [5, 7], 10, 20), Placement("d1", [3], 1, 2)]
+    assert all(type(p) is Placement and type(p.core_list) is list for p in held)
+    assert a.reservation("r") == held
+    before = [a.free(n) for n in a.datanodes]
+    with pytest.raises(InvalidDemand):
+        a.restore("r2", [("d1", [4, 4], 1, 1)])
+    with pytest.raises(InvalidDemand):
+        a.restore("r2", [("d1", [-1], 1, 1)])
+    assert [a.free(n) for n in a.datanodes] == before and "r2" not in a
+
+
 # --- queries -----------------------------------------------------------------------------------
 
 

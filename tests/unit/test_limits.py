@@ -418,3 +418,19 @@ def test_usage_never_passes_a_bound_and_matches_the_records(tmp_path_factory, op
                            for u, b in zip(used, bounds(limit), strict=True)), (limit, used)
     finally:
         rm.store.close()
+
+
+def test_usage_summed_at_start_is_usage_added_one_by_one(make_config):
+    """Usage.add_all (a start) holds for each user and account what add() of each would."""
+    from wfm_orchestrator.limits import Usage
+
+    config = make_config(LIMITS + "Account=physics Users=alice,carol\n")
+    reqs = [parse_reserve(body(f"r{i}", user, cores=i % 3, servers=1 + i % 2), config)
+            for i, user in enumerate(["alice", "bob", "carol", "alice", "bob"])]
+    one, bulk = Usage(config), Usage(config)
+    for req in reqs:
+        one.add(req)
+    bulk.add_all(reqs)
+    for user in ("alice", "bob", "carol", "dave"):
+        assert bulk.held(user) == one.held(user)
+    assert bulk.held_by_account("physics") == one.held_by_account("physics") != (0, 0, 0, 0)

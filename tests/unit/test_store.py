@@ -342,3 +342,47 @@ def test_ticket_callbacks_run_once_committed_or_at_once_when_done(tmp_path):
     bad.add_done_callback(lambda t: seen.append(("bad", type(t.error).__name__)))
     assert seen[-1] == ("bad", "IntegrityError")
     store.close()
+
+
+def _corrupt_a_page_of(path: str, table: str) -> None:
+    """Overwrite a leaf page of ``table`` with bytes that are no b-tree page."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    page = conn.execute("SELECT max(pageno) FROM dbstat WHERE name = ?", (table,)).fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as fh:
+        fh.seek((page - 1) * page_size)
+        fh.write(b"\x0d" + b"\xff" * (page_size - 1))
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_corrupt_table_read_at_start_is_refused_whatever_the_size(tmp_path, monkeypatch,
+                                                                    large):
+    """A database larger than FULL_CHECK_BYTES is checked table by table: a corrupt page of
+    a table a start reads whole (reservations) is refused as before."""
+    path = str(tmp_path / "s.db")
+    store = Store(path)
+    store.write([(INSERT, (f"r{i:05d}" + "x" * 200, i)) for i in range(2000)]).wait()
+    store.close()
+    _corrupt_a_page_of(path, "reservation")
+    if large:
+        monkeypatch.setattr("wfm_orchestrator.store.FULL_CHECK_BYTES", 0)
+    with pytest.raises(StoreError, match="is corrupt|unusable"):
+        Store(path)
+
+
+def test_a_large_database_is_not_checked_in_the_ended_steps_history(tmp_path, monkeypatch):
+    """Above FULL_CHECK_BYTES the step history (read on demand, not at start) is left to
+    SQLite's checks as it is read: the start goes on."""
+    path = str(tmp_path / "s.db")
+    store = Store(path)
+    store.write([("INSERT INTO step (name, user, request, launch_id, phase, created, updated,"
+                  " ended) VALUES (?, 'alice', '{}', 'l', 'DONE', ?, ?, ?)",
+                  (f"s{i:05d}" + "x" * 200, i, i, i)) for i in range(2000)]).wait()
+    store.close()
+    _corrupt_a_page_of(path, "step")
+    with pytest.raises(StoreError, match="is corrupt|malformed"):
+        Store(path)  # small: checked whole
+    monkeypatch.setattr("wfm_orchestrator.store.FULL_CHECK_BYTES", 0)
+    Store(path).close()

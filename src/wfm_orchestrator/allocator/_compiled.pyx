@@ -597,6 +597,11 @@ cdef class Allocator:
     def restore(self, name, placements):
         """Re-take exactly `placements` under `name` (rebuilding from the database)."""
         cdef int32_t i, j, nc
+        cdef list held
+        if type(name) is str and len(<str> name) > 0 and name not in self._held:
+            held = self._restore_plain(name, placements)
+            if held is not None:
+                return held
         name = check_name(name)
         if name in self._held:
             raise DuplicateReservation(name)
@@ -617,5 +622,75 @@ cdef class Allocator:
                 self._cores[j] = cores[j]
             wfm_take_exact(self._a, i, self._cores, nc, msize, ssize)
             held.append(Placement(self._names[i], list(cores), msize, ssize))
+        self._held[name] = held
+        return held
+
+    cdef list _restore_plain(self, str name, object placements):
+        """`restore` of records as the store keeps them (a list of (server, ascending core
+        ids, msize, ssize) with plain ints, distinct servers) that fit now: the held list,
+        without the shared checks in Python (a restart restores every live reservation).
+        None for anything else: the caller's shared checks then say exactly what is wrong.
+        """
+        cdef Py_ssize_t n, k, j, nc, at
+        cdef int32_t i, prev, core
+        cdef int64_t m, s
+        cdef object p, cl, v
+        if type(placements) is not list and type(placements) is not tuple:
+            return None
+        n = len(placements)
+        if n == 0 or n > self._a.n:
+            return None
+        self._ensure_cores(n * 1024 + n)
+        # Pass 1: check every record and that it fits (placements on distinct datanodes
+        # are independent), the core ids of record k at self._cores[n + k * 1024].
+        at = n
+        for k in range(n):
+            p = placements[k]
+            if type(p) is not Placement and type(p) is not tuple and type(p) is not list:
+                return None
+            if len(p) != 4:
+                return None
+            i = <int32_t> self._index_of.get(p[0], -1) if type(p[0]) is str else -1
+            if i < 0:
+                return None
+            for j in range(k):
+                if self._cores[j] == i:
+                    return None  # a datanode named twice
+            self._cores[k] = i
+            cl = p[1]
+            if type(cl) is not list and type(cl) is not tuple:
+                return None
+            nc = len(cl)
+            if nc > 1024:
+                return None
+            prev = -1
+            for j in range(nc):
+                v = cl[j]
+                if type(v) is not int or not (prev < v <= 1023):
+                    return None
+                core = <int32_t> v
+                self._cores[at + j] = core
+                prev = core
+            if type(p[2]) is not int or type(p[3]) is not int:
+                return None
+            if not (0 <= p[2] < _MAX and 0 <= p[3] < _MAX):
+                return None
+            m = p[2]
+            s = p[3]
+            if not wfm_can_take_exact(self._a, i, self._cores + at, <int32_t> nc, m, s):
+                return None
+            at += 1024
+        # Pass 2: take, and build the held records (the inventory's name objects, the
+        # shared core id objects).
+        held = []
+        at = n
+        for k in range(n):
+            p = placements[k]
+            i = self._cores[k]
+            nc = len(p[1])
+            wfm_take_exact(self._a, i, self._cores + at, <int32_t> nc, p[2], p[3])
+            held.append(Placement(self._names[i], [self._ints[self._cores[at + j]]
+                                                   for j in range(nc)], p[2], p[3]))
+            at += 1024
         self._held[name] = held
         return held

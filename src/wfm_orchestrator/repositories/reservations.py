@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import ujson
 
@@ -23,22 +25,60 @@ _UPSERT = (
     " claimed=excluded.claimed"
 )
 _FORGET = "DELETE FROM reservation WHERE name = ? AND seq = ?"
+# In the table's order: an ORDER BY seq made SQLite sort every row before the first (0.1 s
+# of every start with 100,000); the rows are mostly in seq order already, the caller sorts.
+_LOAD = ("SELECT name, token, state, seq, request, placement, detail, created, updated,"
+         " bound_job, held_since, claimed FROM reservation")
+_STATES = {state.value: state for state in ReservationState}
+_HOLDING = (ReservationState.FREE, ReservationState.ALLOCATED)
 
 
-def save(rec: Reservation) -> Statement:
+class Encoded:
+    """The JSON of the requests and placements written lately.
+
+    A reservation is written several times within seconds (reserve, allocation, release)
+    and its request and placement rarely change in between, so their JSON is worth
+    keeping; kept in each record, it cost ~300 bytes per live reservation for its whole
+    life. Entries are keyed by the identity of the object they encode (and hold it, so the
+    identity is not reused); emptied when ``LIMIT`` of a kind are held.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._requests: dict[int, tuple[ReserveRequest, str]] = {}
+        self._placements: dict[int, tuple[list[Placement], str]] = {}
+
+    def request(self, req: ReserveRequest) -> str:
+        hit = self._requests.get(id(req))
+        if hit is not None and hit[0] is req:
+            return hit[1]
+        text = ujson.dumps(req.canonical(), sort_keys=True)
+        if len(self._requests) >= self.LIMIT:
+            self._requests.clear()
+        self._requests[id(req)] = (req, text)
+        return text
+
+    def placement(self, placement: list[Placement] | None) -> str | None:
+        if placement is None:
+            return None
+        hit = self._placements.get(id(placement))
+        if hit is not None and hit[0] is placement:
+            return hit[1]
+        text = ujson.dumps([[p.server, list(p.core_list), p.msize, p.ssize] for p in placement])
+        if len(self._placements) >= self.LIMIT:
+            self._placements.clear()
+        self._placements[id(placement)] = (placement, text)
+        return text
+
+
+def save(rec: Reservation, encoded: Encoded) -> Statement:
     """Record this version of a reservation (its Slurm token only while it is not released)."""
-    cached = rec._json
-    if cached is None or cached[0] is not rec.request or cached[1] is not rec.placement:
-        placement = (
-            ujson.dumps([[p.server, list(p.core_list), p.msize, p.ssize] for p in rec.placement])
-            if rec.placement is not None else None
-        )
-        request = ujson.dumps(rec.request.canonical(), sort_keys=True)
-        cached = rec._json = (rec.request, rec.placement, request, placement)
-    token = rec.request.user_slurm_token if rec.state != ReservationState.RELEASED else None
-    return (_UPSERT, (rec.name, rec.request.user, rec.request.type, cached[2], token,
-                      rec.state.value, rec.seq, cached[3], rec.detail, rec.created, rec.updated,
-                      rec.bound_job, rec.held_since, rec.claimed))
+    req = rec.request
+    token = req.user_slurm_token if rec.state != ReservationState.RELEASED else None
+    return (_UPSERT, (rec.name, req.user, req.type, encoded.request(req), token,
+                      rec.state.value, rec.seq, encoded.placement(rec.placement), rec.detail,
+                      rec.created, rec.updated, rec.bound_job, rec.held_since, rec.claimed))
 
 
 def forget(rec: Reservation) -> Statement:
@@ -46,24 +86,41 @@ def forget(rec: Reservation) -> Statement:
     return (_FORGET, (rec.name, rec.seq))
 
 
-def load_all(store: Store) -> list[Reservation]:
-    """Every stored reservation, in arrival (seq) order."""
-    out = []
-    for row in store.query("SELECT * FROM reservation ORDER BY seq"):
-        canonical = ujson.loads(row["request"])
-        req = ReserveRequest(
-            name=canonical["name"], user=canonical["user"],
-            user_slurm_token=row["token"] or "", type=canonical["type"],
-            servers=canonical["servers"], cores=canonical["cores"],
-            msize=canonical["msize"], ssize=canonical["ssize"],
-            locations=tuple(canonical["locations"]), flavor=canonical["flavor"],
-            targets=tuple(canonical["targets"]), mountpoint=canonical["mountpoint"],
-            job_id=canonical.get("job_id"))
-        rec = Reservation(req, ReservationState(row["state"]), row["seq"], row["created"],
-                          row["updated"], detail=row["detail"], bound_job=row["bound_job"],
-                          held_since=row["held_since"], claimed=row["claimed"])
-        if row["placement"] is not None:
-            rec.placement = [Placement(s, list(c), m, z)
-                             for s, c, m, z in ujson.loads(row["placement"])]
-        out.append(rec)
-    return out
+def load_all(store: Store) -> Iterator[tuple[Reservation, list[Any] | None]]:
+    """Every stored reservation, in the table's order (mostly arrival order, not always:
+    sort by seq), read as a stream: (record, stored
+    placement) for one holding resources (FREE or ALLOCATED), whose ``placement`` the
+    caller sets from its allocator's ``restore`` (the records then share it); (record,
+    None) for the others.
+
+    The strings many reservations repeat (users, types, tokens, locations, ...) are
+    interned: one copy each.
+    """
+    intern = sys.intern
+    make = ReserveRequest._make
+    for (name, token, state, seq, request, placement, detail, created, updated, bound_job,
+         held_since, claimed) in store.rows(_LOAD):
+        c = ujson.loads(request)
+        flavor, mountpoint, locations, targets = (c["flavor"], c["mountpoint"],
+                                                  c["locations"], c["targets"])
+        req = make((name, intern(c["user"]), token and intern(token) or "",
+                    intern(c["type"]), c["servers"], c["cores"], c["msize"], c["ssize"],
+                    tuple(map(intern, locations)) if locations else (),
+                    flavor and intern(flavor),
+                    tuple(map(intern, targets)) if targets else (),
+                    mountpoint and intern(mountpoint), c.get("job_id")))
+        # The same float object when the times are equal (most are): 24 bytes each.
+        if updated == created:
+            updated = created
+        if held_since == created:
+            held_since = created
+        state = _STATES[state]
+        rec = Reservation(req, state, seq, created, updated, None, detail and intern(detail),
+                          bound_job, held_since, claimed and intern(claimed))
+        if placement is None:
+            yield rec, None
+        elif state in _HOLDING:
+            yield rec, ujson.loads(placement)
+        else:
+            rec.placement = [Placement(s, c, m, z) for s, c, m, z in ujson.loads(placement)]
+            yield rec, None

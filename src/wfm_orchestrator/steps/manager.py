@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..accounts import Accounts, home_of
 from ..config import Config
@@ -34,19 +34,22 @@ from ..fault import fault
 from ..follower import Advance, Cancels, Follower, JobIndex, log_look_alike
 from ..impersonation import submit_as_user
 from ..model import StepPhase, check_name
-from ..paging import Page, take
+from ..paging import Page
 from ..repositories import steps as step_rows
 from ..resource_manager import iso_time
 from ..sbatch import translate
 from ..services import HOUSEKEEPING_INTERVAL
 from ..slurm import GONE, JobSpec, JobState, gone_reason
 from ..slurm.api import SlurmApi
-from ..store import Store, Ticket
+from ..store import Statement, Store, Ticket
 from ..worker import Worker
 from .jobs import build_mover_job, build_step_job, job_partition, job_tag
 from .records import Step, StepJob
 from .request import kind_of, parse_launch
 from .status import derive_status, last_change
+
+if TYPE_CHECKING:  # repositories.steps imports steps.records: no import cycle at run time
+    from ..repositories.steps import Listed
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,12 @@ CANCEL_REPEAT = 60.0  # s before a step's job is cancelled again
 # Steps whose rows one write deletes (step_retention): the requests' writes commit between
 # two such writes instead of waiting behind a year of steps.
 FORGET_BATCH = 1000
+# Ended steps a list reads from the database at a time (under the lock, merged with memory).
+PAGE_CHUNK = 1001
+
+
+def _first(item: tuple[tuple[float, str], Any]) -> tuple[float, str]:
+    return item[0]
 
 
 def check_mover_secret(step: Step, given: str | None) -> None:
@@ -92,10 +101,17 @@ class StepManager:
         self.clock = clock
         self.home = home
         self._lock = threading.Lock()
+        # In memory: the steps still followed, and an ended one until its last write is
+        # committed (then the database answers for it: _leave_memory). A year of ended
+        # steps stays in the database only, read on demand (status, lists, progress).
         self._steps: dict[str, Step] = {}
         # The names in the order of the step lists, (created, name): pages are bisected in it.
         self._order: list[str] = []
         self._jobs: dict[str, dict[str, StepJob]] = {}
+        # name -> the ticket of the last write of an ended step in memory
+        self._pending: dict[str, Ticket] = {}
+        # ended steps whose rows are being deleted (step_retention): unknown already
+        self._forgetting: set[str] = set()
         self._waiting: dict[str, str] = {}  # name -> what it waits for (not durable)
         self._cancels = Cancels(CANCEL_REPEAT)  # keyed by (step, job key)
         # Shared with the service manager in the server (one read of Slurm per cycle).
@@ -108,11 +124,90 @@ class StepManager:
         self._load()
 
     def _load(self) -> None:
-        for step in step_rows.load_steps(self.store):  # in (created, name) order
+        """The steps not known to have ended; those stored before the database said which
+        ended (schema migration 10) are recorded so now and leave memory once committed."""
+        steps, jobs = step_rows.load_live(self.store)  # in (created, name) order
+        for step in steps:
             self._steps[step.name] = step
         self._order = list(self._steps)
-        for job in step_rows.load_jobs(self.store):
+        for job in jobs:
             self._jobs.setdefault(job.step, {})[job.key] = job
+        with self._lock:
+            ended = [(s, when) for s in steps if (when := self._ended_at(s)) is not None]
+            if ended:
+                ticket = self.store.write([self._ended_row(s, when) for s, when in ended])
+                for s, _ in ended:
+                    self._pending[s.name] = ticket
+                    ticket.add_done_callback(partial(self._leave_memory, s.name))
+        if ended:
+            log.info("%d ended step(s) recorded as ended: read from the database from now on",
+                     len(ended))
+
+    # --- memory and the database ------------------------------------------------
+
+    def _write(self, name: str, statements: list, step_changed: bool = False) -> Ticket:
+        """Queue ``statements`` of step ``name`` (caller holds the lock) and the step's row
+        when it changed or has ended (an ended step's row carries its last change: the
+        start of its step_retention). An ended step leaves memory once committed."""
+        step = self._steps[name]
+        ended = self._ended_at(step)
+        if ended is not None:
+            statements = [*statements, self._ended_row(step, ended)]
+        elif step_changed:
+            statements = [*statements, step_rows.save_step(step)]
+        ticket = self.store.write(statements)
+        if ended is None:
+            self._pending.pop(name, None)
+        else:
+            self._pending[name] = ticket
+            ticket.add_done_callback(partial(self._leave_memory, name))
+        return ticket
+
+    def _ended_row(self, step: Step, ended: float) -> Statement:
+        """The row of ended ``step`` (caller holds the lock), with the status its records
+        give: what the lists show of it once it left memory."""
+        status, detail, _ = derive_status(step, self._jobs.get(step.name, {}))
+        return step_rows.save_step(step, ended, (status, detail))
+
+    def _leave_memory(self, name: str, ticket: Ticket) -> None:
+        """(On the store's writer thread) the last write of ended step ``name`` committed:
+        the database answers for it from now on."""
+        with self._lock:
+            if ticket.error is not None or self._pending.get(name) is not ticket:
+                return  # refused (memory is ahead of the database), or written again
+            del self._pending[name]
+            step = self._steps.get(name)
+            if step is not None and self._ended_at(step) is not None:
+                self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        """Take ``name`` out of memory (caller holds the lock)."""
+        i = bisect.bisect_left(self._order, self._order_key(name), key=self._order_key)
+        if i < len(self._order) and self._order[i] == name:
+            del self._order[i]
+        del self._steps[name]
+        for key in self._jobs.pop(name, {}):
+            self._cancels.forget((name, key))
+        self._waiting.pop(name, None)
+        self._pending.pop(name, None)
+
+    def _stored(self, name: str) -> tuple[Step, dict[str, StepJob]] | None:
+        """An ended step that is not in memory, as committed (caller holds the lock, so it
+        cannot leave memory meanwhile), or None."""
+        if name in self._forgetting:
+            return None
+        return step_rows.load_one(self.store, name)
+
+    def _hold(self, name: str) -> Step | None:
+        """``name``'s step in memory (caller holds the lock): an ended one is read from the
+        database and kept until its next write is committed."""
+        step = self._steps.get(name)
+        if step is None and (stored := self._stored(name)) is not None:
+            step, jobs = stored
+            self._steps[name] = step
+            self._jobs[name] = jobs
+            bisect.insort(self._order, name, key=self._order_key)
+        return step
 
     # --- requests ---------------------------------------------------------------
 
@@ -127,6 +222,8 @@ class StepManager:
             # the pages (a clock stepped back aside).
             now = self.clock()
             old = self._steps.get(req.name)
+            if old is None and (stored := self._stored(req.name)) is not None:
+                old = stored[0]
             if old is not None:
                 if old.request.canonical() != req.canonical():
                     raise RequestFailed(f"step {req.name} already exists with another request "
@@ -139,8 +236,7 @@ class StepManager:
                 self._steps[req.name] = step
                 self._jobs[req.name] = {}
                 bisect.insort(self._order, req.name, key=self._order_key)
-                ticket = self.store.write([step_rows.clear_jobs(req.name),
-                                           step_rows.save_step(step)])
+                ticket = self._write(req.name, [step_rows.clear_jobs(req.name)], True)
                 created = True
         if created:
             log.info("step %s accepted for %s", req.name, req.user)
@@ -172,31 +268,35 @@ class StepManager:
         now = self.clock()
         with self._lock:
             step = self._steps.get(step_name)
+            stored = self._stored(step_name) if step is None else None
+            if stored is not None:
+                step = stored[0]
             if step is None:
                 raise NotFound("step", step_name)
             check_mover_secret(step, given)
             if not any(dm.name == dm_name for dm in step.request.movers):
                 raise NotFound("data mover", f"{dm_name} of step {step_name}")
+            self._hold(step_name)
             key = f"dm:{dm_name}"
             # setdefault: after a restart, a step with no job recorded yet has no entry.
             jobs = self._jobs.setdefault(step_name, {})
             job = jobs.get(key) or StepJob(step_name, key, updated=now)
             job = replace(job, progress=text, progress_time=now)
             jobs[key] = job
-            ticket = self.store.write([step_rows.save_job(job)])
+            ticket = self._write(step_name, [step_rows.save_job(job)])
         return {"step_name": step_name, "datamover_name": dm_name,
                 "message": "progress recorded"}, ticket
 
     def abort(self, name: str) -> tuple[dict[str, str], Ticket]:
         now = self.clock()
         with self._lock:
-            step = self._steps.get(name)
+            step = self._hold(name)
             if step is None:
                 raise NotFound("step", name)
             if step.abort_requested is None:
                 step = replace(step, abort_requested=now, updated=now)
                 self._steps[name] = step
-                ticket = self.store.write([step_rows.save_step(step)])
+                ticket = self._write(name, [], True)
                 first = True
             else:
                 ticket = self.store.write([])
@@ -211,8 +311,11 @@ class StepManager:
 
     # --- status -------------------------------------------------------------------
 
-    def _status(self, step: Step) -> dict[str, str]:
-        jobs = dict(self._jobs.get(step.name, {}))
+    def _status(self, step: Step, jobs: dict[str, StepJob] | None = None) -> dict[str, str]:
+        """``step``'s status (caller holds the lock); ``jobs``: those of an ended step read
+        from the database (else its jobs in memory)."""
+        if jobs is None:
+            jobs = dict(self._jobs.get(step.name, {}))
         status, detail, when = derive_status(step, jobs, self._waiting.get(step.name, ""))
         if self.follower.problem and step.phase != Phase.DONE:
             detail += f" [Slurm unreachable: {self.follower.problem}]"
@@ -222,36 +325,102 @@ class StepManager:
     def status(self, name: str) -> dict[str, str] | None:
         with self._lock:
             step = self._steps.get(name)
-            return self._status(step) if step is not None else None
+            if step is not None:
+                return self._status(step)
+            if name in self._forgetting:
+                return None
+            row = step_rows.listed(self.store, name)
+            return self._listed_status(row) if row is not None else None
+
+    def _listed_status(self, row: Listed) -> dict[str, str]:
+        """The status of a step read from the database (caller holds the lock): an ended
+        one's as stored with its rows; else derived from its records (not expected: a step
+        not known to have ended is in memory)."""
+        if row.ended is None:
+            stored = self._stored(row.name)
+            return self._status(*stored) if stored is not None else {}
+        detail = row.detail
+        if self.follower.problem and row.phase != Phase.DONE:
+            detail += f" [Slurm unreachable: {self.follower.problem}]"
+        return {"user": row.user, "name": row.name, "status": row.status, "detail": detail,
+                "time": iso_time(row.ended)}
 
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
         """Every status (of ``user``'s steps), oldest first."""
-        return self.page(None, None, None if user is None else lambda s: s.user == user).items
+        return self.page(None, None, user=user).items
+
+    def counts(self) -> dict[str, int]:
+        """How many steps have each status, as the step lists show them: the followed ones
+        derived, the ended ones counted by the database. What a gauge needs, without making
+        every status (statuses() of a year of steps, 1,000,000: ~7 s)."""
+        with self._lock:
+            out = step_rows.count_ended(self.store, [*self._steps, *self._forgetting])
+            for step in self._steps.values():
+                status = self._status(step)["status"]
+                out[status] = out.get(status, 0) + 1
+            return out
 
     def _order_key(self, name: str) -> tuple[float, str]:
         return self._steps[name].created, name
 
     def page(self, after: tuple[float, str] | None, limit: int | None,
-             keep: Callable[[Step], bool] | None = None) -> Page[dict[str, str]]:
+             keep: Callable[[Step | Listed], bool] | None = None, user: str | None = None
+             ) -> Page[dict[str, str]]:
         """The statuses of the steps after key ``after`` = (created, name), oldest first (at
-        most ``limit``, those ``keep`` accepts): one snapshot, under the lock. The start is
-        found by bisection: a page costs its own length, not the list's."""
-        with self._lock:
-            steps = self._steps
-            start = 0 if after is None else bisect.bisect_right(self._order, after,
-                                                                key=self._order_key)
-            found = take(self._order, start, limit,
-                         None if keep is None else lambda name: keep(steps[name]),
-                         self._order_key)
-            return Page([self._status(steps[name]) for name in found.items], found.next)
+        most ``limit``, those ``keep`` accepts: it is given a Step, or the Listed row of an
+        ended step read from the database, and may read their ``name`` and ``user``).
+        ``user``: only that user's steps, chosen by the database's index (``keep`` would
+        read every row before the page).
+
+        The steps are read from the database in the list's order, a chunk of keys at a
+        time (their name, user and, for an ended one, the status stored with its rows), and
+        merged with the steps in memory of the same keys under the lock, memory winning
+        (one snapshot per chunk: a page of up to PAGE_CHUNK - 1 items is one snapshot). The
+        start is found by the database's index and by bisection in memory: a page costs its
+        own length, not the list's.
+        """
+        chunk = PAGE_CHUNK if limit is None else min(limit + 1, PAGE_CHUNK)
+        items: list[dict[str, str]] = []
+        last: tuple[float, str] | None = None
+        while True:
+            with self._lock:
+                rows = step_rows.listed_after(self.store, after, chunk, user)
+                # The chunk covers the keys up to its last one (to the end when not full).
+                upto = (rows[-1].created, rows[-1].name) if len(rows) == chunk else None
+                order, key, steps = self._order, self._order_key, self._steps
+                start = 0 if after is None else bisect.bisect_right(order, after, key=key)
+                end = len(order) if upto is None else bisect.bisect_right(order, upto, key=key)
+                merged: list[tuple[tuple[float, str], Step | Listed]] = [
+                    (key(name), steps[name]) for name in order[start:end]
+                    if user is None or steps[name].user == user]
+                merged += [((row.created, row.name), row) for row in rows
+                           if row.name not in steps and row.name not in self._forgetting]
+                merged.sort(key=_first)
+                for at, item in merged:
+                    if keep is not None and not keep(item):
+                        continue
+                    if limit is not None and len(items) == limit:
+                        return Page(items, last)
+                    items.append(self._status(item) if isinstance(item, Step)
+                                 else self._listed_status(item))
+                    last = at
+            if upto is None:
+                return Page(items)
+            after = upto
 
     def step(self, name: str) -> Step | None:
         with self._lock:
-            return self._steps.get(name)
+            step = self._steps.get(name)
+            if step is None and (stored := self._stored(name)) is not None:
+                step = stored[0]
+            return step
 
     def jobs(self, name: str) -> dict[str, StepJob]:
         with self._lock:
-            return dict(self._jobs.get(name, {}))
+            if name in self._steps:
+                return dict(self._jobs.get(name, {}))
+            stored = self._stored(name)
+            return stored[1] if stored is not None else {}
 
     # --- the worker -----------------------------------------------------------------
 
@@ -281,21 +450,33 @@ class StepManager:
         """
         cutoff = self.clock() - self.config.step_retention
         with self._lock:
-            old = [s for s in self._steps.values()
+            old = [(s.name, s.launch_id) for s in self._steps.values()
                    if (ended := self._ended_at(s)) is not None and ended < cutoff]
-            if not old:
-                return []
-            for step in old:
-                del self._steps[step.name]
-                for key in self._jobs.pop(step.name, {}):
-                    self._cancels.forget((step.name, key))
-                self._waiting.pop(step.name, None)
-            self._order = [name for name in self._order if name in self._steps]
-        for i in range(0, len(old), FORGET_BATCH):
-            self.store.write(step_rows.forget(old[i:i + FORGET_BATCH])).wait()
-        log.info("forgot %d step(s) ended more than %.0f s ago (step_retention)", len(old),
-                 self.config.step_retention)
-        return [step.name for step in old]
+            for name, _ in old:
+                self._drop(name)
+        forgotten = []
+        while True:
+            if not old:  # the ended steps in the database only, FORGET_BATCH at a time
+                stored = step_rows.ended_before(self.store, cutoff, FORGET_BATCH)
+                with self._lock:
+                    old = [(name, launch_id) for name, launch_id in stored
+                           if name not in self._steps]
+                if not old:
+                    break
+            batch, old = old[:FORGET_BATCH], old[FORGET_BATCH:]
+            names = {name for name, _ in batch}
+            with self._lock:
+                self._forgetting |= names
+            try:
+                self.store.write(step_rows.forget(batch)).wait()
+            finally:
+                with self._lock:
+                    self._forgetting -= names
+            forgotten += [name for name, _ in batch]
+        if forgotten:
+            log.info("forgot %d step(s) ended more than %.0f s ago (step_retention)",
+                     len(forgotten), self.config.step_retention)
+        return forgotten
 
     def _settled(self, step: Step) -> bool:
         jobs = self._jobs.get(step.name, {})
@@ -322,7 +503,7 @@ class StepManager:
             current = self._steps[step.name]
             new = replace(current, **changes, updated=self.clock())
             self._steps[step.name] = new
-            self.store.write([step_rows.save_step(new)])
+            self._write(step.name, [], True)
         return new
 
     def _save_job(self, step: str, key: str, **changes: Any) -> StepJob:
@@ -332,7 +513,7 @@ class StepManager:
                 return current
             new = replace(current, **changes, updated=self.clock())
             self._jobs[step][key] = new
-            self.store.write([step_rows.save_job(new)])
+            self._write(step, [step_rows.save_job(new)])
         if "state" in changes and changes["state"] != current.state:
             log.info("step %s: %s Slurm job %s %s%s", step, key, new.job_id, new.state,
                      f" ({new.reason})" if new.reason else "")

@@ -1,0 +1,66 @@
+"""A start rebuilds the reservations from the state database (issue #21): in arrival order
+whatever the table's, each holding resources sharing its placement with the allocator,
+the strings requests repeat kept once."""
+
+from __future__ import annotations
+
+from wfm_orchestrator.model import parse_reserve
+from wfm_orchestrator.resource_manager import ResourceManager, State
+from wfm_orchestrator.store import Store
+
+
+def body(name: str, cores: int = 1) -> dict:
+    return {"name": name, "user": "alice", "user_slurm_token": "token-of-alice", "type": "GBF",
+            "location": ["loc1"], "attributes": {"cores": cores, "gssize": 10,
+                                                 "mountpoint": "/scratch"}}
+
+
+def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config):
+    """A name released and reserved again keeps its row (its place in the table) under a
+    new seq: after a restart the lists and the queue are in seq order still."""
+    config = make_config()
+    store = Store(config.state_db)
+    rm = ResourceManager(config, store)
+    for name in ("a", "b", "c"):
+        rm.reserve(parse_reserve(body(name), config))
+    rm.release("a")
+    rm.reserve(parse_reserve(body("a"), config))  # seq 4, first row of the table
+    for name in ("f2", "f3", "f4"):  # the other datanodes, whole (8 cores each)
+        rm.reserve(parse_reserve(body(name, cores=8), config))
+    for name in ("q0", "q1", "q2"):  # these wait
+        rm.reserve(parse_reserve(body(name, cores=8), config))
+    rm.release("q0")
+    rm.reserve(parse_reserve(body("q0", cores=8), config))  # queued last, row before q1's
+    expected = [r.name for r in rm.live()]
+    queue = [r.name for r in rm.queued(10)]
+    store.write([]).wait()
+    store.close()
+
+    store = Store(config.state_db)
+    again = ResourceManager(config, store)
+    assert [r.name for r in again.live()] == expected
+    assert [item[0].name for item in again.page(None, None).items] == expected
+    assert [r.name for r in again.queued(10)] == queue and queue[-1] == "q0"
+    assert again.snapshot("q0")[1] == len(queue)  # its queue position, by bisection
+    store.close()
+
+
+def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config):
+    config = make_config()
+    store = Store(config.state_db)
+    rm = ResourceManager(config, store)
+    for name in ("r1", "r2"):
+        rm.reserve(parse_reserve(body(name), config))
+    store.write([]).wait()
+    store.close()
+
+    store = Store(config.state_db)
+    again = ResourceManager(config, store)
+    r1, r2 = again.get("r1"), again.get("r2")
+    assert r1.state == State.FREE and r1.placement
+    for field in ("user", "user_slurm_token", "type", "mountpoint"):
+        assert getattr(r1.request, field) is getattr(r2.request, field)
+    assert r1.request.locations[0] is r2.request.locations[0]
+    placement = r1.placement
+    assert again.allocator.release("r1") is placement  # the allocator's own list
+    store.close()
