@@ -84,3 +84,50 @@ def test_without_slurm_launch_is_500_and_status_empty(app_factory):
                                                           "services": []})
     assert r.status_code == 500 and "no Slurm" in r.json["message"]
     assert client.simulate_get("/v1.0.0/step/status").json == []
+
+
+def test_a_users_list_is_read_by_the_user_index(make_config, monkeypatch):
+    """step/status/{user_id} asks the step manager for the user's steps by ``user=`` (the
+    database's index), not by a filter reading every step."""
+    client, steps, store = make_client(make_config)
+    calls = []
+    page = steps.page
+
+    def spy(after, limit, keep=None, user=None):
+        calls.append((keep, user))
+        return page(after, limit, keep, user=user)
+
+    try:
+        client.simulate_post("/v1.0.0/step/launch", json=BODY)
+        client.simulate_post("/v1.0.0/step/launch", json={**BODY, "name": "bob_s1_step",
+                                                          "user": "bob"})
+        monkeypatch.setattr(steps, "page", spy)
+        assert [s["name"] for s in client.simulate_get("/v1.0.0/step/status/alice").json] \
+            == [BODY["name"]]
+        assert calls == [(None, "alice")]
+    finally:
+        store.close()
+
+
+def test_metrics_and_dashboard_count_the_lists_statuses(make_config):
+    """The wfm_steps gauge and the dashboard's steps (from counts() and newest(), not every
+    status) agree with the step list."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, steps, store = make_client(make_config)
+    try:
+        for i in range(3):
+            client.simulate_post("/v1.0.0/step/launch", json={**BODY, "name": f"s_{i}"})
+        client.simulate_delete("/v1.0.0/step/abort/s_1")
+        statuses = steps.statuses()
+        counted: dict[str, float] = {}
+        for st in statuses:
+            counted[st["status"]] = counted.get(st["status"], 0) + 1
+        assert len(counted) == 2  # PENDING and the aborted one's
+        text = client.simulate_get("/metrics").text
+        [family] = [f for f in text_string_to_metric_families(text) if f.name == "wfm_steps"]
+        assert {s.labels["status"]: s.value for s in family.samples} == counted
+        shown = client.simulate_get("/ui/overview").json["steps"]
+        assert shown == {"count": 3, "items": statuses}
+    finally:
+        store.close()

@@ -116,6 +116,8 @@ def test_lists_merge_memory_and_database_in_order_across_chunks(stepped, monkeyp
                     break
                 after = page.next
             assert seen == names, (chunk, limit)
+        for n in range(9):  # the dashboard's last steps: as the list's end
+            assert m.newest(n) == m.statuses()[max(0, len(names) - n):], n
         kept = m.page(None, 2, lambda s: s.name in (names[0], names[4], names[6]))
         assert [s["name"] for s in kept.items] == [names[0], names[4]]
         assert [s["name"] for s in m.page(kept.next, 2, lambda s: s.name in (

@@ -97,7 +97,7 @@ def overview(config: Config, rm: ResourceManager, services: ServiceManager,
               "waiting": round(max(0.0, now - rec.created), 1)}
              for i, rec in enumerate(rm.queued(MAX_ROWS))]
     live = [s for s in services.statuses() if s["status"] != "STOPPED"]
-    step_list = steps.statuses() if steps is not None else []
+    step_count = sum(steps.counts().values()) if steps is not None else 0
     return {
         "time": iso_time(now),
         "slurm": {"configured": bool(config.slurmrestd_url),
@@ -114,5 +114,6 @@ def overview(config: Config, rm: ResourceManager, services: ServiceManager,
                   else round(max(0.0, now - counts.oldest_queued), 1),
                   "items": queue},
         "services": {"count": len(live), "items": live[-MAX_ROWS:]},
-        "steps": {"count": len(step_list), "items": step_list[-MAX_ROWS:]},
+        "steps": {"count": step_count,
+                  "items": steps.newest(MAX_ROWS) if steps is not None else []},
     }

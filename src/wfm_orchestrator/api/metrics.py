@@ -325,20 +325,13 @@ class StateCollector:
         steps = GaugeMetricFamily("wfm_steps", "Workflow steps by status (as step/status "
                                   "shows them)", labels=["status"])
         if self.steps is not None:
-            for status, n in sorted(_count(s["status"] for s in self.steps.statuses())):
+            for status, n in sorted(self.steps.counts().items()):
                 steps.add_metric([status], n)
         yield steps
         problem = self.services.follower.problem
         yield GaugeMetricFamily("wfm_slurm_reachable", "0 while the job follower cannot reach "
                                 "Slurm, else 1 (also 1 without Slurm configured)",
                                 value=0 if problem else 1)
-
-
-def _count(values: Iterable[str]) -> list[tuple[str, int]]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return list(out.items())
 
 
 class MetricsPage:

@@ -108,7 +108,7 @@ class StepStatus:
         steps = self.steps
 
         def page(after: Any, limit: int | None) -> Page[dict[str, str]]:
-            return steps.page(after, limit, lambda s: s.user == ident)
+            return steps.page(after, limit, user=ident)
 
         if paging.streamed(req, limit):
             paging.whole(resp, paging.walk(page, after))

@@ -58,6 +58,8 @@ _LISTED_FIRST = ("SELECT created, name, user, phase, status, status_detail, ende
                  " ORDER BY created, name LIMIT ?")
 _LISTED_AFTER = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
                  " WHERE (created, name) > (?, ?) ORDER BY created, name LIMIT ?")
+_LISTED_LAST = ("SELECT created, name, user, phase, status, status_detail, ended FROM step"
+                " ORDER BY created DESC, name DESC LIMIT ?")
 _LISTED_USER_FIRST = ("SELECT created, name, user, phase, status, status_detail, ended"
                       " FROM step WHERE user = ? ORDER BY created, name LIMIT ?")
 _LISTED_USER_AFTER = ("SELECT created, name, user, phase, status, status_detail, ended"
@@ -166,6 +168,12 @@ def listed_after(store: Store, after: tuple[float, str] | None, limit: int,
         rows = (store.rows(_LISTED_USER_FIRST, (user, limit)) if after is None
                 else store.rows(_LISTED_USER_AFTER, (user, *after, limit)))
     return list(map(Listed._make, rows))
+
+
+def listed_last(store: Store, limit: int) -> list[Listed]:
+    """The last ``limit`` steps in the order of the step lists, as committed, oldest first
+    (read backwards along the step_order index)."""
+    return list(map(Listed._make, store.rows(_LISTED_LAST, (limit,))))[::-1]
 
 
 def listed(store: Store, name: str) -> Listed | None:

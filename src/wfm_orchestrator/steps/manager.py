@@ -360,6 +360,24 @@ class StepManager:
                 out[status] = out.get(status, 0) + 1
             return out
 
+    def newest(self, n: int) -> list[dict[str, str]]:
+        """The statuses of the last ``n`` steps of the step lists, oldest first: what a
+        dashboard shows, reading n rows, not the list (statuses()[-n:])."""
+        if n <= 0:
+            return []
+        with self._lock:
+            steps, order = self._steps, self._order
+            # Those of the database's last rows being forgotten are not shown: read as many
+            # more, so that n remain.
+            rows = [row for row in step_rows.listed_last(self.store, n + len(self._forgetting))
+                    if row.name not in steps and row.name not in self._forgetting]
+            merged: list[tuple[tuple[float, str], Step | Listed]] = [
+                (self._order_key(name), steps[name]) for name in order[-n:]]
+            merged += [((row.created, row.name), row) for row in rows]
+            merged.sort(key=_first)
+            return [self._status(item) if isinstance(item, Step) else self._listed_status(item)
+                    for _, item in merged[-n:]]
+
     def _order_key(self, name: str) -> tuple[float, str]:
         return self._steps[name].created, name
 
