@@ -26,13 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import jwt
-from jwt.exceptions import InvalidJTIError, InvalidSubjectError
-
 from .errors import WfmError
+
+if TYPE_CHECKING:
+    import jwt
 
 log = logging.getLogger("wfm_orchestrator.auth")
 
@@ -335,6 +335,8 @@ class JWKSCache:
 
 def parse_jwks(data: Any) -> dict[str, jwt.PyJWK]:
     """The signature keys of a JWK Set by kid; other keys (``use=enc``, other types) skipped."""
+    import jwt  # PyJWT and its crypto (~30 ms) only with auth = keycloak
+
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWK Set (no 'keys' list)")
     keys: dict[str, jwt.PyJWK] = {}
@@ -434,6 +436,9 @@ class TokenVerifier:
         return self._identity(claims)
 
     def _decode(self, token: str, key: jwt.PyJWK, alg: str) -> dict[str, Any]:
+        import jwt  # see parse_jwks
+        from jwt.exceptions import InvalidJTIError, InvalidSubjectError
+
         try:
             return jwt.decode(
                 token, key.key, algorithms=[alg], audience=self.audience, issuer=self.issuer,

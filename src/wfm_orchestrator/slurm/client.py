@@ -38,11 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidRequest, SlurmAuthError, SlurmError, SlurmUnavailable
 from .jobs import JobSpec
@@ -69,6 +65,9 @@ from .versions import (
     parse_ping,
 )
 
+if TYPE_CHECKING:
+    import requests
+
 log = logging.getLogger(__name__)
 
 SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGCONT", "SIGSTOP")
@@ -79,6 +78,9 @@ SLOW_REFUSAL = 3.0
 
 def _not_sent(exc: BaseException) -> bool:
     """True when the request certainly did not leave: refused or no connection made."""
+    import requests  # loaded by then: see SlurmClient.__init__
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     seen: set[int] = set()
@@ -151,6 +153,11 @@ class SlurmClient:
         self.token_file = token_file
         self.slurm_user = slurm_user
         self.timeout = float(timeout)
+        # requests (~60 ms with urllib3) only once a client is made: a server without
+        # Slurm (Resource-Manager-only) starts without it.
+        import requests
+        from requests.adapters import HTTPAdapter
+
         self._session = session or requests.Session()
         # No urllib3-level retries: this class decides what may be retried.
         self._session.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=16))
@@ -318,6 +325,8 @@ class SlurmClient:
     def _exchange(self, method: str, path: str, what: str, headers: dict[str, str],
                   body: Any, params: dict[str, str] | None, idempotent: bool,
                   deadline: float) -> tuple[int, Any, str]:
+        import requests  # loaded by __init__: a lookup
+
         url = self.url + path
         data = None
         if body is not None:
