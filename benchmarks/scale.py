@@ -192,9 +192,9 @@ def read_answer(reader) -> tuple[int, bytes]:
 
 
 def timed_gets(port: int, paths: list[str], stop: threading.Event | None = None,
-               count: int | None = None) -> list[float]:
+               count: int | None = None, pause: float = 0.0) -> list[float]:
     """Milliseconds of each GET of ``paths`` (in turn) on one keep-alive connection, one at
-    a time, until ``stop`` is set or ``count`` are done."""
+    a time (``pause`` s between two), until ``stop`` is set or ``count`` are done."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     out: list[float] = []
     i = 0
@@ -208,6 +208,8 @@ def timed_gets(port: int, paths: list[str], stop: threading.Event | None = None,
         if answer.status != 200:
             raise SystemExit(f"GET {path}: {answer.status}")
         i += 1
+        if pause:
+            time.sleep(pause)
     conn.close()
     return out
 
@@ -284,22 +286,7 @@ def cmd_latency(args: argparse.Namespace, filled: Filled) -> list[str]:
 
 def paced(port: int, paths: list[str], stop: threading.Event) -> list[float]:
     """timed_gets with a 2 ms pause between requests: a client, not a load generator."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    out: list[float] = []
-    i = 0
-    while not stop.is_set():
-        path = paths[i % len(paths)]
-        started = time.perf_counter()
-        conn.request("GET", path)
-        answer = conn.getresponse()
-        answer.read()
-        out.append((time.perf_counter() - started) * 1000)
-        if answer.status != 200:
-            raise SystemExit(f"GET {path}: {answer.status}")
-        i += 1
-        time.sleep(0.002)
-    conn.close()
-    return out
+    return timed_gets(port, paths, stop, pause=0.002)
 
 
 def cmd_page(args: argparse.Namespace, filled: Filled) -> list[str]:

@@ -2351,6 +2351,21 @@ local function entry(hook, job_id, fn)
 	return slurm.ERROR, err
 end
 
+-- entry() for a hook of one job that reads the configuration: fn(cfg, id), id checked.
+local function job_entry(hook, job_id, fn)
+	return entry(hook, job_id, function()
+		local id, err = M.check_job_id(job_id)
+		if not id then
+			return nil, err
+		end
+		local cfg, cerr = M.load_config()
+		if not cfg then
+			return nil, cerr
+		end
+		return fn(cfg, id)
+	end)
+end
+
 -- At submission (job_process, inside slurmctld: local files only): can each wfm_job
 -- line ever fit? Without a readable configuration or limits file only the syntax is
 -- checked (logged); setup's answer then says the rest.
@@ -2418,15 +2433,7 @@ job did not bind it, nothing to release: success), remove the cache; a
 job still pending (restart, requeue) keeps both. Step job: remove the
 cache. ]]
 function slurm_bb_job_teardown(job_id, job_script, hurry, ...)
-	return entry("teardown", job_id, function()
-		local id, err = M.check_job_id(job_id)
-		if not id then
-			return nil, err
-		end
-		local cfg, cerr = M.load_config()
-		if not cfg then
-			return nil, cerr
-		end
+	return job_entry("teardown", job_id, function(cfg, id)
 		return M.teardown(cfg, id, job_script, hurry)
 	end)
 end
@@ -2470,15 +2477,7 @@ here (at most `wait` seconds, below StageInTimeout); on 24.05+ here is one
 look and slurm_bb_test_data_in does the rest. A failure holds the job with
 the reason. Other jobs: SUCCESS at once. ]]
 function slurm_bb_data_in(job_id, job_script, ...)
-	return entry("data_in", job_id, function()
-		local id, err = M.check_job_id(job_id)
-		if not id then
-			return nil, err
-		end
-		local cfg, cerr = M.load_config()
-		if not cfg then
-			return nil, cerr
-		end
+	return job_entry("data_in", job_id, function(cfg, id)
 		return M.wait(cfg, id)
 	end)
 end
@@ -2490,15 +2489,7 @@ the job: "Poll exceeded time limit"). One look at what data_in waits for:
 BUSY while the services are not up, so a waiting job holds no process. ]]
 function slurm_bb_test_data_in(job_id, job_script, ...)
 	local busy = false
-	local rc, msg = entry("test_data_in", job_id, function()
-		local id, err = M.check_job_id(job_id)
-		if not id then
-			return nil, err
-		end
-		local cfg, cerr = M.load_config()
-		if not cfg then
-			return nil, cerr
-		end
+	local rc, msg = job_entry("test_data_in", job_id, function(cfg, id)
 		local done, last = M.test_stage_in(cfg, id)
 		busy = done == "busy"
 		return done, last
@@ -2522,15 +2513,7 @@ Runs INSIDE slurmctld when the job is about to start; must be fast. Reads
 the cache written by setup and writes KEY=VALUE lines to path_file; Slurm
 adds them to the job's environment. No network. ]]
 function slurm_bb_paths(job_id, job_script, path_file, ...)
-	return entry("paths", job_id, function()
-		local id, err = M.check_job_id(job_id)
-		if not id then
-			return nil, err
-		end
-		local cfg, cerr = M.load_config()
-		if not cfg then
-			return nil, cerr
-		end
+	return job_entry("paths", job_id, function(cfg, id)
 		local lines, perr = M.paths(cfg, id)
 		if not lines then
 			return nil, perr

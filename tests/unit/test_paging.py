@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from wfm_orchestrator.api.paging import CURSOR_PATTERNS, MAX_LIMIT, NEXT_CURSOR, cursor
 from wfm_orchestrator.paging import Page, positional, take
 
-from ..conftest import STEP_BODY, reserve
+from ..conftest import reserve
+from .test_steps_api import launch_for_two_users
 from .test_steps_api import make_client as make_step_client
 
 STATUS = "/v1.0.0/ephemeralservice/status"
@@ -243,11 +244,7 @@ def test_a_cursor_of_another_list_is_refused(client):
 def test_step_lists_page_oldest_first_with_a_user_filter(make_config):
     client, steps, store = make_step_client(make_config)
     try:
-        for i in range(5):
-            for user in ("alice", "bob"):
-                body = {**STEP_BODY, "name": f"{user}_s1_step_{i}", "user": user,
-                        "services": []}
-                assert client.simulate_post("/v1.0.0/step/launch", json=body).status_code == 200
+        launch_for_two_users(client)
         whole = get(client, "/v1.0.0/step/status").json
         assert len(whole) == 10
         pages = walk(client, "/v1.0.0/step/status", 4)

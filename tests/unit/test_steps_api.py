@@ -24,6 +24,14 @@ def make_client(make_config):
     return testing.TestClient(create_app(config, rm, services, steps)), steps, store
 
 
+def launch_for_two_users(client, count: int = 5) -> None:
+    """``count`` steps each for alice and bob, launched in turn through the API."""
+    for i in range(count):
+        for user in ("alice", "bob"):
+            body = {**BODY, "name": f"{user}_s1_step_{i}", "user": user, "services": []}
+            assert client.simulate_post("/v1.0.0/step/launch", json=body).status_code == 200
+
+
 def test_launch_status_progress_abort(make_config):
     client, steps, store = make_client(make_config)
     try:

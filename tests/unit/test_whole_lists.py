@@ -207,17 +207,13 @@ def test_step_lists_stream_every_step_across_chunks(make_config, monkeypatch):
     streamed body is still the bytes of the whole list, a user's list only theirs."""
     from wfm_orchestrator.api import paging
 
-    from ..conftest import STEP_BODY
+    from .test_steps_api import launch_for_two_users
     from .test_steps_api import make_client as make_step_client
 
     monkeypatch.setattr(paging, "CHUNK", 3)
     client, steps, store = make_step_client(make_config)
     try:
-        for i in range(5):
-            for user in ("alice", "bob"):
-                body = {**STEP_BODY, "name": f"{user}_s1_step_{i}", "user": user,
-                        "services": []}
-                assert client.simulate_post("/v1.0.0/step/launch", json=body).status_code == 200
+        launch_for_two_users(client)
         for path, expected in (("/v1.0.0/step/status", steps.statuses()),
                                ("/v1.0.0/step/status/bob", steps.statuses("bob"))):
             r = client.simulate_get(path)
