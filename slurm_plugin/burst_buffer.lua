@@ -2077,17 +2077,34 @@ function M.teardown_job(cfg, job_id)
 	return M.remove_cache(cfg, job_id)
 end
 
+-- Slurm 22.05's slurmscriptd runs each hook in a child fork()ed from a threaded
+-- process, its output pipe made without close-on-exec: a hook forked while another
+-- hook's pipe is being set up inherits that pipe's write end, and the other hook's
+-- caller waits for EOF until the inheritor exits. A data_in that waits (create,
+-- destroy, wfm_job) lives up to `wait` seconds: a service job whose data_in started
+-- at the same instant then stayed in stage-in that long (seen in CI: the Session
+-- Manager's create job and its service's job are set up together). So on 22.05 such
+-- a setup ends a second later than it would, and its data_in starts after the hooks
+-- that started with it are done. 24.05+ waits in test_data_in instead (a short hook).
+M.WAITS_IN_DATA_IN = { create = true, destroy = true, job = true }
+
+local SETUP = {
+	service = function(cfg, job_id, uid, spec) return M.setup_service(cfg, job_id, uid, spec.name) end,
+	job = function(...) return M.setup_job(...) end,
+	create = function(...) return M.setup_create(...) end,
+	destroy = function(...) return M.setup_destroy(...) end,
+}
+
 function M.setup(cfg, job_id, uid, spec)
-	if spec.kind == "service" then
-		return M.setup_service(cfg, job_id, uid, spec.name)
-	elseif spec.kind == "job" then
-		return M.setup_job(cfg, job_id, uid, spec)
-	elseif spec.kind == "create" then
-		return M.setup_create(cfg, job_id, uid, spec)
-	elseif spec.kind == "destroy" then
-		return M.setup_destroy(cfg, job_id, uid, spec)
+	local setup = SETUP[spec.kind]
+	if not setup then
+		return M.setup_step(cfg, job_id, uid, spec.services)
 	end
-	return M.setup_step(cfg, job_id, uid, spec.services)
+	local ok, err = setup(cfg, job_id, uid, spec)
+	if ok and M.WAITS_IN_DATA_IN[spec.kind] and not M.polls_stage_in() then
+		M.run({ "sleep", "1" })
+	end
+	return ok, err
 end
 
 -- One look at what the stage-in of job_id waits for: a wfm_job job's services up, a

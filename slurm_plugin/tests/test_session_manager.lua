@@ -126,7 +126,7 @@ test("create waits at most 'wait' seconds, then fails naming the last status", f
 	eq(rc, ctx.slurm.ERROR)
 	contains(msg, "is not up (ALLOCATED) after 4 s (the plugin's wait): STAGINGIN: d STAGINGIN")
 	eq(H.count(ctx.calls, "curl"), 1 + 3)  -- setup, then 4 s / 2 s + 1 polls
-	eq(H.count(ctx.calls, "sleep"), 2)
+	eq(H.count(ctx.calls, "sleep"), 1 + 2)  -- setup's second on 22.05 (M.WAITS_IN_DATA_IN), 2 polls
 	eq(H.count(ctx.calls, "scancel"), 0)  -- held: it may still come up (scontrol release)
 end)
 
@@ -262,4 +262,16 @@ test("create and destroy on Slurm 24.05+: data_in looks once, test_data_in answe
 	eq(ctx.env.slurm_bb_data_in("84", script, 1001, 1001, {}), 0)
 	rc, busy = ctx.env.slurm_bb_test_data_in("84", script, 1001, 1001, {})
 	eq(rc, 0); eq(busy, nil, "STOPPED: the destroy job runs")
+end)
+
+test("22.05: a setup whose data_in will wait ends a second later; 24.05+ and other jobs do not wait", function()
+	for _, case in ipairs({ { "22.05", nil, 1 }, { "24.11", "BUSY", 0 } }) do
+		local ctx = H.setup_env({ [STATUS] = status("STAGINGIN") })
+		ctx.slurm.SLURM_BB_BUSY = case[2]
+		eq(ctx.env.slurm_bb_setup("65", "1001", "1001", "", "0", ctx.script(CREATE_SBB)), 0)
+		eq(H.count(ctx.calls, "sleep"), case[3], case[1])
+	end
+	local ctx = H.setup_env({ ["GET /v2.0.0/server/allocation/u_s_nfs"] = { code = 200, body = H.ALLOC_OK } })
+	eq(ctx.env.slurm_bb_setup("66", "1000", "1000", "", "0", ctx.script(H.SERVICE_SCRIPT)), 0)
+	eq(H.count(ctx.calls, "sleep"), 0, "a service job's setup: no wait")
 end)
