@@ -1,12 +1,13 @@
-"""Slurm 22.05 leaves a job PENDING after its burst-buffer stage-in completed.
+"""Slurm 22.05 does not schedule a job when its burst-buffer stage-in completes.
 
 ``burst_buffer_lua.c`` of 22.05 asks slurmctld to schedule when a stage-in completes only
 if the stage-in had a size (``queue_job_scheduler()`` inside ``if (total_size)``); the
-plugin's directives have none. Such a job then starts at the next event that makes Slurm
-schedule: any job submitted, ended or updated. With nothing else happening it waits:
-a Session Manager ``create_persistent`` job, whose data_in waits for the service's job to
-run, kept that job PENDING for the plugin's whole ``wait`` (100 s) on the mini-cluster,
-and the create job failed. 24.11 schedules after every stage-in.
+plugin's directives have none. Such a job then starts at Slurm's next scheduling pass:
+the next event (a job submitted, ended or updated) or the periodic passes, every
+``sched_interval`` (60 s by default) and backfill's ``bf_interval`` (30 s by default). On
+the mini-cluster (2 s and 1 s) that is quick; on a site with the defaults a service's
+job, its burst buffer set up, could wait half a minute while a Session Manager's create
+job waits for it. 24.11 schedules after every stage-in.
 
 So on 22.05 the follower, which reads every job anyway, updates a job that has been
 PENDING with its stage-in done (``BurstBufferState=staged-in``) for ``after`` seconds,
