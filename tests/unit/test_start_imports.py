@@ -6,11 +6,10 @@ restart"); they are imported when a SlurmClient is made, or a token checked."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
-from ..conftest import ROOT, SMALL_CONF
+from ..conftest import SMALL_CONF, server_env
 
 LAZY = ("requests", "urllib3", "jwt", "cryptography")
 PROBE = """
@@ -29,9 +28,8 @@ print(json.dumps([at_start, sorted(m for m in {lazy} if m in sys.modules)]))
 def test_a_resource_manager_only_start_imports_no_slurm_client_nor_jwt(tmp_path):
     conf = tmp_path / "wfm.conf"
     conf.write_text(SMALL_CONF.format(state_db=tmp_path / "state.db", queue_policy="fifo"))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     out = subprocess.run([sys.executable, "-c", PROBE.format(lazy=LAZY), str(conf)],
-                         env=env, capture_output=True, text=True, timeout=120, check=True)
+                         env=server_env(), capture_output=True, text=True, timeout=120, check=True)
     at_start, after_client = json.loads(out.stdout.splitlines()[-1])
     assert at_start == []
     assert {"requests", "urllib3"} <= set(after_client)  # the probe sees an import
