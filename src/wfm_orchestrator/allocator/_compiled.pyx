@@ -175,6 +175,31 @@ cdef extern from *:
         return 0;
     }
 
+    /* One Placement (server, [ids[cores[0..c-1]]], m, s), as wfm_placements makes
+       each of its records: restore makes one per live reservation at a start. */
+    static PyObject *wfm_placement(PyObject *type, PyObject *server, PyObject *ints,
+                                   const int32_t *cores, int32_t c, PyObject *m, PyObject *s) {
+        PyTypeObject *t = (PyTypeObject *)type;
+        PyObject *const *id = ((PyTupleObject *)ints)->ob_item;
+        PyObject *core_list = PyList_New(c);
+        if (!core_list) return NULL;
+        for (int32_t j = 0; j < c; j++) {
+            PyObject *v = id[cores[j]];
+            Py_INCREF(v);
+            PyList_SET_ITEM(core_list, j, v);
+        }
+        PyObject *r = t->tp_alloc(t, 4);
+        if (!r) {
+            Py_DECREF(core_list);
+            return NULL;
+        }
+        Py_INCREF(server); PyTuple_SET_ITEM(r, 0, server);
+        PyTuple_SET_ITEM(r, 1, core_list);
+        Py_INCREF(m); PyTuple_SET_ITEM(r, 2, m);
+        Py_INCREF(s); PyTuple_SET_ITEM(r, 3, s);
+        return r;
+    }
+
     static PyObject *wfm_placements(PyObject *type, PyObject *names, PyObject *ints,
                                     const int32_t *nodes, const int32_t *cores, int32_t found,
                                     int32_t c, PyObject *m, PyObject *s, wfm_spare *sp) {
@@ -325,6 +350,8 @@ cdef extern from *:
     void wfm_names_free(wfm_names *t)
     int wfm_release_list(wfm_alloc *a, const wfm_names *names, dict index_of, list placements,
                          int32_t *buf, Py_ssize_t buf_len) except -1
+    object wfm_placement(object type, object server, tuple ints, const int32_t *cores,
+                         int32_t c, object m, object s)
     list wfm_placements(object type, tuple names, tuple ints, const int32_t *nodes,
                         const int32_t *cores, int32_t found, int32_t c, object m, object s,
                         wfm_spare *sp)
@@ -689,8 +716,8 @@ cdef class Allocator:
             i = self._cores[k]
             nc = len(p[1])
             wfm_take_exact(self._a, i, self._cores + at, <int32_t> nc, p[2], p[3])
-            held.append(Placement(self._names[i], [self._ints[self._cores[at + j]]
-                                                   for j in range(nc)], p[2], p[3]))
+            held.append(wfm_placement(Placement, self._names[i], self._ints, self._cores + at,
+                                      <int32_t> nc, p[2], p[3]))
             at += 1024
         self._held[name] = held
         return held
