@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .accounts import Accounts
-from .allocator import Allocator, Datanode, Free, InvalidDemand, NoCapacity
+from .allocator import Allocator, Datanode, Free, NoCapacity
 from .config import Config, DatanodeSpec, adopt
 from .errors import (
     AllocatorError,
@@ -181,29 +181,22 @@ class ResourceManager:
         self._usage = Usage(self.config)
         # The records in seq order, for pages (page()): bisected, never sorted per request.
         self._order: list[Reservation] = []
-        restore, records, order = self.allocator.restore, self._records, self._order
+        records, order, queue = self._records, self._order, self._queue
         holding: list[ReserveRequest] = []
-        rec = None
-        try:
-            with objects_that_live():
-                for rec, placement in reservations.load_all(self.store):
-                    if placement is not None:
-                        rec.placement = restore(rec.name, placement)
-                        holding.append(rec.request)
-                    elif rec.state in (State.FREE, State.ALLOCATED):
-                        raise StoreError(f"reservation {rec.name} is {rec.state} without "
-                                         "placement")
-                    elif rec.state == State.QUEUED:
-                        self._queue.append(rec)
-                    records[rec.name] = rec
-                    order.append(rec)
-        except (NoCapacity, UnknownDatanode, InvalidDemand) as e:
-            # The inventory shrank under held reservations: say so loudly
-            # rather than over-commit or drop them silently.
-            assert rec is not None
-            raise StoreError(
-                f"reservation {rec.name} no longer fits the configured datanodes "
-                f"({e}); restore the Datanode records or release it") from e
+        released = 0
+        with objects_that_live():
+            for rec in reservations.load_all(self.store, self.allocator.restore):
+                state = rec.state
+                if state is State.QUEUED:
+                    queue.append(rec)
+                elif state is State.RELEASED:
+                    released += 1
+                elif rec.placement is None:
+                    raise StoreError(f"reservation {rec.name} is {state} without placement")
+                else:
+                    holding.append(rec.request)
+                records[rec.request.name] = rec
+                order.append(rec)
         self._usage.add_all(holding)
         if any(a.seq > b.seq for a, b in itertools.pairwise(order)):  # mostly sorted already
             order.sort(key=_seq)
@@ -222,7 +215,7 @@ class ResourceManager:
             if name not in self._drained:
                 self._fence(name)
         log.info("resource manager: %d reservations loaded (%d queued)",
-                 sum(r.state != State.RELEASED for r in self._records.values()), len(self._queue))
+                 len(order) - released, len(self._queue))
 
     def _resync(self) -> None:
         """After a failed commit, forget the in-memory changes: reload the durable state."""
@@ -874,6 +867,20 @@ class ResourceManager:
         """The users of the reservations in memory (live, and released until forgotten)."""
         with self._lock:
             return set(self._by_user)
+
+    def newest_snapshots(self, limit: int, keep: Callable[[Reservation], bool]
+                         ) -> list[tuple[Reservation, int]]:
+        """The ``limit`` newest reservations ``keep`` accepts, in arrival order, with their
+        queue positions: what the dashboard shows, without reading the other 100,000."""
+        out: list[tuple[Reservation, int]] = []
+        with self._lock:
+            for rec in reversed(self._order):
+                if len(out) == limit:
+                    break
+                if keep(rec):
+                    out.append((rec, self._position(rec)))
+        out.reverse()
+        return out
 
     def snapshots(self, user: str | None = None) -> list[tuple[Reservation, int]]:
         with self._lock:

@@ -64,3 +64,44 @@ def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config
     placement = r1.placement
     assert again.allocator.release("r1") is placement  # the allocator's own list
     store.close()
+
+
+def test_a_request_stored_as_an_object_before_the_array_form_loads_the_same(make_config):
+    """Rows written before the request column held an array keep their JSON object until
+    they change: a start reads both forms to the same request."""
+    import sqlite3
+
+    import ujson
+
+    config = make_config()
+    store = Store(config.state_db)
+    rm = ResourceManager(config, store)
+    rm.reserve(parse_reserve(body("old"), config))
+    job = "alice_job42"
+    rm.reserve(parse_reserve(body(job), config, job_id=42))
+    store.write([]).wait()
+    store.close()
+    store = Store(config.state_db)
+    loaded = ResourceManager(config, store)
+    expected = {name: loaded.get(name).request for name in ("old", job)}
+    store.close()
+    assert expected[job].job_id == 42
+    db = sqlite3.connect(config.state_db)
+    stored = dict(db.execute("SELECT name, request FROM reservation"))
+    assert all(type(ujson.loads(text)) is list for text in stored.values())
+    # The object form rows of earlier versions hold (its keys sorted, the name in it).
+    old = expected["old"]
+    db.execute("UPDATE reservation SET request = ? WHERE name = 'old'", (ujson.dumps({
+        "cores": old.cores, "flavor": old.flavor, "locations": list(old.locations),
+        "mountpoint": old.mountpoint, "msize": old.msize, "name": "old", "servers": old.servers,
+        "ssize": old.ssize, "targets": list(old.targets), "type": old.type, "user": old.user},
+        sort_keys=True),))
+    db.commit()
+    db.close()
+
+    store = Store(config.state_db)
+    again = ResourceManager(config, store)
+    assert again.get("old").request == expected["old"]
+    assert again.get(job).request == expected[job]
+    assert again.get("old").request.locations == ("loc1",)
+    store.close()
