@@ -115,6 +115,10 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
             "burst-buffer plugin", when)
 
 
+def _not_released(rec: Reservation) -> bool:
+    return rec.state is not State.RELEASED  # the one state whose status is STOPPED
+
+
 def job_scoped(rec: Reservation) -> dict[str, Any]:
     """The keys marking a job-scoped service (#18) in its status; what its job's
     environment needs too (servers, mount point)."""
@@ -192,6 +196,8 @@ class ServiceManager:
     def _load(self) -> None:
         for job in service_jobs.load_all(self.store):
             self._jobs[job.name] = job
+        if self.slurm is None:
+            return  # no service job to follow (launches): 100,000 calls less per start
         for rec in self.rm.live():
             if rec.state != State.QUEUED:
                 self._on_reservation(rec)
@@ -287,6 +293,12 @@ class ServiceManager:
 
     def statuses(self, user: str | None = None) -> list[dict[str, str]]:
         return [self._status(rec, pos) for rec, pos in self.rm.snapshots(user)]
+
+    def newest_live(self, limit: int) -> list[dict[str, Any]]:
+        """The statuses of the ``limit`` newest services not stopped (released), oldest
+        first."""
+        return [self._status(rec, pos)
+                for rec, pos in self.rm.newest_snapshots(limit, _not_released)]
 
     def status_page(self, after: int | None, limit: int | None,
                     keep: Callable[[Reservation], bool] | None = None,

@@ -132,3 +132,21 @@ def test_metrics_and_overview_show_the_drained_datanode(app_factory):
     [dn3] = [d for d in client.simulate_get("/ui/overview").json["datanodes"]
              if d["name"] == "dn3"]
     assert (dn3["state"], dn3["reason"]) == ("drained", "cabling")
+
+
+def test_overview_counts_the_live_services_and_shows_the_newest(app_factory, monkeypatch):
+    """The dashboard counts every service not stopped and renders only the newest MAX_ROWS
+    of them (the others' statuses are not built), oldest first, as the status list has
+    them."""
+    from wfm_orchestrator.api import dashboard
+
+    monkeypatch.setattr(dashboard, "MAX_ROWS", 2)
+    client, rm, _ = app_factory()
+    for i in range(4):
+        reserve(client, dict(SBB, name=f"alice_s_{i}"))
+    rm.release("alice_s_3")[1].wait()
+    statuses = client.simulate_get("/v1.0.0/ephemeralservice/status").json
+    live = [s for s in statuses if s["status"] != "STOPPED"]
+    assert [s["name"] for s in live] == ["alice_s_0", "alice_s_1", "alice_s_2"]
+    shown = client.simulate_get("/ui/overview").json["services"]
+    assert shown == {"count": 3, "items": live[-2:]}

@@ -16,6 +16,7 @@ from typing import Any
 import falcon
 
 from ..config import Config
+from ..model import ReservationState
 from ..resource_manager import ResourceManager, iso_time
 from ..services import ServiceManager
 from ..steps import StepManager
@@ -96,7 +97,6 @@ def overview(config: Config, rm: ResourceManager, services: ServiceManager,
               "locations": list(rec.request.locations),
               "waiting": round(max(0.0, now - rec.created), 1)}
              for i, rec in enumerate(rm.queued(MAX_ROWS))]
-    live = [s for s in services.statuses() if s["status"] != "STOPPED"]
     step_count = sum(steps.counts().values()) if steps is not None else 0
     return {
         "time": iso_time(now),
@@ -113,7 +113,10 @@ def overview(config: Config, rm: ResourceManager, services: ServiceManager,
                   "oldest_wait": 0.0 if counts.oldest_queued is None
                   else round(max(0.0, now - counts.oldest_queued), 1),
                   "items": queue},
-        "services": {"count": len(live), "items": live[-MAX_ROWS:]},
+        # Counted, not rendered: 0.5 s of every refresh with 100,000 reservations.
+        "services": {"count": sum(n for state, n in counts.by_state.items()
+                                  if state is not ReservationState.RELEASED),
+                     "items": services.newest_live(MAX_ROWS)},
         "steps": {"count": step_count,
                   "items": steps.newest(MAX_ROWS) if steps is not None else []},
     }
