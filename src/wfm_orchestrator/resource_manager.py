@@ -984,9 +984,11 @@ def _resources_chunks(seen: list[tuple[str, tuple]], size: int
 def _resources_item(free: Free, cap: Free, state: DatanodeState, reason: str
                     ) -> dict[str, Any]:
     """A datanode's server/resources answer. state and reason: additive to the spec's
-    answer (a drained node's free is free, but no new reservation is placed there)."""
+    answer (a drained node's free is free, but no new reservation is placed there).
+    ``free`` and ``cap`` as _resources_seen reads them: their core lists are made for this
+    answer (the allocator's free and capacity copy theirs out), and the answer keeps them."""
     return {"free_cores": len(free.core_list), "cores": len(cap.core_list),
-            "free_core_list": list(free.core_list), "core_list": list(cap.core_list),
+            "free_core_list": free.core_list, "core_list": cap.core_list,
             "free_msize": free.msize, "msize": cap.msize,
             "free_ssize": free.ssize, "ssize": cap.ssize,
             "state": state.value, "reason": reason}
