@@ -213,24 +213,9 @@ cdef extern from *:
         result = PyList_New(found);
         if (!result) return NULL;
         for (int32_t k = 0; k < found; k++) {
-            PyObject *core_list = PyList_New(c);
-            if (!core_list) goto fail;
-            const int32_t *ck = cores + (size_t)k * c;
-            for (int32_t j = 0; j < c; j++) {
-                PyObject *v = id[ck[j]];
-                Py_INCREF(v);
-                PyList_SET_ITEM(core_list, j, v);
-            }
-            PyObject *r = t->tp_alloc(t, 4);
-            if (!r) {
-                Py_DECREF(core_list);
-                goto fail;
-            }
-            PyObject *server = PyTuple_GET_ITEM(names, nodes[k]);
-            Py_INCREF(server); PyTuple_SET_ITEM(r, 0, server);
-            PyTuple_SET_ITEM(r, 1, core_list);
-            Py_INCREF(m); PyTuple_SET_ITEM(r, 2, m);
-            Py_INCREF(s); PyTuple_SET_ITEM(r, 3, s);
+            PyObject *r = wfm_placement(type, PyTuple_GET_ITEM(names, nodes[k]), ints,
+                                        cores + (size_t)k * c, c, m, s);
+            if (!r) goto fail;
             PyList_SET_ITEM(result, k, r);
         }
         return result;
