@@ -390,6 +390,7 @@ static inline uint64_t list_next_fit(const wfm_alloc *a, const wfm_list *l, int3
 
 /* Datanode i's free capacity changed: recompute its key and move it in its lists. */
 static void node_changed(wfm_alloc *a, int32_t i) {
+    a->version[i]++;
     a->node[i].key = order_key(a, i);
     wfm_entry x = entry_of(a, i);
     list_move(a, &a->list[0], &x);
@@ -424,6 +425,7 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     a->inv = malloc(3 * nn * sizeof *a->inv);
     a->magic = malloc(3 * nn * sizeof *a->magic);
     a->bits = calloc(nn * WFM_CORE_WORDS, sizeof *a->bits);
+    a->version = calloc(nn, sizeof *a->version);
     a->chosen = malloc(nn * sizeof *a->chosen);
     a->list = calloc((size_t)nloc + 1, sizeof *a->list);
     a->cur_b = malloc(((size_t)nloc + 1) * sizeof *a->cur_b);
@@ -431,7 +433,7 @@ wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy) {
     a->cur_x = malloc(((size_t)nloc + 1) * sizeof *a->cur_x);
     a->slot[0] = malloc(nn * sizeof *a->slot[0]);
     a->slot[1] = malloc(nn * sizeof *a->slot[1]);
-    if (!a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->inv || !a->magic || !a->bits || !a->chosen || !a->list ||
+    if (!a->cap_c || !a->cap_m || !a->cap_s || !a->node || !a->inv || !a->magic || !a->bits || !a->version || !a->chosen || !a->list ||
         !a->cur_b || !a->cur_lo || !a->cur_x || !a->slot[0] || !a->slot[1]) {
         wfm_alloc_free(a);
         return NULL;
@@ -448,6 +450,7 @@ void wfm_alloc_free(wfm_alloc *a) {
     free(a->inv);
     free(a->magic);
     free(a->bits);
+    free(a->version);
     free(a->chosen);
     free(a->cur_b);
     free(a->cur_lo);

@@ -99,6 +99,8 @@ typedef struct {
     double *inv;      /* 3 per datanode: WFM_LEVELS / capacity (0 if none) */
     uint64_t *magic;  /* 3 per datanode: ceil(2**64 / capacity), or 0 (see magic_of) */
     uint64_t *bits;   /* n * WFM_CORE_WORDS words: bit set = core id free */
+    uint32_t *version; /* per datanode: changes each time its free resources do (readers
+                          keep what they made of a datanode until it changes) */
     wfm_list *list;   /* list[0]: every datanode; list[1 + l]: location l */
     wfm_block *pool;  /* blocks of every list */
     int32_t *free_blk, nfree; /* stack of unused block ids */

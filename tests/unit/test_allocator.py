@@ -85,6 +85,32 @@ def test_both_implementations_return_the_same_record_classes(Allocator):
     assert type(p) is Placement and type(a.free("d")) is Free
 
 
+def test_version_changes_when_and_only_when_free_does(Allocator):
+    """version(dn) moves with each reserve, release and restore touching dn, and with
+    nothing else: a reader may keep what it made of free(dn) while it is the same."""
+    a = Allocator([dn("d1"), dn("d2")])
+    seen = {d: a.version(d) for d in ("d1", "d2")}
+
+    def moved() -> set[str]:
+        now = {d: a.version(d) for d in ("d1", "d2")}
+        changed = {d for d in now if now[d] != seen[d]}
+        seen.update(now)
+        return changed
+
+    [p] = a.reserve("r", 1, 2, 10, 10)
+    assert moved() == {p.server}
+    a.free("d1"), a.capacity("d2"), a.reservation("r")
+    with pytest.raises(NoCapacity):
+        a.reserve("big", 3, 1, 1, 1)
+    assert moved() == set()
+    a.release("r")
+    assert moved() == {p.server}
+    a.restore("again", [p])
+    assert moved() == {p.server}
+    with pytest.raises(UnknownDatanode):
+        a.version("d9")
+
+
 # --- reserve -------------------------------------------------------------------
 
 

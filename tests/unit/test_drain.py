@@ -150,3 +150,24 @@ def test_overview_counts_the_live_services_and_shows_the_newest(app_factory, mon
     assert [s["name"] for s in live] == ["alice_s_0", "alice_s_1", "alice_s_2"]
     shown = client.simulate_get("/ui/overview").json["services"]
     assert shown == {"count": 3, "items": live[-2:]}
+
+
+def test_a_datanode_answer_is_kept_until_its_resources_or_state_change(app_factory):
+    """server/resources keeps each datanode's answer (_resources_of) while its free
+    resources and state stay the same, and makes it again when either changes."""
+    client, rm, _ = app_factory()
+    first = rm.resources("dn1")
+    assert rm.resources("dn1") is first  # kept
+    reserve(client, dict(SBB, name="alice_s_keep"))
+    [p] = rm.get("alice_s_keep").placement
+    after = rm.resources(p.server)
+    assert after["free_cores"] == rm.resources(p.server)["cores"] - len(p.core_list)
+    assert rm.resources(p.server) is after
+    drain(client, p.server, "cabling")
+    drained = rm.resources(p.server)
+    assert (drained["state"], drained["reason"]) == ("drained", "cabling")
+    rm.release("alice_s_keep")[1].wait()
+    assert rm.resources(p.server)["free_cores"] == drained["cores"]
+    page = client.simulate_get("/v1.0.0/server/resources/all?limit=100").json
+    assert {i["server_name"]: i["server_resources"] for i in page}[p.server] == \
+        rm.resources(p.server)

@@ -9,7 +9,7 @@ the C core and must equal the reference's; tests/unit/test_allocator_agree.py
 drives both with the same random operations.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free as c_free, malloc, realloc
 from libc.string cimport memset
 from cpython.dict cimport PyDict_SetDefault
@@ -37,6 +37,7 @@ cdef extern from "wfm_alloc.h" nogil:
     ctypedef struct wfm_alloc:
         int32_t n
         wfm_node *node
+        uint32_t *version
     int WFM_POLICY_PACK
     int WFM_POLICY_SPREAD
     wfm_alloc *wfm_alloc_new(int32_t n, int32_t nloc, int policy)
@@ -534,6 +535,9 @@ cdef class Allocator:
     def capacity(self, datanode):
         dn = self._inv.datanodes[self._inv.datanode(datanode)]
         return Free(list(dn.cores), dn.msize, dn.ssize)
+
+    def version(self, datanode):
+        return self._a.version[self._inv.datanode(datanode)]
 
     def can_fit_ever(self, servers, cores, msize, ssize, locations=None):
         cdef int64_t d[4]

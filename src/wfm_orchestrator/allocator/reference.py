@@ -421,7 +421,7 @@ def fits_ever(inv: Inventory, cand: Candidates, servers, cores, msize, ssize) ->
 class _State:
     """The free resources of one datanode."""
 
-    __slots__ = ("dn", "index", "cores", "msize", "ssize")
+    __slots__ = ("dn", "index", "cores", "msize", "ssize", "version")
 
     def __init__(self, dn: Datanode, index: int):
         self.dn = dn
@@ -429,6 +429,7 @@ class _State:
         self.cores: list[int] = list(dn.cores)  # free core ids, ascending
         self.msize = dn.msize
         self.ssize = dn.ssize
+        self.version = 0  # changes each time the free resources do (Allocator.version)
 
     def fits(self, cores: int, msize: int, ssize: int) -> bool:
         return len(self.cores) >= cores and self.msize >= msize and self.ssize >= ssize
@@ -437,12 +438,14 @@ class _State:
         taken, self.cores = self.cores[:cores], self.cores[cores:]
         self.msize -= msize
         self.ssize -= ssize
+        self.version += 1
         return Placement(self.dn.name, taken, msize, ssize)
 
     def give_back(self, p: Placement) -> None:
         self.cores = sorted(self.cores + list(p.core_list))
         self.msize += p.msize
         self.ssize += p.ssize
+        self.version += 1
 
 
 class Allocator:
@@ -483,6 +486,12 @@ class Allocator:
     def capacity(self, datanode: str) -> Free:
         dn = self._inv.datanodes[self._inv.datanode(datanode)]
         return Free(list(dn.cores), dn.msize, dn.ssize)
+
+    def version(self, datanode: str) -> int:
+        """A number that changes each time ``free(datanode)`` does (a reader keeps what it
+        made of a datanode while it is the same; it may wrap, never within a reader's
+        reach: 2**32 changes)."""
+        return self._nodes[self._inv.datanode(datanode)].version
 
     def can_fit_ever(self, servers, cores, msize, ssize, locations=None) -> bool:
         servers, cores, msize, ssize = check_demand(servers, cores, msize, ssize)
@@ -543,6 +552,7 @@ class Allocator:
             s.cores = [c for c in s.cores if c not in cores]
             s.msize -= msize
             s.ssize -= ssize
+            s.version += 1
             held.append(p)
         self._held[name] = held
         return held
