@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WFM_CONF = os.path.join(REPO, "wfm.conf")
 DEVCLUSTER = os.path.join(REPO, "deploy", "devcluster")
 RUN_DIR = "/run/wfm-devcluster"
+SLURMCTLD_LOG = "/var/log/wfm-devcluster/slurmctld.log"
 
 
 # The Slurm versions the mini-cluster runs (deploy/devcluster up --slurm V).
@@ -186,3 +187,18 @@ def node_taken(node: str, user: str, partition: str, timeout: float = 60) -> Ite
         # Gone from the node before the next test, which may kill slurmctld.
         poll_until(lambda: in_state("CANCELLED", "COMPLETED", ""), f"job {job_id} ended",
                    timeout, 0.5, last=lambda: state[0])
+
+
+def slurmctld_log_since(offset: int) -> str:
+    """What slurmctld logged after byte ``offset`` of its log (os.path.getsize before)."""
+    with open(SLURMCTLD_LOG, encoding="utf-8", errors="replace") as fh:
+        fh.seek(offset)
+        return fh.read()
+
+
+def teardown_killed(job_id: int, since: int) -> bool:
+    """Did slurmctld kill job ``job_id``'s burst-buffer teardown (after log offset
+    ``since``)? Slurm 24.11 may, for a job cancelled while PENDING after its stage-in: the
+    cancel queues the teardown and then kills the job's running scripts, the just-started
+    teardown among them, and never runs it again (docs/slurm.md)."""
+    return f"teardown for JobId={job_id} terminated by slurmctld" in slurmctld_log_since(since)
