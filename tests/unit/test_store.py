@@ -367,7 +367,7 @@ def test_a_corrupt_table_read_at_start_is_refused_whatever_the_size(tmp_path, mo
     store.close()
     _corrupt_a_page_of(path, "reservation")
     if large:
-        monkeypatch.setattr("wfm_orchestrator.store.FULL_CHECK_BYTES", 0)
+        monkeypatch.setattr("wfm_orchestrator.store_sqlite.FULL_CHECK_BYTES", 0)
     with pytest.raises(StoreError, match="is corrupt|unusable"):
         Store(path)
 
@@ -384,5 +384,5 @@ def test_a_large_database_is_not_checked_in_the_ended_steps_history(tmp_path, mo
     _corrupt_a_page_of(path, "step")
     with pytest.raises(StoreError, match="is corrupt|malformed"):
         Store(path)  # small: checked whole
-    monkeypatch.setattr("wfm_orchestrator.store.FULL_CHECK_BYTES", 0)
+    monkeypatch.setattr("wfm_orchestrator.store_sqlite.FULL_CHECK_BYTES", 0)
     Store(path).close()
