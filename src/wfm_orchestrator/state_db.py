@@ -17,8 +17,9 @@ FORMS = ("a file path, sqlite:PATH, or postgresql://[user[:password]@]host[:port
          "/database[?param=value...]")
 
 # user:password@ up to the last '@' (a password may hold encoded ones: redacting too much
-# is the safe mistake), and a password given as a URL parameter.
-_USERINFO_PASSWORD = re.compile(r"(\w+://[^:@/?\s]*:)(\S*)@")
+# is the safe mistake), and a password given as a URL parameter. No '[' in the user
+# name (none is valid there): FORMS' "[user[:password]@]" is shown as it is.
+_USERINFO_PASSWORD = re.compile(r"(\w+://[^:@/?\s\[\]]*:)(\S*)@")
 _PARAM_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
 
 

@@ -15,7 +15,7 @@ def body(name: str, cores: int = 1) -> dict:
                                                  "mountpoint": "/scratch"}}
 
 
-def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config):
+def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config, state_db):
     """A name released and reserved again keeps its row (its place in the table) under a
     new seq: after a restart the lists and the queue are in seq order still."""
     config = make_config()
@@ -45,7 +45,7 @@ def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config):
     store.close()
 
 
-def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config):
+def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config, state_db):
     config = make_config()
     store = Store(config.state_db)
     rm = ResourceManager(config, store)

@@ -141,7 +141,7 @@ def test_a_name_launched_again_keeps_none_of_the_forgotten_steps_jobs(stepped):
     assert again.jobs(NAME) == {} and again.status(NAME)["status"] == "PENDING"
 
 
-def test_a_forgotten_step_answers_as_an_unknown_one_through_the_api(make_config):
+def test_a_forgotten_step_answers_as_an_unknown_one_through_the_api(make_config, state_db):
     """step/status/{name}: [] like a name never launched; progress and abort: 500; the
     lists no longer hold it."""
     config = make_config(STEP_CONF)
