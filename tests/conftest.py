@@ -89,10 +89,50 @@ def pg_state_db(ha_dsn):
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+class _PgConnection:
+    """The part of sqlite3's connection the tests use (``?`` placeholders, a with-block
+    commits), on psycopg: a test reads or alters a PostgreSQL state_db the same way. It
+    closes at the end of a with-block: a connection left in a transaction would keep the
+    test's schema from being dropped."""
+
+    def __init__(self, dsn: str):
+        import psycopg
+
+        self._conn = psycopg.connect(dsn)
+
+    def execute(self, sql: str, params=()):
+        return self._conn.execute(sql.replace("?", "%s"), params)
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self._conn.commit()
+        self._conn.close()
+
+
+def connect_db(state_db: str):
+    """A connection of the test's own to ``state_db``, SQLite's or PostgreSQL's."""
+    if state_db.startswith(("postgresql://", "postgres://")):
+        return _PgConnection(state_db)
+    import sqlite3
+
+    return sqlite3.connect(state_db)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state_db(request, tmp_path):
     """The ``state_db`` of a test that runs on both engines: an SQLite file, then a
-    PostgreSQL schema. ``make_config`` uses it when the test asks for it."""
+    PostgreSQL schema. ``make_config`` uses it when the test asks for it; otherwise an
+    SQLite file, or a PostgreSQL schema with ``WFM_TEST_STATE_DB=postgresql`` (the whole
+    suite on PostgreSQL: every configuration made by make_config)."""
     if request.param == "sqlite":
         return str(tmp_path / "state.db")
     return request.getfixturevalue("pg_state_db")
@@ -104,9 +144,12 @@ def make_config(tmp_path, request):
 
     def make(text: str = SMALL_CONF, **fmt):
         if "state_db" not in fmt:
-            fmt["state_db"] = (request.getfixturevalue("state_db")
-                               if "state_db" in request.fixturenames
-                               else str(tmp_path / "state.db"))
+            if "state_db" in request.fixturenames:
+                fmt["state_db"] = request.getfixturevalue("state_db")
+            elif os.environ.get("WFM_TEST_STATE_DB") == "postgresql":
+                fmt["state_db"] = request.getfixturevalue("pg_state_db")
+            else:
+                fmt["state_db"] = str(tmp_path / "state.db")
         fmt.setdefault("queue_policy", "fifo")
         path = tmp_path / "wfm.conf"
         body = text.format(**fmt)

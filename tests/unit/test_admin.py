@@ -159,7 +159,7 @@ def test_db_check_finds_reservations_that_no_longer_fit(make_config, tmp_path, s
 
 
 def test_db_backup_is_a_private_new_file(make_config, tmp_path):
-    config = held(make_config)
+    config = held(lambda: make_config(state_db=str(tmp_path / "state.db")))  # SQLite's
     target = tmp_path / "copy.db"
     assert backup_database(config, str(target)) > 0
     assert os.stat(target).st_mode & 0o777 == 0o600
