@@ -380,18 +380,23 @@ class Store:
         refused = False
         try:
             engine.ready()
-            engine.begin()
             try:
-                self._run_all(batch)
+                # PostgreSQL sends the batch and its COMMIT in one round trip (a pipeline).
+                with engine.pipeline():
+                    engine.begin()
+                    self._run_all(batch)
+                    # Acknowledged only once this returns: on PostgreSQL with a
+                    # synchronous standby, once the standby has it.
+                    engine.commit()
                 results: list[BaseException | None] = [None] * len(batch)
             except engine.Error:
+                if engine.lost():
+                    raise  # no faulty write: the connection is gone, the batch refused
                 # Some write is faulty: redo the batch write by write, so that it fails alone.
                 engine.rollback()
                 engine.begin()
                 results = self._run_each(batch)
-            # Acknowledged only once this returns: on PostgreSQL with a synchronous
-            # standby, once the standby has it.
-            engine.commit()
+                engine.commit()
         except (engine.Error, StoreError) as e:
             message = state_db.redact(str(e)).strip()
             log.critical("state database commit failed: %s", message)

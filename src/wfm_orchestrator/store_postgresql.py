@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -214,6 +215,16 @@ class PostgresBackend:
             log.warning("state database %s: the writer's connection was lost: connecting "
                         "again", self.name)
             self.conn = self._connect(autocommit=False)
+
+    def pipeline(self) -> contextlib.AbstractContextManager[Any]:
+        """The batch's statements and its COMMIT sent without waiting for each answer: one
+        round trip per batch (the commit's, which waits for the standby)."""
+        assert self.conn is not None
+        return self.conn.pipeline()
+
+    def lost(self) -> bool:
+        """The writer's connection is gone (a failover, a restart of the server)."""
+        return self.conn is None or self.conn.broken or self.conn.closed
 
     def begin(self) -> None:
         """psycopg opens the transaction at the first statement."""

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -204,6 +205,14 @@ class SQLiteBackend:
 
     def ready(self) -> None:
         """Before each batch: nothing to reconnect (the file does not go away)."""
+
+    @staticmethod
+    def pipeline() -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def lost() -> bool:
+        return False
 
     def begin(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
