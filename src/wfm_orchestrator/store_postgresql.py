@@ -9,8 +9,8 @@
 * One orchestrator per database (and schema): a session advisory lock, taken at start
   on a connection of its own and held until ``close``; a second orchestrator refuses to
   start. A stop-gap until the leader lease (issue #20, item 2) replaces it: the lock goes
-  with its connection (a failover ends it), and is taken again before the next batch or
-  the batch is refused.
+  with its connection (a failover ends it); when the writer's connection was lost, the
+  lock is checked and taken again before the next batch, or the batch is refused.
 * The SQL of the use cases is written once, with ``?`` placeholders: each statement
   text is translated once (cached). The DDL's ``REAL`` is ``DOUBLE PRECISION`` here
   (``real`` is 4 bytes in PostgreSQL: it would truncate timestamps) and its ``INTEGER``
@@ -199,22 +199,36 @@ class PostgresBackend:
     # --- the writer's transactions ------------------------------------------
 
     def ready(self) -> None:
-        """Before each batch: the connections a failover or a restart of the server
-        ended are made again (the batch is refused when that fails), the advisory lock
-        first: without it, another orchestrator may be writing."""
-        if self._lock_conn is None or self._lock_conn.broken or self._lock_conn.closed:
-            if self._lock_conn is not None:
-                self._lock_conn.close()
-                self._lock_conn = None
-            log.warning("state database %s: the connection holding the advisory lock was "
-                        "lost: taking the lock again", self.name)
-            self._lock_conn = self._take_lock()
-        if self.conn is None or self.conn.broken or self.conn.closed:
-            if self.conn is not None:
-                self.conn.close()
-            log.warning("state database %s: the writer's connection was lost: connecting "
-                        "again", self.name)
-            self.conn = self._connect(autocommit=False)
+        """Before each batch: the writer's connection a failover or a restart of the
+        server ended is made again (the batch is refused when that fails), after the
+        advisory lock is known to be held: its connection went with the same server,
+        most likely, though nothing told it yet (an idle connection learns it is broken
+        only when used), so it is asked; without the lock, another orchestrator may be
+        writing."""
+        if self.conn is not None and not self.conn.broken and not self.conn.closed:
+            return
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        log.warning("state database %s: the writer's connection was lost: connecting again",
+                    self.name)
+        self._hold_lock()
+        self.conn = self._connect(autocommit=False)
+
+    def _hold_lock(self) -> None:
+        conn = self._lock_conn
+        if conn is not None and not conn.broken and not conn.closed:
+            try:
+                conn.execute("SELECT 1")
+                return
+            except psycopg.Error:
+                pass
+        if conn is not None:
+            conn.close()
+            self._lock_conn = None
+        log.warning("state database %s: the connection holding the advisory lock was lost: "
+                    "taking the lock again", self.name)
+        self._lock_conn = self._take_lock()
 
     def pipeline(self) -> contextlib.AbstractContextManager[Any]:
         """The batch's statements and its COMMIT sent without waiting for each answer: one
