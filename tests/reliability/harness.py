@@ -228,8 +228,20 @@ def read_rows(db: str) -> dict[str, Row]:
                                 ).fetchall()
         finally:
             conn.close()
-    return {n: Row(n, s, q, json.loads(r), json.loads(p) if p is not None else None)
+    return {n: Row(n, s, q, stored_request(r), json.loads(p) if p is not None else None)
             for n, s, q, r, p in rows}
+
+
+# The fields of the request column's array (repositories/reservations.py, stored_request);
+# rows written before it hold an object with these keys.
+REQUEST_FIELDS = ("user", "type", "servers", "cores", "msize", "ssize", "locations", "flavor",
+                  "targets", "mountpoint", "job_id")
+
+
+def stored_request(text: str) -> dict[str, Any]:
+    request = json.loads(text)
+    return dict(zip(REQUEST_FIELDS, request, strict=True)) if isinstance(request, list) \
+        else request
 
 
 def integrity(db: str) -> str:
