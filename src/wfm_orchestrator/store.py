@@ -283,6 +283,11 @@ class Store:
         self.engine: str = self._engine.engine
         try:
             self._migrate()
+        except self._engine.Error as e:
+            self._engine.close()
+            # An engine's own error (a role without CREATE, a lost server): the store's.
+            raise StoreError(f"state database {self.path} is unusable: "
+                             f"{state_db.redact(str(e)).strip()}") from e
         except BaseException:
             self._engine.close()
             raise
