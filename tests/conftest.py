@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 
 import pytest
 
@@ -47,12 +49,107 @@ Flavor=large  MemorySize=16GB Cores=8 StorageSize=1TB
 """
 
 
+# --- the state database: SQLite, and PostgreSQL on the local HA cluster -------------
+
+
+@pytest.fixture(scope="session")
+def ha_dsn():
+    """The connection string of the local HA cluster (deploy/hacluster): brought up when
+    it does not run (and down again at the end of the session), for every test of the
+    session. Skipped only when not root (deploy/hacluster runs as root) or without
+    psycopg or PostgreSQL's packages (deploy/install installs them)."""
+    if os.geteuid() != 0:
+        pytest.skip("the PostgreSQL state database runs on deploy/hacluster, as root")
+    pytest.importorskip("psycopg", reason="pip install '.[test]' (deploy/install does)")
+    if not os.path.exists("/usr/lib/postgresql/15/bin/postgres") or not shutil.which("patroni"):
+        pytest.skip("PostgreSQL 15 and Patroni are not installed (deploy/install does)")
+    from .ha.cluster import dsn, hacluster, up
+
+    started = hacluster("status", timeout=60).returncode != 0
+    if started:
+        up()
+    yield dsn()
+    if started:
+        hacluster("down", timeout=180)
+
+
 @pytest.fixture
-def make_config(tmp_path):
+def pg_state_db(ha_dsn):
+    """A ``state_db`` URL of a PostgreSQL schema of its own, dropped after the test (one
+    cluster for the session, an empty schema per test)."""
+    import psycopg
+
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(ha_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield f"{ha_dsn}{'&' if '?' in ha_dsn else '?'}options=-csearch_path%3D{schema}"
+    with psycopg.connect(ha_dsn, autocommit=True) as conn:
+        # A store a test left open may hold a lock: give up on the schema then, loudly.
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class _PgConnection:
+    """The part of sqlite3's connection the tests use (``?`` placeholders, a with-block
+    commits), on psycopg: a test reads or alters a PostgreSQL state_db the same way. It
+    closes at the end of a with-block: a connection left in a transaction would keep the
+    test's schema from being dropped."""
+
+    def __init__(self, dsn: str):
+        import psycopg
+
+        self._conn = psycopg.connect(dsn)
+
+    def execute(self, sql: str, params=()):
+        return self._conn.execute(sql.replace("?", "%s"), params)
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self._conn.commit()
+        self._conn.close()
+
+
+def connect_db(state_db: str):
+    """A connection of the test's own to ``state_db``, SQLite's or PostgreSQL's."""
+    if state_db.startswith(("postgresql://", "postgres://")):
+        return _PgConnection(state_db)
+    import sqlite3
+
+    return sqlite3.connect(state_db)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_db(request, tmp_path):
+    """The ``state_db`` of a test that runs on both engines: an SQLite file, then a
+    PostgreSQL schema. ``make_config`` uses it when the test asks for it; otherwise an
+    SQLite file, or a PostgreSQL schema with ``WFM_TEST_STATE_DB=postgresql`` (the whole
+    suite on PostgreSQL: every configuration made by make_config)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_state_db")
+
+
+@pytest.fixture
+def make_config(tmp_path, request):
     from wfm_orchestrator.config import parse_config
 
     def make(text: str = SMALL_CONF, **fmt):
-        fmt.setdefault("state_db", str(tmp_path / "state.db"))
+        if "state_db" not in fmt:
+            if "state_db" in request.fixturenames:
+                fmt["state_db"] = request.getfixturevalue("state_db")
+            elif os.environ.get("WFM_TEST_STATE_DB") == "postgresql":
+                fmt["state_db"] = request.getfixturevalue("pg_state_db")
+            else:
+                fmt["state_db"] = str(tmp_path / "state.db")
         fmt.setdefault("queue_policy", "fifo")
         path = tmp_path / "wfm.conf"
         body = text.format(**fmt)

@@ -6,7 +6,10 @@ the state database while the service is stopped, and the tables a terminal shows
   ``WFM_ADMIN_TOKEN_FILE``; none with ``auth = none``).
 * ``release_offline``, ``check_database`` and ``backup_database`` open the state database
   under the store's lock (store.py), so they refuse to run beside a running service,
-  except the read-only check and the online backup, which SQLite makes safe.
+  except the read-only check and the online backup, which SQLite makes safe. With a
+  PostgreSQL ``state_db`` the check connects and reads (schema version, counts; the
+  server keeps its own checksums) and the backup is refused: pg_dump and the cluster's
+  own backups are the tools there (docs/ha.md).
 * The ``render_*`` functions are pure: a document in, lines of text out.
 """
 
@@ -23,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import state_files
+from . import state_db, state_files
 from .config import Config
 from .errors import ApiFailed, ServiceUnreachable, StoreError, WfmError
 
@@ -217,8 +220,17 @@ def check_database(config: Config) -> tuple[list[str], list[str]]:
     from .store import MIGRATIONS, Store
 
     path = config.state_db
-    if not os.path.exists(path):
+    postgresql = state_db.is_postgresql(path)
+    shown = state_db.redact(path)
+    if not postgresql and not os.path.exists(path):
         return [f"{path}: does not exist yet (created at the first start)"], []
+    if postgresql:
+        try:
+            if not _postgresql_has_schema(path):
+                return [f"{shown}: holds no orchestrator schema yet (created at the first "
+                        "start)"], []
+        except StoreError as e:
+            return [], [f"{shown}: {e}"]
     facts: list[str] = []
     problems: list[str] = []
     try:
@@ -228,18 +240,14 @@ def check_database(config: Config) -> tuple[list[str], list[str]]:
             return facts, [str(e)]
         facts.append("in use by the running service: checked read-only")
         store = None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
-        counts = dict(conn.execute("SELECT state, count(*) FROM reservation GROUP BY state"
-                                   ).fetchall())
-        steps = conn.execute("SELECT count(*) FROM step").fetchone()[0]
-    except sqlite3.DatabaseError as e:
-        problems.append(f"{path}: {e}")
+        if postgresql:
+            integrity, version, counts, steps = _read_postgresql(path)
+        else:
+            integrity, version, counts, steps = _read_sqlite(path)
+    except StoreError as e:
+        problems.append(f"{shown}: {e}")
         integrity, version, counts, steps = [], 0, {}, 0
-    finally:
-        conn.close()
     if integrity == ["ok"]:
         facts.append(f"integrity: ok; schema version {version} of {len(MIGRATIONS)}")
     elif integrity:
@@ -258,9 +266,65 @@ def check_database(config: Config) -> tuple[list[str], list[str]]:
     return facts, problems
 
 
+def _read_sqlite(path: str) -> tuple[list[str], int, dict[str, int], int]:
+    """(integrity_check's lines, schema version, reservations by state, steps), read-only."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+        counts = dict(conn.execute("SELECT state, count(*) FROM reservation GROUP BY state"
+                                   ).fetchall())
+        steps = conn.execute("SELECT count(*) FROM step").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise StoreError(str(e)) from e
+    finally:
+        conn.close()
+    return integrity, version, counts, steps
+
+
+def _postgresql_has_schema(dsn: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            return conn.execute("SELECT to_regclass('schema_migration')").fetchone()[0] \
+                is not None
+    except psycopg.Error as e:
+        raise StoreError(state_db.redact(str(e)).strip()) from None
+
+
+def _read_postgresql(dsn: str) -> tuple[list[str], int, dict[str, int], int]:
+    """The same read from PostgreSQL, in a read-only transaction beside a running
+    service; "ok" for integrity once it answers: the server checks its pages itself (the
+    cluster runs with data checksums, docs/ha.md)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            conn.read_only = True
+            version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migration"
+                                   ).fetchone()[0]
+            counts = dict(conn.execute("SELECT state, count(*) FROM reservation"
+                                       " GROUP BY state").fetchall())
+            steps = conn.execute("SELECT count(*) FROM step").fetchone()[0]
+    except psycopg.Error as e:
+        raise StoreError(state_db.redact(str(e)).strip()) from None
+    return ["ok"], version, counts, steps
+
+
 def backup_database(config: Config, target: str) -> int:
     """Copy the state database to ``target`` (a consistent snapshot, even while the
-    service runs: SQLite's online backup); its size in bytes. The copy is 0600."""
+    service runs: SQLite's online backup); its size in bytes. The copy is 0600.
+
+    Refused for a PostgreSQL ``state_db``: a copy of one orchestrator's view is not a
+    backup of a replicated cluster; pg_dump (a consistent snapshot, while the service
+    runs) or the cluster's own backups are (docs/ha.md)."""
+    if state_db.is_postgresql(config.state_db):
+        raise StoreError(
+            "db backup copies an SQLite state_db; this one is PostgreSQL "
+            f"({state_db.redact(config.state_db)}): back it up with pg_dump (e.g. "
+            "pg_dump --format=custom --file=FILE 'postgresql://...'), or with the "
+            "cluster's own backups (docs/ha.md)")
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists: choose a new file")
     if not os.path.exists(config.state_db):

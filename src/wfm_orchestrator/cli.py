@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ClusterShell.RangeSet import RangeSet
 
-from . import __version__
+from . import __version__, state_db
 from .config import Config, describe, load_config
 from .errors import ApiFailed, ConfigError, ServiceUnreachable, StoreError
 
@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, reload_later)
     log.info("wfm-orchestrator listening on http://%s (cpus %s, %d threads, state %s, %s)",
-             config.listen, cpus or "all", config.threads, config.state_db,
+             config.listen, cpus or "all", config.threads, state_db.redact(config.state_db),
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
              else "no Slurm: Resource Manager only")
     if services.slurm is not None:
@@ -312,7 +312,8 @@ def cmd_release(args: argparse.Namespace, config: Config) -> int:
         try:
             said = release_offline(config, args.name)
         except KeyError:
-            print(f"wfm-orchestrator: no live reservation {args.name!r} in {config.state_db}",
+            print(f"wfm-orchestrator: no live reservation {args.name!r} in "
+                  f"{state_db.redact(config.state_db)}",
                   file=sys.stderr)
             return EXIT_FAILED
         return _show(args, {"name": args.name, "message": said}, lambda: [said])
@@ -371,8 +372,9 @@ def cmd_db_check(args: argparse.Namespace, config: Config) -> int:
     from .admin import check_database
 
     facts, problems = check_database(config)
-    _show(args, {"database": config.state_db, "facts": facts, "problems": problems},
-          lambda: [f"{config.state_db}:", *(f"  {f}" for f in facts),
+    shown = state_db.redact(config.state_db)
+    _show(args, {"database": shown, "facts": facts, "problems": problems},
+          lambda: [f"{shown}:", *(f"  {f}" for f in facts),
                    *(f"  PROBLEM: {p}" for p in problems)])
     return EXIT_FAILED if problems else 0
 

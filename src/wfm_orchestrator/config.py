@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from ClusterShell.NodeSet import NodeSet, NodeSetException
 from ClusterShell.RangeSet import RangeSet, RangeSetException
 
+from . import state_db
 from .errors import ConfigError, ConfigProblem, SizeError
 from .size import bytes_to_mb_down, bytes_to_mb_up, format_mb, parse_size
 
@@ -219,7 +220,9 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "listen": Setting("127.0.0.1:8080", _listen, "address:port the REST API listens on"),
     "state_db": Setting(
-        "/var/lib/wfm-orchestrator/state.db", _text, "SQLite state database", path=True
+        "/var/lib/wfm-orchestrator/state.db", state_db.parse,
+        "state database: a path or sqlite:PATH (SQLite), or postgresql://host[,host2]/db",
+        path=True,
     ),
     "cpus": Setting(
         "auto",
@@ -399,7 +402,9 @@ class _Collector:
         self.problems: list[ConfigProblem] = []
 
     def add(self, line: int, text: str, message: str) -> None:
-        self.problems.append(ConfigProblem(self.file, line, text, message))
+        # A state_db URL's password stays out of every message (and of the line quoted).
+        self.problems.append(ConfigProblem(self.file, line, state_db.redact(text),
+                                           state_db.redact(message)))
 
 
 def _strip_comment(line: str) -> str:
@@ -488,7 +493,7 @@ def parse_config(text: str, file: str = "wfm.conf") -> Config:
         except ValueError as e:
             out.add(lineno, line, f"{key}: invalid value {value!r}: {e}")
             continue
-        if spec.path and parsed:
+        if spec.path and parsed and not state_db.is_postgresql(parsed):
             parsed = os.path.normpath(os.path.join(base, parsed))
         settings[key] = parsed
 
@@ -843,8 +848,8 @@ def changes(old: Config, new: Config) -> list[str]:
         out += [f"{label} {n} added" for n in after if n not in before]
         out += [f"{label} {n} removed" for n in before if n not in after]
         out += [f"{label} {n} changed" for n in after if n in before and after[n] != before[n]]
-    out += [f"{k} = {new.settings[k]} (was {old.settings.get(k)})" for k in new.settings
-            if new.settings[k] != old.settings.get(k)]
+    out += [state_db.redact(f"{k} = {new.settings[k]} (was {old.settings.get(k)})")
+            for k in new.settings if new.settings[k] != old.settings.get(k)]
     return out
 
 

@@ -1,9 +1,12 @@
-"""SQLite persistence: the durable copy of every accepted request and its state.
+"""Persistence: the durable copy of every accepted request and its state, in SQLite
+(store_sqlite.py, the default) or PostgreSQL (store_postgresql.py), as ``state_db`` says
+(state_db.py). The engine is a small object (connect, transactions, reads, schema
+versions); what follows is the same for both.
 
-* WAL + ``synchronous=FULL``: a commit survives a crash or power loss.
 * One writer thread owns the write connection and commits whatever the
   request threads have queued meanwhile in one transaction (group commit):
-  one fsync for many requests. ``Store.write`` queues the statements and
+  one fsync (or one round trip to the synchronous standby) for many requests.
+  ``Store.write`` queues the statements and
   returns a ticket; ``Store.flush`` hands what is queued to the writer. The
   caller answers its client only once the ticket is committed: it waits
   (``ticket.wait()`` flushes first, so a waiter never waits for a flush that
@@ -16,38 +19,34 @@
   ``executemany``. If any statement fails, the batch is rolled back and run
   again with each request's statements inside a SAVEPOINT, so that one
   faulty write fails alone instead of failing the whole batch.
-* The file is claimed with an exclusive ``flock`` on ``<db>.lock`` so that a
-  second orchestrator on the same database refuses to start; a foreign or
-  corrupt file is refused and never overwritten.
-* The directory is 0700 and every file 0600 whatever the umask (they hold
-  users' tokens): state_files.py.
-* Schema migrations are versioned with ``PRAGMA user_version``.
+* Only one orchestrator writes: the engine refuses to open a database another
+  one holds (a flock for SQLite, an advisory lock for PostgreSQL).
+* Schema migrations are recorded in the ``schema_migration`` table (version, when
+  applied) in both engines. The SQL is portable: ``?`` placeholders (translated for
+  psycopg), ``"user"`` quoted (a reserved word in PostgreSQL), ``REAL`` columns made
+  ``DOUBLE PRECISION`` by the PostgreSQL engine.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from . import state_files
+from . import state_db
 from .errors import CommitRefused, CommitTimeout, StoreError, WaitOnEventLoop
+from .store_sqlite import APPLICATION_ID, SQLiteBackend
+
+__all__ = ["APPLICATION_ID", "DONE", "MIGRATIONS", "Statement", "Store", "Ticket",
+           "refuse_waits"]
 
 log = logging.getLogger(__name__)
 
 SLOW_COMMIT = 1.0  # seconds
-# At start a database up to this size gets SQLite's quick_check whole; a larger one every
-# table but the ended steps' history (Store._check).
-FULL_CHECK_BYTES = 64 << 20
-HISTORY_TABLES = frozenset({"step", "step_job"})
 
-APPLICATION_ID = 0x57464D4F  # "WFMO": marks a database as ours
 Statement = tuple[str, Sequence[Any]]
 
 # Statements are split on ';' when applied: keep ';' out of the comments.
@@ -56,7 +55,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE reservation (
         name      TEXT PRIMARY KEY,
-        user      TEXT NOT NULL,
+        "user"    TEXT NOT NULL,
         type      TEXT NOT NULL,
         request   TEXT NOT NULL,      -- canonical JSON of the validated request
         token     TEXT,               -- user_slurm_token, NULL once released
@@ -67,7 +66,7 @@ MIGRATIONS: list[str] = [
         created   REAL NOT NULL,
         updated   REAL NOT NULL
     );
-    CREATE INDEX reservation_user ON reservation(user);
+    CREATE INDEX reservation_user ON reservation("user");
     CREATE INDEX reservation_state ON reservation(state, seq);
     """,
     # 2: the Slurm job of each ephemeral service
@@ -89,7 +88,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE step (
         name      TEXT PRIMARY KEY,
-        user      TEXT NOT NULL,
+        "user"    TEXT NOT NULL,
         request   TEXT NOT NULL,      -- canonical JSON of the validated launch request
         launch_id TEXT NOT NULL,      -- part of the jobs' tags (comment)
         phase     TEXT NOT NULL,      -- WAITING | SUBMITTED | FAILED | DONE
@@ -98,7 +97,7 @@ MIGRATIONS: list[str] = [
         created   REAL NOT NULL,
         updated   REAL NOT NULL
     );
-    CREATE INDEX step_user ON step(user);
+    CREATE INDEX step_user ON step("user");
     CREATE TABLE step_job (
         step      TEXT NOT NULL,
         key       TEXT NOT NULL,      -- main, or dm:<datamover name>
@@ -165,7 +164,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE step ADD COLUMN status_detail TEXT NOT NULL DEFAULT '';
     CREATE INDEX step_ended ON step(ended);
     CREATE INDEX step_order ON step(created, name);
-    CREATE INDEX step_user_order ON step(user, created, name);
+    CREATE INDEX step_user_order ON step("user", created, name);
     CREATE INDEX step_status ON step(status) WHERE ended IS NOT NULL
     """,
 ]
@@ -263,21 +262,34 @@ def refuse_waits() -> None:
     _thread.refuses_waits = True
 
 
+def open_engine(database: str) -> Any:
+    """The engine ``database`` (a ``state_db`` value, as config.py parsed it) names."""
+    if state_db.is_postgresql(database):
+        from .store_postgresql import PostgresBackend  # psycopg: only when configured
+
+        return PostgresBackend(database)
+    return SQLiteBackend(state_db.parse(database))
+
+
 class Store:
-    def __init__(self, path: str, max_batch: int = 256):
-        self.path = path
+    def __init__(self, database: str, max_batch: int = 256):
         self._max_batch = max_batch
         # Called on the writer thread after each batch: (writes, seconds, refused).
         # The metrics edge (api/metrics.py) counts commits with it; nothing waits on it.
         self.on_commit: Callable[[int, float, bool], None] | None = None
-        self._lock_fd = self._claim(path)
+        self._engine = open_engine(database)
+        # The file for SQLite; for PostgreSQL the URL without its password (for messages).
+        self.path: str = self._engine.name
+        self.engine: str = self._engine.engine
         try:
-            self._check_file(path)
-            self._make_private(path)
-            self._conn = self._connect(path)
             self._migrate()
+        except self._engine.Error as e:
+            self._engine.close()
+            # An engine's own error (a role without CREATE, a lost server): the store's.
+            raise StoreError(f"state database {self.path} is unusable: "
+                             f"{state_db.redact(str(e)).strip()}") from e
         except BaseException:
-            os.close(self._lock_fd)
+            self._engine.close()
             raise
         self._queue: queue.SimpleQueue[list[tuple[list[Statement], Ticket]] | None] = \
             queue.SimpleQueue()
@@ -287,119 +299,9 @@ class Store:
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
 
-    # --- opening ------------------------------------------------------------
-
-    @staticmethod
-    def _claim(path: str) -> int:
-        # The lock sits beside the real file: a path through a symbolic link to
-        # the same database must meet the same lock.
-        real = os.path.realpath(path)
-        lock = real + ".lock"
-        directory = os.path.dirname(lock)
-        try:
-            state_files.prepare_directory(directory, real)
-        except OSError as e:
-            raise StoreError(f"cannot open the state database directory {directory}: {e}") from e
-        try:
-            fd = state_files.open_private(lock, os.O_RDWR)
-        except OSError as e:
-            raise StoreError(f"cannot open the state database lock {lock}: {e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"state database {path} is in use by another orchestrator (pid {holder}); "
-                "only one may run on a database"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        return fd
-
-    @staticmethod
-    def _check_file(path: str) -> None:
-        try:
-            with open(path, "rb") as fh:
-                header = fh.read(16)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise StoreError(f"cannot read the state database {path}: {e}") from e
-        if header and header != b"SQLite format 3\0":
-            raise StoreError(
-                f"{path} is not an SQLite database (refusing to overwrite it; "
-                "point state_db at another file or move this one away)"
-            )
-
-    @staticmethod
-    def _make_private(path: str) -> None:
-        # Once the lock is ours (a running orchestrator's files are its own business)
-        # and before SQLite opens the file: it gives -wal and -shm the database's mode.
-        real = os.path.realpath(path)
-        try:
-            state_files.tighten(real)
-        except OSError as e:
-            raise StoreError(
-                f"state_db: cannot make {real} and its -wal/-shm private (mode 0600): {e}; "
-                "run the orchestrator as the user owning them, or chown them to it"
-            ) from e
-
-    def _connect(self, path: str) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-            ).fetchone()[0]
-            if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
-                conn.close()
-                raise StoreError(
-                    f"{path} is an SQLite database of another application "
-                    f"(application_id {app_id:#x}, {tables} tables): refusing to use it"
-                )
-            check = Store._check(conn, path)
-            if check != "ok":
-                conn.close()
-                raise StoreError(f"state database {path} is corrupt: {check}")
-            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-                raise StoreError(f"cannot put {path} in WAL mode")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"state database {path} is unusable: {e}") from e
-        return conn
-
-    @staticmethod
-    def _check(conn: sqlite3.Connection, path: str) -> str:
-        """SQLite's quick_check of the database ("ok"), before anything is read from it.
-
-        It reads every page: with a year of ended steps (1,000,000: ~1 GB) that alone took
-        ~2 s of every start. A database larger than FULL_CHECK_BYTES is therefore checked
-        table by table, all but the ended steps' history (HISTORY_TABLES), which a start
-        does not read (only its live rows, through an index): SQLite checks those pages
-        as it reads them, and a corrupt one fails that read.
-        """
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            size = 0
-        if size <= FULL_CHECK_BYTES:
-            return conn.execute("PRAGMA quick_check").fetchone()[0]
-        tables = [row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        for table in tables:
-            if table not in HISTORY_TABLES:
-                check = conn.execute("SELECT * FROM pragma_quick_check(?)",
-                                     (table,)).fetchone()[0]
-                if check != "ok":
-                    return check
-        return "ok"
-
     def _migrate(self) -> None:
-        conn = self._conn
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        engine = self._engine
+        version = engine.schema_version(len(MIGRATIONS))
         if version > len(MIGRATIONS):
             raise StoreError(
                 f"state database {self.path} has schema version {version}, newer than this "
@@ -407,45 +309,30 @@ class Store:
             )
         for number in range(version, len(MIGRATIONS)):
             log.info("state database %s: applying schema migration %d", self.path, number + 1)
-            conn.execute("BEGIN IMMEDIATE")
+            engine.begin()
             try:
                 for stmt in MIGRATIONS[number].split(";"):
                     if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {number + 1}")
-                conn.execute("COMMIT")
+                        engine.execute(engine.ddl(stmt))
+                engine.record_migration(number + 1, time.time())
+                engine.commit()
             except BaseException:
-                conn.execute("ROLLBACK")
+                engine.rollback()
                 raise
 
     # --- reading (at start, before the writer is busy) ----------------------
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Read with a connection of its own (WAL readers never block the writer)."""
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Read with a connection of its own (never the writer's): rows read by position
+        or column name."""
+        return self._engine.query(sql, params)
 
     def rows(self, sql: str, params: Sequence[Any] = (), chunk: int = 4096
              ) -> Iterator[tuple[Any, ...]]:
         """Stream the rows of ``sql`` as plain tuples, ``chunk`` at a time, on a connection
         of its own: a start reads every live record, and a list of all of them at once
         costs its whole size again for a moment (and leaves memory fragmented)."""
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            cursor = conn.execute(sql, params)
-            while batch := cursor.fetchmany(chunk):
-                yield from batch
-        except sqlite3.DatabaseError as e:
-            # A page SQLite finds corrupt as it reads it (the step history is not checked
-            # at start: _check): the state database's error, for the start and the API.
-            raise StoreError(f"state database {self.path} is unusable: {e}") from e
-        finally:
-            conn.close()
+        return self._engine.rows(sql, params, chunk)
 
     # --- writing -------------------------------------------------------------
 
@@ -473,7 +360,6 @@ class Store:
                 self._pending = []
 
     def _write_loop(self) -> None:
-        conn = self._conn
         while True:
             item = self._queue.get()
             if item is None:
@@ -489,45 +375,51 @@ class Store:
                     stop = True
                     break
                 batch.extend(more)
-            self._commit(conn, batch, self.on_commit)
+            self._commit(batch)
             if stop:
                 return
 
-    @classmethod
-    def _commit(cls, conn: sqlite3.Connection,
-                batch: list[tuple[list[Statement], Ticket]],
-                on_commit: Callable[[int, float, bool], None] | None = None) -> None:
+    def _commit(self, batch: list[tuple[list[Statement], Ticket]]) -> None:
+        engine = self._engine
         started = time.monotonic()
         refused = False
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            engine.ready()
             try:
-                cls._run_all(conn, batch)
+                # PostgreSQL sends the batch and its COMMIT in one round trip (a pipeline).
+                with engine.pipeline():
+                    engine.begin()
+                    self._run_all(batch)
+                    # Acknowledged only once this returns: on PostgreSQL with a
+                    # synchronous standby, once the standby has it.
+                    engine.commit()
                 results: list[BaseException | None] = [None] * len(batch)
-            except sqlite3.Error:
+            except engine.Error:
+                if engine.lost():
+                    raise  # no faulty write: the connection is gone, the batch refused
                 # Some write is faulty: redo the batch write by write, so that it fails alone.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")
-                results = cls._run_each(conn, batch)
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            log.critical("state database commit failed: %s", e)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                engine.rollback()
+                engine.begin()
+                results = self._run_each(batch)
+                engine.commit()
+        except (engine.Error, StoreError) as e:
+            message = state_db.redact(str(e)).strip()
+            log.critical("state database commit failed: %s", message)
+            engine.rollback()
             results = [e] * len(batch)
             refused = True
         took = time.monotonic() - started
         if took >= SLOW_COMMIT:
             # Every response of the batch waited this long: the first thing to
-            # look at when clients see slow answers (disk, fsync, filesystem).
+            # look at when clients see slow answers (disk, fsync, filesystem, standby).
             log.warning("state database: a commit of %d write(s) took %.1f s", len(batch), took)
+        on_commit = self.on_commit
         if on_commit is not None:
             try:
                 on_commit(len(batch), took, refused)
             except Exception:  # noqa: BLE001 - counting must never stop the writer
                 log.exception("state database: commit observer failed")
-        cls._recover(batch, results)
+        self._recover(batch, results)
         for (_, ticket), error in zip(batch, results, strict=True):
             ticket._finish(error)
 
@@ -544,36 +436,37 @@ class Store:
             except Exception:  # noqa: BLE001 - the writer must finish the batch's tickets
                 log.exception("state database: recovering from a refused write failed")
 
-    @staticmethod
-    def _run_all(conn: sqlite3.Connection, batch: list[tuple[list[Statement], Ticket]]) -> None:
+    def _run_all(self, batch: list[tuple[list[Statement], Ticket]]) -> None:
         """Every statement in order; runs of the same statement go in one executemany."""
+        executemany = self._engine.executemany
         sql_run = ""
         params_run: list[Sequence[Any]] = []
         for statements, _ in batch:
             for sql, params in statements:
                 if sql != sql_run:
                     if params_run:
-                        conn.executemany(sql_run, params_run)
+                        executemany(sql_run, params_run)
                     sql_run, params_run = sql, []
                 params_run.append(params)
         if params_run:
-            conn.executemany(sql_run, params_run)
+            executemany(sql_run, params_run)
 
-    @staticmethod
-    def _run_each(conn: sqlite3.Connection,
-                  batch: list[tuple[list[Statement], Ticket]]) -> list[BaseException | None]:
+    def _run_each(self, batch: list[tuple[list[Statement], Ticket]]
+                  ) -> list[BaseException | None]:
+        engine = self._engine
         results: list[BaseException | None] = []
         for statements, _ in batch:
-            conn.execute("SAVEPOINT req")
+            engine.execute("SAVEPOINT req")
             try:
                 for sql, params in statements:
-                    conn.execute(sql, params)
-                conn.execute("RELEASE req")
+                    engine.execute(sql, params)
+                engine.execute("RELEASE SAVEPOINT req")
                 results.append(None)
-            except sqlite3.Error as e:
-                log.error("state database write failed and was rolled back: %s", e)
-                conn.execute("ROLLBACK TO req")
-                conn.execute("RELEASE req")
+            except engine.Error as e:
+                log.error("state database write failed and was rolled back: %s",
+                          state_db.redact(str(e)).strip())
+                engine.execute("ROLLBACK TO SAVEPOINT req")
+                engine.execute("RELEASE SAVEPOINT req")
                 results.append(e)
         return results
 
@@ -582,5 +475,4 @@ class Store:
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join(timeout=30)
-        self._conn.close()
-        os.close(self._lock_fd)
+        self._engine.close()

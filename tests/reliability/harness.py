@@ -2,8 +2,8 @@
 
 The server is ``python -m wfm_orchestrator.cli serve`` started with a
 temporary configuration; it can be stopped cleanly or killed with SIGKILL.
-The checks read the committed state straight from the SQLite file and
-compare it with what the server answers.
+The checks read the committed state straight from the SQLite file (or the PostgreSQL
+schema of a ``state_db`` URL) and compare it with what the server answers.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
-def small_config(directory: str, port: int, queue_policy: str = "fifo", extra: str = "") -> str:
-    """SMALL_CONF on ``127.0.0.1:port`` with its state in ``directory``; returns the path."""
-    conf = SMALL_CONF.format(state_db=os.path.join(directory, "state.db"),
+def small_config(directory: str, port: int, queue_policy: str = "fifo", extra: str = "",
+                 state_db: str | None = None) -> str:
+    """SMALL_CONF on ``127.0.0.1:port`` with its state in ``directory`` (or ``state_db``);
+    returns the path."""
+    conf = SMALL_CONF.format(state_db=state_db or os.path.join(directory, "state.db"),
                              queue_policy=queue_policy)
     conf = conf.replace("listen = 127.0.0.1:8080", f"listen = 127.0.0.1:{port}") + extra
     path = os.path.join(directory, "wfm.conf")
@@ -213,16 +215,40 @@ class Row:
 
 
 def read_rows(db: str) -> dict[str, Row]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        rows = conn.execute("SELECT name, state, seq, request, placement FROM reservation")
-        return {n: Row(n, s, q, json.loads(r), json.loads(p) if p is not None else None)
-                for n, s, q, r, p in rows}
-    finally:
-        conn.close()
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            rows = pg.execute("SELECT name, state, seq, request, placement FROM reservation"
+                              ).fetchall()
+    else:
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            rows = conn.execute("SELECT name, state, seq, request, placement FROM reservation"
+                                ).fetchall()
+        finally:
+            conn.close()
+    return {n: Row(n, s, q, stored_request(r), json.loads(p) if p is not None else None)
+            for n, s, q, r, p in rows}
+
+
+# The fields of the request column's array (repositories/reservations.py, stored_request);
+# rows written before it hold an object with these keys.
+REQUEST_FIELDS = ("user", "type", "servers", "cores", "msize", "ssize", "locations", "flavor",
+                  "targets", "mountpoint", "job_id")
+
+
+def stored_request(text: str) -> dict[str, Any]:
+    request = json.loads(text)
+    return dict(zip(REQUEST_FIELDS, request, strict=True)) if isinstance(request, list) \
+        else request
 
 
 def integrity(db: str) -> str:
+    """SQLite's integrity_check; "ok" for PostgreSQL, which checks its pages as it reads
+    them (the HA cluster runs with data checksums): read_rows read them all."""
+    if db.startswith("postgresql://"):
+        return "ok"
     conn = sqlite3.connect(db, timeout=30)
     try:
         return "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check"))

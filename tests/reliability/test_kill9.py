@@ -239,11 +239,12 @@ class Run:
                 h.bound = "acked"
 
 
-def test_kill9_at_random_moments_loses_nothing_acknowledged(tmp_path):
-    """After every kill -9 and restart: acknowledged writes there, nothing half, no over-commit."""
+def test_kill9_at_random_moments_loses_nothing_acknowledged(tmp_path, state_db):
+    """After every kill -9 and restart: acknowledged writes there, nothing half, no over-commit
+    (SQLite, and PostgreSQL on the local HA cluster)."""
     port = free_port()
-    config = small_config(str(tmp_path), port)
-    db = str(tmp_path / "state.db")
+    config = small_config(str(tmp_path), port, state_db=state_db)
+    db = state_db
     server = Orchestrator(config, port, str(tmp_path / "server.log"))
     run = Run(port)
     rng = random.Random(int(time.time()))

@@ -91,7 +91,7 @@ def test_reserve_accepts_an_ordinary_account(client):
 
 
 @pytest.mark.parametrize("user", ["root", "slurm", "daemon", "nobody", "ghost"])
-def test_step_launch_refuses_the_user_with_400_naming_the_field(make_config, user):
+def test_step_launch_refuses_the_user_with_400_naming_the_field(make_config, user, state_db):
     config = make_config(STEP_CONF)
     store = Store(config.state_db)
     try:
@@ -128,7 +128,8 @@ def service_world(make_config, impersonate: str):
     ("alice-token", "Slurm refused alice's token (token refused)"),  # the SM's placeholder
     ("", "no Slurm token of alice was given"),
 ])
-def test_without_impersonation_a_service_is_not_submitted_and_says_why(make_config, token, why):
+def test_without_impersonation_a_service_is_not_submitted_and_says_why(make_config, token, why,
+                                                                      state_db):
     config, store, rm, sm, slurm = service_world(make_config, NO)
     try:
         slurm.refuse_user_tokens = True
@@ -142,7 +143,7 @@ def test_without_impersonation_a_service_is_not_submitted_and_says_why(make_conf
         store.close()
 
 
-def test_without_impersonation_a_valid_user_token_still_submits(make_config):
+def test_without_impersonation_a_valid_user_token_still_submits(make_config, state_db):
     config, store, rm, sm, slurm = service_world(make_config, NO)
     try:
         rm.reserve(parse_reserve(SBB, config))[1].wait()
@@ -158,7 +159,7 @@ def test_the_default_is_no_impersonation(make_config):
     assert make_config(SERVICE_CONF).impersonate_users is True
 
 
-def test_each_impersonation_is_logged_with_the_user_and_the_job(make_config, caplog):
+def test_each_impersonation_is_logged_with_the_user_and_the_job(make_config, caplog, state_db):
     config, store, rm, sm, slurm = service_world(make_config, "impersonate_users = yes")
     try:
         slurm.refuse_user_tokens = True
@@ -176,7 +177,7 @@ def test_each_impersonation_is_logged_with_the_user_and_the_job(make_config, cap
         store.close()
 
 
-def test_without_impersonation_a_step_fails_naming_the_setting(make_config):
+def test_without_impersonation_a_step_fails_naming_the_setting(make_config, state_db):
     config = make_config(STEP_CONF.replace("impersonate_users = yes", NO))
     store = Store(config.state_db)
     try:

@@ -111,7 +111,7 @@ def held(make_config):
     return config
 
 
-def test_release_with_the_service_stopped_marks_it_and_its_job(make_config):
+def test_release_with_the_service_stopped_marks_it_and_its_job(make_config, state_db):
     """RELEASED in the database, the token dropped, the job to be cancelled at start."""
     config = held(make_config)
     said = release_offline(config, SBB["name"], now=100.0)
@@ -132,7 +132,7 @@ def test_release_with_the_service_stopped_marks_it_and_its_job(make_config):
         release_offline(config, SBB["name"])
 
 
-def test_offline_commands_refuse_a_database_in_use(make_config):
+def test_offline_commands_refuse_a_database_in_use(make_config, state_db):
     """release takes the service's lock: refused while another holds it."""
     config = held(make_config)
     store = Store(config.state_db)
@@ -145,7 +145,7 @@ def test_offline_commands_refuse_a_database_in_use(make_config):
         store.close()
 
 
-def test_db_check_finds_reservations_that_no_longer_fit(make_config, tmp_path):
+def test_db_check_finds_reservations_that_no_longer_fit(make_config, tmp_path, state_db):
     config = held(make_config)
     facts, problems = check_database(config)
     latest = len(MIGRATIONS)
@@ -159,12 +159,33 @@ def test_db_check_finds_reservations_that_no_longer_fit(make_config, tmp_path):
 
 
 def test_db_backup_is_a_private_new_file(make_config, tmp_path):
-    config = held(make_config)
+    config = held(lambda: make_config(state_db=str(tmp_path / "state.db")))  # SQLite's
     target = tmp_path / "copy.db"
     assert backup_database(config, str(target)) > 0
     assert os.stat(target).st_mode & 0o777 == 0o600
     with pytest.raises(FileExistsError):
         backup_database(config, str(target))
+
+
+def test_db_check_and_backup_on_postgresql_say_what_they_do(make_config, pg_state_db,
+                                                             capsys):
+    """check connects and reads (nothing created before the first start); backup refuses,
+    naming pg_dump; neither shows the password."""
+    password = pg_state_db.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    config = make_config(state_db=pg_state_db)
+    facts, problems = check_database(config)
+    assert problems == [] and "no orchestrator schema yet" in facts[0]
+    config = held(lambda: config)
+    facts, problems = check_database(config)
+    latest = len(MIGRATIONS)
+    assert problems == [] and f"integrity: ok; schema version {latest} of {latest}" in facts
+    assert "reservations: 1 FREE; steps: 0" in facts
+    with pytest.raises(StoreError, match="pg_dump") as refused:
+        backup_database(config, str(config.path) + ".copy")
+    assert cli.main(["db", "check", "--config", config.path]) == 0
+    out = capsys.readouterr().out
+    assert "schema version" in out
+    assert password not in " ".join([*facts, str(refused.value), out])
 
 
 def test_an_invalid_configuration_is_exit_2(tmp_path, capsys):

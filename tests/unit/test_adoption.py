@@ -11,7 +11,7 @@ from wfm_orchestrator.service_job import job_tag
 from wfm_orchestrator.steps import job_tag as step_tag
 from wfm_orchestrator.store import APPLICATION_ID, MIGRATIONS, Store
 
-from ..conftest import STEP_BODY
+from ..conftest import STEP_BODY, connect_db
 from ..fake_slurm import FakeServices, FakeSlurm
 
 NAME = "alice_s_sbb"  # the world's reservation (conftest SBB)
@@ -132,7 +132,7 @@ def test_service_job_on_another_partition_by_id_is_not_ours(world):
 def forget_nonce(world):
     """Make the row look like one stored before nonces existed (migration 4's default)."""
     world.store.close()
-    conn = sqlite3.connect(world.config.state_db)
+    conn = connect_db(world.config.state_db)
     conn.execute("UPDATE service_job SET nonce = ''")
     conn.commit()
     conn.close()

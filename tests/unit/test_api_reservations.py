@@ -370,9 +370,9 @@ REFUSE_INSERTS = ("CREATE TRIGGER refuse BEFORE INSERT ON reservation "
                   "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
 
 
-def test_a_refused_commit_is_a_500_and_the_state_is_reloaded(app_factory):
+def test_a_refused_commit_is_a_500_and_the_state_is_reloaded(app_factory, tmp_path):
     """The resource manager forgets what the database refused, on a worker..."""
-    client, rm, store = app_factory()
+    client, rm, store = app_factory(state_db=str(tmp_path / "state.db"))  # SQLite's trigger
     store.write([(REFUSE_INSERTS, ())]).wait()
     r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
     assert r.status_code == 500
@@ -381,9 +381,9 @@ def test_a_refused_commit_is_a_500_and_the_state_is_reloaded(app_factory):
     assert free(client, "dn1")["free_cores"] == 8
 
 
-def test_a_refused_commit_on_the_loop_reloads_the_state_the_same_way(app_factory):
+def test_a_refused_commit_on_the_loop_reloads_the_state_the_same_way(app_factory, tmp_path):
     """...and on the loop, where the answer is held: the store's writer reloads, not the server."""
-    client, rm, store = app_factory()
+    client, rm, store = app_factory(state_db=str(tmp_path / "state.db"))  # SQLite's trigger
     store.write([(REFUSE_INSERTS, ())]).wait()
     request, environ = on_the_loop()
     r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB, extras=environ)

@@ -198,7 +198,7 @@ def test_user_slurm_token_never_appears_in_answers_or_logs(secured, caplog):
     assert "secret-slurm-token" not in caplog.text
 
 
-def test_step_lists_never_show_another_users_steps(make_config, jwks_server):
+def test_step_lists_never_show_another_users_steps(make_config, jwks_server, state_db):
     """Step status lists and lookups are filtered per owner like services."""
     from falcon import testing
 

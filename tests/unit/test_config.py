@@ -66,6 +66,43 @@ def test_relative_state_db_is_relative_to_the_file():
     assert config.state_db == "/etc/wfm/var/x.db"
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("sqlite:var/x.db", "/etc/wfm/var/x.db"),
+    ("sqlite:/srv/x.db", "/srv/x.db"),
+    ("postgresql://wfm@db1:5432,db2:5432/wfm?target_session_attrs=read-write",
+     "postgresql://wfm@db1:5432,db2:5432/wfm?target_session_attrs=read-write"),
+    ("postgres://db1/wfm", "postgres://db1/wfm"),
+    ("postgresql:///wfm?host=/run/postgresql", "postgresql:///wfm?host=/run/postgresql"),
+])
+def test_state_db_forms(value, expected):
+    """A path or sqlite:PATH (relative to the file), or a PostgreSQL URL as given."""
+    config = parse_config(BASE + f"state_db = {value}\n", "/etc/wfm/wfm.conf")
+    assert config.state_db == expected
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("mysql://u:Sekr3t@db/wfm", "unsupported database 'mysql'"),
+    ("postgresql://u:Sekr3t@db1,,db2/wfm", "must name its host"),
+    ("sqlite:", "no database named"),
+])
+def test_a_bad_state_db_names_the_field_and_the_forms_never_the_password(value, says):
+    with pytest.raises(ConfigError) as e:
+        parse_config(BASE + f"state_db = {value}\n", "/etc/wfm/wfm.conf")
+    text = str(e.value)
+    assert "state_db: invalid value" in text and says in text
+    assert "postgresql://[user[:password]@]host" in text  # the fix: the accepted forms
+    assert "Sekr3t" not in text
+
+
+def test_a_reload_lists_a_changed_state_db_without_its_password():
+    from wfm_orchestrator.config import changes
+
+    old = parse_config(BASE + "state_db = postgresql://wfm:Old-Pw@db1/wfm\n", "/e/wfm.conf")
+    new = parse_config(BASE + "state_db = postgresql://wfm:New-Pw@db2/wfm\n", "/e/wfm.conf")
+    said = " ".join(changes(old, new))
+    assert "db2" in said and "Old-Pw" not in said and "New-Pw" not in said
+
+
 @pytest.mark.parametrize(
     ("line", "expected"),
     [

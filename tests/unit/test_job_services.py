@@ -308,7 +308,7 @@ def test_no_limits_file_is_written_unless_named(world):
     assert write_limits(world.config) is None
 
 
-def test_a_reload_rewrites_the_limits_file(make_config, tmp_path):
+def test_a_reload_rewrites_the_limits_file(make_config, tmp_path, state_db):
     from tests.conftest import SMALL_CONF
     from wfm_orchestrator.reloading import reload
     from wfm_orchestrator.resource_manager import ResourceManager

@@ -8,6 +8,8 @@ from wfm_orchestrator.model import parse_reserve
 from wfm_orchestrator.resource_manager import ResourceManager, State
 from wfm_orchestrator.store import Store
 
+from ..conftest import connect_db
+
 
 def body(name: str, cores: int = 1) -> dict:
     return {"name": name, "user": "alice", "user_slurm_token": "token-of-alice", "type": "GBF",
@@ -15,7 +17,7 @@ def body(name: str, cores: int = 1) -> dict:
                                                  "mountpoint": "/scratch"}}
 
 
-def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config):
+def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config, state_db):
     """A name released and reserved again keeps its row (its place in the table) under a
     new seq: after a restart the lists and the queue are in seq order still."""
     config = make_config()
@@ -45,7 +47,7 @@ def test_a_start_keeps_arrival_order_when_the_table_has_another(make_config):
     store.close()
 
 
-def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config):
+def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config, state_db):
     config = make_config()
     store = Store(config.state_db)
     rm = ResourceManager(config, store)
@@ -66,11 +68,10 @@ def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config
     store.close()
 
 
-def test_a_request_stored_as_an_object_before_the_array_form_loads_the_same(make_config):
+def test_a_request_stored_as_an_object_before_the_array_form_loads_the_same(make_config,
+                                                                          state_db):
     """Rows written before the request column held an array keep their JSON object until
     they change: a start reads both forms to the same request."""
-    import sqlite3
-
     import ujson
 
     config = make_config()
@@ -86,8 +87,8 @@ def test_a_request_stored_as_an_object_before_the_array_form_loads_the_same(make
     expected = {name: loaded.get(name).request for name in ("old", job)}
     store.close()
     assert expected[job].job_id == 42
-    db = sqlite3.connect(config.state_db)
-    stored = dict(db.execute("SELECT name, request FROM reservation"))
+    db = connect_db(config.state_db)
+    stored = dict(db.execute("SELECT name, request FROM reservation").fetchall())
     assert all(type(ujson.loads(text)) is list for text in stored.values())
     # The object form rows of earlier versions hold (its keys sorted, the name in it).
     old = expected["old"]

@@ -331,7 +331,7 @@ def test_a_released_service_whose_job_still_runs_is_kept(world):
     assert names_in_db(world) == ["alice_newer"]
 
 
-def test_housekeeping_forgets_without_slurm(make_config):
+def test_housekeeping_forgets_without_slurm(make_config, state_db):
     """Resource Manager only: the housekeeping thread still runs (at start, then every 10 min)."""
     from wfm_orchestrator.model import parse_reserve
     from wfm_orchestrator.resource_manager import ResourceManager

@@ -1,7 +1,8 @@
 """What a start imports: a Resource-Manager-only server with auth = none starts without
 the HTTP client for Slurm (requests, urllib3) and the token verifier's JWT and crypto
 modules (~70 ms of its restart: benchmarks/README.md, "Scale (issue #21): memory and
-restart"); they are imported when a SlurmClient is made, or a token checked."""
+restart"); they are imported when a SlurmClient is made, or a token checked. An SQLite
+state_db never imports psycopg (the PostgreSQL engine's driver)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from ..conftest import SMALL_CONF, server_env
 
-LAZY = ("requests", "urllib3", "jwt", "cryptography")
+LAZY = ("requests", "urllib3", "jwt", "cryptography", "psycopg")
 PROBE = """
 import json, sys
 from wfm_orchestrator.cli import build_all

@@ -3,8 +3,6 @@ memory and the state database; a forgotten step answers as an unknown one."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from falcon import testing
 
 from tests.poll import poll_until
@@ -15,7 +13,7 @@ from wfm_orchestrator.steps import manager as step_manager
 from wfm_orchestrator.store import Store
 
 from ..conftest import STEP_BODY as BODY
-from ..conftest import STEP_CONF
+from ..conftest import STEP_CONF, connect_db
 from ..fake_slurm import FakeServices, FakeSlurm
 from ..jwks_fixture import FakeClock
 
@@ -23,7 +21,7 @@ NAME = BODY["name"]
 
 
 def rows(config, table: str, column: str, name: str) -> int:
-    with sqlite3.connect(config.state_db) as conn:
+    with connect_db(config.state_db) as conn:
         return conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?",  # noqa: S608
                             (name,)).fetchone()[0]
 
@@ -102,7 +100,7 @@ def test_rows_go_in_batches_and_every_one_goes(stepped, monkeypatch):
     clock.now += config.step_retention + 1
     assert len(m.forget_ended()) == 5
     assert [len(w) for w in writes] == [4, 4, 2]  # per step: its row and its jobs' rows
-    with sqlite3.connect(config.state_db) as conn:
+    with connect_db(config.state_db) as conn:
         assert conn.execute("SELECT count(*) FROM step").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM step_job").fetchone()[0] == 0
 
@@ -130,7 +128,7 @@ def test_a_name_launched_again_keeps_none_of_the_forgotten_steps_jobs(stepped):
     completed(m, slurm, services)
     clock.now += config.step_retention + 1
     m.forget_ended()
-    with sqlite3.connect(config.state_db) as conn:  # as if its deletion had not committed
+    with connect_db(config.state_db) as conn:  # as if its deletion had not committed
         conn.execute("INSERT INTO step_job (step, key, job_id, state, updated) "
                      "VALUES (?, 'main', 7, 'COMPLETED', 0)", (NAME,))
     services.usable(status="STAGINGIN")
@@ -141,7 +139,7 @@ def test_a_name_launched_again_keeps_none_of_the_forgotten_steps_jobs(stepped):
     assert again.jobs(NAME) == {} and again.status(NAME)["status"] == "PENDING"
 
 
-def test_a_forgotten_step_answers_as_an_unknown_one_through_the_api(make_config):
+def test_a_forgotten_step_answers_as_an_unknown_one_through_the_api(make_config, state_db):
     """step/status/{name}: [] like a name never launched; progress and abort: 500; the
     lists no longer hold it."""
     config = make_config(STEP_CONF)

@@ -32,7 +32,7 @@ def launch_for_two_users(client, count: int = 5) -> None:
             assert client.simulate_post("/v1.0.0/step/launch", json=body).status_code == 200
 
 
-def test_launch_status_progress_abort(make_config):
+def test_launch_status_progress_abort(make_config, state_db):
     client, steps, store = make_client(make_config)
     try:
         r = client.simulate_post("/v1.0.0/step/launch", json=BODY)
@@ -71,7 +71,7 @@ def test_launch_status_progress_abort(make_config):
         store.close()
 
 
-def test_bad_launch_is_400_naming_the_field(make_config):
+def test_bad_launch_is_400_naming_the_field(make_config, state_db):
     client, steps, store = make_client(make_config)
     try:
         r = client.simulate_post("/v1.0.0/step/launch", json={**BODY, "command": "-x 1 a.sh"})
@@ -94,7 +94,7 @@ def test_without_slurm_launch_is_500_and_status_empty(app_factory):
     assert client.simulate_get("/v1.0.0/step/status").json == []
 
 
-def test_a_users_list_is_read_by_the_user_index(make_config, monkeypatch):
+def test_a_users_list_is_read_by_the_user_index(make_config, monkeypatch, state_db):
     """step/status/{user_id} asks the step manager for the user's steps by ``user=`` (the
     database's index), not by a filter reading every step."""
     client, steps, store = make_client(make_config)
@@ -117,7 +117,7 @@ def test_a_users_list_is_read_by_the_user_index(make_config, monkeypatch):
         store.close()
 
 
-def test_metrics_and_dashboard_count_the_lists_statuses(make_config):
+def test_metrics_and_dashboard_count_the_lists_statuses(make_config, state_db):
     """The wfm_steps gauge and the dashboard's steps (from counts() and newest(), not every
     status) agree with the step list."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -4,14 +4,13 @@ progress, abort and a launch again answer for an ended step as they did in memor
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from wfm_orchestrator.errors import RequestFailed
 from wfm_orchestrator.steps import manager as step_manager
 
 from ..conftest import STEP_BODY as BODY
+from ..conftest import connect_db
 
 NAME = BODY["name"]
 
@@ -40,7 +39,7 @@ def waiting(m, services, name: str) -> None:
 
 
 def ended_column(config, name: str):
-    with sqlite3.connect(config.state_db) as conn:
+    with connect_db(config.state_db) as conn:
         return conn.execute("SELECT ended FROM step WHERE name = ?", (name,)).fetchone()[0]
 
 
@@ -130,7 +129,7 @@ def test_steps_ended_before_the_column_existed_are_recorded_at_the_first_start(s
     config, make, m, slurm, services, clock = stepped
     completed(m, slurm, services)
     m.store.close()
-    with sqlite3.connect(config.state_db) as conn:
+    with connect_db(config.state_db) as conn:
         conn.execute("UPDATE step SET ended = NULL")
     m2 = make(slurm, services)
     m2.store.write([]).wait()
@@ -178,8 +177,8 @@ def test_a_list_of_one_users_steps_merges_alike(stepped, monkeypatch):
         else:
             completed(m, slurm, services, body)
         clock.now += 1
-    with sqlite3.connect(config.state_db) as conn:  # two of them as another user's
-        conn.execute("UPDATE step SET user = 'bob' WHERE name IN ('s_2', 's_3')")
+    with connect_db(config.state_db) as conn:  # two of them as another user's
+        conn.execute("UPDATE step SET \"user\" = 'bob' WHERE name IN ('s_2', 's_3')")
     m._steps["s_3"] = m._steps["s_3"].__class__(**{**m._steps["s_3"].__dict__, "user": "bob"})
     monkeypatch.setattr(step_manager, "PAGE_CHUNK", 2)
     for user in ("alice", "bob"):

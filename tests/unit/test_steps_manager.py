@@ -8,6 +8,7 @@ from wfm_orchestrator.errors import Forbidden, InvalidRequest, NotFound, Request
 from wfm_orchestrator.steps import derive_status, parse_launch
 
 from ..conftest import STEP_BODY as BODY
+from ..conftest import connect_db
 from ..fake_slurm import FakeServices, FakeSlurm
 
 
@@ -172,8 +173,7 @@ def test_restart_adopts_jobs_submitted_before_the_crash(env):
     first = dict(slurm.specs)
     m.store.close()
     # Lose the job ids (as if the crash came before they were stored).
-    import sqlite3
-    conn = sqlite3.connect(config.state_db)
+    conn = connect_db(config.state_db)
     conn.execute("DELETE FROM step_job")
     conn.commit()
     conn.close()
@@ -266,8 +266,7 @@ def test_the_step_secret_survives_a_restart_and_old_steps_have_none(env):
     again.progress({"step_name": BODY["name"], "datamover_name": "in1", "progress": "1%",
                     "step_secret": secret})[1].wait()
     again.store.close()
-    import sqlite3
-    conn = sqlite3.connect(config.state_db)
+    conn = connect_db(config.state_db)
     conn.execute("UPDATE step SET mover_secret = '' WHERE name = ?", (BODY["name"],))
     conn.commit()
     conn.close()

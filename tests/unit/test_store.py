@@ -11,7 +11,7 @@ import pytest
 from wfm_orchestrator.errors import CommitRefused, StoreError, WaitOnEventLoop
 from wfm_orchestrator.store import APPLICATION_ID, DONE, MIGRATIONS, Store, refuse_waits
 
-INSERT = ("INSERT INTO reservation (name, user, type, request, state, seq, created, updated)"
+INSERT = ("INSERT INTO reservation (name, \"user\", type, request, state, seq, created, updated)"
           " VALUES (?, 'alice', 'SBB', '{}', 'FREE', ?, 0, 0)")
 
 
@@ -25,18 +25,27 @@ def test_new_database_is_versioned_and_marked_as_ours(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_write_is_durable_once_the_ticket_returns(tmp_path):
+def committed(state_db: str, sql: str) -> list[tuple]:
+    """The rows of ``sql`` read by a connection of the test's own."""
+    if state_db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(state_db) as conn:
+            return conn.execute(sql).fetchall()
+    return sqlite3.connect(state_db).execute(sql).fetchall()
+
+
+def test_write_is_durable_once_the_ticket_returns(state_db):
     """After ticket.wait() the row is committed and visible to another connection."""
-    path = str(tmp_path / "s.db")
-    store = Store(path)
+    store = Store(state_db)
     store.write([(INSERT, ("a", 1))]).wait()
-    assert sqlite3.connect(path).execute("SELECT name FROM reservation").fetchall() == [("a",)]
+    assert committed(state_db, "SELECT name FROM reservation") == [("a",)]
     store.close()
 
 
-def test_concurrent_writes_are_grouped_and_all_committed(tmp_path):
+def test_concurrent_writes_are_grouped_and_all_committed(state_db):
     """Many threads writing at once: every write committed exactly once."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     errors = []
 
     def writer(i):
@@ -55,9 +64,9 @@ def test_concurrent_writes_are_grouped_and_all_committed(tmp_path):
     store.close()
 
 
-def test_a_failing_write_fails_alone(tmp_path):
+def test_a_failing_write_fails_alone(state_db):
     """A write that violates a constraint fails its own ticket, not the batch."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     store.write([(INSERT, ("a", 1))]).wait()
     bad = store.write([(INSERT, ("b", 2)), (INSERT, ("a", 3))])
     good = store.write([(INSERT, ("c", 4))])
@@ -69,9 +78,9 @@ def test_a_failing_write_fails_alone(tmp_path):
     store.close()
 
 
-def test_second_store_on_the_same_database_is_refused(tmp_path):
+def test_second_store_on_the_same_database_is_refused(state_db):
     """Only one orchestrator may use a state database."""
-    path = str(tmp_path / "s.db")
+    path = state_db
     first = Store(path)
     with pytest.raises(StoreError, match="in use by another orchestrator"):
         Store(path)
@@ -250,9 +259,9 @@ def on_loop_thread(fn):
     return out["result"]
 
 
-def test_writes_reach_the_writer_at_the_flush(tmp_path):
+def test_writes_reach_the_writer_at_the_flush(state_db):
     """Writes wait in the store until flush() (the server's, once a loop turn): one commit."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     tickets = [store.write([(INSERT, (f"r{i}", i))]) for i in range(5)]
     time.sleep(0.1)
     assert not any(t.done for t in tickets) and len(store._pending) == 5
@@ -264,17 +273,17 @@ def test_writes_reach_the_writer_at_the_flush(tmp_path):
     store.close()
 
 
-def test_a_wait_flushes_what_is_queued(tmp_path):
+def test_a_wait_flushes_what_is_queued(state_db):
     """A worker that waits never waits for a flush nobody will do."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     store.write([(INSERT, ("a", 1))]).wait(timeout=5)
     assert store.query("SELECT name FROM reservation")[0]["name"] == "a"
     store.close()
 
 
-def test_waiting_on_the_loop_thread_raises_instead_of_blocking(tmp_path):
+def test_waiting_on_the_loop_thread_raises_instead_of_blocking(state_db):
     """On a thread that refuses waits (the event loop) wait() raises; elsewhere it waits."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     ticket = store.write([(INSERT, ("a", 1))])
     started = time.monotonic()
     with pytest.raises(WaitOnEventLoop):
@@ -286,9 +295,9 @@ def test_waiting_on_the_loop_thread_raises_instead_of_blocking(tmp_path):
     store.close()
 
 
-def test_a_worker_write_is_committed_after_the_loop_writes_before_it(tmp_path):
+def test_a_worker_write_is_committed_after_the_loop_writes_before_it(state_db):
     """Commit order is call order, across the loop thread's queued writes and a worker's."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     update = ("UPDATE reservation SET state = 'RELEASED' WHERE name = ?", ("a",))
 
     def turn():
@@ -303,9 +312,9 @@ def test_a_worker_write_is_committed_after_the_loop_writes_before_it(tmp_path):
     store.close()
 
 
-def test_a_refused_batch_calls_each_recovery_once_before_its_tickets_finish(tmp_path):
+def test_a_refused_batch_calls_each_recovery_once_before_its_tickets_finish(state_db):
     """on_failure runs on the writer, once per distinct callback, before any waiter resumes."""
-    store = Store(str(tmp_path / "s.db"))
+    store = Store(state_db)
     store.write([(INSERT, ("a", 1))]).wait()
     calls: list[str] = []
     seen_done: list[bool] = []
@@ -328,8 +337,8 @@ def test_a_refused_batch_calls_each_recovery_once_before_its_tickets_finish(tmp_
     store.close()
 
 
-def test_ticket_callbacks_run_once_committed_or_at_once_when_done(tmp_path):
-    store = Store(str(tmp_path / "s.db"))
+def test_ticket_callbacks_run_once_committed_or_at_once_when_done(state_db):
+    store = Store(state_db)
     seen = []
     ticket = store.write([(INSERT, ("a", 1))])
     ticket.add_done_callback(lambda t: seen.append(("first", t.error)))
@@ -340,7 +349,8 @@ def test_ticket_callbacks_run_once_committed_or_at_once_when_done(tmp_path):
     with pytest.raises(StoreError):
         bad.wait()
     bad.add_done_callback(lambda t: seen.append(("bad", type(t.error).__name__)))
-    assert seen[-1] == ("bad", "IntegrityError")
+    assert seen[-1][0] == "bad"  # sqlite3's IntegrityError, psycopg's UniqueViolation
+    assert "IntegrityError" in {c.__name__ for c in type(bad.error).__mro__}
     store.close()
 
 
@@ -367,7 +377,7 @@ def test_a_corrupt_table_read_at_start_is_refused_whatever_the_size(tmp_path, mo
     store.close()
     _corrupt_a_page_of(path, "reservation")
     if large:
-        monkeypatch.setattr("wfm_orchestrator.store.FULL_CHECK_BYTES", 0)
+        monkeypatch.setattr("wfm_orchestrator.store_sqlite.FULL_CHECK_BYTES", 0)
     with pytest.raises(StoreError, match="is corrupt|unusable"):
         Store(path)
 
@@ -384,5 +394,114 @@ def test_a_large_database_is_not_checked_in_the_ended_steps_history(tmp_path, mo
     _corrupt_a_page_of(path, "step")
     with pytest.raises(StoreError, match="is corrupt|malformed"):
         Store(path)  # small: checked whole
-    monkeypatch.setattr("wfm_orchestrator.store.FULL_CHECK_BYTES", 0)
+    monkeypatch.setattr("wfm_orchestrator.store_sqlite.FULL_CHECK_BYTES", 0)
     Store(path).close()
+
+
+# --- both engines: schema versions, types; PostgreSQL: what only it does ----------------
+
+
+def test_a_database_versioned_by_user_version_alone_is_adopted(tmp_path):
+    """A database made by an orchestrator before schema_migration (PRAGMA user_version
+    only, as its _migrate did) keeps its rows; the table records its versions, time
+    unknown; user_version stays for older orchestrators; a second start writes nothing."""
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS, 1):  # the old _migrate, statement for
+        conn.execute("BEGIN IMMEDIATE")                 # statement
+        for stmt in migration.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    conn.execute(INSERT, ("a", 1))
+    conn.close()
+    store = Store(path)
+    rows = [tuple(r) for r in store.query("SELECT version, applied FROM schema_migration"
+                                          " ORDER BY version")]
+    assert [r["name"] for r in store.query("SELECT name FROM reservation")] == ["a"]
+    store.close()
+    assert rows == [(v, None) for v in range(1, len(MIGRATIONS) + 1)]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+    before = os.stat(path).st_mtime_ns, os.path.getsize(path)
+    Store(path).close()
+    assert (os.stat(path).st_mtime_ns, os.path.getsize(path)) == before
+
+
+def test_a_new_database_records_each_migration(state_db):
+    store = Store(state_db)
+    rows = store.query("SELECT version, applied FROM schema_migration ORDER BY version")
+    store.close()
+    assert [r["version"] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+    assert all(r["applied"] > 1e9 for r in rows)
+
+
+def test_timestamps_keep_their_microseconds(state_db):
+    """REAL columns are 8-byte floats in both engines (PostgreSQL's real would keep ~7
+    digits: a 2026 timestamp to the minute)."""
+    store = Store(state_db)
+    now = 1796641768.835624
+    store.write([("INSERT INTO datanode_drain (name, reason, since) VALUES (?, ?, ?)",
+                  ("dn1", "disk", now))]).wait()
+    store.write([(INSERT, ("a", 2**40))]).wait()  # seq: past 32 bits
+    [row] = store.query("SELECT since FROM datanode_drain")
+    [res] = store.query('SELECT seq, "user" FROM reservation')
+    store.close()
+    assert row["since"] == now
+    assert (res["seq"], res["user"]) == (2**40, "alice")  # the column, not the SQL user
+
+
+def test_newer_schema_is_refused_on_postgresql(pg_state_db):
+    Store(pg_state_db).close()
+    committed_write(pg_state_db, "INSERT INTO schema_migration (version) VALUES (%s)",
+                    (len(MIGRATIONS) + 1,))
+    with pytest.raises(StoreError, match="newer than this orchestrator"):
+        Store(pg_state_db)
+
+
+def test_a_postgresql_schema_of_another_application_is_refused_untouched(pg_state_db):
+    committed_write(pg_state_db, "CREATE TABLE mine (x integer)")
+    with pytest.raises(StoreError, match="another application"):
+        Store(pg_state_db)
+    assert committed(pg_state_db, "SELECT table_name FROM information_schema.tables"
+                     " WHERE table_schema = current_schema()") == [("mine",)]
+
+
+def committed_write(state_db: str, sql: str, params: tuple = ()) -> None:
+    import psycopg
+
+    with psycopg.connect(state_db) as conn:
+        conn.execute(sql, params)
+
+
+def test_the_password_reaches_no_error_nor_log_line(ha_dsn, pg_state_db, caplog):
+    """A database that cannot be reached: the error names it without its password; a
+    good one: nothing the store logs holds it."""
+    password = ha_dsn.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    wrong = "postgresql://wfm:Wrong-Secret-42@127.0.0.1:1/wfm?connect_timeout=5"
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StoreError, match="cannot connect") as refused:
+        Store(wrong)
+    assert "Wrong-Secret-42" not in str(refused.value) and "wfm:***@" in str(refused.value)
+    store = Store(pg_state_db)
+    bad = store.write([(INSERT, ("a", 1)), (INSERT, ("a", 1))])
+    with pytest.raises(CommitRefused):
+        bad.wait()
+    store.close()
+    assert "schema migration" in caplog.text and "synchronous standby" in caplog.text
+    assert password not in caplog.text and "Wrong-Secret-42" not in caplog.text
+
+
+def test_a_commit_that_would_not_wait_for_a_standby_is_warned(pg_state_db, caplog):
+    """synchronous_commit = local: commits return before the standby has them."""
+    caplog.set_level(logging.INFO)
+    Store(pg_state_db + "%20-csynchronous_commit%3Dlocal").close()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "does not wait for a standby" in warned[0].getMessage()
+    assert "synchronous_commit = local" in warned[0].getMessage()
+    caplog.clear()
+    Store(pg_state_db).close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

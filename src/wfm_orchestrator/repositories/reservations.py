@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from ..store import Statement, Store
 
 _UPSERT = (
-    "INSERT INTO reservation (name, user, type, request, token, state, seq, placement, detail,"
+    "INSERT INTO reservation (name, \"user\", type, request, token, state, seq, placement, detail,"
     " created, updated, bound_job, held_since, claimed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT(name) DO UPDATE SET user=excluded.user, type=excluded.type,"
+    " ON CONFLICT(name) DO UPDATE SET \"user\"=excluded.\"user\", type=excluded.type,"
     " request=excluded.request, token=excluded.token, state=excluded.state, seq=excluded.seq,"
     " placement=excluded.placement, detail=excluded.detail, created=excluded.created,"
     " updated=excluded.updated, bound_job=excluded.bound_job, held_since=excluded.held_since,"
