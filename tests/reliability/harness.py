@@ -28,6 +28,7 @@ from tests.conftest import server_env as conftest_server_env
 # One free-port helper for every suite that starts a server: tests/integration's.
 from tests.integration.raw_server import free_port  # noqa: F401 - used by the suites
 from tests.poll import poll_until
+from wfm_orchestrator.repositories.reservations import stored_request_of
 
 # SMALL_CONF's inventory: dn[1-4] Cores=8 MemorySize=16GB StorageSize=1TB.
 SMALL_CAPACITY = {f"dn{i}": (frozenset(range(8)), 16 * 1024, 1024 * 1024) for i in range(1, 5)}
@@ -228,20 +229,9 @@ def read_rows(db: str) -> dict[str, Row]:
                                 ).fetchall()
         finally:
             conn.close()
-    return {n: Row(n, s, q, stored_request(r), json.loads(p) if p is not None else None)
+    return {n: Row(n, s, q, stored_request_of(n, None, r)._asdict(),
+                  json.loads(p) if p is not None else None)
             for n, s, q, r, p in rows}
-
-
-# The fields of the request column's array (repositories/reservations.py, stored_request);
-# rows written before it hold an object with these keys.
-REQUEST_FIELDS = ("user", "type", "servers", "cores", "msize", "ssize", "locations", "flavor",
-                  "targets", "mountpoint", "job_id")
-
-
-def stored_request(text: str) -> dict[str, Any]:
-    request = json.loads(text)
-    return dict(zip(REQUEST_FIELDS, request, strict=True)) if isinstance(request, list) \
-        else request
 
 
 def integrity(db: str) -> str:

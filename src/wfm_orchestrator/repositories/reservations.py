@@ -79,13 +79,14 @@ def stored_request(req: ReserveRequest) -> list[Any]:
     after its name and token, in ``ReserveRequest`` order (the name has its column, the
     token its own). A start decodes one per live reservation: an array decodes in under
     half the time of the object with its keys that rows written before it hold (read too:
-    ``_request``)."""
+    ``stored_request_of``)."""
     return [req.user, req.type, req.servers, req.cores, req.msize, req.ssize,
             req.locations, req.flavor, req.targets, req.mountpoint, req.job_id]
 
 
-def _request(name: str, token: str, text: str) -> ReserveRequest:
-    """A stored request back, either form, its strings interned."""
+def stored_request_of(name: str, token: str | None, text: str) -> ReserveRequest:
+    """The request of a row (its name, token and ``request`` column) back, either form,
+    its strings interned."""
     intern = sys.intern
     c = ujson.loads(text)
     if type(c) is list:
@@ -127,7 +128,7 @@ def load_all(store: Store, restore: Callable[[str, Any], list[Placement]]
     interned: one copy each.
     """
     intern = sys.intern
-    request_of = _request
+    request_of = stored_request_of
     for (name, token, state, seq, request, placement, detail, created, updated, bound_job,
          held_since, claimed) in store.rows(_LOAD):
         req = request_of(name, token, request)
