@@ -68,6 +68,25 @@ def test_status_json_names_the_running_daemons_and_their_roles(ha_cluster):
         assert comm(e["pid"]) == "etcd", e
 
 
+def test_a_wrong_password_is_refused_by_both_nodes(ha_cluster):
+    """No `trust` line: a connection over TCP with a wrong password is refused by the
+    primary and the replica alike (initdb's default pg_hba.conf trusted them all)."""
+    import psycopg
+    from psycopg import conninfo
+
+    params = conninfo.conninfo_to_dict(ha_cluster)
+    for port in (25432, 25433):
+        wrong = conninfo.make_conninfo(**{**params, "host": "127.0.0.1", "port": str(port),
+                                          "password": "not-the-password",
+                                          "target_session_attrs": "any"})
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            connect(wrong)
+        right = conninfo.make_conninfo(**{**params, "host": "127.0.0.1", "port": str(port),
+                                          "target_session_attrs": "any"})
+        with connect(right) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_a_second_up_starts_and_rewrites_nothing(ha_cluster):
     """`up` on a running cluster is harmless: same daemons, same roles, no file written."""
     before = status()
