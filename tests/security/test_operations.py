@@ -16,6 +16,7 @@ import sqlite3
 import pytest
 
 from tests.integration.dashboard_page import dump_dom
+from wfm_orchestrator.repositories.reservations import stored_request, stored_request_of
 
 from .conftest import BOB, request, roles, start_serve, stop_serve, unique
 
@@ -63,8 +64,9 @@ def test_markup_in_a_record_is_drawn_as_text_on_the_dashboard(servers, tmp_path)
     with conn:
         (stored,) = conn.execute("SELECT request FROM reservation WHERE name = ?",
                                  (name,)).fetchone()
-        planted = json.dumps({**json.loads(stored), "user": MARKUP})
-        conn.execute("UPDATE reservation SET request = ?, user = ? WHERE name = ?",
+        planted = json.dumps(stored_request(stored_request_of(name, None, stored)
+                                            ._replace(user=MARKUP)))
+        conn.execute('UPDATE reservation SET request = ?, "user" = ? WHERE name = ?',
                      (planted, MARKUP, name))
     conn.close()
     restarted = start_serve(server.directory, server.config, server.port)
