@@ -127,6 +127,26 @@ def connect_db(state_db: str):
     return sqlite3.connect(state_db)
 
 
+def sqlite_db_as_before(path: str, migrations: int):
+    """An SQLite state database as an orchestrator from before ``schema_migration`` made it
+    (the first ``migrations`` migrations, versioned by PRAGMA user_version only): an open
+    connection in autocommit, to add the rows of that time."""
+    import sqlite3
+
+    from wfm_orchestrator.store import APPLICATION_ID, MIGRATIONS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:migrations], 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for stmt in migration.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    return conn
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def state_db(request, tmp_path):
     """The ``state_db`` of a test that runs on both engines: an SQLite file, then a

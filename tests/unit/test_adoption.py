@@ -5,13 +5,12 @@ and the orchestrator submits its own job. Services carry a random nonce in their
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from wfm_orchestrator.service_job import job_tag
 from wfm_orchestrator.steps import job_tag as step_tag
-from wfm_orchestrator.store import APPLICATION_ID, MIGRATIONS, Store
+from wfm_orchestrator.store import MIGRATIONS, Store
 
-from ..conftest import STEP_BODY, connect_db
+from ..conftest import STEP_BODY, connect_db, sqlite_db_as_before
 from ..fake_slurm import FakeServices, FakeSlurm
 
 NAME = "alice_s_sbb"  # the world's reservation (conftest SBB)
@@ -163,13 +162,7 @@ def test_old_row_without_nonce_submits_with_the_old_tag_and_follows_it(world):
 
 def test_migration_gives_existing_service_job_rows_an_empty_nonce(tmp_path):
     path = str(tmp_path / "old.db")
-    conn = sqlite3.connect(path, isolation_level=None)
-    for sql in MIGRATIONS[:-1]:
-        for stmt in sql.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
-    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    conn = sqlite_db_as_before(path, len(MIGRATIONS) - 1)
     conn.execute("INSERT INTO service_job (name, seq, job_id, updated) VALUES ('s', 3, 42, 1.0)")
     conn.close()
     store = Store(path)

@@ -11,6 +11,8 @@ import pytest
 from wfm_orchestrator.errors import CommitRefused, StoreError, WaitOnEventLoop
 from wfm_orchestrator.store import APPLICATION_ID, DONE, MIGRATIONS, Store, refuse_waits
 
+from ..conftest import sqlite_db_as_before
+
 INSERT = ("INSERT INTO reservation (name, \"user\", type, request, state, seq, created, updated)"
           " VALUES (?, 'alice', 'SBB', '{}', 'FREE', ?, 0, 0)")
 
@@ -406,15 +408,7 @@ def test_a_database_versioned_by_user_version_alone_is_adopted(tmp_path):
     only, as its _migrate did) keeps its rows; the table records its versions, time
     unknown; user_version stays for older orchestrators; a second start writes nothing."""
     path = str(tmp_path / "old.db")
-    conn = sqlite3.connect(path, isolation_level=None)
-    for number, migration in enumerate(MIGRATIONS, 1):  # the old _migrate, statement for
-        conn.execute("BEGIN IMMEDIATE")                 # statement
-        for stmt in migration.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {number}")
-        conn.execute("COMMIT")
+    conn = sqlite_db_as_before(path, len(MIGRATIONS))
     conn.execute(INSERT, ("a", 1))
     conn.close()
     store = Store(path)
