@@ -24,6 +24,7 @@ from . import (
     errors,
     info,
     job_services,
+    leadership,
     openapi,
     reservations,
     service_status,
@@ -162,9 +163,11 @@ def create_app(config: Config, rm: ResourceManager, services: ServiceManager,
 
 
 def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
-              step_manager: StepManager | None = None
+              step_manager: StepManager | None = None,
+              role: leadership.RoleOf | None = None
               ) -> tuple[falcon.App, Callable[[str, str], bool]]:
-    """The application, and which of its requests the server may serve on its event loop."""
+    """The application, and which of its requests the server may serve on its event loop.
+    ``role``: what GET /v1.0.0/leader says (default: the leader, no lease)."""
     verifier = build_verifier(config)
     metrics = Metrics()
     metrics.watch(rm, services, step_manager)
@@ -187,6 +190,12 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
             app.add_route(f"/{version}{path}", resource)
     for path, resource in operator_routes(config, rm, services, step_manager, metrics):
         app.add_route(path, resource)
+    if role is None:
+        from ..lease import default_advertise_url
+
+        url = config.advertise_url or default_advertise_url(config.listen)
+        role = lambda: ("leader", url, None)  # noqa: E731
+    app.add_route(leadership.ROLE_PATH, leadership.Role(role))
     app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table],
                                                    bearer=verifier is not None, config=config))
     return app, nonblocking_requests(table)
