@@ -500,6 +500,8 @@ exit codes:
   {EXIT_CONFIG}  a wrong command line, an invalid wfm.conf or an unreadable token file
   {EXIT_STORE}  the state database is unusable, or in use by the running service
   {EXIT_UNREACHABLE}  no orchestrator answers at the configuration's listen address
+  {EXIT_LEASE_LOST}  serve: this leader lost the leader lease (PostgreSQL): restarted, it
+     serves as a standby
 """
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from tests.poll import poll_until
 
-from .cluster import comm, status, up
+from .cluster import comm, status
 
 pytestmark = pytest.mark.ha
 
@@ -136,13 +136,6 @@ def check_state(url: str, client: Client) -> None:
                 used[dn] = used.get(dn, 0) + r["cores"]
     for dn in call(url, "GET", "/admin/datanodes?limit=10000")[1]:
         assert dn["cores"] - dn["free_cores"] == used.get(dn["name"], 0), dn
-
-
-@pytest.fixture
-def orchestrators(ha_dsn):
-    up()  # both instances running, one leading
-    yield
-    up()  # the one the test stopped comes back, as the standby
 
 
 def log_of(url: str) -> str:

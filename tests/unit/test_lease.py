@@ -9,7 +9,7 @@ import pytest
 
 from wfm_orchestrator.api.leadership import LEADER_HEADER, ROLE_PATH, standby_app
 from wfm_orchestrator.errors import CommitRefused
-from wfm_orchestrator.lease import Lease, LeaseLost, default_advertise_url
+from wfm_orchestrator.lease import LeaseLost, default_advertise_url
 from wfm_orchestrator.store import Store
 
 from ..conftest import connect_db
@@ -21,21 +21,6 @@ def expire(dsn: str) -> None:
     """What the ttl's passing does, at once: the lease expires on the database's clock."""
     with connect_db(dsn) as db:
         db.execute("UPDATE wfm_lease SET expires = clock_timestamp()")
-
-
-@pytest.fixture
-def leases(pg_state_db):
-    made = []
-
-    def make(url: str = "http://a:1", ttl: float = 30, clock=None) -> Lease:
-        lease = Lease(pg_state_db, url, ttl, **({"clock": clock} if clock else {}))
-        lease.setup()
-        made.append(lease)
-        return lease
-
-    yield make
-    for lease in made:
-        lease.close()
 
 
 def test_one_instance_acquires_the_other_reads_who_leads(leases):

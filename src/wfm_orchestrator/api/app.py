@@ -188,22 +188,16 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
     for path, resource in table:
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)
-    for path, resource in operator_routes(config, rm, services, step_manager, metrics):
+    for path, resource in operator_routes(config, rm, services, step_manager, metrics, role):
         app.add_route(path, resource)
-    if role is None:
-        from ..lease import default_advertise_url
-
-        url = config.advertise_url or default_advertise_url(config.listen)
-        role = lambda: ("leader", url, None)  # noqa: E731
-    app.add_route(leadership.ROLE_PATH, leadership.Role(role))
     app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table],
                                                    bearer=verifier is not None, config=config))
     return app, nonblocking_requests(table)
 
 
 def operator_routes(config: Config, rm: ResourceManager, services: ServiceManager,
-                    step_manager: StepManager | None, metrics: Metrics
-                    ) -> list[tuple[str, object]]:
+                    step_manager: StepManager | None, metrics: Metrics,
+                    role: leadership.RoleOf | None = None) -> list[tuple[str, object]]:
     """The operators' paths, outside the specification's versions: metrics, the dashboard
     and the administrator's endpoints (api/admin.py).
 
@@ -221,4 +215,13 @@ def operator_routes(config: Config, rm: ResourceManager, services: ServiceManage
         ("/admin/reservations", admin.Reservations(rm)),
         ("/admin/reservations/{name}", admin.OneReservation(rm)),
         ("/admin/reload", admin.Reload(rm)),
+        (leadership.ROLE_PATH, leadership.Role(role or _single(config))),
     ]
+
+
+def _single(config: Config) -> leadership.RoleOf:
+    """The role of an orchestrator without a lease (SQLite): the leader, at its URL."""
+    from ..lease import default_advertise_url
+
+    url = config.advertise_url or default_advertise_url(config.listen)
+    return lambda: ("leader", url, None)
