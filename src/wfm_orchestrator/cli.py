@@ -79,8 +79,11 @@ def build_all(config: Config, lease=None):
         rm = ResourceManager(config, store)
         slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
         if slurm is not None and lease is not None:
-            # A submission leaves only with a third of the ttl still surely ours (docs/ha.md).
-            slurm.before_submit = lambda: lease.check(lease.ttl / 3)
+            # A submission leaves only once its record is durable under our lease, with a
+            # third of the ttl still surely ours (docs/ha.md).
+            from .lease import submission_guard
+
+            slurm.before_submit = submission_guard(lease, lambda: store.write([]).wait())
         # One follower for both: one read of Slurm's jobs per cycle, services first.
         follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
                             flush=store.flush)

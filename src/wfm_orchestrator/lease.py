@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StoreError
+from .errors import SlurmUnavailable, StoreError
 from .state_db import redact
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,28 @@ class Lease:
             return None
         holder, url, epoch, expired = rows[0]
         return Leader(holder, url, epoch, expired)
+
+
+def submission_guard(lease: Lease, barrier: Callable[[], None]) -> Callable[[], None]:
+    """What runs before each Slurm submission of a leader (``SlurmClient.before_submit``).
+
+    ``barrier`` commits an empty write (``store.write([]).wait()``): commits keep the
+    order of the writes, so every write queued before it, the job's record with its tag
+    among them, is durable, and the barrier's batch was fenced: the lease was ours at
+    that commit. Then the lease must surely stay ours for a third of its ttl, the time
+    the submission has to reach slurmrestd. Refused: ``SlurmUnavailable`` (nothing is
+    recorded, the follower tries again at its next cycle, as after a Slurm outage).
+    """
+
+    def before_submit() -> None:
+        try:
+            barrier()
+            lease.check(lease.ttl / 3)
+        except StoreError as e:
+            raise SlurmUnavailable(f"not submitted: the job's record is not surely durable "
+                                   f"under this orchestrator's lease ({e})") from None
+
+    return before_submit
 
 
 class Keeper:

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from wfm_orchestrator.api.leadership import LEADER_HEADER, ROLE_PATH, standby_app
-from wfm_orchestrator.errors import CommitRefused
-from wfm_orchestrator.lease import LeaseLost, default_advertise_url
+from wfm_orchestrator.errors import CommitRefused, SlurmUnavailable
+from wfm_orchestrator.lease import LeaseLost, default_advertise_url, submission_guard
 from wfm_orchestrator.store import Store
 
 from ..conftest import connect_db
@@ -162,3 +162,21 @@ def test_the_advertised_url_defaults_to_the_listen_address():
     assert default_advertise_url("127.0.0.1:28080") == "http://127.0.0.1:28080"
     assert default_advertise_url("[::1]:8080") == "http://[::1]:8080"
     assert not default_advertise_url("0.0.0.0:8080").startswith("http://0.0.0.0")
+
+
+def test_a_submission_waits_for_earlier_writes_and_is_refused_once_deposed(leases,
+                                                                           pg_state_db):
+    a, b = leases(), leases()
+    assert a.acquire()
+    store = Store(pg_state_db, lease=a)
+    guard = submission_guard(a, lambda: store.write([]).wait())
+    try:
+        record = store.write([(INSERT, ("dn1", "the job's record", 1.0))])
+        guard()  # the barrier: the record is committed before the submission may leave
+        assert record.done and record.error is None
+        expire(pg_state_db)
+        assert b.acquire()
+        with pytest.raises(SlurmUnavailable, match="not submitted"):
+            guard()
+    finally:
+        store.close()
