@@ -128,6 +128,11 @@ def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's step
                      "again, it serves as a standby)", reason, EXIT_LEASE_LOST)
         os.kill(os.getpid(), signal.SIGTERM)
 
+    def stop(signum, frame):
+        # Before the build: a lease lost while loading stops the start with exit 5 too.
+        raise SystemExit(exit_code[0])
+
+    signal.signal(signal.SIGTERM, stop)
     lease = keeper = standby = None
     leading = True
     if state_db.is_postgresql(config.state_db):
@@ -193,9 +198,6 @@ def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's step
                                host.strip("[]"), int(port), config.threads,
                                fast_path=config.fast_path == "on")
 
-    def stop(signum, frame):
-        raise SystemExit(0)
-
     def reload_later(signum, frame):
         if not parts:
             log.info("reload: a standby reads wfm.conf when it takes over")
@@ -204,7 +206,6 @@ def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's step
         threading.Thread(target=_reload_on_signal, args=(config, parts[2]), name="reload",
                          daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, reload_later)
     log.info("wfm-orchestrator listening on http://%s (cpus %s, %d threads, state %s, %s)%s",
              config.listen, cpus or "all", config.threads, state_db.redact(config.state_db),
