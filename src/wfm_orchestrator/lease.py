@@ -152,7 +152,9 @@ class Lease:
     # --- leading ------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        """Take the lease if it has expired (a new epoch); True when it is ours now."""
+        """Take the lease if it has expired, or if its holder is a process of this host
+        that no longer runs (a restart after a crash need not wait for the ttl): a new
+        epoch. True when it is ours now."""
         sent = self._clock()
         rows = self._execute(
             "UPDATE wfm_lease SET holder = %s, url = %s, epoch = epoch + 1,"
@@ -160,7 +162,20 @@ class Lease:
             " WHERE id = 1 AND expires <= clock_timestamp() RETURNING epoch",
             (self.holder, self.url, self.ttl))
         if not rows:
-            return False
+            leader = self.leader()
+            if leader is None or not _dead_here(leader.holder):
+                return False
+            # Only if that dead holder still has it: another standby may take it meanwhile.
+            rows = self._execute(
+                "UPDATE wfm_lease SET holder = %s, url = %s, epoch = epoch + 1,"
+                " expires = clock_timestamp() + make_interval(secs => %s)"
+                " WHERE id = 1 AND holder = %s AND epoch = %s RETURNING epoch",
+                (self.holder, self.url, self.ttl, leader.holder, leader.epoch))
+            if not rows:
+                return False
+            log.warning("leader lease: its holder %s (epoch %d) was a process of this host "
+                        "that no longer runs: taken without waiting for its expiry",
+                        leader.holder, leader.epoch)
         self.epoch = rows[0][0]
         self._until = sent + self.ttl
         log.info("leader lease taken: epoch %d, ttl %g s, clients are sent to %s",
@@ -226,6 +241,23 @@ class Lease:
             return None
         holder, url, epoch, expired = rows[0]
         return Leader(holder, url, epoch, expired)
+
+
+def _dead_here(holder: str) -> bool:
+    """Is ``holder`` (host:pid:random) a process of this host that no longer runs? A pid
+    running something else than an orchestrator (reused) counts as gone."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # cannot tell: wait for the expiry
+    return b"wfm" not in argv  # a zombie has an empty command line
 
 
 def submission_guard(lease: Lease, barrier: Callable[[], None]) -> Callable[[], None]:
