@@ -102,6 +102,9 @@ class Lease:
         params = conninfo.conninfo_to_dict(dsn)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params["application_name"] = "wfm-orchestrator-lease"
+        # A renewal must fail, not hang, when the server stops answering (a cut network):
+        # the keeper then stops the leader once the lease ran out.
+        params.setdefault("tcp_user_timeout", str(int(ttl * 1000 / 3)))
         self._conninfo = conninfo.make_conninfo(**params)
         self.name = redact(dsn)
         self.url = url
@@ -122,6 +125,8 @@ class Lease:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                    self._conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                                       (f"{int(self.ttl * 1000 / 3)}ms",))
                 cursor = self._conn.execute(sql, params or None)
                 return cursor.fetchall() if cursor.description else []
             except psycopg.Error as e:
