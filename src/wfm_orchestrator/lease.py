@@ -109,7 +109,7 @@ class Lease:
         self.name = redact(dsn)
         self.url = url
         self.ttl = float(ttl)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = f"{node_name()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.epoch: int | None = None
         self._clock = clock
         self._until = 0.0  # monotonic: the lease is surely ours until then
@@ -248,12 +248,18 @@ class Lease:
         return Leader(holder, url, epoch, expired)
 
 
+def node_name() -> str:
+    """This instance's node in the lease's holder: $WFM_NODE_NAME, else the host's name
+    (deploy/hacluster names its two instances as two nodes of one machine)."""
+    return os.environ.get("WFM_NODE_NAME") or socket.gethostname()
+
+
 def _dead_here(holder: str) -> bool:
     """Is ``holder`` (host:pid:random) a process of this host that no longer runs? A pid
     running something else than an orchestrator (reused) counts as gone."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    if host != node_name() or not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:

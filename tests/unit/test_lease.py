@@ -9,7 +9,12 @@ import pytest
 
 from wfm_orchestrator.api.leadership import LEADER_HEADER, ROLE_PATH, standby_app
 from wfm_orchestrator.errors import CommitRefused, SlurmUnavailable
-from wfm_orchestrator.lease import LeaseLost, default_advertise_url, submission_guard
+from wfm_orchestrator.lease import (
+    LeaseLost,
+    default_advertise_url,
+    node_name,
+    submission_guard,
+)
 from wfm_orchestrator.store import Store
 
 from ..conftest import connect_db
@@ -183,13 +188,12 @@ def test_a_submission_waits_for_earlier_writes_and_is_refused_once_deposed(lease
 
 
 def test_a_dead_holder_of_this_host_is_replaced_without_waiting_for_the_ttl(leases):
-    import socket
     import subprocess
 
     dead = subprocess.Popen(["true"])  # noqa: S607 - a pid that no longer runs
     dead.wait()
     a, b, c = leases(), leases(), leases()
-    a.holder = f"{socket.gethostname()}:{dead.pid}:0000"
+    a.holder = f"{node_name()}:{dead.pid}:0000"
     assert a.acquire()
     assert b.acquire() and b.epoch == 2  # a's process is gone: no wait for the expiry
     assert not c.acquire()  # b runs (this very process): c waits for the expiry
