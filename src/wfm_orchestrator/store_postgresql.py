@@ -6,14 +6,12 @@
   ``synchronous_standby_names`` set (Patroni's synchronous_mode) is once the synchronous
   standby has the commit. At start both settings are read and a warning logged when a
   commit would not wait for a standby (docs/ha.md).
-* A serving orchestrator opens it with ``lock=False``: the leader lease (lease.py)
-  fences its writes instead of the advisory lock below, which the command line's
-  offline tools still take.
-* One orchestrator per database (and schema): a session advisory lock, taken at start
-  on a connection of its own and held until ``close``; a second orchestrator refuses to
-  start. A stop-gap until the leader lease (issue #20, item 2) replaces it: the lock goes
-  with its connection (a failover ends it); when the writer's connection was lost, the
-  lock is checked and taken again before the next batch, or the batch is refused.
+* One writer per database (and schema). A serving orchestrator opens it with
+  ``lock=False``: the leader lease (lease.py) fences each of its batches. Otherwise (the
+  command line's offline tools) a session advisory lock, taken at start on a connection
+  of its own and held until ``close``, keeps a second one out: the lock goes with its
+  connection (a failover ends it); when the writer's connection was lost, the lock is
+  checked and taken again before the next batch, or the batch is refused.
 * The SQL of the use cases is written once, with ``?`` placeholders: each statement
   text is translated once (cached). The DDL's ``REAL`` is ``DOUBLE PRECISION`` here
   (``real`` is 4 bytes in PostgreSQL: it would truncate timestamps) and its ``INTEGER``
