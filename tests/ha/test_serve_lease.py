@@ -1,6 +1,7 @@
 """`serve` on PostgreSQL with two instances (cli.py, takeover.py): one leads, the other
 answers 503 with the leader's URL; a clean stop of the leader hands the lease over at
-once and the standby serves what the leader stored, through the same listener."""
+once and the standby serves what the leader stored, through the same listener. Server
+processes on the session's cluster (``pg_state_db``): here, not among the unit tests."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import sys
 import urllib.error
 import urllib.request
 
+import pytest
+
 from tests.poll import poll_until
 
 from ..conftest import SBB, SMALL_CONF, server_env
+
+pytestmark = pytest.mark.ha
 
 
 def free_port() -> int:
