@@ -199,3 +199,34 @@ def test_a_dead_holder_of_this_host_is_replaced_without_waiting_for_the_ttl(leas
     assert not c.acquire()  # b runs (this very process): c waits for the expiry
     a.holder = f"elsewhere:{dead.pid}:0000"
     assert not a.acquire()
+
+
+def test_a_takeover_waits_for_the_commit_of_a_batch_its_fence_let_through(leases,
+                                                                         pg_state_db):
+    """The fence's FOR SHARE: a standby's UPDATE waits until the batch committed, so the
+    new leader's load sees it."""
+    import threading
+
+    import psycopg
+
+    from tests.poll import poll_until
+
+    a, b = leases(ttl=3), leases(ttl=30)
+    assert a.acquire()
+    took: list[bool] = []
+    with psycopg.connect(pg_state_db) as batch:
+        batch.execute("SELECT wfm_fence(%s, %s)", a.fencing)  # the batch's first statement
+        poll_until(lambda: b.leader().expired, what="a's lease expires", timeout=10)
+        backend = b._conn.info.backend_pid  # the standby's lease connection, opened above
+        standby = threading.Thread(target=lambda: took.append(b.acquire()))
+        standby.start()
+        with psycopg.connect(pg_state_db, autocommit=True) as watch:
+            poll_until(lambda: watch.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                (backend,)).fetchone(), what="the takeover waits for the batch's lock",
+                timeout=10)
+        assert not took
+        batch.execute("CREATE TABLE committed_by_the_batch (x INTEGER)")
+    # The with-block committed the batch.
+    standby.join(timeout=10)
+    assert took == [True] and b.epoch == 2
