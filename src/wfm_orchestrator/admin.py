@@ -184,7 +184,16 @@ def release_offline(config: Config, name: str, now: float | None = None) -> str:
     from .store import Store
 
     now = time.time() if now is None else now
-    store = Store(config.state_db)  # claims the lock: refuses while the service runs
+    lease = _offline_lease(config)
+    try:
+        # SQLite: the flock refuses while the service runs. PostgreSQL: the leader lease,
+        # taken like an orchestrator takes it, fences the write.
+        store = Store(config.state_db, lease=lease)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+            lease.close()
+        raise
     try:
         rows = store.query("SELECT state, seq FROM reservation WHERE name = ?", (name,))
         if not rows or rows[0]["state"] == "RELEASED":
@@ -201,11 +210,51 @@ def release_offline(config: Config, name: str, now: float | None = None) -> str:
                            " AND job_id IS NOT NULL", (name, seq))
     finally:
         store.close()
+        if lease is not None:
+            lease.release()
+            lease.close()
     said = f"reservation {name} released (was {state})"
     if jobs and jobs[0]["state"] not in _ENDED:
         said += (f"; its Slurm job {jobs[0]['job_id']} is cancelled when the service "
                  "starts")
     return said
+
+
+def _leader_of(config: Config):
+    """The unexpired leader lease of a PostgreSQL state_db (lease.Leader), else None."""
+    from .lease import Lease
+
+    lease = Lease(config.state_db, "", config.lease_ttl)
+    try:
+        leader = lease.leader()
+    except StoreError:
+        return None  # no lease table yet: no orchestrator ever served on it
+    finally:
+        lease.close()
+    return leader if leader is not None and not leader.expired else None
+
+
+def _offline_lease(config: Config):
+    """PostgreSQL: the leader lease for an offline write, or StoreError naming who leads."""
+    from . import state_db
+
+    if not state_db.is_postgresql(config.state_db):
+        return None
+    from .lease import Lease, default_advertise_url
+
+    lease = Lease(config.state_db, config.advertise_url or default_advertise_url(config.listen),
+                  config.lease_ttl)
+    try:
+        lease.setup()
+        if lease.acquire():
+            return lease
+        leader = lease.leader()
+    finally:
+        if lease.epoch is None:
+            lease.close()
+    raise StoreError(f"an orchestrator leads on {state_db.redact(config.state_db)} "
+                     f"({leader.url if leader else 'unknown'}): ask it (--url), or wait "
+                     f"until its lease expires ({config.lease_ttl:g} s after it stopped)")
 
 
 _OFFLINE = "released by the administrator while the service was stopped"
@@ -234,6 +283,8 @@ def check_database(config: Config) -> tuple[list[str], list[str]]:
     facts: list[str] = []
     problems: list[str] = []
     try:
+        if postgresql and _leader_of(config) is not None:
+            raise StoreError("in use by another orchestrator: the leader lease is held")
         store = Store(path)
     except StoreError as e:
         if "in use by another orchestrator" not in str(e):

@@ -33,6 +33,7 @@ EXIT_FAILED = 1  # the orchestrator refused the request, or db check found a pro
 EXIT_CONFIG = 2  # a wrong command line, an invalid wfm.conf, an unreadable token file
 EXIT_STORE = 3  # the state database is unusable, or in use where it must not be
 EXIT_UNREACHABLE = 4  # no orchestrator answers at the configuration's listen address
+EXIT_LEASE_LOST = 5  # serve: this leader lost its lease (another one leads): restart it
 DEFAULT_CONFIG = "/etc/wfm/wfm.conf"
 
 
@@ -59,9 +60,10 @@ def build(config: Config):
     return app, rm, services, store
 
 
-def build_all(config: Config):
+def build_all(config: Config, lease=None):
     """(app, nonblocking, rm, services, steps, store): build() plus the step manager and
-    which requests the server may serve on its event loop."""
+    which requests the server may serve on its event loop. ``lease``: the leader lease
+    (PostgreSQL) that fences the store's writes and the Slurm submissions."""
     from .api import build_api
     from .follower import Follower
     from .node_health import NodeHealth
@@ -72,10 +74,16 @@ def build_all(config: Config):
     from .steps import StepManager
     from .store import Store
 
-    store = Store(config.state_db)
+    store = Store(config.state_db, lease=lease)
     try:
         rm = ResourceManager(config, store)
         slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
+        if slurm is not None and lease is not None:
+            # A submission leaves only once its record is durable under our lease, with a
+            # third of the ttl still surely ours (docs/ha.md).
+            from .lease import submission_guard
+
+            slurm.before_submit = submission_guard(lease, lambda: store.write([]).wait())
         # One follower for both: one read of Slurm's jobs per cycle, services first.
         follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
                             flush=store.flush)
@@ -88,10 +96,11 @@ def build_all(config: Config):
     except BaseException:
         store.close()
         raise
-    return (*build_api(config, rm, services, steps), rm, services, steps, store)
+    role = None if lease is None else (lambda: ("leader", lease.url, lease.epoch))
+    return (*build_api(config, rm, services, steps, role), rm, services, steps, store)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's steps, in order
     from .http.server import create_server
     from .plugin_limits import write_limits
 
@@ -106,53 +115,143 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"wfm-orchestrator: cpus = {config.cpus} names no CPU this process may use "
               f"(allowed: {sorted(os.sched_getaffinity(0))})", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        app, nonblocking, rm, services, steps, store = build_all(config)
-    except StoreError as e:
-        print(f"wfm-orchestrator: state database unusable, not starting: {e}", file=sys.stderr)
-        return EXIT_STORE
+    exit_code = [0]
+
+    def lost(reason: str) -> None:
+        """The lease is no longer ours (any thread): stop, as SIGTERM does."""
+        if exit_code[0] == EXIT_LEASE_LOST:
+            return
+        exit_code[0] = EXIT_LEASE_LOST
+        if lease is not None:
+            lease.drop()  # no Slurm submission from now on
+        log.critical("%s: this orchestrator no longer leads, stopping (exit %d; started "
+                     "again, it serves as a standby)", reason, EXIT_LEASE_LOST)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(signum, frame):
+        # Before the build: a lease lost while loading stops the start with exit 5 too.
+        raise SystemExit(exit_code[0])
+
+    signal.signal(signal.SIGTERM, stop)
+    lease = keeper = standby = None
+    leading = True
+    if state_db.is_postgresql(config.state_db):
+        from .lease import Keeper, Lease, default_advertise_url
+        from .takeover import Standby
+
+        lease = Lease(config.state_db, config.advertise_url or
+                      default_advertise_url(config.listen), config.lease_ttl)
+        keeper = Keeper(lease, lost)
+        try:
+            lease.setup()
+            leading = lease.acquire()
+        except StoreError as e:
+            print(f"wfm-orchestrator: state database unusable, not starting: {e}",
+                  file=sys.stderr)
+            return EXIT_STORE
+    parts: list = []  # (app, nonblocking, rm, services, steps, store) once leading
+    if leading:
+        if keeper is not None:
+            keeper.start()
+        try:
+            parts[:] = build_all(config, lease)
+        except StoreError as e:
+            _step_down(keeper, lease)
+            print(f"wfm-orchestrator: state database unusable, not starting: {e}",
+                  file=sys.stderr)
+            return EXIT_STORE
 
     try:
         write_limits(config)
     except OSError as e:
-        store.close()
+        if parts:
+            parts[5].close()
+        _step_down(keeper, lease)
         print(f"wfm-orchestrator: cannot write plugin_limits_file {config.plugin_limits_file}, "
               f"not starting: {e}", file=sys.stderr)
         return EXIT_CONFIG
 
     host, _, port = config.listen.rpartition(":")
-    server = create_server(app, host.strip("[]"), int(port), config.threads, nonblocking,
-                           fast_path=config.fast_path == "on", turn_end=(store.flush,))
+    if parts:
+        app, nonblocking, store = parts[0], parts[1], parts[5]
+        server = create_server(app, host.strip("[]"), int(port), config.threads, nonblocking,
+                               fast_path=config.fast_path == "on", turn_end=(store.flush,))
+    else:
+        from .api.leadership import standby_app
 
-    def stop(signum, frame):
-        raise SystemExit(0)
+        assert lease is not None and keeper is not None
+
+        def take_over() -> None:
+            built = build_all(config, lease)
+            built[5].on_deposed = lambda error: lost(str(error))
+            _start(built[3], built[4])
+            parts[:] = built
+            server.swap(built[0], built[1], (built[5].flush,))
+            log.info("leading: serving the API (epoch %d)", lease.epoch)
+
+        standby = Standby(lease, keeper, take_over, lost)
+        try:
+            standby.read()
+        except StoreError as e:
+            log.warning("standby: the leader lease cannot be read: %s", e)
+        server = create_server(standby_app(standby.leader_url, standby.leader_epoch),
+                               host.strip("[]"), int(port), config.threads,
+                               fast_path=config.fast_path == "on")
 
     def reload_later(signum, frame):
+        if not parts:
+            log.info("reload: a standby reads wfm.conf when it takes over")
+            return
         # Not here: the event loop may hold the resource manager's lock right now.
-        threading.Thread(target=_reload_on_signal, args=(config, rm), name="reload",
+        threading.Thread(target=_reload_on_signal, args=(config, parts[2]), name="reload",
                          daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, reload_later)
-    log.info("wfm-orchestrator listening on http://%s (cpus %s, %d threads, state %s, %s)",
+    log.info("wfm-orchestrator listening on http://%s (cpus %s, %d threads, state %s, %s)%s",
              config.listen, cpus or "all", config.threads, state_db.redact(config.state_db),
              f"slurmrestd {config.slurmrestd_url}" if config.slurmrestd_url
-             else "no Slurm: Resource Manager only")
-    if services.slurm is not None:
-        _choose_slurm_api(services.slurm)
-    services.start()
-    steps.start()
+             else "no Slurm: Resource Manager only",
+             "" if lease is None else
+             f": leading (epoch {lease.epoch})" if parts else
+             f": standby (leader {standby.leader_url() if standby else None})")
+    if parts:
+        parts[5].on_deposed = lambda error: lost(str(error))
+        _start(parts[3], parts[4])
+    else:
+        assert standby is not None
+        standby.start()
     try:
         server.run()
     except (SystemExit, KeyboardInterrupt):
         log.info("stopping")
     finally:
         server.close()
-        steps.stop()
-        services.stop()
-        store.close()
+        if standby is not None:
+            standby.stop()
+        if parts:
+            parts[4].stop()
+            parts[3].stop()
+            parts[5].close()
+        # Released after the last write: a standby takes over at once.
+        _step_down(keeper, lease, release=exit_code[0] == 0)
         log.info("stopped")
-    return 0
+    return exit_code[0]
+
+
+def _start(services, steps) -> None:
+    if services.slurm is not None:
+        _choose_slurm_api(services.slurm)
+    services.start()
+    steps.start()
+
+
+def _step_down(keeper, lease, release: bool = True) -> None:
+    if keeper is not None:
+        keeper.stop()
+    if lease is not None:
+        if release:
+            lease.release()
+        lease.close()
 
 
 def _reload_on_signal(config: Config, rm) -> None:
@@ -405,6 +504,8 @@ exit codes:
   {EXIT_CONFIG}  a wrong command line, an invalid wfm.conf or an unreadable token file
   {EXIT_STORE}  the state database is unusable, or in use by the running service
   {EXIT_UNREACHABLE}  no orchestrator answers at the configuration's listen address
+  {EXIT_LEASE_LOST}  serve: this leader lost the leader lease (PostgreSQL): restarted, it
+     serves as a standby
 """
 
 

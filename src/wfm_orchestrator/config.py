@@ -178,6 +178,13 @@ def _seconds_or_off(v: str) -> float:
     return f
 
 
+def _seconds_between(v: str, lo: float, hi: float) -> float:
+    f = _number_of_seconds(v)
+    if not lo <= f <= hi:
+        raise ValueError(f"expected a number of seconds from {lo:g} to {hi:g}")
+    return f
+
+
 def _unclaimed(v: str) -> float:
     f = _number_of_seconds(v)
     if f != 0 and not 10 <= f <= 30 * 86400:
@@ -224,6 +231,13 @@ SETTINGS: dict[str, Setting] = {
         "state database: a path or sqlite:PATH (SQLite), or postgresql://host[,host2]/db",
         path=True,
     ),
+    "lease_ttl": Setting(
+        "10", lambda v: _seconds_between(v, 3, 300),
+        "PostgreSQL state_db: seconds the leader lease lasts unless renewed (renewed every "
+        "third of it); a standby takes over once it expired (docs/ha.md)"),
+    "advertise_url": Setting(
+        "", _url, "PostgreSQL state_db: the URL clients reach this orchestrator at, given "
+        "to them by the standbys' 503 answers; empty: http://HOST:PORT of listen"),
     "cpus": Setting(
         "auto",
         _cpus,

@@ -20,7 +20,10 @@ versions); what follows is the same for both.
   again with each request's statements inside a SAVEPOINT, so that one
   faulty write fails alone instead of failing the whole batch.
 * Only one orchestrator writes: the engine refuses to open a database another
-  one holds (a flock for SQLite, an advisory lock for PostgreSQL).
+  one holds (a flock for SQLite, an advisory lock for PostgreSQL), or, for a serving
+  orchestrator on PostgreSQL, the leader lease fences every batch (lease.py): the
+  batch's transaction starts with ``wfm_fence(holder, epoch)``, and a deposed leader's
+  batch is rolled back, its requests refused (``LeaseLost``) and ``on_deposed`` called.
 * Schema migrations are recorded in the ``schema_migration`` table (version, when
   applied) in both engines. The SQL is portable: ``?`` placeholders (translated for
   psycopg), ``"user"`` quoted (a reserved word in PostgreSQL), ``REAL`` columns made
@@ -38,6 +41,7 @@ from typing import Any
 
 from . import state_db
 from .errors import CommitRefused, CommitTimeout, StoreError, WaitOnEventLoop
+from .lease import FENCE_SQLSTATE, LeaseLost
 from .store_sqlite import APPLICATION_ID, SQLiteBackend
 
 __all__ = ["APPLICATION_ID", "DONE", "MIGRATIONS", "Statement", "Store", "Ticket",
@@ -262,22 +266,28 @@ def refuse_waits() -> None:
     _thread.refuses_waits = True
 
 
-def open_engine(database: str) -> Any:
-    """The engine ``database`` (a ``state_db`` value, as config.py parsed it) names."""
+def open_engine(database: str, lock: bool = True) -> Any:
+    """The engine ``database`` (a ``state_db`` value, as config.py parsed it) names;
+    ``lock``: PostgreSQL's advisory lock (not when the leader lease fences the writes)."""
     if state_db.is_postgresql(database):
         from .store_postgresql import PostgresBackend  # psycopg: only when configured
 
-        return PostgresBackend(database)
+        return PostgresBackend(database, lock=lock)
     return SQLiteBackend(state_db.parse(database))
 
 
 class Store:
-    def __init__(self, database: str, max_batch: int = 256):
+    def __init__(self, database: str, max_batch: int = 256, lease: Any = None):
+        """``lease``: the leader lease (lease.py) that fences every batch, PostgreSQL only."""
         self._max_batch = max_batch
+        # (holder, epoch) checked inside each batch's transaction; None: not fenced.
+        self._fencing: tuple[str, int] | None = lease.fencing if lease is not None else None
+        # Called (on the writer thread) once a batch was refused by the fence.
+        self.on_deposed: Callable[[BaseException], None] | None = None
         # Called on the writer thread after each batch: (writes, seconds, refused).
         # The metrics edge (api/metrics.py) counts commits with it; nothing waits on it.
         self.on_commit: Callable[[int, float, bool], None] | None = None
-        self._engine = open_engine(database)
+        self._engine = open_engine(database, lock=lease is None)
         # The file for SQLite; for PostgreSQL the URL without its password (for messages).
         self.path: str = self._engine.name
         self.engine: str = self._engine.engine
@@ -389,24 +399,31 @@ class Store:
                 # PostgreSQL sends the batch and its COMMIT in one round trip (a pipeline).
                 with engine.pipeline():
                     engine.begin()
+                    self._fence()
                     self._run_all(batch)
                     # Acknowledged only once this returns: on PostgreSQL with a
                     # synchronous standby, once the standby has it.
                     engine.commit()
                 results: list[BaseException | None] = [None] * len(batch)
-            except engine.Error:
-                if engine.lost():
+            except engine.Error as e:
+                if engine.lost() or _deposed(e):
                     raise  # no faulty write: the connection is gone, the batch refused
                 # Some write is faulty: redo the batch write by write, so that it fails alone.
                 engine.rollback()
                 engine.begin()
+                self._fence()
                 results = self._run_each(batch)
                 engine.commit()
         except (engine.Error, StoreError) as e:
             message = state_db.redact(str(e)).strip()
             log.critical("state database commit failed: %s", message)
             engine.rollback()
-            results = [e] * len(batch)
+            error: BaseException = e
+            if _deposed(e):
+                error = LeaseLost(message.splitlines()[0])
+                if self.on_deposed is not None:
+                    self.on_deposed(error)
+            results = [error] * len(batch)
             refused = True
         took = time.monotonic() - started
         if took >= SLOW_COMMIT:
@@ -422,6 +439,11 @@ class Store:
         self._recover(batch, results)
         for (_, ticket), error in zip(batch, results, strict=True):
             ticket._finish(error)
+
+    def _fence(self) -> None:
+        """First in the batch's transaction: the lease still ours, locked until COMMIT."""
+        if self._fencing is not None:
+            self._engine.execute("SELECT wfm_fence(?, ?)", self._fencing)
 
     @staticmethod
     def _recover(batch: list[tuple[list[Statement], Ticket]],
@@ -476,3 +498,8 @@ class Store:
             self._queue.put(None)
             self._writer.join(timeout=30)
         self._engine.close()
+
+
+def _deposed(error: BaseException) -> bool:
+    """The batch was refused by the lease's fence: another orchestrator leads."""
+    return getattr(error, "sqlstate", None) == FENCE_SQLSTATE

@@ -6,11 +6,12 @@
   ``synchronous_standby_names`` set (Patroni's synchronous_mode) is once the synchronous
   standby has the commit. At start both settings are read and a warning logged when a
   commit would not wait for a standby (docs/ha.md).
-* One orchestrator per database (and schema): a session advisory lock, taken at start
-  on a connection of its own and held until ``close``; a second orchestrator refuses to
-  start. A stop-gap until the leader lease (issue #20, item 2) replaces it: the lock goes
-  with its connection (a failover ends it); when the writer's connection was lost, the
-  lock is checked and taken again before the next batch, or the batch is refused.
+* One writer per database (and schema). A serving orchestrator opens it with
+  ``lock=False``: the leader lease (lease.py) fences each of its batches. Otherwise (the
+  command line's offline tools) a session advisory lock, taken at start on a connection
+  of its own and held until ``close``, keeps a second one out: the lock goes with its
+  connection (a failover ends it); when the writer's connection was lost, the lock is
+  checked and taken again before the next batch, or the batch is refused.
 * The SQL of the use cases is written once, with ``?`` placeholders: each statement
   text is translated once (cached). The DDL's ``REAL`` is ``DOUBLE PRECISION`` here
   (``real`` is 4 bytes in PostgreSQL: it would truncate timestamps) and its ``INTEGER``
@@ -82,7 +83,7 @@ class PostgresBackend:
     Error = psycopg.Error
     engine = "postgresql"
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, lock: bool = True) -> None:
         self.name = self.path = redact(dsn)
         params = conninfo.conninfo_to_dict(dsn)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
@@ -91,9 +92,11 @@ class PostgresBackend:
         self._idle: list[psycopg.Connection] = []
         self._idle_lock = threading.Lock()
         self._lock_conn: psycopg.Connection | None = None
+        self._locking = lock
         self.conn: psycopg.Connection | None = None
         try:
-            self._lock_conn = self._take_lock()
+            if lock:
+                self._lock_conn = self._take_lock()
             self.conn = self._connect(autocommit=False)
             self._check_durability()
         except BaseException:
@@ -168,7 +171,7 @@ class PostgresBackend:
         try:
             tables = {row[0] for row in conn.execute(
                 "SELECT table_name FROM information_schema.tables"
-                " WHERE table_schema = current_schema()")}
+                " WHERE table_schema = current_schema()")} - {"wfm_lease"}  # lease.py's
             schema = conn.execute("SELECT current_schema()").fetchone()[0]
             if "schema_migration" not in tables:
                 if tables:
@@ -212,7 +215,8 @@ class PostgresBackend:
             self.conn = None
         log.warning("state database %s: the writer's connection was lost: connecting again",
                     self.name)
-        self._hold_lock()
+        if self._locking:
+            self._hold_lock()
         self.conn = self._connect(autocommit=False)
 
     def _hold_lock(self) -> None:

@@ -7,19 +7,22 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
-from ..conftest import ROOT
+from ..conftest import ROOT, server_env
 
 HACLUSTER = os.path.join(ROOT, "deploy", "hacluster")
 STATE_DIR = "/var/lib/wfm-hacluster"
 
 
 def hacluster(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run deploy/hacluster ARGS (as the root running the tests)."""
+    """Run deploy/hacluster ARGS (as the root running the tests); the orchestrators it
+    starts run this interpreter on the package the tests import."""
+    env = server_env(WFM_HACLUSTER_PYTHON=sys.executable)
     return subprocess.run([HACLUSTER, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+                          check=False, env=env)
 
 
 def up() -> subprocess.CompletedProcess:

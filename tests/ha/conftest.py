@@ -26,3 +26,12 @@ def ha_cluster():
     yield dsn()
     out = hacluster("down", timeout=180)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+def orchestrators(ha_dsn):
+    """deploy/hacluster's two orchestrators running, one leading, on the session's
+    cluster; `up` again after the test restarts the one it stopped."""
+    up()  # both instances running, one leading
+    yield
+    up()  # the one the test stopped comes back, as the standby

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.ha
 
 # A failover must give writes back within this (issue #20's goal for a node failure).
 FAILOVER_BOUND = 30.0
-PORTS = (23791, 23792, 23793, 23801, 23802, 23803, 25432, 25433, 28008, 28009)
+PORTS = (23791, 23792, 23793, 23801, 23802, 23803, 25432, 25433, 28008, 28009, 28080, 28081)
 
 
 def connect(dsn: str, **params):
@@ -51,7 +51,14 @@ def test_status_json_names_the_running_daemons_and_their_roles(ha_cluster):
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
     assert set(st) == {"orchestrators", "postgres", "etcd"}
-    assert st["orchestrators"] == []  # the orchestrator's instances are not built yet
+    assert [o["url"] for o in st["orchestrators"]] == ["http://127.0.0.1:28080",
+                                                       "http://127.0.0.1:28081"]
+    assert sorted(o["role"] for o in st["orchestrators"]) == ["leader", "standby"]
+    for o in st["orchestrators"]:
+        assert set(o) == {"url", "pid", "role"}
+        with open(f"/proc/{o['pid']}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        assert f"{STATE_DIR}/orchestrator/".encode() in b" ".join(argv), (o, argv)
     assert [p["name"] for p in st["postgres"]] == ["pg1", "pg2"]
     assert sorted(p["role"] for p in st["postgres"]) == ["primary", "replica"]
     for p in st["postgres"]:

@@ -318,3 +318,25 @@ def answering():
     yield make
     for server in made:
         server.close()
+
+
+# --- the leader lease (tests/unit/test_lease.py) ------------------------------------
+
+
+@pytest.fixture
+def leases(pg_state_db):
+    """Make Lease(url, ttl, clock) objects on the test's PostgreSQL schema, set up and
+    closed after the test."""
+    from wfm_orchestrator.lease import Lease
+
+    made = []
+
+    def make(url: str = "http://a:1", ttl: float = 30, clock=None) -> Lease:
+        lease = Lease(pg_state_db, url, ttl, **({"clock": clock} if clock else {}))
+        lease.setup()
+        made.append(lease)
+        return lease
+
+    yield make
+    for lease in made:
+        lease.close()

@@ -133,16 +133,30 @@ def test_release_with_the_service_stopped_marks_it_and_its_job(make_config, stat
 
 
 def test_offline_commands_refuse_a_database_in_use(make_config, state_db):
-    """release takes the service's lock: refused while another holds it."""
+    """release takes the service's lock (SQLite) or the leader lease (PostgreSQL): refused
+    while a running service holds it."""
     config = held(make_config)
-    store = Store(config.state_db)
+    lease = None
+    if state_db.startswith("postgresql"):
+        from wfm_orchestrator.lease import Lease
+
+        lease = Lease(config.state_db, "http://leader:8080", 30)
+        lease.setup()
+        assert lease.acquire()
+    store = Store(config.state_db, lease=lease)
     try:
-        with pytest.raises(StoreError, match="in use by another orchestrator"):
+        refusal = "an orchestrator leads .*http://leader:8080" if lease else \
+            "in use by another orchestrator"
+        with pytest.raises(StoreError, match=refusal):
             release_offline(config, SBB["name"])
         facts, problems = check_database(config)  # read-only beside the holder
         assert problems == [] and "checked read-only" in facts[0]
     finally:
         store.close()
+        if lease is not None:
+            lease.release()
+            assert release_offline(config, SBB["name"]).startswith("reservation")
+            lease.close()
 
 
 def test_db_check_finds_reservations_that_no_longer_fit(make_config, tmp_path, state_db):

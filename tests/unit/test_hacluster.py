@@ -34,8 +34,9 @@ def test_ports_are_distinct_loopback_ports_apart_from_the_other_servers():
     slurmd 17001+), nor 8080, nor the ephemeral range the tests' servers draw from."""
     h = load()
     ports = [p for e in h.ETCDS for p in (e.client_port, e.peer_port)] + \
-        [p for n in h.NODES for p in (n.pg_port, n.rest_port)]
-    assert len(set(ports)) == len(ports) == 10
+        [p for n in h.NODES for p in (n.pg_port, n.rest_port)] + \
+        [o.port for o in h.ORCHESTRATORS]
+    assert len(set(ports)) == len(ports) == 12
     taken = {6817, 6820, 8080, *range(17001, 17100)}
     assert not set(ports) & taken
     assert all(1024 < p < 32768 for p in ports)

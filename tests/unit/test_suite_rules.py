@@ -120,6 +120,7 @@ TIMED_RUNS = {
     "tests/unit/test_server_loop.py": 1,  # read_for: what a socket sends in a set time
     "tests/ha/cluster.py": 2,  # Writer: writes until stopped, each acknowledgement timed
     "tests/ha/test_store_failover.py": 1,  # StoreWriter: the same, through the store
+    "tests/ha/test_leader_failover.py": 2,  # Client: requests until stopped, acks timed
 }
 
 

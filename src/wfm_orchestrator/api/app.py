@@ -24,6 +24,7 @@ from . import (
     errors,
     info,
     job_services,
+    leadership,
     openapi,
     reservations,
     service_status,
@@ -162,9 +163,11 @@ def create_app(config: Config, rm: ResourceManager, services: ServiceManager,
 
 
 def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
-              step_manager: StepManager | None = None
+              step_manager: StepManager | None = None,
+              role: leadership.RoleOf | None = None
               ) -> tuple[falcon.App, Callable[[str, str], bool]]:
-    """The application, and which of its requests the server may serve on its event loop."""
+    """The application, and which of its requests the server may serve on its event loop.
+    ``role``: what GET /v1.0.0/leader says (default: the leader, no lease)."""
     verifier = build_verifier(config)
     metrics = Metrics()
     metrics.watch(rm, services, step_manager)
@@ -185,7 +188,7 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
     for path, resource in table:
         for version in VERSIONS:
             app.add_route(f"/{version}{path}", resource)
-    for path, resource in operator_routes(config, rm, services, step_manager, metrics):
+    for path, resource in operator_routes(config, rm, services, step_manager, metrics, role):
         app.add_route(path, resource)
     app.add_route("/openapi.json", openapi.OpenAPI([p for p, _ in table],
                                                    bearer=verifier is not None, config=config))
@@ -193,8 +196,8 @@ def build_api(config: Config, rm: ResourceManager, services: ServiceManager,
 
 
 def operator_routes(config: Config, rm: ResourceManager, services: ServiceManager,
-                    step_manager: StepManager | None, metrics: Metrics
-                    ) -> list[tuple[str, object]]:
+                    step_manager: StepManager | None, metrics: Metrics,
+                    role: leadership.RoleOf | None = None) -> list[tuple[str, object]]:
     """The operators' paths, outside the specification's versions: metrics, the dashboard
     and the administrator's endpoints (api/admin.py).
 
@@ -212,4 +215,13 @@ def operator_routes(config: Config, rm: ResourceManager, services: ServiceManage
         ("/admin/reservations", admin.Reservations(rm)),
         ("/admin/reservations/{name}", admin.OneReservation(rm)),
         ("/admin/reload", admin.Reload(rm)),
+        (leadership.ROLE_PATH, leadership.Role(role or _single(config))),
     ]
+
+
+def _single(config: Config) -> leadership.RoleOf:
+    """The role of an orchestrator without a lease (SQLite): the leader, at its URL."""
+    from ..lease import default_advertise_url
+
+    url = config.advertise_url or default_advertise_url(config.listen)
+    return lambda: ("leader", url, None)

@@ -24,6 +24,7 @@ from ..errors import (
     StoreError,
     WfmError,
 )
+from ..lease import LeaseLost
 
 log = logging.getLogger("wfm_orchestrator.api")
 
@@ -76,6 +77,9 @@ def store_unavailable(method: str, path: str, error: StoreError) -> APIError:
     a worker, rendered by api/serving.py for an answer held on the event loop.
     """
     log.error("%s %s: state database error: %s", method, path, error)
+    if isinstance(getattr(error, "cause", error), LeaseLost):
+        # Deposed (lease.py): this instance stops; a client tries the next orchestrator.
+        return APIError(503, "Not the leader", str(error))
     return APIError(500, "State database unavailable", str(error))
 
 

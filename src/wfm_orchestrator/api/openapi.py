@@ -520,6 +520,12 @@ OPERATOR_OPERATIONS: dict[str, dict[str, Any]] = {
     "/ui/dashboard.css": {"get": {
         "summary": "The dashboard's style", "responses": {"200": _text("text/css",
                                                                        "the style")}}},
+    "/v1.0.0/leader": {"get": {
+        "summary": "Who leads (public): role leader or standby, the leader's URL (as "
+                   "advertised) and the lease's epoch (null without a lease: SQLite). A "
+                   "standby answers every other request 503 with the leader's URL in the "
+                   "X-WFM-Leader header and the body's leader (docs/ha.md)",
+        "responses": {"200": _json(_ref("Role"), "the role")}}},
     "/ui/overview": {"get": {
         "summary": "What the dashboard shows: datanodes with their state and use, "
                    "reservations by state, the queue, live services, steps",
@@ -535,6 +541,13 @@ _DATANODE = {"type": "object",
                  **{k: _COUNT for k in ("cores", "free_cores", "msize", "free_msize", "ssize",
                                         "free_ssize")}}}
 SCHEMAS["Datanode"] = _DATANODE
+SCHEMAS["Role"] = {
+    "type": "object", "required": ["role", "leader", "epoch"],
+    "properties": {"role": {"type": "string", "enum": ["leader", "standby"]},
+                   "leader": {"type": "string", "nullable": True,
+                              "description": "the leader's advertise_url; null when none "
+                                             "leads"},
+                   "epoch": {"type": "integer", "nullable": True}}}
 SCHEMAS["AdminReservation"] = {
     "type": "object",
     "description": "A reservation as the Resource Manager holds it (sizes in MB per server)",
@@ -610,7 +623,7 @@ OPERATOR_OPERATIONS.update({
                 "responses": {"200": _json(_ref("AdminReservation"), "the reservation"),
                               **_ADMIN_ERRORS}}},
 })
-_PUBLIC_PATHS = ("/ui", "/ui/dashboard.js", "/ui/dashboard.css")
+_PUBLIC_PATHS = ("/ui", "/ui/dashboard.js", "/ui/dashboard.css", "/v1.0.0/leader")
 
 
 # With auth = keycloak every operation takes a bearer token (docs/security.md).

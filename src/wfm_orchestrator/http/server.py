@@ -80,7 +80,7 @@ def create_server(app: Any, host: str, port: int, threads: int,
     server.loop_thread = None
     ending: list[Callable[[], None]] = []  # this turn's, from the application
     server.at_turn_end = ending.append
-    every_turn = tuple(turn_end)
+    every_turn = list(turn_end)
     held: collections.deque[tuple[float, Any, Held]] = collections.deque()
 
     def hold(channel: Any, answer: Held) -> None:
@@ -137,6 +137,17 @@ def create_server(app: Any, host: str, port: int, threads: int,
         if threading.get_ident() != server.loop_thread:
             pull_trigger()
 
+    def swap(app: Any, nonblocking: Nonblocking | None,
+             turn_end: Iterable[Callable[[], None]]) -> None:
+        """Serve ``app`` from now on (a standby that took the lead, cli.py): the turn's
+        callbacks first, so that no write of the new app waits for a flush nobody does;
+        its non-blocking requests last, so that the loop serves only the new app's."""
+        every_turn.extend(turn_end)
+        server.application = app
+        if dispatcher is not None and nonblocking is not None:
+            dispatcher.nonblocking = nonblocking
+
+    server.swap = swap
     server.enter_loop, server.turn = enter_loop, turn
     server.run, server.pull_trigger = run_loop, wake_loop
     return server

@@ -153,6 +153,9 @@ class SlurmClient:
         self.token_file = token_file
         self.slurm_user = slurm_user
         self.timeout = float(timeout)
+        # Called before every submission; raises to refuse it (the leader lease's margin,
+        # cli.py: a deposed leader must not submit a job the new leader submits too).
+        self.before_submit: Callable[[], None] | None = None
         # requests (~60 ms with urllib3) only once a client is made: a server without
         # Slurm (Resource-Manager-only) starts without it.
         import requests
@@ -377,6 +380,8 @@ class SlurmClient:
         in X-SLURM-USER-NAME. Raises InvalidRequest (bad spec), SlurmAuthError,
         SlurmUnavailable, or SlurmError with Slurm's text.
         """
+        if self.before_submit is not None:
+            self.before_submit()
         if not isinstance(user, str) or not user:
             raise InvalidRequest("user", "a job is submitted for a named user")
         build_submit_body(spec, SUPPORTED[-1])  # InvalidRequest before any I/O
