@@ -318,6 +318,12 @@ class PostgresBackend:
     def close(self) -> None:
         with self._idle_lock:
             idle, self._idle = self._idle, []
+        if self._lock_conn is not None:
+            # Released now: a closed connection's server process ends (and lets go of the
+            # lock) a moment after close returns, and a store opened on the database at
+            # once was refused ("in use by another orchestrator", holder unknown).
+            with contextlib.suppress(psycopg.Error):  # gone: so is its lock
+                self._lock_conn.execute("SELECT pg_advisory_unlock_all()")
         for conn in (*idle, self.conn, self._lock_conn):
             if conn is not None:
                 conn.close()
