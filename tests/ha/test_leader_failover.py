@@ -153,10 +153,7 @@ def test_kill9_of_the_leader_the_standby_takes_over(orchestrators):
         poll_until(lambda: len(client.reserved) >= 20, timeout=30, what="a steady load")
         killed = time.monotonic()
         os.kill(leader["pid"], signal.SIGKILL)
-        poll_until(lambda: role(standby["url"]) == "leader",
-                   timeout=LEASE_TTL + TAKEOVER_BOUND + 5, what="the standby leads")
-        took = time.monotonic() - killed
-        count = len(client.reserved)
+        took, count = takeover(standby, killed, client)
         poll_until(lambda: len(client.reserved) >= count + 20, timeout=30,
                    what="reservations through the new leader")
     finally:
@@ -168,6 +165,14 @@ def test_kill9_of_the_leader_the_standby_takes_over(orchestrators):
     assert took <= LEASE_TTL + TAKEOVER_BOUND
     assert outage <= OUTAGE_BOUND
     check_state(standby["url"], client)
+
+
+def takeover(standby: dict, since: float, client: Client) -> tuple[float, int]:
+    """Wait until ``standby`` leads: (seconds since ``since``, reservations acknowledged
+    by then)."""
+    poll_until(lambda: role(standby["url"]) == "leader",
+               timeout=LEASE_TTL + TAKEOVER_BOUND + 5, what="the standby leads")
+    return time.monotonic() - since, len(client.reserved)
 
 
 def test_a_paused_leader_is_fenced_and_stops(orchestrators):
@@ -186,10 +191,7 @@ def test_a_paused_leader_is_fenced_and_stops(orchestrators):
             {"name": name, "user": "alice", "user_slurm_token": "tok", "type": "SBB",
              "attributes": {"flavor": "small", "targets": "/x"}}, timeout=60)))
         sender.start()
-        poll_until(lambda: role(standby["url"]) == "leader",
-                   timeout=LEASE_TTL + TAKEOVER_BOUND + 5, what="the standby leads")
-        took = time.monotonic() - paused
-        count = len(client.reserved)
+        took, count = takeover(standby, paused, client)
         # Slow: each request waits 2 s for the paused leader first, as a client would.
         poll_until(lambda: len(client.reserved) >= count + 3, timeout=30,
                    what="reservations through the new leader")
