@@ -52,12 +52,25 @@ Flavor=large  MemorySize=16GB Cores=8 StorageSize=1TB
 # --- the state database: SQLite, and PostgreSQL on the local HA cluster -------------
 
 
+def _engines_under_test() -> list[str]:
+    """Both engines, or the one WFM_TEST_STATE_DB names (a quick run without root or
+    without the HA cluster: ``WFM_TEST_STATE_DB=sqlite``)."""
+    chosen = os.environ.get("WFM_TEST_STATE_DB", "").strip()
+    if not chosen:
+        return ["sqlite", "postgresql"]
+    if chosen not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"WFM_TEST_STATE_DB={chosen!r}: say sqlite or postgresql")
+    return [chosen]
+
+
 @pytest.fixture(scope="session")
 def ha_dsn():
     """The connection string of the local HA cluster (deploy/hacluster): brought up when
     it does not run (and down again at the end of the session), for every test of the
     session. Skipped only when not root (deploy/hacluster runs as root) or without
     psycopg or PostgreSQL's packages (deploy/install installs them)."""
+    if "postgresql" not in _engines_under_test():
+        pytest.skip("WFM_TEST_STATE_DB=sqlite")
     if os.geteuid() != 0:
         pytest.skip("the PostgreSQL state database runs on deploy/hacluster, as root")
     pytest.importorskip("psycopg", reason="pip install '.[test]' (deploy/install does)")
@@ -147,29 +160,22 @@ def sqlite_db_as_before(path: str, migrations: int):
     return conn
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=_engines_under_test())
 def state_db(request, tmp_path):
-    """The ``state_db`` of a test that runs on both engines: an SQLite file, then a
-    PostgreSQL schema. ``make_config`` uses it when the test asks for it; otherwise an
-    SQLite file, or a PostgreSQL schema with ``WFM_TEST_STATE_DB=postgresql`` (the whole
-    suite on PostgreSQL: every configuration made by make_config)."""
+    """The ``state_db`` of every test that makes a configuration (``make_config``) or asks
+    for it: an SQLite file, then a PostgreSQL schema (issue #20: the whole suite on both
+    engines)."""
     if request.param == "sqlite":
         return str(tmp_path / "state.db")
     return request.getfixturevalue("pg_state_db")
 
 
 @pytest.fixture
-def make_config(tmp_path, request):
+def make_config(tmp_path, state_db):
     from wfm_orchestrator.config import parse_config
 
     def make(text: str = SMALL_CONF, **fmt):
-        if "state_db" not in fmt:
-            if "state_db" in request.fixturenames:
-                fmt["state_db"] = request.getfixturevalue("state_db")
-            elif os.environ.get("WFM_TEST_STATE_DB") == "postgresql":
-                fmt["state_db"] = request.getfixturevalue("pg_state_db")
-            else:
-                fmt["state_db"] = str(tmp_path / "state.db")
+        fmt.setdefault("state_db", state_db)
         fmt.setdefault("queue_policy", "fifo")
         path = tmp_path / "wfm.conf"
         body = text.format(**fmt)
