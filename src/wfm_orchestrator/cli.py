@@ -542,7 +542,7 @@ environment:
 exit codes:
   0  done
   {EXIT_FAILED}  the orchestrator refused the request (its reason is printed), or db check
-     found a problem
+     found a problem, or leads: the orchestrator asked does not lead
   {EXIT_CONFIG}  a wrong command line, an invalid wfm.conf or an unreadable token file
   {EXIT_STORE}  the state database is unusable, or in use by the running service
   {EXIT_UNREACHABLE}  no orchestrator answers at the configuration's listen address
