@@ -164,9 +164,7 @@ def leadership(api: Api) -> tuple[bool, str]:
     """(whether the orchestrator ``api`` asks first leads, what it said): its ``GET
     /v1.0.0/leader``. A virtual IP's health check (docs/ha.md) asks its own node's
     instance alone: another instance's answer says nothing about this one."""
-    from .api.leadership import ROLE_PATH
-
-    doc = api.call("GET", ROLE_PATH)
+    doc = api.call("GET", f"{V}/leader")  # api/leadership.py's ROLE_PATH
     if not isinstance(doc, dict):
         return False, f"{api.base_url}: not a role document: {str(doc)[:80]}"
     role, leader, epoch = doc.get("role"), doc.get("leader"), doc.get("epoch")

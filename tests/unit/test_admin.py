@@ -270,30 +270,6 @@ def test_url_option_takes_a_list_and_refuses_anything_but_http_urls(capsys):
 # --- leads: a virtual IP's health check (docs/ha.md) --------------------------------------
 
 
-@pytest.fixture
-def wsgi_served():
-    """Serve a real WSGI application on loopback: its URL."""
-    import threading
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    servers = []
-
-    def serve(app) -> str:
-        server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 def leads(*argv: str) -> int:
     # --config names no file: with --url, leads reads no configuration.
     return cli.main(["leads", "--config", "/nonexistent/wfm.conf", *argv])
