@@ -160,6 +160,19 @@ def _failure(status: int, raw: bytes) -> ApiFailed:
         return ApiFailed(status, "", raw[:200].decode(errors="replace"))
 
 
+def leadership(api: Api) -> tuple[bool, str]:
+    """(whether the orchestrator ``api`` asks first leads, what it said): its ``GET
+    /v1.0.0/leader``. A virtual IP's health check (docs/ha.md) asks its own node's
+    instance alone: another instance's answer says nothing about this one."""
+    doc = api.call("GET", f"{V}/leader")  # api/leadership.py's ROLE_PATH
+    if not isinstance(doc, dict):
+        return False, f"{api.base_url}: not a role document: {str(doc)[:80]}"
+    role, leader, epoch = doc.get("role"), doc.get("leader"), doc.get("epoch")
+    if role == "leader":
+        return True, f"{api.base_url} leads" + (f" (epoch {epoch})" if epoch is not None else "")
+    return False, f"{api.base_url} is {role}: the leader is {leader or 'nobody right now'}"
+
+
 def release(api: Api, name: str) -> dict[str, Any]:
     """Release ``name`` as the Session Manager would (its Slurm job is stopped first); a
     service without Slurm (slurmrestd_url empty) frees the reservation directly."""

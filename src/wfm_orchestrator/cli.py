@@ -4,7 +4,7 @@ command line.
 `serve` runs the service; `check-config` validates a wfm.conf. The other commands act on
 the service that --config describes: they talk to its API at its `listen` address
 (`status`, `datanodes`, `reservations`, `show`, `steps`, `abort`, `drain`, `resume`,
-`reload`), or
+`reload`; `leads`, a virtual IP's health check, asks only whether it leads), or
 open its state database under the service's lock (`db check`, `db backup`; `release` too
 when the service is stopped).
 """
@@ -361,6 +361,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout is more than 0 seconds")
+    return value
+
+
 def _show(args: argparse.Namespace, doc, lines: Callable[[], list[str]]) -> int:
     print(json.dumps(doc, indent=2) if args.json else "\n".join(lines()))
     return 0
@@ -467,6 +474,41 @@ def cmd_reload(args: argparse.Namespace, config: Config) -> int:
     return _show(args, doc, lines)
 
 
+def cmd_leads(args: argparse.Namespace) -> int:
+    """Exit 0 only when the one orchestrator asked leads: a virtual IP's health check.
+
+    With --url no configuration is read (the check may run as a user that cannot read
+    wfm.conf) and no token is sent (GET /v1.0.0/leader is public)."""
+    from .admin import Api, leadership, service_url
+
+    if args.url and len(args.url) != 1:
+        print("wfm-orchestrator: leads asks one orchestrator: give one --url",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if args.url:
+        url = args.url[0]
+    else:
+        try:
+            url = service_url(load_config(args.config).listen)
+        except ConfigError as e:
+            print(f"wfm-orchestrator: {args.config} is invalid:\n{e}", file=sys.stderr)
+            return EXIT_CONFIG
+        except OSError as e:
+            print(f"wfm-orchestrator: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        leads, said = leadership(Api(url, timeout=args.timeout))
+    except ServiceUnreachable as e:
+        print(f"wfm-orchestrator: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (ApiFailed, ValueError) as e:  # an error status, or a body that is not JSON
+        print(f"wfm-orchestrator: {url}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if not args.quiet:
+        print(said)
+    return 0 if leads else EXIT_FAILED
+
+
 def cmd_db_check(args: argparse.Namespace, config: Config) -> int:
     from .admin import check_database
 
@@ -500,7 +542,7 @@ environment:
 exit codes:
   0  done
   {EXIT_FAILED}  the orchestrator refused the request (its reason is printed), or db check
-     found a problem
+     found a problem, or leads: the orchestrator asked does not lead
   {EXIT_CONFIG}  a wrong command line, an invalid wfm.conf or an unreadable token file
   {EXIT_STORE}  the state database is unusable, or in use by the running service
   {EXIT_UNREACHABLE}  no orchestrator answers at the configuration's listen address
@@ -575,6 +617,15 @@ def _parser() -> argparse.ArgumentParser:
     add("reload", _admin(cmd_reload), "read wfm.conf again (as SIGHUP does): datanodes, "
         "flavors, locations and the queue's settings change; a file with errors is "
         "refused with file:line and the running configuration kept")
+    p = add("leads", cmd_leads, "exit 0 only if this orchestrator leads (GET /v1.0.0/leader "
+            "says leader), else 1 (a standby, or an error answer), 4 (no answer within "
+            "--timeout): the health check that makes a virtual IP follow the leader "
+            "(docs/ha.md)", parents=(common,))
+    p.add_argument("--url", type=_urls, help="the one orchestrator to ask (default: the "
+                   "configuration's listen address; given, no configuration is read)")
+    p.add_argument("--timeout", type=_timeout, default=2.0,
+                   help="seconds to wait to connect, and then for the answer (default 2)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     db = sub.add_parser("db", help="the state database: check, backup")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     p = dbsub.add_parser("check", parents=[admin], help="integrity, schema version, and "

@@ -46,6 +46,14 @@ def role(port: int) -> str | None:
     return doc["role"] if status == 200 else None
 
 
+def leads(port: int) -> int:
+    """The exit code of the virtual IP's health check (`wfm-orchestrator leads`)."""
+    return subprocess.run(  # noqa: S603 - argv list
+        [sys.executable, "-m", "wfm_orchestrator.cli", "leads", "--quiet",
+         "--url", f"http://127.0.0.1:{port}"], env=server_env(), capture_output=True,
+        timeout=30, check=False).returncode
+
+
 def test_a_standby_serves_503_then_takes_over_a_clean_stop(pg_state_db, tmp_path):
     ports = [free_port(), free_port()]
     procs = []
@@ -61,6 +69,7 @@ def test_a_standby_serves_503_then_takes_over_a_clean_stop(pg_state_db, tmp_path
                 stderr=subprocess.DEVNULL))
             poll_until(lambda port=port: role(port), what=f"instance {i} answers")
         assert [role(p) for p in ports] == ["leader", "standby"]
+        assert [leads(p) for p in ports] == [0, 1]  # the virtual IP's check (docs/ha.md)
         status, headers, doc = get(ports[1], "/v1.0.0/ephemeralservice/reserve", "POST",
                                    dict(SBB))
         assert status == 503 and doc["leader"] == f"http://127.0.0.1:{ports[0]}"
@@ -75,6 +84,7 @@ def test_a_standby_serves_503_then_takes_over_a_clean_stop(pg_state_db, tmp_path
         assert status == 200 and doc["state"] == "FREE"
         _, _, doc = get(ports[1], "/v1.0.0/leader")
         assert doc == {"role": "leader", "leader": f"http://127.0.0.1:{ports[1]}", "epoch": 2}
+        assert [leads(p) for p in ports] == [4, 0]  # stopped: no answer; the new leader
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -320,6 +320,30 @@ def answering():
         server.close()
 
 
+@pytest.fixture
+def wsgi_served():
+    """Serve a real WSGI application on loopback (test_admin.py's `leads`): its URL."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def serve(app) -> str:
+        server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
 # --- the leader lease (tests/unit/test_lease.py) ------------------------------------
 
 

@@ -25,7 +25,7 @@ from wfm_orchestrator.model import parse_reserve
 from wfm_orchestrator.resource_manager import ResourceManager
 from wfm_orchestrator.store import MIGRATIONS, Store
 
-from ..conftest import SBB
+from ..conftest import SBB, SMALL_CONF
 
 
 @pytest.mark.parametrize(("mb", "shown"), [(0, "0M"), (512, "512M"), (1024, "1G"),
@@ -265,3 +265,65 @@ def test_url_option_takes_a_list_and_refuses_anything_but_http_urls(capsys):
     with pytest.raises(SystemExit):
         cli._parser().parse_args(["status", "--url", "ftp://a"])
     assert "'ftp://a' is not an http(s)://host[:port] URL" in capsys.readouterr().err
+
+
+# --- leads: a virtual IP's health check (docs/ha.md) --------------------------------------
+
+
+def leads(*argv: str) -> int:
+    # --config names no file: with --url, leads reads no configuration.
+    return cli.main(["leads", "--config", "/nonexistent/wfm.conf", *argv])
+
+
+def test_leads_exits_0_only_on_the_leader_and_1_on_a_standby(wsgi_served, capsys):
+    """The real documents: the leader's Role resource and the standby's application."""
+    import falcon
+
+    from wfm_orchestrator.api.leadership import ROLE_PATH, Role, standby_app
+
+    leader = falcon.App()
+    leader.add_route(ROLE_PATH, Role(lambda: ("leader", "http://admin1:8080", 4)))
+    leader_url = wsgi_served(leader)
+    standby_url = wsgi_served(standby_app(lambda: "http://admin1:8080", lambda: 4))
+    assert leads("--url", leader_url) == 0
+    assert capsys.readouterr().out == f"{leader_url} leads (epoch 4)\n"
+    assert leads("--url", standby_url) == cli.EXIT_FAILED
+    assert capsys.readouterr().out == \
+        f"{standby_url} is standby: the leader is http://admin1:8080\n"
+    assert leads("--url", standby_url, "--quiet") == cli.EXIT_FAILED
+    assert capsys.readouterr().out == ""
+
+
+def test_leads_fails_on_an_error_answer_or_no_answer(answering, capsys):
+    assert leads("--url", answering(503, STANDBY_BODY).url) == cli.EXIT_FAILED
+    assert leads("--url", answering(200, {"role": None, "leader": None}).url) == \
+        cli.EXIT_FAILED
+    assert leads("--url", answering(200, ["leader"]).url) == cli.EXIT_FAILED
+    assert leads("--url", closed_url()) == cli.EXIT_UNREACHABLE
+    assert "no orchestrator answers at" in capsys.readouterr().err
+
+
+def test_leads_gives_up_after_its_timeout_on_a_paused_leader(capsys):
+    """A SIGSTOPped leader's kernel still accepts connections; nothing answers them."""
+    import socket
+
+    with socket.socket() as paused:
+        paused.bind(("127.0.0.1", 0))
+        paused.listen(8)
+        url = f"http://127.0.0.1:{paused.getsockname()[1]}"
+        assert leads("--url", url, "--timeout", "0.2") == cli.EXIT_UNREACHABLE
+    assert "timed out" in capsys.readouterr().err
+
+
+def test_leads_asks_the_configured_listen_address_or_one_url(make_config, answering,
+                                                             capsys):
+    leader = answering(200, {"role": "leader", "leader": "http://x:1", "epoch": None})
+    config = make_config(SMALL_CONF.replace("127.0.0.1:8080",
+                                            leader.url.removeprefix("http://")))
+    assert cli.main(["leads", "--config", config.path]) == 0
+    assert leader.hits == 1 and capsys.readouterr().out == f"{leader.url} leads\n"
+    assert leads("--url", f"{leader.url},{leader.url}") == cli.EXIT_CONFIG
+    assert "give one --url" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        leads("--url", leader.url, "--timeout", "0")
+    assert cli.main(["leads", "--config", "/nonexistent/wfm.conf"]) == cli.EXIT_CONFIG

@@ -49,3 +49,20 @@ def test_the_unit_keeps_the_state_private_and_the_service_unprivileged():
     assert os.path.dirname(SETTINGS["state_db"].default) == state_dir
     assert shlex.split(unit["ExecStart"][0]) == [
         "/opt/wfm-orchestrator/bin/wfm-orchestrator", "serve", "--config", "/etc/wfm/wfm.conf"]
+
+
+def test_the_ha_drop_in_is_valid_and_keeps_restarting_a_standby(tmp_path):
+    """deploy/examples/wfm-orchestrator-ha.conf (docs/ha.md), read as the unit's drop-in:
+    no error, no warning, and restarts that never hit systemd's start limit."""
+    drop_in = os.path.join(ROOT, "deploy", "examples", "wfm-orchestrator-ha.conf")
+    (tmp_path / "wfm-orchestrator.service").write_text(open(UNIT, encoding="utf-8").read())
+    (tmp_path / "wfm-orchestrator.service.d").mkdir()
+    (tmp_path / "wfm-orchestrator.service.d" / "ha.conf").write_text(
+        open(drop_in, encoding="utf-8").read())
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+    done = subprocess.run(["systemd-analyze", "verify", "wfm-orchestrator.service"],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    with open(drop_in, encoding="utf-8") as fh:
+        text = fh.read()
+    assert "\nStartLimitIntervalSec=0\n" in text and "\nRestartSec=5\n" in text
