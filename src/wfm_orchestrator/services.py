@@ -193,6 +193,9 @@ class ServiceManager:
         self.on_replaced: Callable[[], None] = _nothing
         # Called once per second job of a reservation cancelled (_cancel_duplicates).
         self.on_duplicate: Callable[[], None] = _nothing
+        # Raises SlurmUnavailable unless this orchestrator surely leads, with every earlier
+        # write durable (a leader lease: lease.submission_guard, set by cli.build_all).
+        self.still_leading: Callable[[], None] = _nothing
         self._load()
         rm.listeners.append(self._on_reservation)
 
@@ -578,12 +581,14 @@ class ServiceManager:
         (The plugin's binding, ``confirm_job``, may adopt a job on another thread while a
         submission is in flight: ``_submit`` then keeps the adopted job and leaves its
         own to this.) A job of another user or partition carrying the tag is a
-        look-alike (someone copied the tag): not ours to cancel.
+        look-alike (someone copied the tag): not ours to cancel. With a leader lease, the
+        cancel waits for the proof a submission waits for (``still_leading``).
         """
         assert job.job_id is not None and self.slurm is not None
         base = job_tag(rec.name, rec.seq)
         keep = {job.job_id, job.replaced_job, rec.bound_job}
         found = {j.job_id: j for j in (*jobs.by_tag.get(base, ()), *jobs.by_stem.get(base, ()))}
+        due = []
         for other in found.values():
             if other.job_id in keep or other.name != rec.name \
                     or not other.runs_as(rec.request.user, self.config.datanode_partition):
@@ -591,9 +596,21 @@ class ServiceManager:
             key = ("duplicate", rec.name, other.job_id)
             if other.is_terminal:
                 self._cancels.forget(key)
-                continue
-            if not self._cancels.due(key, now):
-                continue
+            elif self._cancels.due(key, now):
+                due.append((other, key))
+        if not due:
+            return
+        # A deposed leader that has not noticed yet may hold in memory a job id it never
+        # committed, and would cancel the new leader's job: a cancel needs what a
+        # submission needs, our record durable under our lease with time left on it. The
+        # next leader then loads the same record and agrees on which job is the second.
+        try:
+            self.still_leading()
+        except SlurmUnavailable as e:
+            log.warning("service %s: second Slurm job(s) %s not cancelled now: %s", rec.name,
+                        ", ".join(str(other.job_id) for other, _ in due), e)
+            return
+        for other, key in due:
             log.warning("service %s: cancelling Slurm job %d (%s): it carries the service's "
                         "tag but is not its recorded job %d; a second submission (a former "
                         "leader paused past its lease, or a submission whose answer was "

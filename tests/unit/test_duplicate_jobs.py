@@ -125,6 +125,31 @@ def test_the_job_the_reservation_is_bound_to_is_never_cancelled(world):
     assert world.slurm.cancelled == []
 
 
+def test_a_leader_that_cannot_prove_it_still_leads_cancels_nothing(world, caplog):
+    """With a leader lease, the cancel waits for the submission's proof (the record
+    durable under the lease, time left on it): a deposed leader that has not noticed yet
+    cancels nothing; once the proof holds, the second job is cancelled."""
+    submitted(world)
+    second_job(world, 555)
+    proofs = []
+
+    def deposed():
+        proofs.append("asked")
+        raise SlurmUnavailable("not submitted: the job's record is not surely durable under "
+                               "this orchestrator's lease (lease lost)")
+
+    world.sm.still_leading = deposed
+    with caplog.at_level(logging.WARNING, logger="wfm_orchestrator.services"):
+        world.sm.reconcile()
+    assert world.slurm.cancelled == [] and proofs == ["asked"]
+    assert f"service {NAME}: second Slurm job(s) 555 not cancelled now" in caplog.text
+    world.sm.still_leading = lambda: proofs.append("proved")
+    world.sm.reconcile()
+    assert world.slurm.cancelled_ids == [555] and proofs == ["asked", "proved"]
+    world.sm.reconcile()  # nothing due (the cancel was just sent): no proof asked
+    assert proofs == ["asked", "proved"]
+
+
 # --- the leader's own submission ---------------------------------------------------
 
 
