@@ -78,12 +78,14 @@ def build_all(config: Config, lease=None):
     try:
         rm = ResourceManager(config, store)
         slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
+        guard = None
         if slurm is not None and lease is not None:
             # A submission leaves only once its record is durable under our lease, with a
             # third of the ttl still surely ours (docs/ha.md).
             from .lease import submission_guard
 
-            slurm.before_submit = submission_guard(lease, lambda: store.write([]).wait())
+            guard = submission_guard(lease, lambda: store.write([]).wait())
+            slurm.before_submit = guard
         # One follower for both: one read of Slurm's jobs per cycle, services first.
         follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
                             flush=store.flush)
@@ -92,6 +94,8 @@ def build_all(config: Config, lease=None):
         if slurm is not None:
             follower.add_reader(StageInNudge(slurm))
         services = ServiceManager(config, rm, store, slurm, follower=follower)
+        if guard is not None:
+            services.still_leading = guard  # the cancel of a second job: the same proof
         steps = StepManager(config, store, services, slurm, follower=follower)
     except BaseException:
         store.close()

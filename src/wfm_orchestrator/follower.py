@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from .errors import SlurmError, SlurmUnavailable, WfmError
@@ -52,6 +53,18 @@ class JobIndex:
             if j.comment:
                 by_tag.setdefault(j.comment, []).append(j)
         return cls({j.job_id: j for j in listed}, by_tag)
+
+    @cached_property
+    def by_stem(self) -> dict[str, list[JobState]]:
+        """The jobs by their tag's stem: the tag without its last ``:`` field (a service's
+        nonce), so that the jobs of one record are found whatever nonce they were
+        submitted with. Built on first use: only a cycle that looks for one pays for it."""
+        by_stem: dict[str, list[JobState]] = {}
+        for tag, listed in self.by_tag.items():
+            stem = tag.rpartition(":")[0]
+            if stem:
+                by_stem.setdefault(stem, []).extend(listed)
+        return by_stem
 
     def adoptable(self, tag: str, user: str, partition: str, what: str) -> JobState | None:
         """The job carrying ``tag`` that runs as ``user`` on ``partition``, if any.

@@ -191,6 +191,11 @@ class ServiceManager:
         self._cancels = Cancels(config.release_timeout)  # keyed by service name
         # Called once per service job replaced (stuck_job_timeout): metrics at the edge.
         self.on_replaced: Callable[[], None] = _nothing
+        # Called once per second job of a reservation cancelled (_cancel_duplicates).
+        self.on_duplicate: Callable[[], None] = _nothing
+        # Raises SlurmUnavailable unless this orchestrator surely leads, with every earlier
+        # write durable (a leader lease: lease.submission_guard, set by cli.build_all).
+        self.still_leading: Callable[[], None] = _nothing
         self._load()
         rm.listeners.append(self._on_reservation)
 
@@ -499,6 +504,7 @@ class ServiceManager:
                 # The job list was read before this submission: look at it next cycle.
                 self._submit(rec, job)
                 return
+        self._cancel_duplicates(rec, job, jobs, now)
         seen = jobs.by_id.get(job.job_id)  # type: ignore[arg-type]
         if seen is not None and seen.comment == job.tag and not seen.runs_as(user, partition) \
                 and not job.ended:
@@ -552,6 +558,67 @@ class ServiceManager:
                 self.rm.release(rec.name, detail=detail)  # the follower flushes after the item
             except NotFound:
                 pass
+
+    # --- a second job of one reservation (issue #20: never two) ----------------------
+
+    def _cancel_duplicates(self, rec: Reservation, job: ServiceJob, jobs: JobIndex,
+                           now: float) -> None:
+        """Cancel every active job of this reservation's user and partition carrying its
+        tag (any nonce of its seq) that is neither its recorded job, nor a replaced job
+        still being cancelled, nor the job the reservation is bound to.
+
+        Such a job is a second submission: a former leader paused past its lease between
+        its lease check and its POST (docs/ha.md "Slurm submissions"), or a submission of
+        ours whose answer was lost and which we submitted again. Slurm cannot fence a
+        request, so the leader finds it afterwards and cancels it.
+
+        Never our own submission in flight: only the follower's thread submits a
+        service's job, in ``_advance``, and only while the record has no job id; it
+        records the id Slurm returns (in memory, at once) before its next read of
+        Slurm's jobs, and this runs on that thread, after the record has an id. So no
+        submission of this reservation by this process can be in flight now, and every
+        other job with the tag in this read was made by someone else or abandoned by us.
+        (The plugin's binding, ``confirm_job``, may adopt a job on another thread while a
+        submission is in flight: ``_submit`` then keeps the adopted job and leaves its
+        own to this.) A job of another user or partition carrying the tag is a
+        look-alike (someone copied the tag): not ours to cancel. With a leader lease, the
+        cancel waits for the proof a submission waits for (``still_leading``).
+        """
+        assert job.job_id is not None and self.slurm is not None
+        base = job_tag(rec.name, rec.seq)
+        keep = {job.job_id, job.replaced_job, rec.bound_job}
+        found = {j.job_id: j for j in (*jobs.by_tag.get(base, ()), *jobs.by_stem.get(base, ()))}
+        due = []
+        for other in found.values():
+            if other.job_id in keep or other.name != rec.name \
+                    or not other.runs_as(rec.request.user, self.config.datanode_partition):
+                continue
+            key = ("duplicate", rec.name, other.job_id)
+            if other.is_terminal:
+                self._cancels.forget(key)
+            elif self._cancels.due(key, now):
+                due.append((other, key))
+        if not due:
+            return
+        # A deposed leader that has not noticed yet may hold in memory a job id it never
+        # committed, and would cancel the new leader's job: a cancel needs what a
+        # submission needs, our record durable under our lease with time left on it. The
+        # next leader then loads the same record and agrees on which job is the second.
+        try:
+            self.still_leading()
+        except SlurmUnavailable as e:
+            log.warning("service %s: second Slurm job(s) %s not cancelled now: %s", rec.name,
+                        ", ".join(str(other.job_id) for other, _ in due), e)
+            return
+        for other, key in due:
+            log.warning("service %s: cancelling Slurm job %d (%s): it carries the service's "
+                        "tag but is not its recorded job %d; a second submission (a former "
+                        "leader paused past its lease, or a submission whose answer was "
+                        "lost), never two jobs for one reservation", rec.name, other.job_id,
+                        other.state or "submitted", job.job_id)
+            self.slurm.cancel(other.job_id, signal="SIGKILL")
+            self._cancels.record(key, now)
+            self.on_duplicate()
 
     # --- replacing a bound job Slurm keeps PENDING (stuck_job_timeout) -------------
 
@@ -644,9 +711,28 @@ class ServiceManager:
         fault("service_after_submit")
         log.info("service %s: Slurm job %d submitted for %s on %s", rec.name, job_id, req.user,
                  ",".join(spec.nodes))
-        job = self._update(job, job_id=job_id, state="PENDING", error="")
         with self._lock:
+            current = self._jobs.get(job.name, job)
+            # Checked and recorded under one lock: the plugin's binding may have adopted a
+            # job carrying the tag while this submission was in flight (confirm_job, on
+            # another thread). That job is bound: it is kept, ours is the second one, and
+            # the next cycle cancels it (_cancel_duplicates).
+            adopted = current.job_id if current.seq == job.seq \
+                and current.job_id not in (None, job_id) else None
+            if adopted is None:
+                now = self.clock()
+                since = current.state_since if current.state == "PENDING" else now
+                job = replace(current, job_id=job_id, state="PENDING", error="", updated=now,
+                              state_since=since)
+                self._save(job)
             released = self._jobs[job.name].release_requested
+        if adopted is not None:
+            log.warning("service %s: Slurm job %d was adopted while job %d was being "
+                        "submitted: %d is kept, %d is cancelled as a second job", rec.name,
+                        adopted, job_id, adopted, job_id)
+            self.follower.wake()
+            return current
+        log.info("service %s: Slurm job %d PENDING", rec.name, job_id)
         if released:
             self.follower.wake()
         return job

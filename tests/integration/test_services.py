@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from tests.poll import poll_until
-from wfm_orchestrator.slurm import JobSpec, use_directive
+from wfm_orchestrator.slurm import JobSpec, service_directive, use_directive
 
 from .minicluster import SLURMCTLD_LOG, node_taken, teardown_killed, user_token
 from .orchestrator import reloaded_with
@@ -223,3 +223,42 @@ def test_a_bound_job_slurm_keeps_pending_is_replaced_and_the_new_one_runs(
     poll_until(lambda: free_cores(orchestrator, "dn1") == before, "dn1's cores free", 60, 0.5)
     poll_until(lambda: not [j for j in client.jobs() if j.name == name and j.is_active],
                f"no job of {name} left", 90, 0.5)
+
+
+def test_a_second_job_carrying_a_services_tag_is_cancelled_and_the_recorded_one_kept(
+        orchestrator, slurm_cluster, client, job_factory):
+    """The late POST of a former leader paused past its lease (docs/ha.md "Slurm
+    submissions"): once the service runs, a second job carrying its tag, as its user, on
+    its partition and node, with its wfm_service directive, is submitted behind the
+    orchestrator's back. The orchestrator cancels it; the recorded job keeps running, the
+    service stays ALLOCATED and keeps its cores (the second job binds and frees nothing)."""
+    name = unique("dup")
+    reserve(orchestrator, name)
+    wait_status(orchestrator, name, "ALLOCATED")
+    [ours] = [j for j in client.jobs() if j.name == name and j.is_active]
+    node = ours.nodes[0]
+    held = free_cores(orchestrator, node)
+    spec = JobSpec(name=name, command=["/bin/sleep", "300"],
+                   partition=slurm_cluster.datanode_partition, nodes=[node], cpus_per_node=1,
+                   memory_per_node=1, comment=ours.comment, bb=[service_directive(name)])
+    second = job_factory(spec, user="alice")
+    cancelled = f"service {name}: cancelling Slurm job {second} "
+    poll_until(lambda: cancelled in orchestrator.log(), f"job {second} cancelled", 60, 0.5,
+               last=lambda: orchestrator.log()[-3000:])
+    [line] = [x for x in orchestrator.log().splitlines() if cancelled in x]
+    assert f"not its recorded job {ours.job_id}" in line, line
+    poll_until(lambda: (j := client.job(second)) is None or j.is_terminal,
+               f"job {second} ended", 90, 0.5, last=lambda: client.job(second))
+    # Its teardown, if Slurm ran it by now, released nothing; nor did anything else.
+    assert " 200 " not in " ".join(re.findall(
+        rf" DELETE /v2\.0\.0/server/allocation/{name} \d{{3}} ", orchestrator.log()))
+    status = wait_status(orchestrator, name, "ALLOCATED")
+    assert f"Slurm job {ours.job_id} running" in status["detail"], status
+    assert client.job(ours.job_id).state == "RUNNING"
+    assert free_cores(orchestrator, node) == held
+    assert [j.job_id for j in client.jobs() if j.name == name and j.is_active] == [ours.job_id]
+    metrics = urllib.request.urlopen(  # noqa: S310 - http://127.0.0.1:8080
+        f"{orchestrator.url}/metrics", timeout=10).read()
+    assert re.search(rb"^wfm_service_jobs_duplicate_cancelled_total [1-9]", metrics, re.M)
+    release(orchestrator, name)
+    wait_status(orchestrator, name, "STOPPED")

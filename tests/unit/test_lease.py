@@ -187,6 +187,25 @@ def test_a_submission_waits_for_earlier_writes_and_is_refused_once_deposed(lease
         store.close()
 
 
+def test_a_leader_cancels_a_second_job_only_under_the_submission_guard(leases, pg_state_db,
+                                                                       make_config):
+    """cli.build_all gives the service manager the guard of the submissions: the cancel of
+    a second job of a reservation (services.py) needs the same proof of leadership."""
+    from wfm_orchestrator.cli import build_all
+
+    from ..conftest import SERVICE_CONF
+
+    a = leases()
+    assert a.acquire()
+    *_, services, _steps, store = build_all(make_config(SERVICE_CONF, state_db=pg_state_db),
+                                            lease=a)
+    try:
+        guard = services.slurm.before_submit
+        assert guard is not None and services.still_leading is guard
+    finally:
+        store.close()
+
+
 def test_a_dead_holder_of_this_host_is_replaced_without_waiting_for_the_ttl(leases):
     import subprocess
 

@@ -125,6 +125,7 @@ class Metrics:
         self.slurm_errors: dict[tuple[str, str], int] = {}
         self.commit_failures = 0
         self.jobs_replaced = 0
+        self.duplicates_cancelled = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.datanodes: DatanodeLines | None = None
         self._routes: dict[str | None, str] = {}
@@ -156,12 +157,17 @@ class Metrics:
         with self._counts_lock:
             self.jobs_replaced += 1
 
+    def observe_duplicate(self) -> None:
+        with self._counts_lock:
+            self.duplicates_cancelled += 1
+
     def watch(self, rm: ResourceManager, services: ServiceManager,
               steps: StepManager | None) -> None:
         """Hook the use cases' callbacks and register the scrape-time collectors."""
         rm.on_held = self.observe_held
         rm.store.on_commit = self.observe_commit
         services.on_replaced = self.observe_replaced
+        services.on_duplicate = self.observe_duplicate
         slurm = services.slurm
         if isinstance(slurm, SlurmClient):
             slurm.observe = self.observe_slurm
@@ -208,6 +214,7 @@ class Metrics:
             counted = sorted(self.slurm_errors.items())
             failures = self.commit_failures
             replaced = self.jobs_replaced
+            duplicates = self.duplicates_cancelled
         for (operation, error), n in counted:
             errors.add_metric([operation, error], n)
         yield errors
@@ -221,6 +228,9 @@ class Metrics:
         yield CounterMetricFamily("wfm_service_jobs_replaced", "Service jobs Slurm kept "
                                   "PENDING after their binding, cancelled and replaced "
                                   "(stuck_job_timeout)", value=replaced)
+        yield CounterMetricFamily("wfm_service_jobs_duplicate_cancelled", "Second Slurm "
+                                  "jobs of one reservation (carrying its tag, not its "
+                                  "recorded job) cancelled", value=duplicates)
 
 
 class _EventCollector:
