@@ -254,9 +254,10 @@ def _offline_lease(config: Config):
     if not state_db.is_postgresql(config.state_db):
         return None
     from .lease import Lease, default_advertise_url
+    from .store import MIGRATIONS
 
     lease = Lease(config.state_db, config.advertise_url or default_advertise_url(config.listen),
-                  config.lease_ttl)
+                  config.lease_ttl, known_schema=len(MIGRATIONS))
     try:
         lease.setup()
         if lease.acquire():

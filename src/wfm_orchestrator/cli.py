@@ -141,10 +141,12 @@ def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's step
     leading = True
     if state_db.is_postgresql(config.state_db):
         from .lease import Keeper, Lease, default_advertise_url
+        from .store import MIGRATIONS
         from .takeover import Standby
 
         lease = Lease(config.state_db, config.advertise_url or
-                      default_advertise_url(config.listen), config.lease_ttl)
+                      default_advertise_url(config.listen), config.lease_ttl,
+                      known_schema=len(MIGRATIONS))
         keeper = Keeper(lease, lost)
         try:
             lease.setup()

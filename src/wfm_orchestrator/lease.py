@@ -64,7 +64,33 @@ _SETUP = [
                 'orchestrator: another one leads', p_epoch USING ERRCODE = 'WFM01';
         END IF;
     END $fence$""",
+    # The schema version the store's migrations reached (0 before the first): a standby
+    # older than the schema must not take over (acquire), it could not load the state.
+    """CREATE OR REPLACE FUNCTION wfm_schema_version() RETURNS bigint
+        LANGUAGE plpgsql STABLE AS $version$
+    DECLARE
+        found bigint;
+    BEGIN
+        IF to_regclass('schema_migration') IS NULL THEN
+            RETURN 0;
+        END IF;
+        EXECUTE 'SELECT COALESCE(max(version), 0) FROM schema_migration' INTO found;
+        RETURN found;
+    END $version$""",
 ]
+
+# Taking the lease. The schema's version is checked in the UPDATE, not read before it: a
+# migration committed meanwhile counts.
+_TAKE_EXPIRED = (
+    "UPDATE wfm_lease SET holder = %s, url = %s, epoch = epoch + 1,"
+    " expires = clock_timestamp() + make_interval(secs => %s)"
+    " WHERE id = 1 AND expires <= clock_timestamp()"
+    " AND (%s::bigint IS NULL OR wfm_schema_version() <= %s::bigint) RETURNING epoch")
+_TAKE_FROM_DEAD = (
+    "UPDATE wfm_lease SET holder = %s, url = %s, epoch = epoch + 1,"
+    " expires = clock_timestamp() + make_interval(secs => %s)"
+    " WHERE id = 1 AND holder = %s AND epoch = %s"
+    " AND (%s::bigint IS NULL OR wfm_schema_version() <= %s::bigint) RETURNING epoch")
 
 
 class LeaseLost(StoreError):
@@ -96,7 +122,10 @@ class Lease:
     """The lease of one orchestrator process, on a connection of its own (autocommit)."""
 
     def __init__(self, dsn: str, url: str, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 known_schema: int | None = None) -> None:
+        """``known_schema``: the newest schema version this orchestrator can load; a lease
+        is not taken while the database's schema is newer (None: not checked)."""
         from psycopg import conninfo
 
         params = conninfo.conninfo_to_dict(dsn)
@@ -115,6 +144,8 @@ class Lease:
         self._until = 0.0  # monotonic: the lease is surely ours until then
         self._conn: Any = None
         self._lock = threading.Lock()  # one statement at a time on the connection
+        self.known_schema = known_schema
+        self._newer_schema_said = 0  # the newer version last logged (once each)
 
     # --- the connection ---------------------------------------------------------
 
@@ -161,22 +192,21 @@ class Lease:
         that no longer runs (a restart after a crash need not wait for the ttl): a new
         epoch. True when it is ours now."""
         sent = self._clock()
-        rows = self._execute(
-            "UPDATE wfm_lease SET holder = %s, url = %s, epoch = epoch + 1,"
-            " expires = clock_timestamp() + make_interval(secs => %s)"
-            " WHERE id = 1 AND expires <= clock_timestamp() RETURNING epoch",
-            (self.holder, self.url, self.ttl))
+        known = (self.known_schema, self.known_schema)
+        rows = self._execute(_TAKE_EXPIRED, (self.holder, self.url, self.ttl, *known))
         if not rows:
             leader = self.leader()
-            if leader is None or not _dead_here(leader.holder):
+            if leader is None:
+                return False
+            if leader.expired and self._schema_is_newer():
+                return False
+            if not _dead_here(leader.holder):
                 return False
             # Only if that dead holder still has it: another standby may take it meanwhile.
-            rows = self._execute(
-                "UPDATE wfm_lease SET holder = %s, url = %s, epoch = epoch + 1,"
-                " expires = clock_timestamp() + make_interval(secs => %s)"
-                " WHERE id = 1 AND holder = %s AND epoch = %s RETURNING epoch",
-                (self.holder, self.url, self.ttl, leader.holder, leader.epoch))
+            rows = self._execute(_TAKE_FROM_DEAD, (self.holder, self.url, self.ttl,
+                                                   leader.holder, leader.epoch, *known))
             if not rows:
+                self._schema_is_newer()
                 return False
             log.warning("leader lease: its holder %s (epoch %d) was a process of this host "
                         "that no longer runs: taken without waiting for its expiry",
@@ -185,6 +215,22 @@ class Lease:
         self._until = sent + self.ttl
         log.info("leader lease taken: epoch %d, ttl %g s, clients are sent to %s",
                  self.epoch, self.ttl, self.url)
+        return True
+
+    def _schema_is_newer(self) -> bool:
+        """The database's schema is newer than this orchestrator can load (said once per
+        version, as an error: this instance will never lead until it is upgraded)."""
+        if self.known_schema is None:
+            return False
+        version = self._execute("SELECT wfm_schema_version()")[0][0]
+        if version <= self.known_schema:
+            return False
+        if version != self._newer_schema_said:
+            self._newer_schema_said = version
+            log.error("leader lease: not taken: the state database's schema is version %d, "
+                      "newer than this orchestrator knows (%d); it stays a standby until "
+                      "it is upgraded (docs/ha.md, upgrading one node at a time)",
+                      version, self.known_schema)
         return True
 
     def renew(self) -> bool:

@@ -355,8 +355,8 @@ def leases(pg_state_db):
 
     made = []
 
-    def make(url: str = "http://a:1", ttl: float = 30, clock=None) -> Lease:
-        lease = Lease(pg_state_db, url, ttl, **({"clock": clock} if clock else {}))
+    def make(url: str = "http://a:1", ttl: float = 30, clock=None, **more) -> Lease:
+        lease = Lease(pg_state_db, url, ttl, **({"clock": clock} if clock else {}), **more)
         lease.setup()
         made.append(lease)
         return lease

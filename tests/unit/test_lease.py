@@ -249,3 +249,26 @@ def test_a_takeover_waits_for_the_commit_of_a_batch_its_fence_let_through(leases
     # The with-block committed the batch.
     standby.join(timeout=10)
     assert took == [True] and b.epoch == 2
+
+
+def test_a_standby_older_than_the_schema_never_takes_the_lease(leases, pg_state_db, caplog):
+    """An upgrade one node at a time (docs/ha.md): once the newer node migrated the schema,
+    the older one must not take over (it could not load the state) but stay a standby."""
+    from wfm_orchestrator.store import MIGRATIONS
+
+    known = len(MIGRATIONS)
+    first = leases(known_schema=known)
+    assert first.acquire()  # no schema yet: version 0
+    Store(pg_state_db, lease=first).close()  # migrates to `known`
+    first.release()
+    with connect_db(pg_state_db) as db:  # what a newer orchestrator's migration leaves
+        db.execute("INSERT INTO schema_migration (version, applied) VALUES (?, ?)",
+                   (known + 1, 0.0))
+    older = leases(known_schema=known)
+    assert not older.acquire() and older.epoch is None
+    assert f"schema is version {known + 1}, newer than this orchestrator knows ({known})" \
+        in caplog.text
+    assert not older.acquire()  # again: still a standby, said once
+    assert caplog.text.count("newer than this orchestrator knows") == 1
+    newer = leases(known_schema=known + 1)
+    assert newer.acquire() and newer.epoch == 2
