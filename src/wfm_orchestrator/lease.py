@@ -103,8 +103,14 @@ class Lease:
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params["application_name"] = "wfm-orchestrator-lease"
         # A renewal must fail, not hang, when the server stops answering (a cut network):
-        # the keeper then stops the leader once the lease ran out.
+        # the keeper then stops the leader once the lease ran out. tcp_user_timeout
+        # covers a request the server never acknowledged, the keepalives one it received
+        # before the network went (its answer never comes): store_postgresql.DEAD_SERVER.
         params.setdefault("tcp_user_timeout", str(int(ttl * 1000 / 3)))
+        params.setdefault("keepalives", "1")
+        params.setdefault("keepalives_idle", "1")
+        params.setdefault("keepalives_interval", "1")
+        params.setdefault("keepalives_count", str(max(1, int(ttl / 3) - 1)))
         self._conninfo = conninfo.make_conninfo(**params)
         self.name = redact(dsn)
         self.url = url

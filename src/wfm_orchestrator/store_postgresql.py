@@ -39,6 +39,18 @@ from .state_db import redact
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = "10"  # seconds, unless state_db gives connect_timeout
+# A server cut off by the network (a partition, a dead machine) sends no RST: nothing
+# ends a connection to it, and a COMMIT waiting for its answer would wait for the
+# kernel's retransmissions (about 15 minutes), the writer with it. These libpq
+# parameters, unless state_db gives them, make the kernel give such a connection up
+# after about 10 s of silence, and only then: a server that answers its TCP keepalives
+# is alive, and its slow commit (a synchronous standby catching up) is waited for, which
+# a statement or commit deadline would cut. tcp_user_timeout ends a connection whose
+# sent data (the COMMIT) went unacknowledged; keepalives end one that waits for an answer
+# in silence (the COMMIT was received, then the network went). The batch in flight is
+# then refused: its outcome is unknown, its clients get an error and retry (docs/ha.md).
+DEAD_SERVER = {"tcp_user_timeout": "10000", "keepalives": "1", "keepalives_idle": "5",
+               "keepalives_interval": "2", "keepalives_count": "3"}
 READ_POOL = 4  # idle read connections kept
 # The advisory lock's key: one orchestrator per database and schema (its search_path).
 _LOCK_KEY = ("SELECT hashtextextended('wfm-orchestrator:' || current_database() || '.'"
@@ -88,6 +100,8 @@ class PostgresBackend:
         params = conninfo.conninfo_to_dict(dsn)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params.setdefault("application_name", "wfm-orchestrator")
+        for name, value in DEAD_SERVER.items():
+            params.setdefault(name, value)
         self._conninfo = conninfo.make_conninfo(**params)
         self._idle: list[psycopg.Connection] = []
         self._idle_lock = threading.Lock()
