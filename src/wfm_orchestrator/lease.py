@@ -127,10 +127,12 @@ class Lease:
     def _execute(self, sql: str, params: tuple = ()) -> list[tuple]:
         import psycopg
 
+        from .store_postgresql import connect
+
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                    self._conn = connect(self._conninfo, autocommit=True)
                     self._conn.execute("SELECT set_config('statement_timeout', %s, false)",
                                        (f"{int(self.ttl * 1000 / 3)}ms",))
                 cursor = self._conn.execute(sql, params or None)
@@ -145,9 +147,11 @@ class Lease:
         """The lease table, its row and the fence function, made when missing."""
         import psycopg
 
+        from .store_postgresql import connect
+
         with self._lock:
             try:
-                with psycopg.connect(self._conninfo) as conn:  # one transaction
+                with connect(self._conninfo) as conn:  # one transaction
                     for sql in _SETUP:
                         conn.execute(sql)
             except psycopg.Error as e:

@@ -60,6 +60,59 @@ _TYPES = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bINTEGER
 _SQL: dict[str, str] = {}
 
 
+# Per host list of a multi-host state_db: the index of the host that last accepted a
+# session of this process (the store's writer and readers, the lease: ``connect``).
+_last_host: dict[tuple[str, str], int] = {}
+
+
+def _host_order(params: dict[str, Any]) -> tuple[tuple[str, str], list[tuple[str, str]]] | None:
+    """(the key of the host list, its (host, port) pairs) of a multi-host conninfo; None
+    for one host, or lists libpq would refuse (a port count that matches nothing)."""
+    hosts = str(params.get("host") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(hosts) < 2:
+        return None
+    if len(ports) == 1:
+        ports *= len(hosts)
+    if len(ports) != len(hosts):
+        return None
+    return (str(params.get("host")), str(params.get("port") or "")), list(zip(hosts, ports,
+                                                                             strict=True))
+
+
+def preferring(conninfo_str: str, first: int) -> str:
+    """``conninfo_str`` with its ``first`` host (port, hostaddr) moved to the front."""
+    params = conninfo.conninfo_to_dict(conninfo_str)
+    order = _host_order(params)
+    if order is None or not 0 < first < len(order[1]):
+        return conninfo_str
+    n = len(order[1])
+    rank = [first, *(i for i in range(n) if i != first)]
+    for name in ("host", "port", "hostaddr"):
+        values = str(params.get(name) or "").split(",")
+        if len(values) == n:
+            params[name] = ",".join(values[i] for i in rank)
+    return conninfo.make_conninfo(**params)
+
+
+def connect(conninfo_str: str, **kwargs: Any) -> psycopg.Connection:
+    """``psycopg.connect``, trying first the host of a multi-host ``conninfo_str`` that
+    last accepted a session in this process. libpq tries the hosts in their order, and a
+    host cut off by the network (no RST) costs connect_timeout before the next is tried:
+    after a failover, only the first connection of the process pays it, not every one
+    (a takeover's load opens several)."""
+    params = conninfo.conninfo_to_dict(conninfo_str)
+    order = _host_order(params)
+    if order is None:
+        return psycopg.connect(conninfo_str, **kwargs)
+    key, pairs = order
+    conn = psycopg.connect(preferring(conninfo_str, _last_host.get(key, 0)), **kwargs)
+    reached = (conn.info.host, str(conn.info.port))
+    if reached in pairs:
+        _last_host[key] = pairs.index(reached)
+    return conn
+
+
 def _sql(text: str) -> str:
     """``text`` with psycopg's placeholders for SQLite's (a ``%`` doubled)."""
     out = _SQL.get(text)
@@ -89,6 +142,17 @@ def _row_factory(cursor: psycopg.Cursor) -> Any:
     return cls
 
 
+def session_conninfo(dsn: str) -> str:
+    """The libpq parameters of the store's sessions: ``dsn``'s, and the defaults it does
+    not give (connect_timeout, the application's name, DEAD_SERVER)."""
+    params = conninfo.conninfo_to_dict(dsn)
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    params.setdefault("application_name", "wfm-orchestrator")
+    for name, value in DEAD_SERVER.items():
+        params.setdefault(name, value)
+    return conninfo.make_conninfo(**params)
+
+
 class PostgresBackend:
     """The write connection, its transactions, the advisory lock and the reads."""
 
@@ -97,12 +161,7 @@ class PostgresBackend:
 
     def __init__(self, dsn: str, lock: bool = True) -> None:
         self.name = self.path = redact(dsn)
-        params = conninfo.conninfo_to_dict(dsn)
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
-        params.setdefault("application_name", "wfm-orchestrator")
-        for name, value in DEAD_SERVER.items():
-            params.setdefault(name, value)
-        self._conninfo = conninfo.make_conninfo(**params)
+        self._conninfo = session_conninfo(dsn)
         self._idle: list[psycopg.Connection] = []
         self._idle_lock = threading.Lock()
         self._lock_conn: psycopg.Connection | None = None
@@ -121,7 +180,7 @@ class PostgresBackend:
 
     def _connect(self, autocommit: bool) -> psycopg.Connection:
         try:
-            return psycopg.connect(self._conninfo, autocommit=autocommit)
+            return connect(self._conninfo, autocommit=autocommit)
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to the state database {self.name}: "
                              f"{redact(str(e)).strip()}") from None
