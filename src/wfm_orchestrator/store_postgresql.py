@@ -16,6 +16,10 @@
   text is translated once (cached). The DDL's ``REAL`` is ``DOUBLE PRECISION`` here
   (``real`` is 4 bytes in PostgreSQL: it would truncate timestamps) and its ``INTEGER``
   ``BIGINT`` (Slurm job ids of a federation pass 2**31).
+* A server that falls silent (a partition: no RST) is given up after about 10 s
+  (``DEAD_SERVER``: TCP keepalives and tcp_user_timeout, unless ``state_db`` sets them),
+  the batch in flight refused; each new connection tries first the host that last
+  accepted one (``connect``), so that a cut host costs one connect_timeout per failover.
 * Reads take an idle connection of a small pool (a connection per read would cost a
   connection set-up per API list); ``rows`` streams through a server-side cursor.
 * The password of ``state_db`` never reaches a log line or an error (state_db.redact).
