@@ -132,8 +132,14 @@ class Lease:
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params["application_name"] = "wfm-orchestrator-lease"
         # A renewal must fail, not hang, when the server stops answering (a cut network):
-        # the keeper then stops the leader once the lease ran out.
+        # the keeper then stops the leader once the lease ran out. tcp_user_timeout
+        # covers a request the server never acknowledged, the keepalives one it received
+        # before the network went (its answer never comes): store_postgresql.DEAD_SERVER.
         params.setdefault("tcp_user_timeout", str(int(ttl * 1000 / 3)))
+        params.setdefault("keepalives", "1")
+        params.setdefault("keepalives_idle", "1")
+        params.setdefault("keepalives_interval", "1")
+        params.setdefault("keepalives_count", str(max(1, int(ttl / 3) - 1)))
         self._conninfo = conninfo.make_conninfo(**params)
         self.name = redact(dsn)
         self.url = url
@@ -152,10 +158,12 @@ class Lease:
     def _execute(self, sql: str, params: tuple = ()) -> list[tuple]:
         import psycopg
 
+        from .store_postgresql import connect
+
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                    self._conn = connect(self._conninfo, autocommit=True)
                     self._conn.execute("SELECT set_config('statement_timeout', %s, false)",
                                        (f"{int(self.ttl * 1000 / 3)}ms",))
                 cursor = self._conn.execute(sql, params or None)
@@ -170,9 +178,11 @@ class Lease:
         """The lease table, its row and the fence function, made when missing."""
         import psycopg
 
+        from .store_postgresql import connect
+
         with self._lock:
             try:
-                with psycopg.connect(self._conninfo) as conn:  # one transaction
+                with connect(self._conninfo) as conn:  # one transaction
                     for sql in _SETUP:
                         conn.execute(sql)
             except psycopg.Error as e:

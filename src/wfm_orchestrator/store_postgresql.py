@@ -16,6 +16,10 @@
   text is translated once (cached). The DDL's ``REAL`` is ``DOUBLE PRECISION`` here
   (``real`` is 4 bytes in PostgreSQL: it would truncate timestamps) and its ``INTEGER``
   ``BIGINT`` (Slurm job ids of a federation pass 2**31).
+* A server that falls silent (a partition: no RST) is given up after about 10 s
+  (``DEAD_SERVER``: TCP keepalives and tcp_user_timeout, unless ``state_db`` sets them),
+  the batch in flight refused; each new connection tries first the host that last
+  accepted one (``connect``), so that a cut host costs one connect_timeout per failover.
 * Reads take an idle connection of a small pool (a connection per read would cost a
   connection set-up per API list); ``rows`` streams through a server-side cursor.
 * The password of ``state_db`` never reaches a log line or an error (state_db.redact).
@@ -39,6 +43,18 @@ from .state_db import redact
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = "10"  # seconds, unless state_db gives connect_timeout
+# A server cut off by the network (a partition, a dead machine) sends no RST: nothing
+# ends a connection to it, and a COMMIT waiting for its answer would wait for the
+# kernel's retransmissions (about 15 minutes), the writer with it. These libpq
+# parameters, unless state_db gives them, make the kernel give such a connection up
+# after about 10 s of silence, and only then: a server that answers its TCP keepalives
+# is alive, and its slow commit (a synchronous standby catching up) is waited for, which
+# a statement or commit deadline would cut. tcp_user_timeout ends a connection whose
+# sent data (the COMMIT) went unacknowledged; keepalives end one that waits for an answer
+# in silence (the COMMIT was received, then the network went). The batch in flight is
+# then refused: its outcome is unknown, its clients get an error and retry (docs/ha.md).
+DEAD_SERVER = {"tcp_user_timeout": "10000", "keepalives": "1", "keepalives_idle": "5",
+               "keepalives_interval": "2", "keepalives_count": "3"}
 READ_POOL = 4  # idle read connections kept
 # The advisory lock's key: one orchestrator per database and schema (its search_path).
 _LOCK_KEY = ("SELECT hashtextextended('wfm-orchestrator:' || current_database() || '.'"
@@ -46,6 +62,59 @@ _LOCK_KEY = ("SELECT hashtextextended('wfm-orchestrator:' || current_database() 
 
 _TYPES = ((re.compile(r"\bREAL\b"), "DOUBLE PRECISION"), (re.compile(r"\bINTEGER\b"), "BIGINT"))
 _SQL: dict[str, str] = {}
+
+
+# Per host list of a multi-host state_db: the index of the host that last accepted a
+# session of this process (the store's writer and readers, the lease: ``connect``).
+_last_host: dict[tuple[str, str], int] = {}
+
+
+def _host_order(params: dict[str, Any]) -> tuple[tuple[str, str], list[tuple[str, str]]] | None:
+    """(the key of the host list, its (host, port) pairs) of a multi-host conninfo; None
+    for one host, or lists libpq would refuse (a port count that matches nothing)."""
+    hosts = str(params.get("host") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(hosts) < 2:
+        return None
+    if len(ports) == 1:
+        ports *= len(hosts)
+    if len(ports) != len(hosts):
+        return None
+    return (str(params.get("host")), str(params.get("port") or "")), list(zip(hosts, ports,
+                                                                             strict=True))
+
+
+def preferring(conninfo_str: str, first: int) -> str:
+    """``conninfo_str`` with its ``first`` host (port, hostaddr) moved to the front."""
+    params = conninfo.conninfo_to_dict(conninfo_str)
+    order = _host_order(params)
+    if order is None or not 0 < first < len(order[1]):
+        return conninfo_str
+    n = len(order[1])
+    rank = [first, *(i for i in range(n) if i != first)]
+    for name in ("host", "port", "hostaddr"):
+        values = str(params.get(name) or "").split(",")
+        if len(values) == n:
+            params[name] = ",".join(values[i] for i in rank)
+    return conninfo.make_conninfo(**params)
+
+
+def connect(conninfo_str: str, **kwargs: Any) -> psycopg.Connection:
+    """``psycopg.connect``, trying first the host of a multi-host ``conninfo_str`` that
+    last accepted a session in this process. libpq tries the hosts in their order, and a
+    host cut off by the network (no RST) costs connect_timeout before the next is tried:
+    after a failover, only the first connection of the process pays it, not every one
+    (a takeover's load opens several)."""
+    params = conninfo.conninfo_to_dict(conninfo_str)
+    order = _host_order(params)
+    if order is None:
+        return psycopg.connect(conninfo_str, **kwargs)
+    key, pairs = order
+    conn = psycopg.connect(preferring(conninfo_str, _last_host.get(key, 0)), **kwargs)
+    reached = (conn.info.host, str(conn.info.port))
+    if reached in pairs:
+        _last_host[key] = pairs.index(reached)
+    return conn
 
 
 def _sql(text: str) -> str:
@@ -77,6 +146,17 @@ def _row_factory(cursor: psycopg.Cursor) -> Any:
     return cls
 
 
+def session_conninfo(dsn: str) -> str:
+    """The libpq parameters of the store's sessions: ``dsn``'s, and the defaults it does
+    not give (connect_timeout, the application's name, DEAD_SERVER)."""
+    params = conninfo.conninfo_to_dict(dsn)
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    params.setdefault("application_name", "wfm-orchestrator")
+    for name, value in DEAD_SERVER.items():
+        params.setdefault(name, value)
+    return conninfo.make_conninfo(**params)
+
+
 class PostgresBackend:
     """The write connection, its transactions, the advisory lock and the reads."""
 
@@ -85,10 +165,7 @@ class PostgresBackend:
 
     def __init__(self, dsn: str, lock: bool = True) -> None:
         self.name = self.path = redact(dsn)
-        params = conninfo.conninfo_to_dict(dsn)
-        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
-        params.setdefault("application_name", "wfm-orchestrator")
-        self._conninfo = conninfo.make_conninfo(**params)
+        self._conninfo = session_conninfo(dsn)
         self._idle: list[psycopg.Connection] = []
         self._idle_lock = threading.Lock()
         self._lock_conn: psycopg.Connection | None = None
@@ -107,7 +184,7 @@ class PostgresBackend:
 
     def _connect(self, autocommit: bool) -> psycopg.Connection:
         try:
-            return psycopg.connect(self._conninfo, autocommit=autocommit)
+            return connect(self._conninfo, autocommit=autocommit)
         except psycopg.Error as e:
             raise StoreError(f"cannot connect to the state database {self.name}: "
                              f"{redact(str(e)).strip()}") from None

@@ -50,7 +50,7 @@ def test_patroni_runs_in_synchronous_mode_within_its_timing_rule():
     dcs = config["bootstrap"]["dcs"]
     assert dcs["synchronous_mode"] is True
     assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"] <= 20
-    assert config["etcd3"]["hosts"] == [f"127.0.0.1:{e.client_port}" for e in h.ETCDS]
+    assert config["etcd3"]["hosts"] == [f"{h.BRIDGE_ADDRESS}:{e.client_port}" for e in h.ETCDS]
     assert config["postgresql"]["data_dir"].startswith(h.STATE_DIR + "/")
 
 
@@ -58,7 +58,7 @@ def test_the_connection_string_names_both_nodes_and_asks_for_the_writable_one():
     h = load()
     url = urlsplit(h.dsn({"superuser": "s", "replication": "r", "wfm": "secret"}))
     assert url.username == "wfm" and url.password == "secret"  # noqa: S105
-    assert url.netloc.split("@")[1] == ",".join(f"127.0.0.1:{n.pg_port}" for n in h.NODES)
+    assert url.netloc.split("@")[1] == ",".join(f"{n.address}:{n.pg_port}" for n in h.NODES)
     assert url.path == "/wfm"
     assert parse_qs(url.query)["target_session_attrs"] == ["read-write"]
 
@@ -70,3 +70,36 @@ def test_unknown_commands_print_the_usage(argv):
                          timeout=30, check=False)
     assert out.returncode == 2
     assert "usage:" in out.stderr
+
+
+def test_each_node_has_a_namespace_and_an_address_of_its_own_on_the_bridge():
+    """The nodes listen on their own addresses in their own namespaces (what `partition`
+    cuts); the bridge's subnet is private and pg_hba lets only it in, with a password;
+    every interface name fits the kernel's 15 characters."""
+    import ipaddress
+
+    h = load()
+    subnet = ipaddress.ip_network(h.SUBNET)
+    assert subnet.is_private
+    addresses = [h.BRIDGE_ADDRESS, *(n.address for n in h.NODES)]
+    assert len(set(addresses)) == len(addresses)
+    assert all(ipaddress.ip_address(a) in subnet for a in addresses)
+    assert len({n.netns for n in h.NODES}) == len(h.NODES)
+    assert all(n.netns.startswith("wfm-hacluster-") for n in h.NODES)
+    names = [h.BRIDGE, *(x for n in h.NODES for x in (n.link, n.inner_link))]
+    assert all(len(x) <= 15 for x in names), names
+    config = h.patroni_config(h.NODES[0], {"superuser": "s", "replication": "r", "wfm": "w"})
+    assert config["postgresql"]["listen"] == f"{h.NODES[0].address}:{h.NODES[0].pg_port}"
+    hba = config["postgresql"]["pg_hba"]
+    assert not [line for line in hba if "trust" in line]
+    assert [line.split()[-1] for line in hba if line.startswith("host")] == \
+        ["scram-sha-256", "scram-sha-256"]
+    assert all(line.split()[3] == h.SUBNET for line in hba if line.startswith("host"))
+
+
+@pytest.mark.parametrize("argv", [["partition"], ["partition", "pg1", "pg2"], ["heal"]])
+def test_partition_and_heal_take_one_node(argv):
+    out = subprocess.run([sys.executable, HACLUSTER, *argv], capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode == 2
+    assert "partition NODE" in out.stderr

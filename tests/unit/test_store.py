@@ -499,3 +499,40 @@ def test_a_commit_that_would_not_wait_for_a_standby_is_warned(pg_state_db, caplo
     caplog.clear()
     Store(pg_state_db).close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_silent_server_is_given_up_unless_state_db_says_otherwise():
+    """A server cut off by the network sends no RST: the store's sessions carry
+    tcp_user_timeout and TCP keepalives (store_postgresql.DEAD_SERVER), and a value the
+    URL gives wins."""
+    pytest.importorskip("psycopg")
+    from psycopg import conninfo
+
+    from wfm_orchestrator.store_postgresql import DEAD_SERVER, session_conninfo
+
+    params = conninfo.conninfo_to_dict(session_conninfo("postgresql://u:p@h1,h2/db"))
+    assert {k: params[k] for k in DEAD_SERVER} == DEAD_SERVER
+    assert int(params["tcp_user_timeout"]) <= 15000 and params["keepalives"] == "1"
+    given = conninfo.conninfo_to_dict(session_conninfo(
+        "postgresql://u:p@h1/db?tcp_user_timeout=3000&keepalives_idle=1&connect_timeout=2"))
+    assert (given["tcp_user_timeout"], given["keepalives_idle"], given["connect_timeout"]) \
+        == ("3000", "1", "2")
+
+
+def test_the_host_that_last_accepted_a_session_is_tried_first():
+    """``preferring`` moves one host of a multi-host URL to the front, its port (and
+    hostaddr) with it; one host, or an index out of range, changes nothing."""
+    pytest.importorskip("psycopg")
+    from psycopg import conninfo
+
+    from wfm_orchestrator.store_postgresql import preferring
+
+    dsn = "host=a,b,c port=1,2,3 hostaddr=10.0.0.1,10.0.0.2,10.0.0.3 dbname=wfm"
+    moved = conninfo.conninfo_to_dict(preferring(dsn, 2))
+    assert (moved["host"], moved["port"], moved["hostaddr"]) == \
+        ("c,a,b", "3,1,2", "10.0.0.3,10.0.0.1,10.0.0.2")
+    assert moved["dbname"] == "wfm"
+    one_port = conninfo.conninfo_to_dict(preferring("host=a,b port=5432 dbname=wfm", 1))
+    assert (one_port["host"], one_port["port"]) == ("b,a", "5432")
+    assert preferring(dsn, 0) == dsn and preferring(dsn, 3) == dsn
+    assert preferring("host=a port=1 dbname=wfm", 1) == "host=a port=1 dbname=wfm"
