@@ -32,7 +32,9 @@ from wfm_orchestrator.service_job import TAG_PREFIX
 from .cluster import comm, hacluster, minicluster_lock, status, up
 from .test_leader_failover import LEASE_TTL, TAKEOVER_BOUND, V, call, check_state, role
 
-pytestmark = pytest.mark.ha
+# ha: the local HA cluster; integration: the Slurm mini-cluster (`-m "not integration"`
+# never selects it).
+pytestmark = [pytest.mark.ha, pytest.mark.integration]
 
 SERVICES = 4  # small SBBs of 2 cores: the mini-cluster's two datanodes hold 16
 # Slurm's states of a job that is, or will be, running.
