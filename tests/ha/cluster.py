@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from tests.integration.minicluster import RUN_DIR
 from tests.poll import poll_until
 
 from ..conftest import ROOT, server_env
@@ -207,3 +208,36 @@ def minicluster_lock(wait: float = 1800):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# The plugin waits this long for a leader (docs/burst_buffer_plugin.md, retry_for):
+# longer than a failover.
+PLUGIN_RETRY_FOR = 60
+
+
+def plugin_config_path() -> str:
+    """The plugin's configuration file as the running slurmctld sees it (Slurm 24.11 runs in
+    the mini-cluster's Debian 13 tree, which has its own /etc/slurm)."""
+    with open(f"{RUN_DIR}/slurmctld.pid", encoding="ascii") as fh:
+        pid = int(fh.read().split()[0])
+    return f"/proc/{pid}/root/etc/slurm/burst_buffer_wfm.conf"
+
+
+@contextlib.contextmanager
+def plugin_pointed_at(urls: list[str]):
+    """The plugin's orchestrator_url is ``urls`` (with a retry budget longer than a
+    failover) for as long as the ``with`` lasts; the file is put back byte for byte."""
+    path = plugin_config_path()
+    with open(path, encoding="utf-8") as fh:
+        original = fh.read()
+    keys = ("orchestrator_url", "retry_for")
+    lines = [line for line in original.splitlines(keepends=True)
+             if line.split("=", 1)[0].strip() not in keys]
+    lines += [f"orchestrator_url = {','.join(urls)}\n", f"retry_for = {PLUGIN_RETRY_FOR}\n"]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    try:
+        yield
+    finally:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(original)

@@ -5,7 +5,8 @@ live Slurm job carries a reservation's tag (squeue, by the job's comment), every
 acknowledged reservation is on the new leader, every service reaches ALLOCATED there (the
 plugin binds its job through the new leader) and no datanode core is granted twice.
 
-Needs both shared clusters: it takes the mini-cluster's lock (/tmp/wfm-it.lock) after the
+Needs both shared clusters (the fixture ``slurm_ha``, tests/ha/conftest.py): it takes the
+mini-cluster's lock (/tmp/wfm-it.lock) after the
 HA lock its caller holds, unless the command running pytest holds it already. For its
 duration it brings the HA cluster up fresh and bound to Slurm (WFM_HACLUSTER_SLURM=yes)
 and points the burst-buffer plugin at the two HA orchestrators (their configuration file,
@@ -15,7 +16,6 @@ only and purged. Skipped only when the mini-cluster is truly absent.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import signal
@@ -25,11 +25,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.minicluster import RUN_DIR, cluster_up, slurm_cmd, user_token
+from tests.integration.minicluster import slurm_cmd, user_token
 from tests.poll import poll, poll_until
 from wfm_orchestrator.service_job import TAG_PREFIX
 
-from .cluster import comm, hacluster, minicluster_lock, status, up
+from .cluster import comm, status, up
 from .test_leader_failover import LEASE_TTL, TAKEOVER_BOUND, V, call, check_state, role
 
 # ha: the local HA cluster; integration: the Slurm mini-cluster (`-m "not integration"`
@@ -39,52 +39,24 @@ pytestmark = [pytest.mark.ha, pytest.mark.integration]
 SERVICES = 4  # small SBBs of 2 cores: the mini-cluster's two datanodes hold 16
 # Slurm's states of a job that is, or will be, running.
 LIVE = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING"}
-# The plugin waits this long for a leader (docs/burst_buffer_plugin.md, retry_for):
-# longer than a failover.
-PLUGIN_RETRY_FOR = 60
-
-
-def plugin_config_path() -> str:
-    """The plugin's configuration file as the running slurmctld sees it (Slurm 24.11 runs in
-    the mini-cluster's Debian 13 tree, which has its own /etc/slurm)."""
-    with open(f"{RUN_DIR}/slurmctld.pid", encoding="ascii") as fh:
-        pid = int(fh.read().split()[0])
-    return f"/proc/{pid}/root/etc/slurm/burst_buffer_wfm.conf"
-
-
-@contextlib.contextmanager
-def plugin_pointed_at(urls: list[str]):
-    """The plugin's orchestrator_url is ``urls`` (with a retry budget longer than a
-    failover) for as long as the ``with`` lasts; the file is put back byte for byte."""
-    path = plugin_config_path()
-    with open(path, encoding="utf-8") as fh:
-        original = fh.read()
-    keys = ("orchestrator_url", "retry_for")
-    lines = [line for line in original.splitlines(keepends=True)
-             if line.split("=", 1)[0].strip() not in keys]
-    lines += [f"orchestrator_url = {','.join(urls)}\n", f"retry_for = {PLUGIN_RETRY_FOR}\n"]
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(lines)
-    try:
-        yield
-    finally:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(original)
 
 
 def send(urls: list[str], method: str, path: str, body: dict | None = None,
          timeout: float = 60) -> tuple[int, object]:
     """As a client with both URLs: the next one on no answer or a 503, rounds until one
     answers (0 after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    answer: list[tuple[int, object]] = []
+
+    def answered() -> bool:
         for url in urls:
             # Short: a paused leader accepts the connection and never answers.
             code, doc = call(url, method, path, body, timeout=3)
             if code and code != 503:
-                return code, doc
-        time.sleep(0.2)
-    return 0, None
+                answer.append((code, doc))
+                return True
+        return False
+
+    return answer[0] if poll(answered, timeout, interval=0.2) else (0, None)
 
 
 class JobWatch(threading.Thread):
@@ -124,38 +96,6 @@ class JobWatch(threading.Thread):
         self.stopping.set()
         self.join(timeout=60)
         assert not self.is_alive(), "the squeue reader did not stop"
-
-
-@pytest.fixture(scope="module")
-def slurm_ha():
-    """The HA cluster, fresh and bound to the mini-cluster, with the plugin pointed at its
-    orchestrators; both put back at the end (see the module's docstring)."""
-    if os.geteuid() != 0:
-        pytest.skip("deploy/hacluster runs as root")
-    pytest.importorskip("psycopg", reason="pip install '.[test]' (deploy/install does)")
-    with minicluster_lock():
-        running, reason = cluster_up()
-        if not running:
-            pytest.skip(f"no Slurm mini-cluster: {reason}")
-        was_up = hacluster("status", timeout=60).returncode == 0
-        try:
-            assert hacluster("down", "--purge", timeout=180).returncode == 0
-            up(slurm="yes")
-            urls = [o["url"] for o in status()["orchestrators"]]
-            with plugin_pointed_at(urls):
-                yield urls
-        finally:
-            # The services' jobs never outlive the test, whatever failed.
-            prefix = f"{TAG_PREFIX}alice_ha"
-            out = slurm_cmd("squeue", "-h", "-o", "%i|%k", timeout=30)
-            leftovers = [line.split("|", 1)[0] for line in out.stdout.splitlines()
-                         if line.split("|", 1)[-1].startswith(prefix)]
-            if leftovers:
-                slurm_cmd("scancel", *leftovers, timeout=30)
-            out = hacluster("down", "--purge", timeout=180)
-            assert out.returncode == 0, out.stderr
-            if was_up:  # as the session's other tests had it: Resource Managers only
-                up()
 
 
 def service_state(urls: list[str], name: str) -> str | None:
