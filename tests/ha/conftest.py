@@ -54,7 +54,8 @@ def slurm_ha():
         was_up = hacluster("status", timeout=60).returncode == 0
         try:
             assert hacluster("down", "--purge", timeout=180).returncode == 0
-            up(slurm="yes")
+            out = up(slurm="yes")
+            assert "bound to the Slurm mini-cluster" in out.stdout, out.stdout
             urls = [o["url"] for o in status()["orchestrators"]]
             with plugin_pointed_at(urls):
                 yield urls
