@@ -3,6 +3,8 @@ runs, and a writer that counts the writes the cluster acknowledged."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -11,23 +13,30 @@ import sys
 import threading
 import time
 
+from tests.integration.minicluster import RUN_DIR
+from tests.poll import poll_until
+
 from ..conftest import ROOT, server_env
 
 HACLUSTER = os.path.join(ROOT, "deploy", "hacluster")
 STATE_DIR = "/var/lib/wfm-hacluster"
 
 
-def hacluster(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def hacluster(*args: str, timeout: float = 300, slurm: str = "no"
+              ) -> subprocess.CompletedProcess:
     """Run deploy/hacluster ARGS (as the root running the tests); the orchestrators it
-    starts run this interpreter on the package the tests import."""
-    env = server_env(WFM_HACLUSTER_PYTHON=sys.executable)
+    starts run this interpreter on the package the tests import. ``slurm``: its
+    WFM_HACLUSTER_SLURM; "no" unless a test asks, as only a test holding the mini-cluster's
+    lock may bind them to it (test_slurm_failover.py)."""
+    env = server_env(WFM_HACLUSTER_PYTHON=sys.executable, WFM_HACLUSTER_SLURM=slurm)
     return subprocess.run([HACLUSTER, *args], capture_output=True, text=True, timeout=timeout,
                           check=False, env=env)
 
 
-def up() -> subprocess.CompletedProcess:
-    """`up`; the first one on a machine installs Debian's packages (minutes)."""
-    out = hacluster("up", timeout=900)
+def up(slurm: str = "no") -> subprocess.CompletedProcess:
+    """`up`; the first one on a machine installs Debian's packages (minutes). An
+    orchestrator whose configuration changes (``slurm``) is restarted."""
+    out = hacluster("up", timeout=900, slurm=slurm)
     assert out.returncode == 0, f"hacluster up failed:\n{out.stderr}\n{out.stdout}"
     return out
 
@@ -155,3 +164,80 @@ class Writer(threading.Thread):
         """The longest time between two acknowledged writes: how long writes blocked."""
         times = [t for _, t, _ in list(self.acked)]
         return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+IT_LOCK = "/tmp/wfm-it.lock"  # noqa: S108 - the mini-cluster's lock, shared on purpose
+
+
+def _lock_held_by_ancestor(path: str) -> bool:
+    """Whether one of this process' ancestors holds the flock on ``path`` (``flock
+    /tmp/wfm-it.lock pytest ...``): /proc/locks names the locking process and the file's
+    inode."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii") as fh:
+            holders = {int(f[4]) for f in (line.split() for line in fh)
+                       if len(f) > 5 and f[1] == "FLOCK" and f[5].rsplit(":", 1)[-1] == str(inode)}
+    except (OSError, ValueError):
+        return False
+    pid = os.getpid()
+    while pid and pid > 1:
+        if pid in holders:
+            return True
+        pid = parent(pid) or 0
+    return False
+
+
+@contextlib.contextmanager
+def minicluster_lock(wait: float = 1800):
+    """The Slurm mini-cluster's lock (docs: take the HA lock first, then this one) for as
+    long as the ``with`` lasts, unless the command that runs the tests holds it already."""
+    if _lock_held_by_ancestor(IT_LOCK):
+        yield
+        return
+    with open(IT_LOCK, "a+") as lock:
+        def taken() -> bool:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        poll_until(taken, f"take {IT_LOCK} (another session holds it)", wait, interval=1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# The plugin waits this long for a leader (docs/burst_buffer_plugin.md, retry_for):
+# longer than a failover.
+PLUGIN_RETRY_FOR = 60
+
+
+def plugin_config_path() -> str:
+    """The plugin's configuration file as the running slurmctld sees it (Slurm 24.11 runs in
+    the mini-cluster's Debian 13 tree, which has its own /etc/slurm)."""
+    with open(f"{RUN_DIR}/slurmctld.pid", encoding="ascii") as fh:
+        pid = int(fh.read().split()[0])
+    return f"/proc/{pid}/root/etc/slurm/burst_buffer_wfm.conf"
+
+
+@contextlib.contextmanager
+def plugin_pointed_at(urls: list[str]):
+    """The plugin's orchestrator_url is ``urls`` (with a retry budget longer than a
+    failover) for as long as the ``with`` lasts; the file is put back byte for byte."""
+    path = plugin_config_path()
+    with open(path, encoding="utf-8") as fh:
+        original = fh.read()
+    keys = ("orchestrator_url", "retry_for")
+    lines = [line for line in original.splitlines(keepends=True)
+             if line.split("=", 1)[0].strip() not in keys]
+    lines += [f"orchestrator_url = {','.join(urls)}\n", f"retry_for = {PLUGIN_RETRY_FOR}\n"]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    try:
+        yield
+    finally:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(original)

@@ -1,5 +1,5 @@
 """Fixtures of the HA suite: the local HA cluster (deploy/hacluster), brought up fresh
-once for the module and down at its end."""
+once for the module and down at its end; the same bound to the Slurm mini-cluster."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 
 import pytest
 
-from .cluster import dsn, hacluster, up
+from tests.integration.minicluster import cluster_up, slurm_cmd
+from wfm_orchestrator.service_job import TAG_PREFIX
+
+from .cluster import dsn, hacluster, minicluster_lock, plugin_pointed_at, status, up
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +38,36 @@ def orchestrators(ha_dsn):
     up()  # both instances running, one leading
     yield
     up()  # the one the test stopped comes back, as the standby
+
+
+@pytest.fixture(scope="module")
+def slurm_ha():
+    """The HA cluster, fresh and bound to the mini-cluster, with the plugin pointed at its
+    orchestrators; both put back at the end (see the module's docstring)."""
+    if os.geteuid() != 0:
+        pytest.skip("deploy/hacluster runs as root")
+    pytest.importorskip("psycopg", reason="pip install '.[test]' (deploy/install does)")
+    with minicluster_lock():
+        running, reason = cluster_up()
+        if not running:
+            pytest.skip(f"no Slurm mini-cluster: {reason}")
+        was_up = hacluster("status", timeout=60).returncode == 0
+        try:
+            assert hacluster("down", "--purge", timeout=180).returncode == 0
+            out = up(slurm="yes")
+            assert "bound to the Slurm mini-cluster" in out.stdout, out.stdout
+            urls = [o["url"] for o in status()["orchestrators"]]
+            with plugin_pointed_at(urls):
+                yield urls
+        finally:
+            # The services' jobs never outlive the test, whatever failed.
+            prefix = f"{TAG_PREFIX}alice_ha"
+            out = slurm_cmd("squeue", "-h", "-o", "%i|%k", timeout=30)
+            leftovers = [line.split("|", 1)[0] for line in out.stdout.splitlines()
+                         if line.split("|", 1)[-1].startswith(prefix)]
+            if leftovers:
+                slurm_cmd("scancel", *leftovers, timeout=30)
+            out = hacluster("down", "--purge", timeout=180)
+            assert out.returncode == 0, out.stderr
+            if was_up:  # as the session's other tests had it: Resource Managers only
+                up()

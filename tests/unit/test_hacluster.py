@@ -103,3 +103,64 @@ def test_partition_and_heal_take_one_node(argv):
                          timeout=30, check=False)
     assert out.returncode == 2
     assert "partition NODE" in out.stderr
+
+
+PASSWORDS = {"superuser": "s", "replication": "r", "wfm": "secret"}
+MINICLUSTER = {"WFM_RESTD_URL": "http://127.0.0.1:6820", "WFM_TOKEN_FILE": "/x/var/slurm.jwt",
+               "WFM_DATA_PARTITION": "data", "WFM_COMPUTE_PARTITION": "compute"}
+
+
+def test_without_the_minicluster_the_orchestrators_are_resource_managers_only(tmp_path):
+    from wfm_orchestrator.config import parse_config
+
+    h = load()
+    o = h.ORCHESTRATORS[1]
+    config = parse_config(h.orchestrator_config(o, PASSWORDS, None), str(tmp_path / "o.conf"))
+    assert config.slurmrestd_url == "" and not config.service_types
+    assert config.listen == f"127.0.0.1:{o.port}"
+
+
+def test_bound_to_the_minicluster_they_run_wfm_conf_with_their_own_settings(tmp_path):
+    """The mini-cluster's slurmrestd, token and partitions (its env file), wfm.conf's
+    layout and service types, their own listener and database, and no limits file (the
+    plugin reads the integration orchestrator's)."""
+    from wfm_orchestrator.config import load_config, parse_config
+
+    h = load()
+    o = h.ORCHESTRATORS[0]
+    text = h.orchestrator_config(o, PASSWORDS, MINICLUSTER)
+    config = parse_config(text, str(tmp_path / "o.conf"))
+    wfm = load_config(os.path.join(ROOT, "wfm.conf"))
+    assert config.listen == f"127.0.0.1:{o.port}"
+    assert config.state_db.startswith("postgresql://wfm:secret@")
+    assert config.slurmrestd_url == "http://127.0.0.1:6820"
+    assert config.slurm_token_file == MINICLUSTER["WFM_TOKEN_FILE"]
+    assert config.plugin_limits_file == ""
+    assert set(config.service_types) == set(wfm.service_types) != set()
+    assert config.locations.keys() == wfm.locations.keys()
+    assert config.datanodes.keys() == wfm.datanodes.keys()
+    assert config.impersonate_users == wfm.impersonate_users
+    assert [line.split("=")[0].strip() for line in text.splitlines()].count("listen") == 1
+
+
+def test_the_minicluster_is_seen_only_while_its_slurmctld_runs(tmp_path, monkeypatch):
+    h = load()
+    (tmp_path / "env").write_text("WFM_RESTD_URL=http://127.0.0.1:6820\n"
+                                  "WFM_TOKEN_FILE='/a b/slurm.jwt'\n")
+    monkeypatch.setattr(h, "DEVCLUSTER_RUN_DIR", str(tmp_path))
+    assert h.minicluster() is None  # no slurmctld.pid
+    (tmp_path / "slurmctld.pid").write_text(f"{os.getpid()}\n")  # a live pid, not slurmctld
+    assert h.minicluster() is None
+    monkeypatch.setattr(h, "live_pid", lambda pid, comm: pid)
+    assert h.minicluster() == {"WFM_RESTD_URL": "http://127.0.0.1:6820",
+                               "WFM_TOKEN_FILE": "/a b/slurm.jwt"}
+    for mode, bound in (("auto", True), ("no", False), ("yes", True)):
+        monkeypatch.setattr(h, "SLURM_MODE", mode)
+        assert (h.slurm_facts() is not None) == bound
+    monkeypatch.setattr(h, "DEVCLUSTER_RUN_DIR", str(tmp_path / "none"))
+    monkeypatch.setattr(h, "SLURM_MODE", "yes")
+    with pytest.raises(h.Failure, match="does not run"):
+        h.slurm_facts()
+    monkeypatch.setattr(h, "SLURM_MODE", "maybe")
+    with pytest.raises(h.Failure, match="auto, yes or no"):
+        h.slurm_facts()
