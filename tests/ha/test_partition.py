@@ -122,7 +122,6 @@ def test_partition_of_the_primary_under_a_client_load(orchestrators, ha_dsn):
 def test_partition_of_the_primary_under_store_writes(pg_state_db, ha_dsn):
     """The store alone (no lease to lose): its writer gives up on the silent primary,
     refuses the batch in flight, and writes again through the same URL on the new one."""
-    from tests.conftest import connect_db
     from wfm_orchestrator.store import Store
 
     old = by_role(status())["primary"]["name"]
@@ -154,10 +153,6 @@ def test_partition_of_the_primary_under_store_writes(pg_state_db, ha_dsn):
           f"acknowledged; refused: {writer.refused[:3]}")
     assert new != old
     assert outage < OUTAGE_BOUND
-    acked = {name for name, _ in writer.acked}
-    with connect_db(pg_state_db) as conn:
-        present = {row[0] for row in conn.execute("SELECT name FROM datanode_drain").fetchall()}
-    lost = sorted(acked - present)
-    assert not lost, f"{len(lost)} acknowledged writes lost, the first {lost[:10]}"
+    writer.assert_none_lost(pg_state_db)
     took = rejoined(ha_dsn, old, new)
     print(f"[ha] {old} rejoined as the synchronous replica {took:.1f} s after heal")

@@ -58,10 +58,20 @@ class StoreWriter(threading.Thread):
         self.join(timeout=90)
         assert not self.is_alive(), "the writer did not stop"
 
+    def assert_none_lost(self, state_db: str) -> None:
+        """Every acknowledged write is in the database (read after the failure)."""
+        from tests.conftest import connect_db
+
+        acked = {name for name, _ in self.acked}
+        with connect_db(state_db) as conn:
+            present = {row[0] for row in
+                       conn.execute("SELECT name FROM datanode_drain").fetchall()}
+        lost = sorted(acked - present)
+        assert not lost, f"{len(lost)} acknowledged writes lost, the first {lost[:10]}"
+
 
 def test_store_writes_resume_after_kill9_of_the_primary_and_none_acknowledged_is_lost(
         pg_state_db):
-    from tests.conftest import connect_db
     from wfm_orchestrator.store import Store
 
     old = by_role(status())["primary"]
@@ -87,10 +97,6 @@ def test_store_writes_resume_after_kill9_of_the_primary_and_none_acknowledged_is
     print(f"\n[ha] store through kill -9 of {old['name']}: {len(writer.acked)} writes "
           f"acknowledged, longest gap {gap:.1f} s, refused: {writer.refused[:3]}")
     assert gap < FAILOVER_BOUND
-    acked = {name for name, _ in writer.acked}
-    with connect_db(pg_state_db) as conn:
-        present = {row[0] for row in conn.execute("SELECT name FROM datanode_drain").fetchall()}
-    lost = sorted(acked - present)
-    assert not lost, f"{len(lost)} acknowledged writes lost, the first {lost[:10]}"
+    writer.assert_none_lost(pg_state_db)
     up()  # the killed node back as the replica, for the tests after this one
     assert by_role(status())["replica"]["name"] == old["name"]
