@@ -232,7 +232,7 @@ SETTINGS: dict[str, Setting] = {
         path=True,
     ),
     "lease_ttl": Setting(
-        "10", lambda v: _seconds_between(v, 3, 300),
+        "6", lambda v: _seconds_between(v, 3, 300),
         "PostgreSQL state_db: seconds the leader lease lasts unless renewed (renewed every "
         "third of it); a standby takes over once it expired (docs/ha.md)"),
     "advertise_url": Setting(

@@ -18,6 +18,11 @@ from .lease import Keeper, Lease
 
 log = logging.getLogger(__name__)
 
+# A standby asks at least this often (seconds), a third of the ttl when that is shorter:
+# a leader's crash costs the rest of its lease plus this plus the load (issue #20: writes
+# again within 10 s), for one cheap UPDATE per second per standby.
+POLL = 1.0
+
 
 class Standby:
     """The poll of a standby; ``leader_url()`` is the URL its 503 answers give."""
@@ -54,7 +59,7 @@ class Standby:
 
     def _run(self) -> None:
         lease = self.lease
-        while not self._stop.wait(lease.ttl / 3):
+        while not self._stop.wait(min(lease.ttl / 3, POLL)):
             try:
                 if lease.acquire():
                     break

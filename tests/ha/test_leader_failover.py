@@ -30,10 +30,11 @@ from .cluster import comm, status
 
 pytestmark = pytest.mark.ha
 
-LEASE_TTL = 10.0  # deploy/hacluster's default lease_ttl
-# The standby sees the expiry at its next poll (ttl/3), then loads the state.
-TAKEOVER_BOUND = 10.0  # seconds after the lease's expiry: the brief's goal
-OUTAGE_BOUND = LEASE_TTL + TAKEOVER_BOUND  # the longest time without an acknowledged write
+LEASE_TTL = 6.0  # deploy/hacluster's default lease_ttl (the configuration's default)
+# Issue #20's goal: writes again within 10 s of an orchestrator's crash. The lease runs out
+# (at most LEASE_TTL after the kill), the standby sees it at its next poll (<= 1 s,
+# takeover.POLL) and loads the state.
+CRASH_BOUND = 10.0
 V = "/v1.0.0"
 
 
@@ -162,8 +163,8 @@ def test_kill9_of_the_leader_the_standby_takes_over(orchestrators):
     print(f"\nkill -9 of the leader: the standby led {took:.1f} s later; longest time "
           f"without an acknowledged request {outage:.1f} s; {len(client.reserved)} "
           f"reservations and {len(client.released)} releases acknowledged")
-    assert took <= LEASE_TTL + TAKEOVER_BOUND
-    assert outage <= OUTAGE_BOUND
+    assert took <= CRASH_BOUND
+    assert outage <= CRASH_BOUND
     check_state(standby["url"], client)
 
 
@@ -171,7 +172,7 @@ def takeover(standby: dict, since: float, client: Client) -> tuple[float, int]:
     """Wait until ``standby`` leads: (seconds since ``since``, reservations acknowledged
     by then)."""
     poll_until(lambda: role(standby["url"]) == "leader",
-               timeout=LEASE_TTL + TAKEOVER_BOUND + 5, what="the standby leads")
+               timeout=CRASH_BOUND + 5, what="the standby leads")
     return time.monotonic() - since, len(client.reserved)
 
 
