@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -86,10 +88,10 @@ def ha_dsn():
         hacluster("down", timeout=180)
 
 
-@pytest.fixture
-def pg_state_db(ha_dsn):
-    """A ``state_db`` URL of a PostgreSQL schema of its own, dropped after the test (one
-    cluster for the session, an empty schema per test)."""
+@contextlib.contextmanager
+def pg_schema(ha_dsn: str) -> Iterator[str]:
+    """A ``state_db`` URL of an empty PostgreSQL schema of its own on the HA cluster,
+    dropped at the end of the with-block."""
     import psycopg
 
     schema = f"t_{secrets.token_hex(6)}"
@@ -100,6 +102,14 @@ def pg_state_db(ha_dsn):
         # A store a test left open may hold a lock: give up on the schema then, loudly.
         conn.execute("SET lock_timeout = '10s'")
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_state_db(ha_dsn):
+    """A ``state_db`` URL of a PostgreSQL schema of its own, dropped after the test (one
+    cluster for the session, an empty schema per test)."""
+    with pg_schema(ha_dsn) as url:
+        yield url
 
 
 class _PgConnection:
@@ -419,12 +429,27 @@ def slurm_cluster(wfm_config, slurm_version):
     return wfm_config
 
 
+def integration_engine(slurm_version: str) -> str:
+    """The state database of the session's orchestrator on ``slurm_version``: the suite on
+    both engines at no extra cost, one per Slurm version (PostgreSQL on 22.05, SQLite on
+    24.11, the version CI brings the mini-cluster up on), unless WFM_TEST_STATE_DB names
+    one."""
+    engines = _engines_under_test()
+    if len(engines) == 1:
+        return engines[0]
+    return "postgresql" if slurm_version == "22.05" else "sqlite"
+
+
 @pytest.fixture(scope="session")
-def orchestrator(slurm_cluster):
+def orchestrator(request, slurm_cluster, slurm_version):
     """A real orchestrator on 127.0.0.1:8080 (the burst-buffer plugin's orchestrator_url)
-    with a temporary state database; see tests/integration/orchestrator.py."""
+    with a temporary state database (integration_engine's); see
+    tests/integration/orchestrator.py."""
     # Imported here: orchestrator.py imports server_env from this module.
     from .integration.orchestrator import session_orchestrator
 
-    with session_orchestrator() as server:
-        yield server
+    with contextlib.ExitStack() as stack:
+        state_db = None
+        if integration_engine(slurm_version) == "postgresql":
+            state_db = stack.enter_context(pg_schema(request.getfixturevalue("ha_dsn")))
+        yield stack.enter_context(session_orchestrator(state_db))

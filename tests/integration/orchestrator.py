@@ -7,7 +7,8 @@ holds ``session_orchestrator()`` below open.
 
 ``session_orchestrator()`` runs ``python3 -m wfm_orchestrator.cli serve``
 from this checkout with a copy of the repository's ``wfm.conf`` whose
-``state_db`` is a temporary file (and whose relative paths are made absolute),
+``state_db`` is a temporary file or an empty PostgreSQL schema of the local HA cluster
+(tests/conftest.py's ``integration_engine``; relative paths made absolute),
 waits until it answers, and stops it with SIGTERM at the end of the session.
 It must listen on 127.0.0.1:8080 because that is the ``orchestrator_url`` of
 the burst-buffer plugin installed in the mini-cluster: a step job's
@@ -129,14 +130,16 @@ MOVER = os.path.join(REPO, "src", "wfm_orchestrator", "datamover.py")
 SESSION_SETTINGS = "node_poll_interval = 1\n"
 
 
-def write_config(directory: str, port: int = PORT, extra: str = "") -> tuple[str, str]:
+def write_config(directory: str, port: int = PORT, extra: str = "",
+                 state_db: str | None = None) -> tuple[str, str]:
     """A copy of wfm.conf with a fresh state_db and absolute paths: (path, state_db).
 
-    ``port``: its listener's; ``extra``: settings appended (a dedicated orchestrator)."""
+    ``port``: its listener's; ``extra``: settings appended (a dedicated orchestrator);
+    ``state_db``: an empty PostgreSQL schema's URL, or None for an SQLite file."""
     # A directory of its own, which the orchestrator creates 0700: ``directory`` is open
     # to the cluster's users, and an open directory beside wfm.conf is refused
     # (docs/security.md §9).
-    state_db = os.path.join(directory, "state", "state.db")
+    state_db = state_db or os.path.join(directory, "state", "state.db")
     lines = []
     with open(WFM_CONF, encoding="utf-8") as fh:
         for line in fh:
@@ -161,17 +164,19 @@ def write_config(directory: str, port: int = PORT, extra: str = "") -> tuple[str
             lines.append(line)
     path = os.path.join(directory, "wfm.conf")
     with open(path, "w", encoding="utf-8") as fh:
+        if "://" in state_db:
+            os.fchmod(fh.fileno(), 0o600)  # the URL holds the HA cluster's password
         fh.writelines(lines)
         fh.write(extra)
     return path, state_db
 
 
 def start(directory: str, timeout: float = 30.0, port: int = PORT,
-          extra: str = "") -> Orchestrator:
+          extra: str = "", state_db: str | None = None) -> Orchestrator:
     """An orchestrator of this tree on ``port`` (8080: the plugin's) with ``extra``
-    settings; it answers when this returns."""
+    settings (and ``state_db``, write_config's); it answers when this returns."""
     url = f"http://{HOST}:{port}"
-    config_path, state_db = write_config(directory, port, extra)
+    config_path, state_db = write_config(directory, port, extra, state_db)
     log_path = os.path.join(directory, "orchestrator.log")
     env = server_env()
     with open(log_path, "wb") as log:
@@ -246,9 +251,10 @@ def _locked(lock) -> bool:
 
 
 @contextmanager
-def session_orchestrator() -> Iterator[Orchestrator]:
-    """A real orchestrator on 127.0.0.1:8080 with a temporary state database, for as long
-    as the ``with`` lasts (the session), under the port's lock."""
+def session_orchestrator(state_db: str | None = None) -> Iterator[Orchestrator]:
+    """A real orchestrator on 127.0.0.1:8080 with a temporary state database (``state_db``:
+    an empty PostgreSQL schema's URL, None: an SQLite file), for as long as the ``with``
+    lasts (the session), under the port's lock."""
     lock = open(LOCK_PATH, "a+")  # noqa: SIM115 - held for the whole session
     wait = float(os.environ.get("WFM_TEST_LOCK_WAIT", "600"))
     try:
@@ -264,7 +270,7 @@ def session_orchestrator() -> Iterator[Orchestrator]:
                                  "Stop that orchestrator first."))
         directory = tempfile.mkdtemp(prefix="wfm-e2e-")
         os.chmod(directory, 0o755)  # noqa: S103 - as before: readable by the cluster's users
-        server = start(directory, extra=SESSION_SETTINGS)
+        server = start(directory, extra=SESSION_SETTINGS, state_db=state_db)
         try:
             yield server
         finally:

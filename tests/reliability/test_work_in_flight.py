@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import sqlite3
 import time
 import uuid
 
 import pytest
 
+from tests.conftest import connect_db
 from tests.integration.minicluster import user_tier_dir, user_token
 from tests.poll import poll_until
 from wfm_orchestrator.service_job import job_tag
@@ -65,7 +65,7 @@ HITS = env_int("WFM_RELIABILITY_FAULT_HITS", 2)
 
 def stored_job(state_db: str, name: str) -> tuple[int | None, str]:
     """The stored job id of a service and the tag its record gives its job."""
-    conn = sqlite3.connect(state_db, timeout=30)
+    conn = connect_db(state_db)
     try:
         row = conn.execute("SELECT job_id, seq, nonce FROM service_job WHERE name = ?",
                            (name,)).fetchone()
@@ -155,7 +155,7 @@ def step_body(step: str, svc: str, area: str) -> dict:
 
 
 def step_launch_id(state_db: str, step: str) -> str:
-    conn = sqlite3.connect(state_db, timeout=30)
+    conn = connect_db(state_db)
     try:
         row = conn.execute("SELECT launch_id FROM step WHERE name = ?", (step,)).fetchone()
     finally:

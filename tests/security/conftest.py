@@ -24,7 +24,6 @@ import os
 import pwd
 import shutil
 import socket
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import SMALL_CONF, server_env
+from tests.conftest import SMALL_CONF, connect_db, server_env
 from tests.integration.minicluster import DEVCLUSTER, REPO, user_token
 from tests.integration.raw_server import free_port
 from tests.poll import poll_until
@@ -302,7 +301,7 @@ def wait_step(orch, name: str, wanted: set[str] | str = STEP_FINAL, timeout: flo
 
 def step_secret(orch, name: str) -> str:
     """The step's mover secret as stored (read-only, as root): what only its movers get."""
-    conn = sqlite3.connect(f"file:{orch.state_db}?mode=ro", uri=True, timeout=30)
+    conn = connect_db(orch.state_db)
     try:
         row = conn.execute("SELECT mover_secret FROM step WHERE name = ?", (name,)).fetchone()
     finally:
@@ -328,7 +327,7 @@ def placement_of(orch, name: str) -> tuple:
     """The reservation's state, seq and placement (datanodes, core ids, memory, storage),
     read from the state database as the orchestrator committed it (read-only: GET
     server/allocation would bind it)."""
-    conn = sqlite3.connect(f"file:{orch.state_db}?mode=ro", uri=True, timeout=30)
+    conn = connect_db(orch.state_db)
     try:
         row = conn.execute("SELECT state, seq, placement FROM reservation WHERE name = ?",
                            (name,)).fetchone()

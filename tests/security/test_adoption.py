@@ -11,10 +11,10 @@ bob's service must end ALLOCATED with a job of bob's.
 from __future__ import annotations
 
 import re
-import sqlite3
 
 import pytest
 
+from tests.conftest import connect_db
 from tests.poll import poll_until
 from tests.reliability.cluster import kill9, launch, restart, wait_answering, wait_exit
 from wfm_orchestrator.service_job import TAG_PREFIX
@@ -69,7 +69,7 @@ def tag_as_alice_sees_it(name: str) -> tuple[str, str]:
 
 
 def stored_job_id(orchestrator, name: str) -> int | None:
-    conn = sqlite3.connect(f"file:{orchestrator.state_db}?mode=ro", uri=True, timeout=30)
+    conn = connect_db(orchestrator.state_db)
     try:
         row = conn.execute("SELECT job_id FROM service_job WHERE name = ?", (name,)).fetchone()
     finally:
@@ -187,7 +187,7 @@ def test_alices_job_under_bobs_stored_job_id_is_not_followed(orchestrator, alice
         assert copy.job_id is not None, copy.err
         kill9(orchestrator)
         devcluster_run("scancel", bob_job)
-        conn = sqlite3.connect(orchestrator.state_db)
+        conn = connect_db(orchestrator.state_db)
         try:
             with conn:
                 conn.execute("UPDATE service_job SET job_id = ? WHERE name = ?",

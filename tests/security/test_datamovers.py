@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 
 import pytest
 
+from tests.conftest import connect_db
 from tests.poll import poll_until
 from tests.reliability.cluster import kill9, launch, wait_answering
 
@@ -210,7 +210,7 @@ def test_progress_for_a_step_without_a_secret_is_refused(orchestrator, bob_servi
     step = launch_step(orchestrator, BOB, bob_service, [stage_in("dm_in", "NVMe", ELEMENT)])
     wait_step(orchestrator, step)
     kill9(orchestrator)
-    conn = sqlite3.connect(orchestrator.state_db)
+    conn = connect_db(orchestrator.state_db)
     try:
         with conn:
             conn.execute("UPDATE step SET mover_secret = '' WHERE name = ?", (step,))

@@ -100,9 +100,16 @@ def test_alice_cannot_read_a_running_orchestrators_state_whatever_the_umask(
     """alice runs ``cat`` on ``state.db``, ``-wal``, ``-shm`` and ``.lock`` of two running
     orchestrators: the session's (bob's real Slurm token inside) and one started under
     umask 000 holding bob's reservation: "Permission denied" every time, the files 0600,
-    their directory 0700."""
+    their directory 0700. The session's on PostgreSQL (tests/conftest.py's
+    integration_engine) keeps its state in the database: on disk, the configuration that
+    holds the database's password is what alice must not read."""
     before = bob_things()
-    assert_alice_reads_nothing(orchestrator.state_db)
+    if "://" in orchestrator.state_db:
+        out = read_as(ALICE, orchestrator.config_path)
+        assert out.returncode != 0 and "Permission denied" in out.stderr, out.stdout[:200]
+        assert mode(orchestrator.config_path) == 0o600
+    else:
+        assert_alice_reads_nothing(orchestrator.state_db)
     server = servers(umask=0)
     name = reserve_for_bob(server.port)
     db = os.path.join(server.directory, "state", "state.db")
