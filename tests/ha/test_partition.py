@@ -1,4 +1,5 @@
-"""A network partition isolating the primary (issue #20's third scenario): deploy/hacluster
+"""A network partition isolating the primary (issue #20's third scenario), and kill -9 of
+the primary under the same client load (its second): deploy/hacluster
 runs each PostgreSQL node in a network namespace of its own, and `partition NODE` takes
 its link down: a client's connection to it gets no RST, only silence. Under a steady
 load, (a) of reserves and releases sent to the two orchestrators as a client does (the
@@ -23,7 +24,7 @@ import pytest
 
 from tests.poll import poll_until
 
-from .cluster import by_role, hacluster, status, up
+from .cluster import by_role, hacluster, kill9, status, up
 from .test_leader_failover import Client, V, call, check_state, leader_and_standby, role
 from .test_store_failover import StoreWriter
 
@@ -71,8 +72,13 @@ def rejoined(dsn: str, old: str, new: str) -> float:
     return took
 
 
-def test_partition_of_the_primary_under_a_client_load(orchestrators, ha_dsn):
-    old = by_role(status())["primary"]["name"]
+@pytest.mark.parametrize("failure", ["partition", "kill9"])
+def test_loss_of_the_primary_under_a_client_load(orchestrators, ha_dsn, failure):
+    """(a) above, and the same load through kill -9 of the primary's Patroni and
+    postmaster (issue #20's second scenario; `up` then starts the killed node again, as
+    the replica)."""
+    primary = by_role(status())["primary"]
+    old = primary["name"]
     leader, standby = leader_and_standby()
     client = Client([leader["url"], standby["url"]])
     client.start()
@@ -80,7 +86,10 @@ def test_partition_of_the_primary_under_a_client_load(orchestrators, ha_dsn):
     try:
         poll_until(lambda: len(client.reserved) >= 20, timeout=30, what="a steady load")
         cut = time.monotonic()
-        partition(old)
+        if failure == "partition":
+            partition(old)
+        else:
+            kill9(primary["patroni_pid"], primary["pid"])
         new = poll_until(lambda: next((p["name"] for p in status()["postgres"]
                                        if p["name"] != old and p["role"] == "primary"), None),
                          f"a new primary after the partition of {old}",
@@ -91,21 +100,26 @@ def test_partition_of_the_primary_under_a_client_load(orchestrators, ha_dsn):
                    what="reservations acknowledged on the new primary")
     finally:
         client.stop()
-        if cut is not None:
+        if cut is not None and failure == "partition":
             heal(old)  # whatever failed: never left cut off
     # The outage: the longest time without an acknowledged reservation, from the cut on.
     times = [cut, *sorted(t for t in client.reserved.values() if t >= cut)]
     outage = max(b - a for a, b in zip(times, times[1:], strict=False))
     leading = [o for o in (leader, standby) if role(o["url"]) == "leader"]
-    print(f"\n[ha] partition of {old} (the primary) under a client's load: {new} primary "
+    print(f"\n[ha] {failure} of {old} (the primary) under a client's load: {new} primary "
           f"after {promoted:.1f} s; longest time without an acknowledged reservation "
           f"{outage:.1f} s; {len(client.reserved)} reservations and {len(client.released)} "
           f"releases acknowledged; leading now: {[o['url'] for o in leading]}")
     assert outage < OUTAGE_BOUND
     assert len(leading) == 1, leading
     check_state(leading[0]["url"], client)
-    took = rejoined(ha_dsn, old, new)
-    print(f"[ha] {old} rejoined as the synchronous replica {took:.1f} s after heal")
+    if failure == "partition":
+        took = rejoined(ha_dsn, old, new)
+        print(f"[ha] {old} rejoined as the synchronous replica {took:.1f} s after heal")
+    else:
+        up()  # the killed node back, as the replica
+        after = by_role(status())
+        assert after["primary"]["name"] == new and after["replica"]["name"] == old, after
     # Every acknowledged reservation is in the database itself, read on the new primary.
     import psycopg
 
