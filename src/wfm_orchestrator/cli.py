@@ -485,23 +485,20 @@ def cmd_leads(args: argparse.Namespace) -> int:
 
     With --url no configuration is read (the check may run as a user that cannot read
     wfm.conf) and no token is sent (GET /v1.0.0/leader is public)."""
-    from .admin import Api, leadership, service_url
+    from .admin import service_url
 
     if args.url and len(args.url) != 1:
         print("wfm-orchestrator: leads asks one orchestrator: give one --url",
               file=sys.stderr)
         return EXIT_CONFIG
     if args.url:
-        url = args.url[0]
-    else:
-        try:
-            url = service_url(load_config(args.config).listen)
-        except ConfigError as e:
-            print(f"wfm-orchestrator: {args.config} is invalid:\n{e}", file=sys.stderr)
-            return EXIT_CONFIG
-        except OSError as e:
-            print(f"wfm-orchestrator: {e}", file=sys.stderr)
-            return EXIT_CONFIG
+        return _ask_leads(args, args.url[0])
+    return _admin(lambda args, config: _ask_leads(args, service_url(config.listen)))(args)
+
+
+def _ask_leads(args: argparse.Namespace, url: str) -> int:
+    from .admin import Api, leadership
+
     try:
         leads, said = leadership(Api(url, timeout=args.timeout))
     except ServiceUnreachable as e:
