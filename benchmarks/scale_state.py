@@ -12,8 +12,10 @@ jobs all completed: there is no other way to have a million *ended* steps withou
 and the API would take minutes). Built once per datanode count under ``--cache``
 (default /tmp/wfm-scale-state), reused while the schema version is the same.
 
-Then a real ``wfm-orchestrator serve`` (this interpreter, ``src`` of this checkout, a
-temporary config, a free port on 127.0.0.1) is started on it:
+Then a real ``wfm-orchestrator serve`` (the service's interpreter, as benchmarks/api.py and
+scale.py run it: deploy/install's /opt/wfm-orchestrator, Debian's python3, if present, else
+this one; ``--python`` to choose; ``src`` of this checkout, a temporary config, a free port
+on 127.0.0.1) is started on it:
 
 * memory: VmRSS (/proc/PID/status) of a server holding the reservations, minus that of the
   same server on an empty database, divided by their number (goal <= 1 KB);
@@ -43,6 +45,7 @@ SRC = os.path.join(os.path.dirname(HERE), "src")
 sys.path.insert(0, SRC)
 sys.path.insert(0, HERE)
 
+from api import SERVICE_PYTHON  # noqa: E402
 from bench_user import ordinary_user  # noqa: E402
 
 GOAL_BYTES = 1024
@@ -181,6 +184,7 @@ class Server:
     """``wfm-orchestrator serve`` on ``db``: this interpreter, this checkout's src."""
 
     src = SRC  # --src: another checkout's, for before/after figures
+    python = sys.executable  # --python
     # Compiled bytecode, as an installed server has it (pip compiles at install): without
     # it (PYTHONDONTWRITEBYTECODE=1 in this machine's shells) every start compiled the
     # ~110 modules it imports, ~0.1 s of each measured restart. Kept under --cache.
@@ -197,7 +201,7 @@ class Server:
         self.log = open(os.path.join(self.home, "server.log"), "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wfm_orchestrator.cli", "--log-level", "WARNING", "serve",
+            [self.python, "-m", "wfm_orchestrator.cli", "--log-level", "WARNING", "serve",
              "--config", conf], stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def first_answer(self, timeout: float = 120.0) -> float:
@@ -349,8 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", default=SRC,
                    help="the src directory the server runs from (default: this checkout's); "
                         "the databases are always built by this checkout's code")
+    p.add_argument("--python", default=SERVICE_PYTHON if os.path.exists(SERVICE_PYTHON)
+                   else sys.executable,
+                   help=f"the server's interpreter (default {SERVICE_PYTHON} if present: the "
+                        "service's own, Debian's python3 built with PGO and LTO)")
     args = p.parse_args(argv)
+    print(f"server interpreter: {args.python}", flush=True)
     Server.src = os.path.abspath(args.src)
+    Server.python = args.python
     Server.pycache = os.path.join(args.cache, "pycache")
     dbs = {} if args.command == "memory" and args.through_api else \
         prepare(args.cache, args.datanodes, args.reservations,

@@ -65,6 +65,27 @@ def build_all(config: Config, lease=None):
     which requests the server may serve on its event loop. ``lease``: the leader lease
     (PostgreSQL) that fences the store's writes and the Slurm submissions."""
     from .api import build_api
+    from .store import Store
+
+    # SQLite's check of the file runs on a thread of its own while the records are read
+    # (a restart's two longest parts, on two CPUs): its verdict comes before any answer.
+    store = Store(config.state_db, lease=lease, verify_later=True)
+    try:
+        try:
+            rm, services, steps = _use_cases(config, store, lease)
+        except Exception:
+            store.verified()  # a corrupt file's verdict first: what broke the reading
+            raise
+        store.verified()
+    except BaseException:
+        store.close()
+        raise
+    role = None if lease is None else (lambda: ("leader", lease.url, lease.epoch))
+    return (*build_api(config, rm, services, steps, role), rm, services, steps, store)
+
+
+def _use_cases(config: Config, store, lease):
+    """(rm, services, steps) on ``store``: each loads its records."""
     from .follower import Follower
     from .node_health import NodeHealth
     from .resource_manager import ResourceManager
@@ -72,36 +93,29 @@ def build_all(config: Config, lease=None):
     from .slurm import SlurmClient
     from .stage_in_nudge import StageInNudge
     from .steps import StepManager
-    from .store import Store
 
-    store = Store(config.state_db, lease=lease)
-    try:
-        rm = ResourceManager(config, store)
-        slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
-        guard = None
-        if slurm is not None and lease is not None:
-            # A submission leaves only once its record is durable under our lease, with a
-            # third of the ttl still surely ours (docs/ha.md).
-            from .lease import submission_guard
+    rm = ResourceManager(config, store)
+    slurm = SlurmClient.from_config(config) if config.slurmrestd_url else None
+    guard = None
+    if slurm is not None and lease is not None:
+        # A submission leaves only once its record is durable under our lease, with a
+        # third of the ttl still surely ours (docs/ha.md).
+        from .lease import submission_guard
 
-            guard = submission_guard(lease, lambda: store.write([]).wait())
-            slurm.before_submit = guard
-        # One follower for both: one read of Slurm's jobs per cycle, services first.
-        follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
-                            flush=store.flush)
-        if slurm is not None and config.node_poll_interval:
-            follower.add_poll(NodeHealth(slurm, rm, config.node_poll_interval).poll)
-        if slurm is not None:
-            follower.add_reader(StageInNudge(slurm))
-        services = ServiceManager(config, rm, store, slurm, follower=follower)
-        if guard is not None:
-            services.still_leading = guard  # the cancel of a second job: the same proof
-        steps = StepManager(config, store, services, slurm, follower=follower)
-    except BaseException:
-        store.close()
-        raise
-    role = None if lease is None else (lambda: ("leader", lease.url, lease.epoch))
-    return (*build_api(config, rm, services, steps, role), rm, services, steps, store)
+        guard = submission_guard(lease, lambda: store.write([]).wait())
+        slurm.before_submit = guard
+    # One follower for both: one read of Slurm's jobs per cycle, services first.
+    follower = Follower(slurm, config.reconcile_interval, config.slurm_timeout * 3,
+                        flush=store.flush)
+    if slurm is not None and config.node_poll_interval:
+        follower.add_poll(NodeHealth(slurm, rm, config.node_poll_interval).poll)
+    if slurm is not None:
+        follower.add_reader(StageInNudge(slurm))
+    services = ServiceManager(config, rm, store, slurm, follower=follower)
+    if guard is not None:
+        services.still_leading = guard  # the cancel of a second job: the same proof
+    steps = StepManager(config, store, services, slurm, follower=follower)
+    return rm, services, steps
 
 
 def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's steps, in order

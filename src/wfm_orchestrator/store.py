@@ -277,8 +277,12 @@ def open_engine(database: str, lock: bool = True) -> Any:
 
 
 class Store:
-    def __init__(self, database: str, max_batch: int = 256, lease: Any = None):
-        """``lease``: the leader lease (lease.py) that fences every batch, PostgreSQL only."""
+    def __init__(self, database: str, max_batch: int = 256, lease: Any = None,
+                 verify_later: bool = False):
+        """``lease``: the leader lease (lease.py) that fences every batch, PostgreSQL only.
+        ``verify_later``: return before SQLite's check of the file has said "ok" (it runs
+        on a thread; every write waits for it): the caller reads its records meanwhile and
+        calls ``verified`` before it answers anyone (a start: cli.build_all)."""
         self._max_batch = max_batch
         # (holder, epoch) checked inside each batch's transaction; None: not fenced.
         self._fencing: tuple[str, int] | None = lease.fencing if lease is not None else None
@@ -293,6 +297,8 @@ class Store:
         self.engine: str = self._engine.engine
         try:
             self._migrate()
+            if not verify_later:
+                self._engine.verified()
         except self._engine.Error as e:
             self._engine.close()
             # An engine's own error (a role without CREATE, a lost server): the store's.
@@ -329,6 +335,12 @@ class Store:
             except BaseException:
                 engine.rollback()
                 raise
+
+    def verified(self) -> None:
+        """Return once the database was found sound (SQLite: its check, started when it
+        was opened; PostgreSQL checks its own pages); else ``StoreError`` saying what is
+        wrong."""
+        self._engine.verified()
 
     # --- reading (at start, before the writer is busy) ----------------------
 

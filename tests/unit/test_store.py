@@ -11,7 +11,7 @@ import pytest
 from wfm_orchestrator.errors import CommitRefused, StoreError, WaitOnEventLoop
 from wfm_orchestrator.store import APPLICATION_ID, DONE, MIGRATIONS, Store, refuse_waits
 
-from ..conftest import sqlite_db_as_before
+from ..conftest import SMALL_CONF, sqlite_db_as_before
 
 INSERT = ("INSERT INTO reservation (name, \"user\", type, request, state, seq, created, updated)"
           " VALUES (?, 'alice', 'SBB', '{}', 'FREE', ?, 0, 0)")
@@ -382,6 +382,51 @@ def test_a_corrupt_table_read_at_start_is_refused_whatever_the_size(tmp_path, mo
         monkeypatch.setattr("wfm_orchestrator.store_sqlite.FULL_CHECK_BYTES", 0)
     with pytest.raises(StoreError, match="is corrupt|unusable"):
         Store(path)
+
+
+def test_a_start_reads_while_the_check_runs_and_nothing_is_written_before_its_verdict(
+        tmp_path, monkeypatch):
+    """verify_later (a start: cli.build_all): the records are read while SQLite checks the
+    file on its own thread; a write waits for the verdict, and a corrupt file (here an
+    index the start never reads) is refused then, by the write and by verified(), the
+    file left byte for byte."""
+    path = str(tmp_path / "s.db")
+    store = Store(path)
+    store.write([(INSERT, (f"r{i:05d}" + "x" * 200, i)) for i in range(2000)]).wait()
+    store.close()
+    _corrupt_a_page_of(path, "reservation_user")
+    with open(path, "rb") as fh:
+        before = fh.read()
+    store = Store(path, verify_later=True)
+    try:
+        assert len(list(store.rows("SELECT name FROM reservation"))) == 2000
+        with pytest.raises(StoreError, match="is corrupt"):
+            store.write([(INSERT, ("late", 1))]).wait()
+        with pytest.raises(StoreError, match=f"state database {path} is corrupt"):
+            store.verified()
+    finally:
+        store.close()
+    with open(path, "rb") as fh:
+        assert fh.read() == before
+    with pytest.raises(StoreError, match="is corrupt"):
+        Store(path)  # without verify_later: refused at once, as before
+
+
+def test_a_start_on_a_corrupt_file_is_refused_before_it_answers(tmp_path):
+    """cli.build_all reads every record while the file is checked, then refuses it."""
+    from wfm_orchestrator.cli import build_all
+    from wfm_orchestrator.config import parse_config
+
+    path = tmp_path / "wfm.conf"
+    text = SMALL_CONF.format(state_db=str(tmp_path / "s.db"), queue_policy="fifo")
+    path.write_text(text)
+    config = parse_config(text, str(path))
+    store = Store(config.state_db)
+    store.write([(INSERT, (f"r{i:05d}" + "x" * 200, i)) for i in range(2000)]).wait()
+    store.close()
+    _corrupt_a_page_of(config.state_db, "reservation_user")
+    with pytest.raises(StoreError, match="is corrupt"):
+        build_all(config)
 
 
 def test_a_large_database_is_not_checked_in_the_ended_steps_history(tmp_path, monkeypatch):
