@@ -189,6 +189,18 @@ def token_file(tmp_path):
 
 # --- test_server_loop.py ---
 
+def stop_served(server, thread: threading.Thread) -> None:
+    """Stop a server whose loop runs on ``thread``: its sockets are closed on the loop's
+    own thread (closed from here, under its poll(), the loop could fail with "Bad file
+    descriptor"), the loop returns once none is left, then the workers stop."""
+    from waitress import wasyncore
+
+    server.mailbox.post(lambda: wasyncore.close_all(server._map))
+    thread.join(5)
+    assert not thread.is_alive(), "the loop did not return once its sockets were closed"
+    server.task_dispatcher.shutdown()
+
+
 @pytest.fixture()
 def served():
     """tests/unit/loop_app.py on a real server (loop thread "loop", two workers):
@@ -207,8 +219,7 @@ def served():
     for ticket in commit.tickets:
         if not ticket._finished:
             ticket._finish()
-    server.close()
-    thread.join(5)
+    stop_served(server, thread)
 
 
 # Whatever the script would call to act: privileges, mounts, chroot, packages,

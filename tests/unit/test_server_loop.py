@@ -20,6 +20,7 @@ from wfm_orchestrator.http import channel
 from wfm_orchestrator.http.server import create_server
 
 from ..poll import poll_until
+from .conftest import stop_served
 
 STATUS_LINE = re.compile(rb"(?:^|\n)HTTP/1\.[01] \d{3} ")
 
@@ -312,8 +313,7 @@ def test_with_the_fast_path_off_stock_waitress_serves_the_api(make_config):
         assert reply.startswith(b"HTTP/1.0 400 Bad Request\r\n"), reply
         assert b"Transfer-Encoding" in reply and len(STATUS_LINE.findall(reply)) == 1
     finally:
-        server.close()
-        thread.join(5)
+        stop_served(server, thread)
         store.close()
 
 
@@ -343,5 +343,4 @@ def test_worker_threads_give_the_cpu_to_the_loop_first():
                 reply = read_for(sock, 2.0)
             assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == {"nice": nice}, path
     finally:
-        server.close()
-        thread.join(5)
+        stop_served(server, thread)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from wfm_orchestrator.api.paging import json_list
 
 from ..conftest import reserve
+from .conftest import stop_served
 
 STATUS = "/v1.0.0/ephemeralservice/status"
 
@@ -168,8 +169,7 @@ def test_the_loop_hands_an_unpaged_list_to_a_worker_which_streams_it(make_config
         assert b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
         assert whole == paged and len(json.loads(whole)) == 6
     finally:
-        server.close()
-        thread.join(5)
+        stop_served(server, thread)
         store.close()
 
 
