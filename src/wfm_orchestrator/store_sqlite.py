@@ -31,6 +31,7 @@ from .errors import StoreError
 # table but the ended steps' history (SQLiteBackend._check).
 FULL_CHECK_BYTES = 64 << 20
 HISTORY_TABLES = frozenset({"step", "step_job"})
+CHECK_MMAP_BYTES = 1 << 31
 
 APPLICATION_ID = 0x57464D4F  # "WFMO": marks a database as ours
 
@@ -287,7 +288,8 @@ class _Check:
     meanwhile on the other CPU; nothing is written before its verdict (``verified``).
     Cold, the check alone took 0.3 s of a restart with 100,000 reservations: it reads
     the indexes in key order, page by page, where the start's read of the table in file
-    order is served by the kernel's read-ahead (benchmarks/README.md, "Restart").
+    order is served by the kernel's read-ahead; it now reads through a memory map
+    (benchmarks/README.md, "Restart").
     """
 
     def __init__(self, path: str) -> None:
@@ -300,6 +302,12 @@ class _Check:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             try:
+                # Memory-mapped, a page the check wants brings the pages around it in one
+                # read (the kernel's read-around): the indexes, read in key order, cost
+                # 0.07 s cold instead of 0.39 s one pread at a time (100,000 reservations).
+                # Safe here: nothing writes, let alone truncates, the file before the
+                # verdict. SQLite caps the size at its own maximum.
+                conn.execute(f"PRAGMA mmap_size = {CHECK_MMAP_BYTES}")
                 self._verdict = SQLiteBackend._check(conn, self._path)
             finally:
                 conn.close()
