@@ -181,7 +181,7 @@ def prepare(cache: str, datanodes: int, reservations: int, steps: int) -> dict[s
 
 
 class Server:
-    """``wfm-orchestrator serve`` on ``db``: this interpreter, this checkout's src."""
+    """``wfm-orchestrator serve`` on ``db``: ``python`` (the service's), this checkout's src."""
 
     src = SRC  # --src: another checkout's, for before/after figures
     python = sys.executable  # --python

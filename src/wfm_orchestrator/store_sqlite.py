@@ -236,8 +236,7 @@ class SQLiteBackend:
         return False
 
     def begin(self) -> None:
-        if self._check_started is not None:
-            self.verified()
+        self.verified()
         self.conn.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
