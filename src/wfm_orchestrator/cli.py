@@ -13,6 +13,7 @@ when the service is stopped).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,21 +38,31 @@ EXIT_LEASE_LOST = 5  # serve: this leader lost its lease (another one leads): re
 DEFAULT_CONFIG = "/etc/wfm/wfm.conf"
 
 
-def _pin_cpus(setting: str) -> list[int] | None:
-    """Confine the process to the configured CPUs (``auto`` = one CPU)."""
+def _cpus_wanted(setting: str) -> list[int] | None:
+    """The configured CPUs the process will be confined to (``auto`` = one CPU); None:
+    all of them."""
     if setting == "all" or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
     if setting == "auto":
         # waitress' threads fight over the GIL across cores (measured: 120-2,100
         # req/s on two cores against 6,000-7,000 on one), so one core is the default.
-        wanted = allowed[:1]
-    else:
-        wanted = [int(c) for c in RangeSet(setting) if int(c) in allowed]
-        if not wanted:
-            raise ConfigError([])  # replaced below with a readable message
-    os.sched_setaffinity(0, wanted)
+        return allowed[:1]
+    wanted = [int(c) for c in RangeSet(setting) if int(c) in allowed]
+    if not wanted:
+        raise ConfigError([])  # replaced below with a readable message
     return wanted
+
+
+def _pin_cpus(wanted: list[int] | None) -> None:
+    """Confine every thread of the process to ``wanted``, once its start is done: the
+    start's reader process and SQLite's check run on the other CPUs meanwhile
+    (store_preload.py), and threads started then (the store's) keep the mask they had."""
+    if wanted is None:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), wanted)
 
 
 def build(config: Config):
@@ -64,14 +75,20 @@ def build_all(config: Config, lease=None):
     """(app, nonblocking, rm, services, steps, store): build() plus the step manager and
     which requests the server may serve on its event loop. ``lease``: the leader lease
     (PostgreSQL) that fences the store's writes and the Slurm submissions."""
-    from .api import build_api
+    from .repositories import reservations
     from .store import Store
 
-    # SQLite's check of the file runs on a thread of its own while the records are read
-    # (a restart's two longest parts, on two CPUs): its verdict comes before any answer.
-    store = Store(config.state_db, lease=lease, verify_later=True)
+    # SQLite's check of the file runs on a thread of its own, and a process of its own
+    # reads and decodes the reservations, while this one imports what serving needs and
+    # makes the records (a restart's longest parts, on two CPUs): the check's verdict
+    # comes before any answer.
+    store = Store(config.state_db, lease=lease, verify_later=True,
+                  preload=reservations.PRELOAD)
     try:
         try:
+            from .api import build_api
+            from .http import server  # noqa: F401 - cmd_serve's, imported meanwhile too
+
             rm, services, steps = _use_cases(config, store, lease)
         except Exception:
             store.verified()  # a corrupt file's verdict first: what broke the reading
@@ -119,7 +136,6 @@ def _use_cases(config: Config, store, lease):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's steps, in order
-    from .http.server import create_server
     from .plugin_limits import write_limits
 
     try:
@@ -128,7 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's step
         print(f"wfm-orchestrator: invalid configuration, not starting:\n{e}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        cpus = _pin_cpus(config.cpus)
+        cpus = _cpus_wanted(config.cpus)
     except (ConfigError, OSError):
         print(f"wfm-orchestrator: cpus = {config.cpus} names no CPU this process may use "
               f"(allowed: {sorted(os.sched_getaffinity(0))})", file=sys.stderr)
@@ -190,6 +206,9 @@ def cmd_serve(args: argparse.Namespace) -> int:  # noqa: C901 - the start's step
         print(f"wfm-orchestrator: cannot write plugin_limits_file {config.plugin_limits_file}, "
               f"not starting: {e}", file=sys.stderr)
         return EXIT_CONFIG
+
+    _pin_cpus(cpus)
+    from .http.server import create_server  # imported already while the start read
 
     host, _, port = config.listen.rpartition(":")
     if parts:

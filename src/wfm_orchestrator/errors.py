@@ -172,6 +172,11 @@ class StoreError(WfmError):
     """The state database is unusable (corrupt, foreign, locked by another process)."""
 
 
+class PreloadLost(Exception):
+    """A start's reader process (store_preload.py) failed after some of its rows were
+    used: the caller reads them again in-process (logged; not an error of the file)."""
+
+
 class CommitRefused(StoreError):
     """The state database refused a write (its batch was rolled back)."""
 

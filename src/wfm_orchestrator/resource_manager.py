@@ -36,6 +36,7 @@ from .errors import (
     AlreadyAllocated,
     Forbidden,
     NotFound,
+    PreloadLost,
     ReloadRefused,
     RequestFailed,
     StillQueued,
@@ -169,6 +170,12 @@ class ResourceManager:
                          neighbours=config.neighbours_map())
 
     def _load(self) -> None:
+        try:
+            self._load_records()
+        except PreloadLost:  # logged: the start's reader process failed halfway
+            self._load_records()  # ``preloaded`` is once: the rows are read here
+
+    def _load_records(self) -> None:
         self.allocator = self._new_allocator()
         # name -> (allocator.version, state, answer) of server/resources (_resources_of);
         # emptied with each new allocator (its versions start again).
@@ -187,8 +194,10 @@ class ResourceManager:
         records, order, queue = self._records, self._order, self._queue
         holding: list[ReserveRequest] = []
         released = 0
-        with objects_that_live():
-            for rec in reservations.load_all(self.store, self.allocator.restore):
+        stored = reservations.load_all(self.store, self.allocator.restore)
+        # closed even when a record is refused: the start's reader process ends with it
+        with objects_that_live(), contextlib.closing(stored):
+            for rec in stored:
                 state = rec.state
                 if state is State.QUEUED:
                     queue.append(rec)

@@ -266,23 +266,27 @@ def refuse_waits() -> None:
     _thread.refuses_waits = True
 
 
-def open_engine(database: str, lock: bool = True) -> Any:
+def open_engine(database: str, lock: bool = True, preload: Any = None) -> Any:
     """The engine ``database`` (a ``state_db`` value, as config.py parsed it) names;
-    ``lock``: PostgreSQL's advisory lock (not when the leader lease fences the writes)."""
+    ``lock``: PostgreSQL's advisory lock (not when the leader lease fences the writes);
+    ``preload``: SQLite's reader process (``Store``)."""
     if state_db.is_postgresql(database):
         from .store_postgresql import PostgresBackend  # psycopg: only when configured
 
         return PostgresBackend(database, lock=lock)
-    return SQLiteBackend(state_db.parse(database))
+    return SQLiteBackend(state_db.parse(database), preload)
 
 
 class Store:
     def __init__(self, database: str, max_batch: int = 256, lease: Any = None,
-                 verify_later: bool = False):
+                 verify_later: bool = False,
+                 preload: tuple[str, Callable[[Any], list[Any]]] | None = None):
         """``lease``: the leader lease (lease.py) that fences every batch, PostgreSQL only.
         ``verify_later``: return before SQLite's check of the file has said "ok" (it runs
         on a thread; every write waits for it): the caller reads its records meanwhile and
-        calls ``verified`` before it answers anyone (a start: cli.build_all)."""
+        calls ``verified`` before it answers anyone (a start: cli.build_all).
+        ``preload``: (sql, decode) of the rows a start reads first, which SQLite has a
+        process of its own read and decode meanwhile (store_preload.py; ``preloaded``)."""
         self._max_batch = max_batch
         # (holder, epoch) checked inside each batch's transaction; None: not fenced.
         self._fencing: tuple[str, int] | None = lease.fencing if lease is not None else None
@@ -291,7 +295,8 @@ class Store:
         # Called on the writer thread after each batch: (writes, seconds, refused).
         # The metrics edge (api/metrics.py) counts commits with it; nothing waits on it.
         self.on_commit: Callable[[int, float, bool], None] | None = None
-        self._engine = open_engine(database, lock=lease is None)
+        self._engine = open_engine(database, lock=lease is None,
+                                   preload=preload and (*preload, len(MIGRATIONS)))
         # The file for SQLite; for PostgreSQL the URL without its password (for messages).
         self.path: str = self._engine.name
         self.engine: str = self._engine.engine
@@ -348,6 +353,12 @@ class Store:
         """Read with a connection of its own (never the writer's): rows read by position
         or column name."""
         return self._engine.query(sql, params)
+
+    def preloaded(self, sql: str) -> Iterator[list[Any]] | None:
+        """The rows of ``sql`` decoded by the reader process (``preload``), a chunk at a
+        time, once; None when there is none (read them with ``rows``). Iterating raises
+        ``PreloadLost`` if the process fails after its first chunk."""
+        return self._engine.preloaded(sql)
 
     def rows(self, sql: str, params: Sequence[Any] = (), chunk: int = 4096
              ) -> Iterator[tuple[Any, ...]]:

@@ -388,6 +388,11 @@ class PostgresBackend:
         finally:
             self._put_back(conn)
 
+    @staticmethod
+    def preloaded(sql: str) -> None:
+        """No reader process: the server sends the rows (store_preload.py is SQLite's)."""
+        return None
+
     def rows(self, sql: str, params: Sequence[Any], chunk: int) -> Iterator[tuple[Any, ...]]:
         conn = self._reader()
         try:

@@ -26,6 +26,7 @@ from typing import Any
 
 from . import state_files
 from .errors import StoreError
+from .store_preload import Decode, Preload
 
 # At start a database up to this size gets SQLite's quick_check whole; a larger one every
 # table but the ended steps' history (SQLiteBackend._check).
@@ -42,15 +43,25 @@ class SQLiteBackend:
     Error = sqlite3.Error
     engine = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, preload: tuple[str, Decode, int] | None = None) -> None:
+        """``preload``: (sql, decode, schema version) for a start's reader process
+        (store_preload.py), forked here: once the file is ours, before any thread."""
         self.path = self.name = path
         self._lock_fd = self._claim(path)
+        self._preload: Preload | None = None
+        self._preload_sql = ""
         try:
             self._check_file(path)
             self._make_private(path)
+            if preload is not None:
+                self._preload_sql, decode, schema = preload
+                self._preload = Preload.start(path, self._preload_sql, decode, schema,
+                                              self._lock_fd)
             self.conn, checked = self._connect(path)
             self._check_started = None if checked else _Check(path)
         except BaseException:
+            if self._preload is not None:
+                self._preload.close()
             os.close(self._lock_fd)
             raise
 
@@ -262,6 +273,15 @@ class SQLiteBackend:
         finally:
             conn.close()
 
+    def preloaded(self, sql: str) -> Iterator[list[Any]] | None:
+        """The reader process' decoded rows of ``sql``, once; None without one."""
+        preload, self._preload = self._preload, None
+        if preload is None or sql != self._preload_sql:
+            if preload is not None:
+                preload.close()
+            return None
+        return preload.chunks()
+
     def rows(self, sql: str, params: Sequence[Any], chunk: int) -> Iterator[tuple[Any, ...]]:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
@@ -276,6 +296,8 @@ class SQLiteBackend:
             conn.close()
 
     def close(self) -> None:
+        if self._preload is not None:
+            self._preload.close()
         self.conn.close()
         os.close(self._lock_fd)
 

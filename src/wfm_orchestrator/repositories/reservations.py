@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ujson
@@ -87,6 +89,11 @@ def stored_request(req: ReserveRequest) -> list[Any]:
 def stored_request_of(name: str, token: str | None, text: str) -> ReserveRequest:
     """The request of a row (its name, token and ``request`` column) back, either form,
     its strings interned."""
+    return _new_request(ReserveRequest, _request_fields(name, token, text))
+
+
+def _request_fields(name: str, token: str | None, text: str) -> tuple[Any, ...]:
+    """``stored_request_of`` as a plain tuple (what ``marshal`` sends: store_preload.py)."""
     intern = sys.intern
     c = ujson.loads(text)
     if type(c) is list:
@@ -97,11 +104,10 @@ def stored_request_of(name: str, token: str | None, text: str) -> ReserveRequest
             job_id = (c["user"], c["type"], c["servers"], c["cores"], c["msize"],
                       c["ssize"], c["locations"], c["flavor"], c["targets"],
                       c["mountpoint"], c.get("job_id"))
-    return _new_request(ReserveRequest, (
-        name, intern(user), token and intern(token) or "", intern(stype), servers, cores,
-        msize, ssize, tuple(map(intern, locations)) if locations else (),
-        flavor and intern(flavor), tuple(map(intern, targets)) if targets else (),
-        mountpoint and intern(mountpoint), job_id))
+    return (name, intern(user), token and intern(token) or "", intern(stype), servers, cores,
+            msize, ssize, tuple(map(intern, locations)) if locations else (),
+            flavor and intern(flavor), tuple(map(intern, targets)) if targets else (),
+            mountpoint and intern(mountpoint), job_id)
 
 
 def save(rec: Reservation, encoded: Encoded) -> Statement:
@@ -118,38 +124,77 @@ def forget(rec: Reservation) -> Statement:
     return (_FORGET, (rec.name, rec.seq))
 
 
-def load_all(store: Store, restore: Callable[[str, Any], list[Placement]]
-             ) -> Iterator[Reservation]:
-    """Every stored reservation, in the table's order (mostly arrival order, not always:
-    sort by seq), read as a stream. One holding resources (FREE or ALLOCATED) takes its
-    stored placement again through ``restore`` (the allocator's, which it then shares).
+def decode_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``_LOAD``'s rows with their JSON decoded, as ``load_all`` makes its records of them:
+    (request fields, state, seq, placement as stored, detail, created, updated, bound_job,
+    held_since, claimed). Plain tuples, lists, strings and numbers: a start's reader
+    process (store_preload.py) sends them with ``marshal``.
 
     The strings many reservations repeat (users, types, tokens, locations, ...) are
-    interned: one copy each.
+    interned: one copy each (``marshal`` keeps that).
     """
     intern = sys.intern
-    request_of = stored_request_of
+    request_of = _request_fields
+    loads = ujson.loads
+    out = []
     for (name, token, state, seq, request, placement, detail, created, updated, bound_job,
-         held_since, claimed) in store.rows(_LOAD):
-        req = request_of(name, token, request)
+         held_since, claimed) in rows:
         # The same float object when the times are equal (most are): 24 bytes each.
         if updated == created:
             updated = created
         if held_since == created:
             held_since = created
-        state = _STATES[state]
-        rec = Reservation(req, state, seq, created, updated, None, detail and intern(detail),
-                          bound_job, held_since, claimed and intern(claimed))
-        if placement is not None:
-            if state in _HOLDING:
-                try:
-                    rec.placement = restore(name, ujson.loads(placement))
-                except (NoCapacity, UnknownDatanode, InvalidDemand) as e:
-                    # The inventory shrank under held reservations: say so loudly
-                    # rather than over-commit or drop them silently.
-                    raise StoreError(
-                        f"reservation {name} no longer fits the configured datanodes "
-                        f"({e}); restore the Datanode records or release it") from e
-            else:
-                rec.placement = [Placement(s, c, m, z) for s, c, m, z in ujson.loads(placement)]
-        yield rec
+        out.append((request_of(name, token, request), state, seq,
+                    None if placement is None else loads(placement), detail and intern(detail),
+                    created, updated, bound_job, held_since, claimed and intern(claimed)))
+    return out
+
+
+# What a start's reader process reads and how (Store(preload=...)).
+PRELOAD = (_LOAD, decode_rows)
+
+
+def load_all(store: Store, restore: Callable[[str, Any], list[Placement]]
+             ) -> Iterator[Reservation]:
+    """Every stored reservation, in the table's order (mostly arrival order, not always:
+    sort by seq), read as a stream: decoded by the start's reader process where there is
+    one (``Store.preloaded``: ``PreloadLost`` if it fails halfway), else here. One holding
+    resources (FREE or ALLOCATED) takes its stored placement again through ``restore`` (the
+    allocator's, which it then shares).
+    """
+    chunks = store.preloaded(_LOAD)
+    if chunks is None:
+        chunks = (decode_rows(batch) for batch in _batches(store.rows(_LOAD)))
+    with contextlib.closing(chunks):  # a start that fails ends the reader process
+        yield from _records(chunks, restore)
+
+
+def _records(chunks: Iterator[list[tuple[Any, ...]]],
+             restore: Callable[[str, Any], list[Placement]]) -> Iterator[Reservation]:
+    new_request = _new_request
+    for chunk in chunks:
+        for (fields, state, seq, placement, detail, created, updated, bound_job, held_since,
+             claimed) in chunk:
+            name = fields[0]
+            state = _STATES[state]
+            rec = Reservation(new_request(ReserveRequest, fields), state, seq, created,
+                              updated, None, detail, bound_job, held_since, claimed)
+            if placement is not None:
+                if state in _HOLDING:
+                    try:
+                        rec.placement = restore(name, placement)
+                    except (NoCapacity, UnknownDatanode, InvalidDemand) as e:
+                        # The inventory shrank under held reservations: say so loudly
+                        # rather than over-commit or drop them silently.
+                        raise StoreError(
+                            f"reservation {name} no longer fits the configured datanodes "
+                            f"({e}); restore the Datanode records or release it") from e
+                else:
+                    rec.placement = [Placement(s, c, m, z) for s, c, m, z in placement]
+            yield rec
+
+
+def _batches(rows: Iterator[tuple[Any, ...]], size: int = 4096
+             ) -> Iterator[list[tuple[Any, ...]]]:
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
