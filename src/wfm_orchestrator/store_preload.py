@@ -4,7 +4,7 @@ A restart with 100,000 live reservations spent 0.35 s of its ~0.9 s reading thei
 from SQLite and decoding their JSON, all under Python's lock, one CPU idle. A child
 forked when the file is opened does that part and sends the decoded rows back in
 ``marshal`` chunks, while the server imports what serving needs and builds each chunk's
-records as it comes (benchmarks/README.md, "Restart").
+records as it comes (benchmarks/README.md, "Restart: a reader process").
 
 It is an accelerator, never the truth: the child reads in one transaction of the file
 whose lock the server already holds (nothing else writes it), only a file at the schema

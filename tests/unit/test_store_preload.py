@@ -190,3 +190,28 @@ def test_no_reader_process_for_a_new_file(tmp_path):
         assert store.preloaded(reservations.PRELOAD[0]) is None
     finally:
         store.close()
+
+
+PIN = """
+import json, os, threading
+from wfm_orchestrator.cli import _cpus_wanted, _pin_cpus
+before = sorted(os.sched_getaffinity(0))
+stop = threading.Event()
+started = threading.Thread(target=stop.wait, daemon=True)
+started.start()  # a thread the start made (the store's) before the pinning
+wanted = _cpus_wanted("auto")
+_pin_cpus(wanted)
+print(json.dumps([before, wanted, sorted(os.sched_getaffinity(0)),
+                  sorted(os.sched_getaffinity(started.native_id))]))
+stop.set()
+"""
+
+
+def test_the_server_is_pinned_to_its_cpus_once_started_every_thread_of_it():
+    """``cpus = auto``: the start runs on every CPU (the reader process, the check), then
+    every thread of the server, those started meanwhile too, is confined to one."""
+    out = subprocess.run([sys.executable, "-c", PIN], env=server_env(), capture_output=True,
+                         text=True, timeout=60, check=True)
+    before, wanted, main, thread = json.loads(out.stdout)
+    assert len(before) >= 2 and wanted == before[:1]
+    assert main == wanted and thread == wanted
