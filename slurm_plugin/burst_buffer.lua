@@ -2084,12 +2084,9 @@ end
 -- destroy, wfm_job) lives up to `wait` seconds: a service job whose data_in started
 -- at the same instant then stayed in stage-in that long (seen in CI: the Session
 -- Manager's create job and its service's job are set up together). So on 22.05 such
--- a setup ends SETUP_DELAY seconds later than it would, and its data_in starts after
--- the hooks that started with it are done. One second was not always enough on a
--- loaded machine (CI, 2026-12-07: the service job's data_in still blocked). 24.05+
--- waits in test_data_in instead (a short hook).
+-- a setup ends a second later than it would, and its data_in starts after the hooks
+-- that started with it are done. 24.05+ waits in test_data_in instead (a short hook).
 M.WAITS_IN_DATA_IN = { create = true, destroy = true, job = true }
-M.SETUP_DELAY = 3
 
 local SETUP = {
 	service = function(cfg, job_id, uid, spec) return M.setup_service(cfg, job_id, uid, spec.name) end,
@@ -2105,7 +2102,7 @@ function M.setup(cfg, job_id, uid, spec)
 	end
 	local ok, err = setup(cfg, job_id, uid, spec)
 	if ok and M.WAITS_IN_DATA_IN[spec.kind] and not M.polls_stage_in() then
-		M.run({ "sleep", tostring(M.SETUP_DELAY) })
+		M.run({ "sleep", "1" })
 	end
 	return ok, err
 end
