@@ -2079,13 +2079,15 @@ end
 
 -- Slurm 22.05's slurmscriptd runs each hook in a child fork()ed from a threaded
 -- process, its output pipe made without close-on-exec: a hook forked while another
--- hook's pipe is being set up inherits that pipe's write end, and the other hook's
+-- hook's pipe is being set up inherits both ends of that pipe, and the other hook's
 -- caller waits for EOF until the inheritor exits. A data_in that waits (create,
 -- destroy, wfm_job) lives up to `wait` seconds: a service job whose data_in started
 -- at the same instant then stayed in stage-in that long (seen in CI: the Session
 -- Manager's create job and its service's job are set up together). So on 22.05 such
--- a setup ends a second later than it would, and its data_in starts after the hooks
--- that started with it are done. 24.05+ waits in test_data_in instead (a short hook).
+-- a data_in first closes every pipe it holds both ends of (M.drop_inherited_pipes;
+-- its own output pipe's read end was closed at fork). Without luaposix it cannot:
+-- its setup then ends a second later, so that its data_in usually starts after the
+-- hooks that started with it are done. 24.05+ waits in test_data_in (a short hook).
 M.WAITS_IN_DATA_IN = { create = true, destroy = true, job = true }
 
 local SETUP = {
@@ -2101,10 +2103,72 @@ function M.setup(cfg, job_id, uid, spec)
 		return M.setup_step(cfg, job_id, uid, spec.services)
 	end
 	local ok, err = setup(cfg, job_id, uid, spec)
-	if ok and M.WAITS_IN_DATA_IN[spec.kind] and not M.polls_stage_in() then
+	if ok and M.WAITS_IN_DATA_IN[spec.kind] and not M.polls_stage_in() and not M.posix() then
 		M.run({ "sleep", "1" })
 	end
 	return ok, err
+end
+
+-- luaposix's modules this plugin uses (Debian: lua-posix), or nil and why. Loaded
+-- only by a 22.05 waiting hook's setup and data_in; tests replace M.posix.
+function M.load_posix()
+	local px = {}
+	for key, name in pairs({ unistd = "posix.unistd", stat = "posix.sys.stat",
+		dirent = "posix.dirent" }) do
+		local ok, mod = pcall(require, name)
+		if not ok then
+			return nil, tostring(mod):match("^[^\n]*")
+		end
+		px[key] = mod
+	end
+	return px
+end
+
+M.posix = M.load_posix
+
+-- Closes both ends of every pipe this process holds both ends of: on 22.05 those
+-- are another hook's output pipe when inherited at fork (above), whose caller waits
+-- for our exit otherwise, and slurmscriptd's own wake-up pipe (every hook has it;
+-- only slurmscriptd uses it, its copy stays open). Our own output pipe's read end
+-- was closed in the child before the script ran; io.popen keeps one end. Returns
+-- how many descriptors were closed.
+function M.drop_inherited_pipes(px)
+	local ends = {}
+	for name in px.dirent.files("/proc/self/fd") do
+		local fd = tonumber(name)
+		local st = fd and px.stat.stat("/proc/self/fd/" .. name)
+		if st and px.stat.S_ISFIFO(st.st_mode) ~= 0 then
+			local key = st.st_dev .. ":" .. st.st_ino
+			ends[key] = ends[key] or {}
+			table.insert(ends[key], fd)
+		end
+	end
+	local closed = 0
+	for _, fds in pairs(ends) do
+		if #fds > 1 then
+			for _, fd in ipairs(fds) do
+				if px.unistd.close(fd) then
+					closed = closed + 1
+				end
+			end
+		end
+	end
+	return closed
+end
+
+-- data_in's first act on 22.05 when it will wait (M.WAITS_IN_DATA_IN).
+function M.leave_others_pipes(job_id)
+	local px, why = M.posix()
+	if not px then
+		M.log("error", job_id, nil, "data_in: luaposix is not loadable (" .. tostring(why)
+			.. "): a hook forked with this one may wait for it to end (Slurm 22.05;"
+			.. " install lua-posix, docs/slurm.md)")
+		return
+	end
+	-- debug: slurmscriptd's wake-up pipe makes it 2 on every such data_in
+	M.log("debug", job_id, nil, "data_in: closed " .. M.drop_inherited_pipes(px)
+		.. " descriptor(s) of pipes inherited from slurmscriptd (Slurm 22.05: another"
+		.. " hook's caller may wait for their end)")
 end
 
 -- One look at what the stage-in of job_id waits for: a wfm_job job's services up, a
@@ -2165,6 +2229,9 @@ function M.wait(cfg, job_id)
 	local rec, cerr = M.read_cache(cfg, job_id)
 	if not rec then
 		return cerr == nil or nil, cerr
+	end
+	if M.WAITS_IN_DATA_IN[rec.kind] and not M.polls_stage_in() then
+		M.leave_others_pipes(job_id)
 	end
 	local done, what, last = M.stage_in_once(cfg, job_id, rec)
 	if done ~= false then

@@ -136,7 +136,47 @@ function H.load()
 	local chunk = assert(loadfile(H.script))
 	setfenv(chunk, env)
 	local rets = { chunk() }
+	if env.wfm_bb then
+		env.wfm_bb.posix = H.fake_posix({})
+	end
 	return env, env.wfm_bb, rets
+end
+
+-- A fake luaposix (M.posix) whose process holds `pipes`: { [fd] = pipe id }, as
+-- /proc/self/fd would show them; fake.closed lists the descriptors closed.
+function H.fake_posix(pipes)
+	local fake = { closed = {} }
+	local px = {
+		dirent = { files = function(dir)
+			assert(dir == "/proc/self/fd", dir)
+			local names = { ".", "..", "0", "1", "2" }
+			for fd in pairs(pipes) do
+				names[#names + 1] = tostring(fd)
+			end
+			local i = 0
+			return function()
+				i = i + 1
+				return names[i]
+			end
+		end },
+		stat = {
+			stat = function(path)
+				local fd = tonumber(path:match("^/proc/self/fd/(%d+)$"))
+				if fd and pipes[fd] then
+					return { st_mode = "fifo", st_dev = 15, st_ino = pipes[fd] }
+				end
+				return { st_mode = "chr", st_dev = 6, st_ino = fd or 0 }
+			end,
+			S_ISFIFO = function(mode) return mode == "fifo" and 1 or 0 end,
+		},
+		unistd = { close = function(fd)
+			fake.closed[#fake.closed + 1] = fd
+			pipes[fd] = nil
+			return 0
+		end },
+	}
+	fake.posix = px
+	return setmetatable(fake, { __call = function() return px end })
 end
 
 -- Forbid io.popen / os.execute for code run with this env (the hooks that

@@ -156,7 +156,7 @@ test("wfm_job: setup reserves for the job and its uid, data_in waits until up, p
 	eq(body.name, "scratch"); eq(body.type, "NFS"); eq(body.servers, 2)
 	eq(body.attributes.gssize, "1T"); eq(body.user, nil, "the user is the job's, said by Slurm")
 	eq(ctx.env.slurm_bb_data_in("42", script), 0)
-	eq(H.count(ctx.calls, "sleep"), 1 + 2, "setup's second on 22.05, then polled until ALLOCATED")
+	eq(H.count(ctx.calls, "sleep"), 2, "polled until ALLOCATED")
 	local path_file = ctx.dir .. "/paths"
 	eq(ctx.env.slurm_bb_paths("42", script, path_file), 0)
 	H.list_eq(H.lines(H.read(path_file)), {

@@ -126,7 +126,7 @@ test("create waits at most 'wait' seconds, then fails naming the last status", f
 	eq(rc, ctx.slurm.ERROR)
 	contains(msg, "is not up (ALLOCATED) after 4 s (the plugin's wait): STAGINGIN: d STAGINGIN")
 	eq(H.count(ctx.calls, "curl"), 1 + 3)  -- setup, then 4 s / 2 s + 1 polls
-	eq(H.count(ctx.calls, "sleep"), 1 + 2)  -- setup's second on 22.05 (M.WAITS_IN_DATA_IN), 2 polls
+	eq(H.count(ctx.calls, "sleep"), 2)  -- 2 polls
 	eq(H.count(ctx.calls, "scancel"), 0)  -- held: it may still come up (scontrol release)
 end)
 
@@ -264,14 +264,75 @@ test("create and destroy on Slurm 24.05+: data_in looks once, test_data_in answe
 	eq(rc, 0); eq(busy, nil, "STOPPED: the destroy job runs")
 end)
 
-test("22.05: a setup whose data_in will wait ends a second later; 24.05+ and other jobs do not wait", function()
-	for _, case in ipairs({ { "22.05", nil, 1 }, { "24.11", "BUSY", 0 } }) do
+test("22.05 without luaposix: a setup whose data_in will wait ends a second later; with it, 24.05+ and other jobs do not wait", function()
+	local function no_posix() return nil, "module 'posix.unistd' not found:" end
+	for _, case in ipairs({ { "22.05", nil, no_posix, 1 }, { "22.05 with luaposix", nil, nil, 0 },
+		{ "24.11", "BUSY", no_posix, 0 } }) do
 		local ctx = H.setup_env({ [STATUS] = status("STAGINGIN") })
 		ctx.slurm.SLURM_BB_BUSY = case[2]
+		ctx.M.posix = case[3] or ctx.M.posix
 		eq(ctx.env.slurm_bb_setup("65", "1001", "1001", "", "0", ctx.script(CREATE_SBB)), 0)
-		eq(H.count(ctx.calls, "sleep"), case[3], case[1])
+		eq(H.count(ctx.calls, "sleep"), case[4], case[1])
 	end
 	local ctx = H.setup_env({ ["GET /v2.0.0/server/allocation/u_s_nfs"] = { code = 200, body = H.ALLOC_OK } })
+	ctx.M.posix = no_posix
 	eq(ctx.env.slurm_bb_setup("66", "1000", "1000", "", "0", ctx.script(H.SERVICE_SCRIPT)), 0)
 	eq(H.count(ctx.calls, "sleep"), 0, "a service job's setup: no wait")
+end)
+
+test("22.05: a data_in that will wait first closes both ends of every pipe it inherited, never its own", function()
+	local ctx = H.setup_env({ [STATUS] = status("ALLOCATED") })
+	local script = ctx.script(CREATE_SBB)
+	eq(ctx.env.slurm_bb_setup("67", "1001", "1001", "", "0", script), 0)
+	-- 7 and 8: another hook's pipe, both ends; 9: this hook's own output (write end only)
+	local fake = H.fake_posix({ [7] = 100, [8] = 100, [9] = 200 })
+	ctx.M.posix = fake
+	eq(ctx.env.slurm_bb_data_in("67", script), 0)
+	table.sort(fake.closed)
+	H.list_eq(fake.closed, { 7, 8 })
+	contains(table.concat(ctx.slurm.logs, "\n"), "debug: burst_buffer.lua: job 67: data_in: closed 2 descriptor(s)")
+end)
+
+test("22.05 without luaposix: a waiting data_in says what to install; 24.05+ and a service job's data_in look at no pipe", function()
+	local ctx = H.setup_env({ [STATUS] = status("ALLOCATED") })
+	local script = ctx.script(CREATE_SBB)
+	eq(ctx.env.slurm_bb_setup("68", "1001", "1001", "", "0", script), 0)
+	ctx.M.posix = function() return nil, "module 'posix.unistd' not found:" end
+	eq(ctx.env.slurm_bb_data_in("68", script), 0)
+	contains(table.concat(ctx.slurm.logs, "\n"),
+		"error: burst_buffer.lua: job 68: data_in: luaposix is not loadable (module 'posix.unistd' not found:)")
+	contains(table.concat(ctx.slurm.logs, "\n"), "install lua-posix")
+
+	ctx = H.setup_env({ [STATUS] = status("ALLOCATED") })
+	ctx.slurm.SLURM_BB_BUSY = "BUSY"
+	script = ctx.script(CREATE_SBB)
+	eq(ctx.env.slurm_bb_setup("69", "1001", "1001", "", "0", script), 0)
+	local fake = H.fake_posix({ [7] = 100, [8] = 100 })
+	ctx.M.posix = fake
+	eq(ctx.env.slurm_bb_data_in("69", script), 0)
+	eq(#fake.closed, 0, "24.11: data_in is short, test_data_in waits")
+
+	ctx = H.setup_env({ ["GET /v2.0.0/server/allocation/u_s_nfs"] = { code = 200, body = H.ALLOC_OK } })
+	script = ctx.script(H.SERVICE_SCRIPT)
+	eq(ctx.env.slurm_bb_setup("70", "1000", "1000", "", "0", script), 0)
+	fake = H.fake_posix({ [7] = 100, [8] = 100 })
+	ctx.M.posix = fake
+	eq(ctx.env.slurm_bb_data_in("70", script), 0)
+	eq(#fake.closed, 0, "a service job's data_in does not wait")
+end)
+
+test("luaposix (Debian's lua-posix, which deploy/install installs): the real pipes a process holds both ends of are closed, a lone write end is kept", function()
+	local env, M = H.load()
+	local px, why = M.load_posix()
+	H.ok(px, "luaposix is not loadable: apt-get install lua-posix (" .. tostring(why) .. ")")
+	local r1, w1 = px.unistd.pipe()
+	local r2, w2 = px.unistd.pipe()
+	px.unistd.close(r2)
+	eq(M.drop_inherited_pipes(px), 2)
+	eq(px.stat.stat("/proc/self/fd/" .. r1), nil, "the inherited read end is closed")
+	eq(px.stat.stat("/proc/self/fd/" .. w1), nil, "the inherited write end is closed")
+	H.ok(px.stat.stat("/proc/self/fd/" .. w2), "a pipe of which only the write end is here is kept")
+	eq(M.drop_inherited_pipes(px), 0, "nothing left to close")
+	px.unistd.close(w2)
+	H.ok(env)
 end)

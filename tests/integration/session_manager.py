@@ -176,6 +176,43 @@ def idle(orch: Orchestrator, timeout: float = 120) -> dict:
                       last=lambda: f"{seen[0]}\n{orch.log()[-3000:]}")
 
 
+def _proc(pid: str, what: str) -> str:
+    try:
+        with open(f"/proc/{pid}/{what}", encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:  # ended meanwhile
+        return ""
+
+
+def _parent(pid: str) -> str:
+    # the field after the command (in parentheses, which may hold spaces) and the state
+    stat = _proc(pid, "stat")
+    return stat[stat.rfind(")") + 1:].split()[1] if stat else ""
+
+
+def waiting_hooks() -> dict[str, list[str]]:
+    """The plugin's hooks that wait now: slurmscriptd's children with a ``sleep`` of the
+    plugin's M.run under them (its io.popen's shell), each with the pipes it holds
+    (``pipe:[inode]``, once per descriptor)."""
+    hooks: dict[str, list[str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if _proc(pid, "comm").strip() != "sleep":
+            continue
+        hook = _parent(_parent(pid))
+        if not hook or _proc(hook, "comm").strip() != "slurmscriptd":
+            continue
+        pipes = []
+        for fd in os.listdir(f"/proc/{hook}/fd") if os.path.isdir(f"/proc/{hook}/fd") else ():
+            try:
+                target = os.readlink(f"/proc/{hook}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("pipe:"):
+                pipes.append(target)
+        hooks[hook] = pipes
+    return hooks
+
+
 def cancel(*job_ids: int) -> None:
     slurm_cmd("scancel", *map(str, job_ids), timeout=20)
 

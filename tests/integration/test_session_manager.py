@@ -9,6 +9,8 @@ SM's ``location`` becomes the partition, and our locations are not partitions he
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from .minicluster import user_token
@@ -24,8 +26,10 @@ from .session_manager import (
     run_session,
     sbatch,
     sbb_line,
+    slurm_version,
     status,
     wait_job,
+    waiting_hooks,
 )
 
 pytestmark = pytest.mark.integration
@@ -117,3 +121,30 @@ def test_a_create_whose_service_cannot_start_ends_with_the_reason(orchestrator,
     wait_job(destroy, {"COMPLETED"})
     assert status(orchestrator, svc)["status"] == "STOPPED"
     assert free(orchestrator) == before
+
+
+def test_a_waiting_data_in_holds_no_other_hooks_pipe(orchestrator, slurm_cluster):
+    """Slurm 22.05 (docs/slurm.md): a hook forked while another hook's output pipe is set
+    up inherits both its ends, and that hook's caller waits for the inheritor to end. A
+    create job's data_in waits for its service up to the plugin's `wait`, so it first
+    closes every pipe it holds both ends of (luaposix, loaded in slurmscriptd): seen here
+    on the real process while it waits. 24.05+: no hook waits (test_data_in polls)."""
+    svc = name("pipes")
+    before = idle(orchestrator)
+    reserve_sbb(orchestrator, svc)
+    create = sbatch("alice", "-J", "create", EXPORT, create_file(svc, sbb_line(svc)))
+    seen: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and status(orchestrator, svc)["status"] != "ALLOCATED":
+        seen |= waiting_hooks()
+        time.sleep(0.1)
+    wait_job(create, {"COMPLETED"})
+    destroy = sbatch("alice", "-J", "destroy", EXPORT, destroy_file(svc))
+    wait_job(destroy, {"COMPLETED"})
+    assert free(orchestrator) == before
+    if slurm_version() >= (24, 5):
+        assert seen == {}, seen
+        return
+    assert seen, "the create job's data_in was never seen waiting"
+    for hook, pipes in seen.items():
+        assert len(pipes) == len(set(pipes)), f"hook {hook} holds both ends of a pipe: {pipes}"
