@@ -9,7 +9,9 @@ lock: the resource manager calls it under its own lock.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 from .config import Config, Limit
 from .model import ReserveRequest
@@ -17,6 +19,7 @@ from .model import ReserveRequest
 # Every amount is (cores, memory MB, storage MB, services), in this order.
 LABELS = ("cores", "MB of memory", "MB of storage", "services")
 _NOTHING = (0, 0, 0, 0)
+_SHAPE = attrgetter("user", "servers", "cores", "msize", "ssize")
 
 
 def demand(req: ReserveRequest) -> tuple[int, int, int, int]:
@@ -53,16 +56,17 @@ class Usage:
 
     def add_all(self, requests: Iterable[ReserveRequest]) -> None:
         """Every one of ``requests`` took its resources (a start): summed per user first."""
+        # Counted per (user, shape) in C first: a user's services mostly share a few
+        # shapes, and a start sums 100,000 of them (a loop in Python took 0.06 s).
         per_user: dict[str, list[int]] = {}
-        for req in requests:
-            used = per_user.get(req.user)
+        for (user, n, cores, msize, ssize), count in Counter(map(_SHAPE, requests)).items():
+            used = per_user.get(user)
             if used is None:
-                used = per_user[req.user] = [0, 0, 0, 0]
-            n = req.servers
-            used[0] += n * req.cores
-            used[1] += n * req.msize
-            used[2] += n * req.ssize
-            used[3] += 1
+                used = per_user[user] = [0, 0, 0, 0]
+            used[0] += count * n * cores
+            used[1] += count * n * msize
+            used[2] += count * n * ssize
+            used[3] += count
         for user, used in per_user.items():
             _add(self._users, user, used, 1)
             account = self.config.account_of_user.get(user)

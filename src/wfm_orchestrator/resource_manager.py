@@ -17,8 +17,8 @@ import contextlib
 import functools
 import gc
 import heapq
-import itertools
 import logging
+import operator
 import threading
 import time
 import weakref
@@ -83,6 +83,9 @@ def objects_that_live() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+_SEQ = operator.attrgetter("seq")  # _seq in C, for the lists a start walks whole
 
 
 def _seq(rec: Reservation) -> int:
@@ -194,14 +197,15 @@ class ResourceManager:
         records, order, queue = self._records, self._order, self._queue
         holding: list[ReserveRequest] = []
         released = 0
+        queued, ended = State.QUEUED, State.RELEASED  # looked up once, not per record
         stored = reservations.load_all(self.store, self.allocator.restore)
         # closed even when a record is refused: the start's reader process ends with it
         with objects_that_live(), contextlib.closing(stored):
             for rec in stored:
                 state = rec.state
-                if state is State.QUEUED:
+                if state is queued:
                     queue.append(rec)
-                elif state is State.RELEASED:
+                elif state is ended:
                     released += 1
                 elif rec.placement is None:
                     raise StoreError(f"reservation {rec.name} is {state} without placement")
@@ -210,7 +214,8 @@ class ResourceManager:
                 records[rec.request.name] = rec
                 order.append(rec)
         self._usage.add_all(holding)
-        if any(a.seq > b.seq for a, b in itertools.pairwise(order)):  # mostly sorted already
+        seqs = list(map(_SEQ, order))
+        if seqs != sorted(seqs):  # mostly sorted already (a sorted list sorts in one pass)
             order.sort(key=_seq)
             self._queue.sort(key=_seq)
             self._records = {rec.name: rec for rec in order}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from wfm_orchestrator.config import Limit, describe, parse_config
 from wfm_orchestrator.errors import ConfigError, NotFound, RequestFailed
-from wfm_orchestrator.limits import bounds, demand
+from wfm_orchestrator.limits import Usage, bounds, demand
 from wfm_orchestrator.model import parse_reserve
 from wfm_orchestrator.resource_manager import ResourceManager, State
 from wfm_orchestrator.store import Store
@@ -159,6 +159,27 @@ def test_no_limit_records_no_limit(app_factory):
     client, rm, _ = app_factory()
     for i in range(4):
         assert reserve(client, body(f"alice_s_{i}", cores=8))["status"] == "FREE"
+
+
+def test_a_start_sums_what_each_user_and_account_holds_as_one_add_at_a_time(make_config):
+    """Usage.add_all (a start: counted per user and shape) and Usage.add (one at a time)
+    give the same holdings, for several users, shapes and accounts."""
+    config = make_config(ACCOUNTS)
+    shapes = [("alice", 1, 4), ("alice", 2, 1), ("carol", 1, 4), ("bob", 3, 2),
+              ("dave", 1, 1), ("alice", 1, 4)]
+    requests = [parse_reserve(body(f"{user}_s_{i}", user=user, cores=cores, servers=servers),
+                              config) for i, (user, servers, cores) in enumerate(shapes * 3)]
+    at_once, one_by_one = Usage(config), Usage(config)
+    at_once.add_all(requests)
+    for req in requests:
+        one_by_one.add(req)
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        assert at_once.held(user) == one_by_one.held(user)
+    for account in ("physics", "chem", "none"):
+        assert at_once.held_by_account(account) == one_by_one.held_by_account(account)
+    # alice: 2 x (4 cores) + 2 servers x 1 core, 3 times over; 9 services
+    assert at_once.held("alice")[0] == 3 * (4 + 2 + 4) and at_once.held("alice")[3] == 9
+    assert at_once.held_by_account("physics")[0] == 3 * (4 + 2 + 4 + 4)
 
 
 # --- per Slurm account ------------------------------------------------------------------

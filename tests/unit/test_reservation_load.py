@@ -68,6 +68,32 @@ def test_a_restored_reservation_shares_its_placement_and_its_strings(make_config
     store.close()
 
 
+def test_reservations_with_one_request_text_keep_their_own_names_and_tokens(make_config,
+                                                                          state_db):
+    """A start decodes a ``request`` text many reservations share once (decode_rows): each
+    still gets its own name and token, and the fields after them are the same objects."""
+    config = make_config()
+    store = Store(config.state_db)
+    rm = ResourceManager(config, store)
+    for name, token in (("s1", "token-1"), ("s2", "token-2"), ("s3", "token-1")):
+        rm.reserve(parse_reserve(body(name) | {"user_slurm_token": token}, config))
+    store.write([]).wait()
+    store.close()
+    db = connect_db(config.state_db)
+    assert len({text for (text,) in db.execute("SELECT request FROM reservation")}) == 1
+    db.close()
+
+    store = Store(config.state_db)
+    again = ResourceManager(config, store)
+    s1, s2, s3 = (again.get(name).request for name in ("s1", "s2", "s3"))
+    assert (s1.name, s2.name, s3.name) == ("s1", "s2", "s3")
+    assert (s1.user_slurm_token, s2.user_slurm_token, s3.user_slurm_token) == (
+        "token-1", "token-2", "token-1")
+    assert s1._replace(name="s2", user_slurm_token="token-2") == s2
+    assert s1.locations is s2.locations and s1.targets is s3.targets
+    store.close()
+
+
 def test_a_request_stored_as_an_object_before_the_array_form_loads_the_same(make_config,
                                                                           state_db):
     """Rows written before the request column held an array keep their JSON object until

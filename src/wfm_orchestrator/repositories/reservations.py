@@ -131,11 +131,14 @@ def decode_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     process (store_preload.py) sends them with ``marshal``.
 
     The strings many reservations repeat (users, types, tokens, locations, ...) are
-    interned: one copy each (``marshal`` keeps that).
+    interned: one copy each (``marshal`` keeps that). So are the requests many repeat (one
+    user's services of one flavor): each ``request`` text is decoded once per call, its
+    fields (after the name and token) then shared, and ``marshal`` sends them once.
     """
     intern = sys.intern
     request_of = _request_fields
     loads = ujson.loads
+    decoded: dict[str, tuple[Any, ...]] = {}
     out = []
     for (name, token, state, seq, request, placement, detail, created, updated, bound_job,
          held_since, claimed) in rows:
@@ -144,7 +147,10 @@ def decode_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             updated = created
         if held_since == created:
             held_since = created
-        out.append((request_of(name, token, request), state, seq,
+        fields = decoded.get(request)
+        if fields is None:
+            fields = decoded[request] = request_of("", None, request)
+        out.append(((name, fields[1], token and intern(token) or "") + fields[3:], state, seq,
                     None if placement is None else loads(placement), detail and intern(detail),
                     created, updated, bound_job, held_since, claimed and intern(claimed)))
     return out
