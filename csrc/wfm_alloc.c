@@ -643,13 +643,24 @@ int wfm_can_take_exact(const wfm_alloc *a, int32_t i, const int32_t *cores, int3
     return a->node[i].free_m >= m && a->node[i].free_s >= s;
 }
 
-void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
-                    int64_t s) {
+static void take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores,
+                       int64_t m, int64_t s) {
     set_cores(a->bits + (size_t)i * WFM_CORE_WORDS, cores, ncores, 0);
     a->node[i].free_c -= ncores;
     a->node[i].free_m -= m;
     a->node[i].free_s -= s;
+}
+
+void wfm_take_exact(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores, int64_t m,
+                    int64_t s) {
+    take_exact(a, i, cores, ncores, m, s);
     node_changed(a, i);
+}
+
+void wfm_take_exact_unlisted(wfm_alloc *a, int32_t i, const int32_t *cores, int32_t ncores,
+                             int64_t m, int64_t s) {
+    take_exact(a, i, cores, ncores, m, s);
+    a->version[i]++;
 }
 
 int32_t wfm_free_cores(const wfm_alloc *a, int32_t i, int32_t *out) {

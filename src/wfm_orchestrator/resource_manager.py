@@ -199,8 +199,9 @@ class ResourceManager:
         released = 0
         queued, ended = State.QUEUED, State.RELEASED  # looked up once, not per record
         stored = reservations.load_all(self.store, self.allocator.restore)
-        # closed even when a record is refused: the start's reader process ends with it
-        with objects_that_live(), contextlib.closing(stored):
+        # closed even when a record is refused: the start's reader process ends with it;
+        # the allocator orders its datanodes once, after the last restore
+        with objects_that_live(), contextlib.closing(stored), self.allocator.restoring():
             for rec in stored:
                 state = rec.state
                 if state is queued:

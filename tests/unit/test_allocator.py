@@ -447,6 +447,36 @@ def test_restore_takes_records_in_any_form_alike(Allocator):
     assert [a.free(n) for n in a.datanodes] == before and "r2" not in a
 
 
+@pytest.mark.parametrize("policy", ["pack", "spread"])
+def test_restores_inside_restoring_leave_the_allocator_as_one_by_one(Allocator, policy):
+    """A start restores inside ``restoring()`` (the compiled allocator orders its datanodes
+    once, at its end): the same free capacity, versions that changed, the C index
+    consistent, and the next reserves placed as after restores one by one; a restore
+    refused inside it changes nothing either."""
+    records = [(f"r{i}", [Placement(f"{'ab'[i % 2]}{1 + i % 2}", [i], 10 * i, 100 * i)])
+               for i in range(1, 9)] + [("s", [Placement("c1", [0, 1, 2], 5, 5),
+                                               Placement("x", [3], 1, 1)])]
+    one_by_one = two_locations(Allocator, policy)
+    for name, placements in records:
+        one_by_one.restore(name, placements)
+    at_start = two_locations(Allocator, policy)
+    versions = {n: at_start.version(n) for n in at_start.datanodes}
+    with at_start.restoring() as restoring:
+        assert restoring is at_start
+        for name, placements in records:
+            at_start.restore(name, placements)
+        with pytest.raises(NoCapacity):
+            at_start.restore("taken", [Placement("x", [3], 1, 1)])
+    assert [at_start.free(n) for n in at_start.datanodes] == [
+        one_by_one.free(n) for n in one_by_one.datanodes]
+    assert all(at_start.version(n) != versions[n] for n in ("a1", "b2", "c1", "x"))
+    if hasattr(at_start, "_check"):
+        assert at_start._check() == 0
+    for i, (servers, cores) in enumerate([(1, 4), (2, 8), (1, 6), (3, 2)]):
+        assert at_start.reserve(f"n{i}", servers, cores, 1, 1) == one_by_one.reserve(
+            f"n{i}", servers, cores, 1, 1)
+
+
 # --- queries -----------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ The rules, in the order ``reserve`` applies them:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -533,6 +534,11 @@ class Allocator:
         for p in placements:
             self._nodes[self._inv.index_of[p.server]].give_back(p)
         return placements
+
+    def restoring(self) -> contextlib.AbstractContextManager[Allocator]:
+        """The compiled allocator's context for a start's many ``restore`` calls (it
+        orders the datanodes once at its end); nothing to defer here."""
+        return contextlib.nullcontext(self)
 
     def restore(self, name, placements) -> list[Placement]:
         """Re-take exactly ``placements`` under ``name`` (rebuilding from the database)."""
