@@ -9,9 +9,9 @@ SM's ``location`` becomes the partition, and our locations are not partitions he
 
 from __future__ import annotations
 
-import time
-
 import pytest
+
+from tests.poll import poll_until
 
 from .minicluster import user_token
 from .session_manager import (
@@ -134,10 +134,12 @@ def test_a_waiting_data_in_holds_no_other_hooks_pipe(orchestrator, slurm_cluster
     reserve_sbb(orchestrator, svc)
     create = sbatch("alice", "-J", "create", EXPORT, create_file(svc, sbb_line(svc)))
     seen: dict[str, list[str]] = {}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and status(orchestrator, svc)["status"] != "ALLOCATED":
-        seen |= waiting_hooks()
-        time.sleep(0.1)
+
+    def up() -> bool:
+        seen.update(waiting_hooks())
+        return status(orchestrator, svc)["status"] == "ALLOCATED"
+
+    poll_until(up, f"service {svc} ALLOCATED", 120, 0.1, last=lambda: str(seen))
     wait_job(create, {"COMPLETED"})
     destroy = sbatch("alice", "-J", "destroy", EXPORT, destroy_file(svc))
     wait_job(destroy, {"COMPLETED"})
