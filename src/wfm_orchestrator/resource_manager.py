@@ -85,11 +85,8 @@ def objects_that_live() -> Iterator[None]:
             gc.enable()
 
 
-_SEQ = operator.attrgetter("seq")  # _seq in C, for the lists a start walks whole
-
-
-def _seq(rec: Reservation) -> int:
-    return rec.seq
+# A reservation's seq, its place in arrival order: the key of every ordered list (in C).
+_seq = operator.attrgetter("seq")
 
 
 def _ignore(seconds: float) -> None:
@@ -215,7 +212,7 @@ class ResourceManager:
                 records[rec.request.name] = rec
                 order.append(rec)
         self._usage.add_all(holding)
-        seqs = list(map(_SEQ, order))
+        seqs = list(map(_seq, order))
         if seqs != sorted(seqs):  # mostly sorted already (a sorted list sorts in one pass)
             order.sort(key=_seq)
             self._queue.sort(key=_seq)

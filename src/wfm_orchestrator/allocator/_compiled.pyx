@@ -514,6 +514,14 @@ cdef class Allocator:
         self._tiers[tuple(locations)] = t
         return t
 
+    cdef inline void _take_exact(self, int32_t i, const int32_t *cores, int32_t nc,
+                                 int64_t m, int64_t s):
+        """restore's take: inside restoring(), the datanode keeps its place in the lists."""
+        if self._unlisted:
+            wfm_take_exact_unlisted(self._a, i, cores, nc, m, s)
+        else:
+            wfm_take_exact(self._a, i, cores, nc, m, s)
+
     cdef int _ensure_cores(self, Py_ssize_t need) except -1:
         cdef int32_t *p
         if need > self._cores_len:
@@ -662,10 +670,7 @@ cdef class Allocator:
             nc = len(cores)
             for j in range(nc):
                 self._cores[j] = cores[j]
-            if self._unlisted:
-                wfm_take_exact_unlisted(self._a, i, self._cores, nc, msize, ssize)
-            else:
-                wfm_take_exact(self._a, i, self._cores, nc, msize, ssize)
+            self._take_exact(i, self._cores, nc, msize, ssize)
             held.append(Placement(self._names[i], list(cores), msize, ssize))
         self._held[name] = held
         return held
@@ -733,10 +738,7 @@ cdef class Allocator:
             p = placements[k]
             i = self._cores[k]
             nc = len(p[1])
-            if self._unlisted:
-                wfm_take_exact_unlisted(self._a, i, self._cores + at, <int32_t> nc, p[2], p[3])
-            else:
-                wfm_take_exact(self._a, i, self._cores + at, <int32_t> nc, p[2], p[3])
+            self._take_exact(i, self._cores + at, <int32_t> nc, p[2], p[3])
             held.append(wfm_placement(Placement, self._names[i], self._ints, self._cores + at,
                                       <int32_t> nc, p[2], p[3]))
             at += 1024
