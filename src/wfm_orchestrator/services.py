@@ -70,7 +70,7 @@ def derive_status(rec: Reservation, position: int, job: ServiceJob | None, *,
     """The spec's status, what is awaited, and when it last changed (docs/state-machines.md)."""
     S = ServiceStatus
     when = max(rec.updated, job.updated if job else 0.0)
-    servers = ", ".join(p.server for p in rec.placement or ())
+    servers = ", ".join([p.server for p in rec.placement or ()])
     if rec.state == State.QUEUED:
         # The detail says what it waits for: resources, or its user's Limit.
         return (S.STAGINGIN, f"queued at position {position}: "
@@ -637,7 +637,7 @@ class ServiceManager:
         """
         old = job.job_id
         assert old is not None
-        servers = ", ".join(p.server for p in rec.placement or ())
+        servers = ", ".join([p.server for p in rec.placement or ()])
         why = (f"Slurm job {old} stayed PENDING {waited:.0f} s after its burst buffer was set "
                f"up on {servers} (stuck_job_timeout {self.config.stuck_job_timeout:.0f} s): "
                "cancelled and replaced by a new job, the reservation kept")
