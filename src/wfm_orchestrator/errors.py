@@ -193,6 +193,18 @@ class CommitTimeout(StoreError):
         super().__init__(f"the state database did not commit within {timeout} s")
 
 
+class StateNotLoaded(StoreError):
+    """The resource manager's state could not be read again after a refused commit
+    (state_guard.py): nothing is decided until it is (answered 503, safe to repeat)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(
+            "the orchestrator is reading its state again from the state database after a "
+            f"refused commit, and could not yet ({reason}); nothing was done: send the "
+            "request again")
+
+
 class WaitOnEventLoop(RuntimeError):
     """A commit was waited for on a thread that must never block (the server's event loop).
 

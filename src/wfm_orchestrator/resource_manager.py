@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from . import state_db
 from .accounts import Accounts
 from .allocator import Allocator, Datanode, Free, NoCapacity
 from .config import Config, DatanodeSpec, adopt
@@ -49,6 +50,7 @@ from .paging import Listing, Page, take
 from .repositories import datanodes as drains
 from .repositories import reservations
 from .reservation import Reservation
+from .state_guard import StateLock
 from .store import DONE, Store, Ticket
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,10 @@ class Counts:
 
 
 _SWEEP_MIN = 1024
+# s before the first and at most between two reads of a state database that could not be
+# read after a refused commit (_resync): a failover's outage is seconds to tens of them.
+REREAD_FIRST_DELAY = 0.5
+REREAD_MAX_DELAY = 5.0
 
 # A fenced datanode's free resources (drained, or kept from new jobs by Slurm) are held in
 # the allocator under this name, so no placement can land there (reservation names never
@@ -134,7 +140,8 @@ class ResourceManager:
         self.store = store
         self.clock = clock
         self.accounts = accounts or Accounts(config)
-        self._lock = threading.Lock()
+        self._lock = StateLock()
+        self._rereader: threading.Thread | None = None  # _resync's, while the state is stale
         # Called (under the lock) with each reservation that changed, so the
         # service layer can react (start a service once its resources are held).
         self.listeners: list[Callable[[Reservation], None]] = []
@@ -176,29 +183,19 @@ class ResourceManager:
             self._load_records()  # ``preloaded`` is once: the rows are read here
 
     def _load_records(self) -> None:
-        self.allocator = self._new_allocator()
-        # name -> (allocator.version, state, answer) of server/resources (_resources_of);
-        # emptied with each new allocator (its versions start again).
-        self._resources_made: dict[str, tuple[int, tuple[DatanodeState, str], dict]] = {}
-        self._records: dict[str, Reservation] = {}
-        self._queue: list[Reservation] = []
-        self._seq = 0
-        # name -> (reason, since) of the datanodes an administrator drained
-        self._drained: dict[str, tuple[str, float]] = {}
-        # datanodes a reload removed while reservations held them: drained, in memory only
-        self._removed: set[str] = set()
-        # what each user and Slurm account holds (FREE or ALLOCATED): the Limit records
-        self._usage = Usage(self.config)
-        # The records in seq order, for pages (page()): bisected, never sorted per request.
-        self._order: list[Reservation] = []
-        records, order, queue = self._records, self._order, self._queue
+        # Read into new structures, put in place only once every read succeeded: a read
+        # that fails (the database unreachable during a resync) leaves the old ones whole.
+        allocator = self._new_allocator()
+        records: dict[str, Reservation] = {}
+        order: list[Reservation] = []  # seq order, for pages (page()): bisected, not sorted
+        queue: list[Reservation] = []
         holding: list[ReserveRequest] = []
         released = 0
         queued, ended = State.QUEUED, State.RELEASED  # looked up once, not per record
-        stored = reservations.load_all(self.store, self.allocator.restore)
+        stored = reservations.load_all(self.store, allocator.restore)
         # closed even when a record is refused: the start's reader process ends with it;
         # the allocator orders its datanodes once, after the last restore
-        with objects_that_live(), contextlib.closing(stored), self.allocator.restoring():
+        with objects_that_live(), contextlib.closing(stored), allocator.restoring():
             for rec in stored:
                 state = rec.state
                 if state is queued:
@@ -211,16 +208,27 @@ class ResourceManager:
                     holding.append(rec.request)
                 records[rec.request.name] = rec
                 order.append(rec)
-        self._usage.add_all(holding)
         seqs = list(map(_seq, order))
         if seqs != sorted(seqs):  # mostly sorted already (a sorted list sorts in one pass)
             order.sort(key=_seq)
-            self._queue.sort(key=_seq)
-            self._records = {rec.name: rec for rec in order}
-        if order:
-            self._seq = order[-1].seq
+            queue.sort(key=_seq)
+            records = {rec.name: rec for rec in order}
+        drained = drains.load_drained(self.store)
+        self.allocator = allocator
+        # name -> (allocator.version, state, answer) of server/resources (_resources_of);
+        # emptied with each new allocator (its versions start again).
+        self._resources_made: dict[str, tuple[int, tuple[DatanodeState, str], dict]] = {}
+        self._records, self._order, self._queue = records, order, queue
+        self._seq = order[-1].seq if order else 0
+        # name -> (reason, since) of the datanodes an administrator drained
+        self._drained: dict[str, tuple[str, float]] = {}
+        # datanodes a reload removed while reservations held them: drained, in memory only
+        self._removed: set[str] = set()
+        # what each user and Slurm account holds (FREE or ALLOCATED): the Limit records
+        self._usage = Usage(self.config)
+        self._usage.add_all(holding)
         self._index_users()
-        for name, (reason, since) in drains.load_drained(self.store).items():
+        for name, (reason, since) in drained.items():
             if name not in self.config.datanodes:
                 log.warning("datanode %s was drained but is no longer configured: ignored", name)
                 continue
@@ -230,13 +238,51 @@ class ResourceManager:
             if name not in self._drained:
                 self._fence(name)
         log.info("resource manager: %d reservations loaded (%d queued)",
-                 len(order) - released, len(self._queue))
+                 len(order) - released, len(queue))
 
     def _resync(self) -> None:
-        """After a failed commit, forget the in-memory changes: reload the durable state."""
-        with self._lock:
+        """After a failed commit, forget the in-memory changes: reload the durable state.
+
+        If the state database cannot be read either, nothing is decided on the records
+        in memory until it can (state_guard.py): a thread reads it again meanwhile.
+        """
+        with self._lock.held():
             log.error("reloading the resource manager state from %s", self.store.path)
+            if self._reread():
+                return
+            if self._rereader is None or not self._rereader.is_alive():
+                self._rereader = threading.Thread(target=self._reread_until_loaded,
+                                                  name="rm-reread", daemon=True)
+                self._rereader.start()
+
+    def _reread(self) -> bool:
+        """One read of the durable state (caller holds the lock, stale or not): True once
+        it is in memory, else the lock refuses every use, saying why."""
+        try:
             self._load()
+        except Exception as e:  # noqa: BLE001 - whatever failed, memory is no one's truth
+            reason = state_db.redact(str(e)).strip().splitlines()[0] or type(e).__name__
+            if self._lock.stale is None:
+                log.critical("resource manager: the state database cannot be read after a "
+                             "refused commit (%s): every request that needs the "
+                             "reservations is refused (503) until it can; reading it again "
+                             "every %g s at most", reason, REREAD_MAX_DELAY)
+            self._lock.stale = reason
+            return False
+        if self._lock.stale is not None:
+            log.warning("resource manager: the state is read again from the state database: "
+                        "serving")
+        self._lock.stale = None
+        return True
+
+    def _reread_until_loaded(self) -> None:
+        delay = REREAD_FIRST_DELAY
+        while self.store.running:
+            time.sleep(delay)
+            delay = min(delay * 2, REREAD_MAX_DELAY)
+            with self._lock.held():
+                if self._lock.stale is None or self._reread():
+                    return
 
     def _write(self, recs: list[Reservation]) -> Ticket:
         """Queue the rows of ``recs`` (caller holds the lock); their commit ticket."""

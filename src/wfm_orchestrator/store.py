@@ -515,6 +515,11 @@ class Store:
                 results.append(e)
         return results
 
+    @property
+    def running(self) -> bool:
+        """Until ``close``: its writer takes writes."""
+        return self._writer.is_alive()
+
     def close(self) -> None:
         self.flush()
         if self._writer.is_alive():

@@ -396,6 +396,52 @@ def test_a_refused_commit_on_the_loop_reloads_the_state_the_same_way(app_factory
     assert free(client, "dn1")["free_cores"] == 8
 
 
+def test_a_refused_commit_whose_reload_fails_too_is_served_503_until_it_is_read(
+        app_factory, tmp_path, monkeypatch):
+    """A refused commit while the database cannot be read either (a PostgreSQL failover):
+    the reload must not leave the reservations half-read, nor decide anything on the
+    records in memory (they hold what was refused). Every request that needs them is
+    answered 503 (nothing done, with a Retry-After) until a read succeeds; then the
+    acknowledged state is served whole, the refused reservation absent."""
+    import wfm_orchestrator.resource_manager as resource_manager
+    from wfm_orchestrator.errors import StoreError
+
+    monkeypatch.setattr(resource_manager, "REREAD_FIRST_DELAY", 0.05)
+    client, rm, store = app_factory(state_db=str(tmp_path / "state.db"))  # SQLite's trigger
+    first = dict(SBB, name="alice_first_sbb")
+    assert client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=first).status_code == 200
+    cores = free(client, "dn1")["free_cores"]
+    store.write([(REFUSE_INSERTS, ())]).wait()
+    rows = store.rows
+
+    def unreachable(*args, **kwargs):
+        raise StoreError("state database: read failed: connection refused")
+
+    monkeypatch.setattr(store, "rows", unreachable)
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=SBB)
+    assert r.status_code == 500  # the refused commit itself: its outcome is the database's
+    for method, path in (("GET", "/v1.0.0/ephemeralservice/status/alice_first_sbb"),
+                         ("GET", "/v2.0.0/server/allocation/alice_first_sbb"),
+                         ("DELETE", "/v2.0.0/server/allocation/alice_first_sbb"),
+                         ("GET", "/v1.0.0/server/resources/dn1")):
+        r = client.simulate_request(method, path)
+        assert r.status_code == 503, (method, path, r.status_code, r.text)
+        assert r.json["title"] == "State being read again"
+        assert "connection refused" in r.json["message"] and "nothing was done" in r.json["message"]
+        assert r.headers["retry-after"] == "2"
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=dict(SBB, name="alice_2_sbb"))
+    assert r.status_code == 503
+    monkeypatch.setattr(store, "rows", rows)  # the database answers again
+    poll_until(lambda: client.simulate_get("/v1.0.0/ephemeralservice/status/alice_first_sbb")
+               .status_code == 200, "served again once the state was read", timeout=10)
+    assert rm.get("alice_first_sbb").state.value == "FREE"
+    assert rm.get(SBB["name"]) is None and rm.get("alice_2_sbb") is None
+    assert free(client, "dn1")["free_cores"] == cores  # nothing freed, nothing granted twice
+    r = client.simulate_post("/v1.0.0/ephemeralservice/reserve", json=dict(SBB, name="alice_3_sbb"))
+    assert r.status_code == 500  # the trigger still refuses: an ordinary refused commit
+    assert rm.get("alice_first_sbb") is not None
+
+
 def test_a_retried_reserve_waits_for_the_first_ones_commit(app_factory):
     """An idempotent retry is not answered before the first reserve's write is committed."""
     client, rm, store = app_factory()

@@ -20,6 +20,7 @@ from ..errors import (
     NoSlurm,
     NotFound,
     RequestFailed,
+    StateNotLoaded,
     StillQueued,
     StoreError,
     WfmError,
@@ -27,6 +28,8 @@ from ..errors import (
 from ..lease import LeaseLost
 
 log = logging.getLogger("wfm_orchestrator.api")
+# s a client is told to wait before sending again a request the state refused (503)
+STATE_RETRY_AFTER = 2
 
 
 class APIError(falcon.HTTPError):
@@ -71,7 +74,8 @@ def serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTP
 
 
 def store_unavailable(method: str, path: str, error: StoreError) -> APIError:
-    """The 500 of a write the state database refused or did not commit in time.
+    """The 500 of a write the state database refused or did not commit in time; the 503
+    of a request that found the state not read again after such a refusal.
 
     One answer whichever thread served the request: raised through Falcon on
     a worker, rendered by api/serving.py for an answer held on the event loop.
@@ -80,6 +84,11 @@ def store_unavailable(method: str, path: str, error: StoreError) -> APIError:
     if isinstance(getattr(error, "cause", error), LeaseLost):
         # Deposed (lease.py): this instance stops; a client tries the next orchestrator.
         return APIError(503, "Not the leader", str(error))
+    if isinstance(error, StateNotLoaded):
+        # Nothing was done (state_guard.py): the same request, sent again, is served
+        # once the state is read again.
+        return APIError(503, "State being read again", str(error),
+                        headers={"Retry-After": str(STATE_RETRY_AFTER)})
     return APIError(500, "State database unavailable", str(error))
 
 
