@@ -1645,12 +1645,12 @@ end
 
 -- Run curl's argv (its URL still to add) against the orchestrators in turn until one
 -- answers. A round tries each configured URL in order; an orchestrator that cannot be
--- reached, or that answers 503 while another is configured (a standby: issue #20),
--- sends the request to the next one. Rounds are repeated, a second apart, `retries`
--- times, and for as long as `retry_for` seconds from the first (longer than a
--- failover, where the orchestrators are a pair). Every request the plugin sends is
--- safe to repeat (idempotent reserve, bind and release). Returns status or nil, err;
--- the answer's body is in body_file.
+-- reached, or that answers 503 (a standby: issue #20; or one reading its state again
+-- after a refused commit, a database failover: nothing was done), sends the request to
+-- the next one. Rounds are repeated, a second apart, `retries` times, and for as long
+-- as `retry_for` seconds from the first (longer than a failover). Every request the
+-- plugin sends is safe to repeat (idempotent reserve, bind and release). Returns
+-- status or nil, err (naming the last answer); the answer's body is in body_file.
 function M.exchange(cfg, argv, method, path, body_file)
 	local urls = cfg.orchestrator_url
 	local deadline = os.time() + cfg.retry_for
@@ -1663,8 +1663,10 @@ function M.exchange(cfg, argv, method, path, body_file)
 			local _, out = M.run(argv)
 			out = out or ""
 			local code = out:match(HTTP_MARK .. "(%d%d%d)")
-			if code == "503" and #urls > 1 then
-				err = method .. " " .. path .. ": " .. url .. " answered 503 (not the leading orchestrator)"
+			if code == "503" then
+				local why = M.error_description(M.read_file(body_file))
+				err = method .. " " .. path .. ": " .. url .. " answered 503 ("
+					.. (why and printable(why, 300) or "not the leading orchestrator") .. ")"
 			elseif code and code ~= "000" then
 				return tonumber(code)
 			else

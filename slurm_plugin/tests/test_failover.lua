@@ -69,14 +69,25 @@ test("a pair that never answers as leader: the hook fails after retry_for, namin
 		"retry_for = 5\n")
 	local rc, msg = setup(ctx)
 	eq(rc, -1)
-	contains(msg, B .. " answered 503 (not the leading orchestrator)")
+	contains(msg, B .. " answered 503 (Not the leader)")
 	eq(H.count(ctx.calls, "sleep"), 5, "a round a second for 5 s")
 end)
 
-test("one orchestrator: its 503 is its answer (nobody else to ask), as before", function()
-	local ctx = H.setup_env({ ["GET " .. ALLOC] = { code = 503, body = '{"title": "x", "description": "y"}' } })
+local READING = { code = 503, body = '{"title": "State being read again", "description": '
+	.. '"the orchestrator is reading its state again; nothing was done: send the request again"}' }
+
+test("one orchestrator reading its state again (a database failover): its 503 is asked again a second later", function()
+	local ctx = H.setup_env({ ["GET " .. ALLOC] = { READING, { code = 200, body = H.ALLOC_OK } } },
+		{ retries = 2 })
+	eq(setup(ctx), 0)
+	eq(H.count(ctx.calls, "curl"), 2)
+	eq(H.count(ctx.calls, "sleep"), 1)
+end)
+
+test("one orchestrator that answers 503 through every retry: the hook fails naming its words", function()
+	local ctx = H.setup_env({ ["GET " .. ALLOC] = READING }, { retries = 2 })
 	local rc, msg = setup(ctx)
 	eq(rc, -1)
-	contains(msg, "unexpected HTTP status 503")
-	eq(H.count(ctx.calls, "curl"), 1)
+	contains(msg, "answered 503 (the orchestrator is reading its state again; nothing was done")
+	eq(H.count(ctx.calls, "curl"), 3, "the first round and its 2 retries (retries = 2)")
 end)
