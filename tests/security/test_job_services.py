@@ -75,7 +75,10 @@ def test_the_plugins_call_reserves_only_for_a_live_job_of_the_uid_carrying_wfm_j
     alice's job with bob's uid, 403 naming uid; for bob's job without the directive, 403
     naming job_id; nothing is reserved."""
     job, name = alices_running_job(orchestrator)
-    plain = sbatch(BOB, "#!/bin/bash\n#SBATCH --time=2\nsleep 120\n")
+    # Its output where bob may write: in the submission's directory (/) its launch
+    # fails at once, and the answer would then be about a FAILED job, not the directive.
+    plain = sbatch(BOB, "#!/bin/bash\n#SBATCH --time=2\n#SBATCH --output=/dev/null\n"
+                   "sleep 120\n")
     assert plain.returncode == 0, plain.err
     body = {"type": "SBB", "name": "grab",
             "attributes": {"flavor": "small", "targets": ["/x"]}}
