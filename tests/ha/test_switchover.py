@@ -25,11 +25,16 @@ pytestmark = pytest.mark.ha
 REREAD = "cannot be read after a refused commit"  # the leader's log line (resource_manager)
 
 
+def rereads(url: str) -> int:
+    """How many reloads that could not read the orchestrator at ``url`` has logged."""
+    with open(log_of(url), encoding="utf-8") as log:
+        return log.read().count(REREAD)
+
+
 def test_a_switchover_under_a_client_load_loses_nothing(orchestrators, ha_dsn):
     old = by_role(status())["primary"]["name"]
     leader, standby = leader_and_standby()
-    logged = {o["url"]: open(log_of(o["url"]), encoding="utf-8").read().count(REREAD)
-              for o in (leader, standby)}
+    logged = {o["url"]: rereads(o["url"]) for o in (leader, standby)}
     client = Client([leader["url"], standby["url"]])
     client.start()
     try:
@@ -47,12 +52,11 @@ def test_a_switchover_under_a_client_load_loses_nothing(orchestrators, ha_dsn):
     assert new != old, f"{old} is still the primary"
     leading = [o for o in (leader, standby) if role(o["url"]) == "leader"]
     assert len(leading) == 1, leading
-    rereads = {url: open(log_of(url), encoding="utf-8").read().count(REREAD) - n
-               for url, n in logged.items()}
+    refused = {url: rereads(url) - n for url, n in logged.items()}
     print(f"\n[ha] switchover {old} -> {new} in {took:.1f} s under a client's load; "
           f"{len(client.reserved)} reservations and {len(client.released)} releases "
           f"acknowledged; leading: {leading[0]['url']} (before: {leader['url']}); reloads "
-          f"that could not read: {rereads}")
+          f"that could not read: {refused}")
     check_state(leading[0]["url"], client)
     import psycopg
 
